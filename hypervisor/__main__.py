@@ -1,0 +1,5 @@
+import sys
+
+from hypervisor.cli import main
+
+sys.exit(main())

@@ -1,0 +1,121 @@
+"""`hypervisor serve` runs the host; the other subcommands are the toolstack, modelled on xl."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from hypervisor.dispatch import Hypervisor
+from hypervisor.domains import DEFAULT_LIVENESS_S
+from hypervisor.service import HypervisorService
+from hypervisor.toolstack import Toolstack, domain_arg, format_info, format_list
+from wire import endpoints, logsetup
+from wire.errors import RemoteError, Unreachable
+from wire.signals import stop_on_signals
+from wire.sizes import size_to_pages
+
+
+def _size(text: str) -> int:
+    try:
+        return size_to_pages(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hypervisor", description="ballonet's hypervisor and its toolstack")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the hypervisor: the host's page pool and every domain")
+    serve.add_argument("--memory", type=_size, default=size_to_pages("4g"), help="host memory, xl-style size (default 4g)")
+    serve.add_argument("--guest-endpoint", help=f"where guests connect (env {endpoints.HYPERVISOR_ENV}, default {endpoints.DEFAULT_HYPERVISOR})")
+    serve.add_argument("--admin-endpoint", help=f"where the toolstack connects (env {endpoints.ADMIN_ENV}, default {endpoints.DEFAULT_ADMIN})")
+    serve.add_argument("--liveness", type=_positive, default=DEFAULT_LIVENESS_S, help="seconds of silence before a domain shows unresponsive")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--admin-endpoint", help=f"the hypervisor's admin endpoint (env {endpoints.ADMIN_ENV})")
+        cmd.add_argument("--timeout", type=_positive, default=1.0, help="seconds to wait for each of 3 attempts")
+        return cmd
+
+    for name, help_text in [("list", "list domains"), ("info", "host memory"), ("audit", "check that the books balance")]:
+        client_command(name, help_text).add_argument("--json", action="store_true", help="machine-readable output")
+    for name, help_text in [("mem-set", "set a domain's balloon target"), ("mem-max", "set a domain's maxmem")]:
+        cmd = client_command(name, help_text)
+        cmd.add_argument("domain", help="domain name or id")
+        cmd.add_argument("size", type=_size, help="size; a bare number is KiB, suffixes b k m g t")
+    client_command("destroy", "destroy a domain and return its pages").add_argument("domain", help="domain name or id")
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    log = logsetup.configure(args.log_level, "hypervisor")
+    guest_ep = endpoints.endpoint(args.guest_endpoint, endpoints.HYPERVISOR_ENV)
+    admin_ep = endpoints.endpoint(args.admin_endpoint, endpoints.ADMIN_ENV)
+    stop = stop_on_signals()
+    service = HypervisorService(Hypervisor(args.memory, args.liveness), guest_ep, admin_ep, log)
+    log.info("serving", guest_endpoint=guest_ep, admin_endpoint=admin_ep, total_pages=args.memory)
+    try:
+        service.serve(stop.is_set)
+    finally:
+        service.close()
+        log.info("stopped")
+    return 0
+
+
+def run_client(args: argparse.Namespace) -> int:
+    endpoint = endpoints.endpoint(args.admin_endpoint, endpoints.ADMIN_ENV)
+    tool = Toolstack(endpoint, timeout=args.timeout)
+    try:
+        if args.command == "list":
+            domains = tool.list()
+            print(json.dumps(domains, indent=2) if args.json else format_list(domains))
+        elif args.command == "info":
+            info = tool.info()
+            print(json.dumps(info, indent=2) if args.json else format_info(info))
+        elif args.command == "audit":
+            report = tool.audit()
+            if args.json:
+                print(json.dumps(report, indent=2))
+            else:
+                print("books balance" if report["ok"] else "\n".join(report["problems"]))
+            return 0 if report["ok"] else 1
+        elif args.command == "mem-set":
+            tool.mem_set(domain_arg(args.domain), args.size)
+        elif args.command == "mem-max":
+            tool.mem_max(domain_arg(args.domain), args.size)
+        elif args.command == "destroy":
+            tool.destroy(domain_arg(args.domain))
+    except Unreachable:
+        print(f"hypervisor: no hypervisor answered at {endpoint} (is `hypervisor serve` running?)", file=sys.stderr)
+        return 1
+    except RemoteError as err:
+        print(f"hypervisor {args.command}: {err.code}: {err.message}", file=sys.stderr)
+        return 1
+    finally:
+        tool.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return run_client(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

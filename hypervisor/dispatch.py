@@ -1,0 +1,199 @@
+"""The hypervisor's request handling without sockets: a frame and the time go in, a reply
+frame, the notifications to push and the figures to log come out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypervisor.domains import DEFAULT_LIVENESS_S, Domain, DomainTable
+from hypervisor.pool import PagePool
+from hypervisor.replay import ReplayRecord
+from wire import envelope
+from wire.errors import ErrorCode, WireError
+from wire.extent import Extent
+from wire.operations import Endpoint, lookup
+
+QUIET_OPS = frozenset({"get_target", "status", "list", "info"})  # logged at debug level
+
+
+@dataclass
+class Notification:
+    """An event for the guest behind `client`, e.g. its new target."""
+
+    client: str
+    event: dict[str, Any]
+
+
+@dataclass
+class Outcome:
+    reply: bytes
+    op: str | None = None
+    seq: int | None = None
+    client: str | None = None
+    error: ErrorCode | None = None
+    message: str = ""
+    replayed: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
+    notifications: list[Notification] = field(default_factory=list)
+
+
+@dataclass
+class _Result:
+    result: dict[str, Any]
+    fields: dict[str, Any] = field(default_factory=dict)
+    notifications: list[Notification] = field(default_factory=list)
+
+
+def _wire_extents(extents: list[Extent]) -> list[list[int]]:
+    return [[e.start, e.count] for e in extents]
+
+
+class Hypervisor:
+    def __init__(self, total_pages: int, liveness_s: float = DEFAULT_LIVENESS_S) -> None:
+        self.table = DomainTable(PagePool(total_pages), liveness_s)
+        self.record = ReplayRecord()
+        self._handlers: dict[str, Callable[[str, dict[str, Any], float], _Result]] = {
+            "register": self._register,
+            "increase_reservation": self._increase,
+            "decrease_reservation": self._decrease,
+            "get_target": self._get_target,
+            "status": self._status,
+            "list": self._list,
+            "info": self._info,
+            "mem_set": self._mem_set,
+            "mem_max": self._mem_max,
+            "destroy": self._destroy,
+            "audit": self._audit,
+        }
+
+    @property
+    def pool(self) -> PagePool:
+        return self.table.pool
+
+    def handle(self, endpoint: Endpoint, frame: bytes, now: float) -> Outcome:
+        try:
+            req = envelope.decode_request(frame)
+        except envelope.EnvelopeError as err:
+            reply = envelope.encode(envelope.error_reply(err.seq, err.code, err.message))
+            return Outcome(reply, seq=err.seq, error=err.code, message=err.message)
+
+        answered = self.record.lookup(req.client, req.seq)
+        if answered is not None:
+            if answered.op != req.op:
+                return self._error(req, ErrorCode.EPROTO, f"sequence {req.seq} was already used for {answered.op!r}", remember=False)
+            return Outcome(answered.reply, req.op, req.seq, req.client, replayed=True)
+        if self.record.is_stale(req.client, req.seq):
+            return self._error(req, ErrorCode.EPROTO, f"sequence {req.seq} is older than this client's remembered requests", remember=False)
+
+        try:
+            op = lookup(req.op, endpoint)
+            args = op.validate(req.args)
+            done = self._handlers[op.name](req.client, args, now)
+        except WireError as err:
+            return self._error(req, err.code, err.message)
+        reply = envelope.encode(envelope.ok_reply(req.seq, done.result))
+        self.record.remember(req.client, req.seq, req.op, reply)
+        return Outcome(reply, req.op, req.seq, req.client, fields=done.fields, notifications=done.notifications)
+
+    def _error(self, req: envelope.Request, code: ErrorCode, message: str, remember: bool = True) -> Outcome:
+        reply = envelope.encode(envelope.error_reply(req.seq, code, message))
+        if remember:
+            self.record.remember(req.client, req.seq, req.op, reply)
+        domain = self.table.find_client(req.client)
+        fields: dict[str, Any] = {"domid": domain.domid} if domain else {}
+        return Outcome(reply, req.op[:40], req.seq, req.client, error=code, message=message, fields=fields)
+
+    # --- guest endpoint --------------------------------------------------------------------
+
+    def _register(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        domain, extents = self.table.create(args["name"], args["memory_pages"], args["max_pages"], client, now)
+        result = {
+            "domid": domain.domid,
+            "extents": _wire_extents(extents),
+            "target_pages": domain.target_pages,
+            "max_pages": domain.max_pages,
+        }
+        return _Result(result, {"domid": domain.domid, "name": domain.name, "pages": args["memory_pages"], "free_pages": self.pool.free_pages})
+
+    def _guest(self, client: str, now: float) -> Domain:
+        domain = self.table.by_client(client)
+        self.table.heard_from(domain, now)
+        return domain
+
+    def _increase(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        domain = self._guest(client, now)
+        extents = self.table.increase_reservation(domain, args["nr_pages"])
+        granted = sum(e.count for e in extents)
+        fields = {"domid": domain.domid, "asked": args["nr_pages"], "granted": granted, "free_pages": self.pool.free_pages}
+        return _Result({"extents": _wire_extents(extents), "granted": granted}, fields)
+
+    def _decrease(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        domain = self._guest(client, now)
+        released = self.table.decrease_reservation(domain, args["extents"])
+        fields = {"domid": domain.domid, "released": released, "free_pages": self.pool.free_pages}
+        return _Result({"released": released}, fields)
+
+    def _get_target(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        domain = self._guest(client, now)
+        return _Result({"target_pages": domain.target_pages, "max_pages": domain.max_pages}, {"domid": domain.domid})
+
+    def _status(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        domain = self.table.by_client(client)
+        self.table.heard_from(domain, now, args.get("balloon"))
+        return _Result({"target_pages": domain.target_pages, "max_pages": domain.max_pages}, {"domid": domain.domid})
+
+    # --- admin endpoint --------------------------------------------------------------------
+
+    def _list(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        rows = [
+            {
+                "domid": d.domid,
+                "name": d.name,
+                "current_pages": self.table.current_pages(d),
+                "target_pages": d.target_pages,
+                "max_pages": d.max_pages,
+                "state": str(self.table.state(d, now)),
+                "last_seen_s": round(now - d.last_seen, 3),
+                "balloon": d.balloon,
+            }
+            for d in self.table.domains()
+        ]
+        return _Result({"domains": rows})
+
+    def _info(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        pool = self.pool
+        result = {
+            "total_pages": pool.total_pages,
+            "free_pages": pool.free_pages,
+            "allocated_pages": pool.allocated_pages,
+            "domains": len(self.table),
+        }
+        return _Result(result)
+
+    def _mem_set(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        domain = self.table.resolve(args["domain"])
+        self.table.set_target(domain, args["target_pages"])
+        note = Notification(domain.client, envelope.event("target", {"target_pages": domain.target_pages, "max_pages": domain.max_pages}))
+        fields = {"domid": domain.domid, "target_pages": domain.target_pages, "current_pages": self.table.current_pages(domain)}
+        return _Result({"domid": domain.domid, "target_pages": domain.target_pages}, fields, [note])
+
+    def _mem_max(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        domain = self.table.resolve(args["domain"])
+        self.table.set_max(domain, args["max_pages"])
+        note = Notification(domain.client, envelope.event("target", {"target_pages": domain.target_pages, "max_pages": domain.max_pages}))
+        fields = {"domid": domain.domid, "max_pages": domain.max_pages, "target_pages": domain.target_pages}
+        return _Result({"domid": domain.domid, "max_pages": domain.max_pages, "target_pages": domain.target_pages}, fields, [note])
+
+    def _destroy(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        domain = self.table.resolve(args["domain"])
+        released = self.table.destroy(domain)
+        self.record.forget(domain.client)
+        note = Notification(domain.client, envelope.event("destroyed", {"domid": domain.domid}))
+        fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages}
+        return _Result({"domid": domain.domid, "released": released}, fields, [note])
+
+    def _audit(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        problems = self.table.audit()
+        return _Result({"ok": not problems, "problems": problems[:100]}, {"problems": len(problems)})

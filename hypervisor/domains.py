@@ -1,0 +1,172 @@
+"""The domain table: who exists, what each may hold, and Xen's reservation rules.
+
+Pages themselves live in the PagePool; a domain's current size is always read from it, so the
+two can never disagree.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypervisor.pool import PagePool, PoolError, PoolErrorReason
+from wire.errors import ErrorCode, WireError
+from wire.extent import Extent
+from wire.operations import MAX_DOMID
+from wire.sizes import pages_to_mib
+
+DEFAULT_LIVENESS_S = 10.0
+
+
+class DomainState(enum.StrEnum):
+    RUNNING = "running"  # its guest was heard from recently
+    UNRESPONSIVE = "unresponsive"  # no request or heartbeat within the liveness period
+
+
+@dataclass
+class Domain:
+    domid: int
+    name: str
+    client: str  # the guest's client id: guest requests act on this domain (DOMID_SELF)
+    target_pages: int
+    max_pages: int
+    created: float
+    last_seen: float
+    balloon: dict[str, Any] = field(default_factory=dict)
+
+
+class DomainTable:
+    def __init__(self, pool: PagePool, liveness_s: float = DEFAULT_LIVENESS_S) -> None:
+        self.pool = pool
+        self.liveness_s = liveness_s
+        self._by_id: dict[int, Domain] = {}
+        self._by_name: dict[str, Domain] = {}
+        self._by_client: dict[str, Domain] = {}
+        self._next_domid = 1
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def domains(self) -> list[Domain]:
+        return sorted(self._by_id.values(), key=lambda d: d.domid)
+
+    def current_pages(self, domain: Domain) -> int:
+        return self.pool.owned_pages(domain.domid)
+
+    def state(self, domain: Domain, now: float) -> DomainState:
+        if now - domain.last_seen > self.liveness_s:
+            return DomainState.UNRESPONSIVE
+        return DomainState.RUNNING
+
+    # --- lookups -------------------------------------------------------------------------
+
+    def find_client(self, client: str) -> Domain | None:
+        return self._by_client.get(client)
+
+    def by_client(self, client: str) -> Domain:
+        domain = self._by_client.get(client)
+        if domain is None:
+            raise WireError(ErrorCode.ESRCH, "this client has not registered a domain (send 'register' first)")
+        return domain
+
+    def resolve(self, ref: int | str) -> Domain:
+        """A domain by domid or name, as xl takes either; a numeric string is a domid."""
+        if isinstance(ref, str) and ref.isdigit():
+            ref = int(ref)
+        domain = self._by_id.get(ref) if isinstance(ref, int) else self._by_name.get(ref)
+        if domain is None:
+            raise WireError(ErrorCode.ESRCH, f"no domain {ref!r}")
+        return domain
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def create(self, name: str, memory_pages: int, max_pages: int, client: str, now: float) -> tuple[Domain, list[Extent]]:
+        """Build a domain with all of its initial memory, or nothing at all."""
+        if name in self._by_name:
+            raise WireError(ErrorCode.EEXIST, f"a domain named {name!r} exists (domid {self._by_name[name].domid})")
+        if client in self._by_client:
+            raise WireError(ErrorCode.EEXIST, f"this client already registered domain {self._by_client[client].domid}")
+        if memory_pages > max_pages:
+            raise WireError(ErrorCode.EINVAL, f"memory ({memory_pages} pages) exceeds maxmem ({max_pages} pages)")
+        if memory_pages > self.pool.free_pages:
+            raise WireError(
+                ErrorCode.ENOMEM,
+                f"cannot build {name!r}: it needs {memory_pages} pages ({pages_to_mib(memory_pages)} MiB), "
+                f"the host has {self.pool.free_pages} free of {self.pool.total_pages}",
+            )
+        domid = self._allocate_domid()
+        domain = Domain(domid, name, client, memory_pages, max_pages, now, now)
+        extents = self.pool.allocate(domid, memory_pages)
+        self._by_id[domid] = domain
+        self._by_name[name] = domain
+        self._by_client[client] = domain
+        return domain, extents
+
+    def destroy(self, domain: Domain) -> int:
+        del self._by_id[domain.domid]
+        del self._by_name[domain.name]
+        del self._by_client[domain.client]
+        return self.pool.release_all(domain.domid)
+
+    def _allocate_domid(self) -> int:
+        for _ in range(MAX_DOMID):
+            domid = self._next_domid
+            self._next_domid = domid + 1 if domid < MAX_DOMID else 1
+            if domid not in self._by_id:
+                return domid
+        raise WireError(ErrorCode.ENOMEM, "no free domain id")
+
+    # --- reservation (Xen's memory_op, as seen from the guest) ----------------------------
+
+    def increase_reservation(self, domain: Domain, nr_pages: int) -> list[Extent]:
+        """Grant min(nr, free, max - current): a partial or empty grant is a normal answer."""
+        room = max(0, domain.max_pages - self.current_pages(domain))
+        return self.pool.allocate(domain.domid, min(nr_pages, room))
+
+    def decrease_reservation(self, domain: Domain, extents: list[Extent]) -> int:
+        """Take back exactly these pages, which must all be the caller's; else change nothing."""
+        try:
+            return self.pool.release(domain.domid, extents)
+        except PoolError as err:
+            code = ErrorCode.EPERM if err.reason is PoolErrorReason.NOT_OWNED else ErrorCode.EINVAL
+            raise WireError(code, str(err)) from None
+
+    # --- toolstack -----------------------------------------------------------------------
+
+    def set_target(self, domain: Domain, target_pages: int) -> None:
+        if target_pages > domain.max_pages:
+            raise WireError(
+                ErrorCode.EINVAL,
+                f"target {target_pages} pages exceeds {domain.name}'s maxmem of {domain.max_pages} pages; raise mem-max first",
+            )
+        domain.target_pages = target_pages
+
+    def set_max(self, domain: Domain, max_pages: int) -> None:
+        """Refused below current, as Xen once did, so that "no domain over maxmem" always holds."""
+        current = self.current_pages(domain)
+        if max_pages < current:
+            raise WireError(
+                ErrorCode.EINVAL,
+                f"{domain.name} holds {current} pages; lower its target with mem-set and let it balloon down first",
+            )
+        if max_pages < domain.target_pages:
+            domain.target_pages = max_pages
+        domain.max_pages = max_pages
+
+    def heard_from(self, domain: Domain, now: float, balloon: dict[str, Any] | None = None) -> None:
+        domain.last_seen = now
+        if balloon is not None:
+            domain.balloon = balloon
+
+    def audit(self) -> list[str]:
+        """Every way the books can be wrong, in words; empty when they balance."""
+        problems = list(self.pool.audit())
+        for owner in self.pool.owners():
+            if owner not in self._by_id and self.pool.owned_pages(owner):
+                problems.append(f"pages owned by domid {owner}, which does not exist")
+        for domain in self.domains():
+            current = self.current_pages(domain)
+            if current > domain.max_pages:
+                problems.append(f"{domain.name} (domid {domain.domid}) holds {current} pages, over its maxmem of {domain.max_pages}")
+        return problems

@@ -1,0 +1,92 @@
+"""The hypervisor's ZeroMQ shell: two ROUTER sockets, decode nothing itself, log every outcome."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+import zmq
+
+from hypervisor.dispatch import QUIET_OPS, Hypervisor, Outcome
+from wire import envelope
+from wire.errors import ErrorCode
+from wire.operations import Endpoint
+
+POLL_MS = 100
+
+
+class HypervisorService:
+    def __init__(
+        self,
+        hypervisor: Hypervisor,
+        guest_endpoint: str,
+        admin_endpoint: str,
+        log: structlog.typing.FilteringBoundLogger,
+        clock: Callable[[], float] = time.monotonic,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.hypervisor = hypervisor
+        self.log = log
+        self.clock = clock
+        self._context = context or zmq.Context.instance()
+        self.guests = self._bind(guest_endpoint)
+        self.admin = self._bind(admin_endpoint)
+        self._routes: dict[str, bytes] = {}  # guest client id -> ROUTER identity, for pushes
+        self._endpoints = {self.guests: Endpoint.GUEST, self.admin: Endpoint.ADMIN}
+
+    def _bind(self, address: str) -> zmq.Socket:
+        sock = self._context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, envelope.MAX_MESSAGE_BYTES + 1024)
+        sock.bind(address)
+        return sock
+
+    def close(self) -> None:
+        self.guests.close(linger=0)
+        self.admin.close(linger=0)
+
+    def serve(self, should_stop: Callable[[], bool]) -> None:
+        poller = zmq.Poller()
+        poller.register(self.guests, zmq.POLLIN)
+        poller.register(self.admin, zmq.POLLIN)
+        while not should_stop():
+            for sock, _ in poller.poll(POLL_MS):
+                self._serve_one(sock)
+
+    def _serve_one(self, sock: zmq.Socket) -> None:
+        frames = sock.recv_multipart()
+        identity, rest = frames[0], frames[1:]
+        delimiter = [b""] if len(rest) > 1 and rest[0] == b"" else []  # a REQ peer's envelope
+        body = rest[len(delimiter):]
+        if len(body) != 1:
+            msg = f"expected one frame per message, got {len(body)}"
+            self.log.warning("request refused", error=str(ErrorCode.EPROTO), message=msg)
+            sock.send_multipart([identity, *delimiter, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
+            return
+        endpoint = self._endpoints[sock]
+        outcome = self.hypervisor.handle(endpoint, body[0], self.clock())
+        sock.send_multipart([identity, *delimiter, outcome.reply])
+        if endpoint is Endpoint.GUEST and outcome.client is not None and outcome.error is None:
+            self._routes[outcome.client] = identity
+        self._log(endpoint, outcome)
+        for note in outcome.notifications:
+            route = self._routes.get(note.client)
+            if route is not None:
+                try:
+                    self.guests.send_multipart([route, envelope.encode(note.event)], zmq.NOBLOCK)
+                except zmq.Again:  # the guest is not reading; its heartbeat carries the target too
+                    self.log.warning("notification dropped", client=note.client, event=note.event.get("event"))
+            if note.event.get("event") == "destroyed":
+                self._routes.pop(note.client, None)
+
+    def _log(self, endpoint: Endpoint, outcome: Outcome) -> None:
+        fields = dict(outcome.fields, op=outcome.op, seq=outcome.seq, client=outcome.client, endpoint=str(endpoint))
+        if outcome.error is not None:
+            self.log.warning("request refused", error=str(outcome.error), message=outcome.message, **fields)
+        elif outcome.replayed:
+            self.log.info("request answered from record", **fields)
+        elif outcome.op in QUIET_OPS:
+            self.log.debug(outcome.op, **fields)
+        else:
+            self.log.info(outcome.op, **fields)

@@ -1,0 +1,67 @@
+"""The toolstack's side of the admin endpoint: xl-like commands and how they print."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wire.client import RpcClient
+from wire.extent import PAGE_KIB
+from wire.sizes import pages_to_mib
+
+
+class Toolstack:
+    def __init__(self, endpoint: str, timeout: float = 1.0, retries: int = 2) -> None:
+        self.client = RpcClient(endpoint, timeout=timeout, retries=retries)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def list(self) -> list[dict[str, Any]]:
+        return self.client.call("list")["domains"]
+
+    def info(self) -> dict[str, Any]:
+        return self.client.call("info")
+
+    def mem_set(self, domain: int | str, target_pages: int) -> dict[str, Any]:
+        return self.client.call("mem_set", {"domain": domain, "target_pages": target_pages})
+
+    def mem_max(self, domain: int | str, max_pages: int) -> dict[str, Any]:
+        return self.client.call("mem_max", {"domain": domain, "max_pages": max_pages})
+
+    def destroy(self, domain: int | str) -> dict[str, Any]:
+        return self.client.call("destroy", {"domain": domain})
+
+    def audit(self) -> dict[str, Any]:
+        return self.client.call("audit")
+
+
+def domain_arg(text: str) -> int | str:
+    """xl takes a domid or a name; a string of digits is a domid."""
+    return int(text) if text.isdigit() else text
+
+
+def format_list(domains: list[dict[str, Any]]) -> str:
+    header = f"{'Name':<20} {'ID':>5} {'Mem':>7} {'Target':>7} {'MaxMem':>7} {'State':<12} {'Balloon':<13} {'Delay':>5} {'Retry':>5}"
+    lines = [header]
+    for d in domains:
+        balloon = d.get("balloon") or {}
+        delay = balloon.get("schedule_delay")
+        retries = balloon.get("retry_count")
+        lines.append(
+            f"{d['name'][:20]:<20} {d['domid']:>5} {pages_to_mib(d['current_pages']):>7} "
+            f"{pages_to_mib(d['target_pages']):>7} {pages_to_mib(d['max_pages']):>7} {d['state']:<12} "
+            f"{str(balloon.get('state', '-')):<13} {'-' if delay is None else f'{delay:g}':>5} "
+            f"{'-' if retries is None else retries:>5}"
+        )
+    return "\n".join(lines)
+
+
+def format_info(info: dict[str, Any]) -> str:
+    rows = [
+        ("total_memory", f"{pages_to_mib(info['total_pages'])} MiB ({info['total_pages']} pages)"),
+        ("free_memory", f"{pages_to_mib(info['free_pages'])} MiB ({info['free_pages']} pages)"),
+        ("allocated_memory", f"{pages_to_mib(info['allocated_pages'])} MiB ({info['allocated_pages']} pages)"),
+        ("page_size", f"{PAGE_KIB} KiB"),
+        ("nr_domains", str(info["domains"])),
+    ]
+    return "\n".join(f"{name:<20}: {value}" for name, value in rows)

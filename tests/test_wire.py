@@ -1,0 +1,136 @@
+"""The envelope, the operation schemas and xl sizes: every malformed input is refused by name."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from wire import envelope
+from wire.errors import ErrorCode, WireError
+from wire.extent import Extent
+from wire.operations import MAX_BATCH_PAGES, Endpoint, lookup
+from wire.sizes import parse_size, size_to_pages
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def frame(**overrides):
+    body = {"v": 1, "op": "info", "seq": 1, "client": "c1", "args": {}}
+    body.update(overrides)
+    return msgpack.packb({k: v for k, v in body.items() if v is not ...}, use_bin_type=True)
+
+
+def test_a_good_request_decodes():
+    req = envelope.decode_request(frame(args={"x": 1}))
+    assert (req.op, req.seq, req.client, req.args) == ("info", 1, "c1", {"x": 1})
+
+
+@pytest.mark.parametrize(
+    "raw, code",
+    [
+        (b"\xc1", ErrorCode.EPROTO),  # 0xc1 is never valid msgpack
+        (b"", ErrorCode.EPROTO),
+        (msgpack.packb([1, 2, 3]), ErrorCode.EPROTO),
+        (msgpack.packb("hello"), ErrorCode.EPROTO),
+        (b"\x81\xa1", ErrorCode.EPROTO),  # truncated map
+        (b"x" * (envelope.MAX_MESSAGE_BYTES + 1), ErrorCode.EMSGSIZE),
+    ],
+)
+def test_bytes_that_are_not_a_request_are_refused(raw, code):
+    with pytest.raises(envelope.EnvelopeError) as err:
+        envelope.decode_request(raw)
+    assert err.value.code is code
+
+
+@pytest.mark.parametrize(
+    "overrides, seq_echoed",
+    [
+        ({"v": 2}, 1),
+        ({"v": ...}, 1),
+        ({"seq": -1}, None),
+        ({"seq": "1"}, None),
+        ({"seq": True}, None),
+        ({"seq": 1 << 63}, None),
+        ({"client": ""}, 1),
+        ({"client": 7}, 1),
+        ({"client": "x" * 65}, 1),
+        ({"op": 3}, 1),
+        ({"args": [1]}, 1),
+        ({"extra": 1}, 1),
+    ],
+)
+def test_broken_envelopes_are_eproto_and_echo_the_seq_when_readable(overrides, seq_echoed):
+    with pytest.raises(envelope.EnvelopeError) as err:
+        envelope.decode_request(frame(**overrides))
+    assert err.value.code is ErrorCode.EPROTO
+    assert err.value.seq == seq_echoed
+
+
+def test_unknown_operation_is_enosys_and_wrong_endpoint_is_eperm():
+    with pytest.raises(WireError) as err:
+        lookup("format_disk", Endpoint.GUEST)
+    assert err.value.code is ErrorCode.ENOSYS
+    with pytest.raises(WireError) as err:
+        lookup("mem_set", Endpoint.GUEST)  # a guest cannot set targets
+    assert err.value.code is ErrorCode.EPERM
+
+
+@pytest.mark.parametrize(
+    "op, args",
+    [
+        ("increase_reservation", {}),
+        ("increase_reservation", {"nr_pages": 0}),
+        ("increase_reservation", {"nr_pages": -5}),
+        ("increase_reservation", {"nr_pages": MAX_BATCH_PAGES + 1}),
+        ("increase_reservation", {"nr_pages": 1 << 70}),
+        ("increase_reservation", {"nr_pages": "10"}),
+        ("increase_reservation", {"nr_pages": 1.5}),
+        ("increase_reservation", {"nr_pages": True}),
+        ("increase_reservation", {"nr_pages": 1, "bonus": 2}),
+        ("decrease_reservation", {"extents": []}),
+        ("decrease_reservation", {"extents": [[0]]}),
+        ("decrease_reservation", {"extents": [[0, 0]]}),
+        ("decrease_reservation", {"extents": [[-1, 4]]}),
+        ("decrease_reservation", {"extents": [[0, "4"]]}),
+        ("decrease_reservation", {"extents": [[0, 400], [1000, 200]]}),
+        ("decrease_reservation", {"extents": "0-4"}),
+        ("register", {"name": "", "memory_pages": 1, "max_pages": 1}),
+        ("register", {"name": "a\x00b", "memory_pages": 1, "max_pages": 1}),
+        ("register", {"name": "a", "memory_pages": 0, "max_pages": 1}),
+        ("register", {"name": "a", "memory_pages": 1}),
+        ("status", {"balloon": {"state": ["done"]}}),
+        ("status", {"balloon": [1]}),
+        ("mem_set", {"domain": 1.0, "target_pages": 5}),
+        ("mem_set", {"domain": 40000, "target_pages": 5}),
+        ("mem_set", {"domain": "a", "target_pages": -1}),
+    ],
+)
+def test_bad_arguments_are_einval(op, args):
+    operation = lookup(op, Endpoint.GUEST if op in {"register", "increase_reservation", "decrease_reservation", "status"} else Endpoint.ADMIN)
+    with pytest.raises(WireError) as err:
+        operation.validate(args)
+    assert err.value.code is ErrorCode.EINVAL
+    assert err.value.message
+
+
+def test_extents_decode_to_records():
+    args = lookup("decrease_reservation", Endpoint.GUEST).validate({"extents": [[10, 2], [40, 510]]})
+    assert args["extents"] == [Extent(10, 2), Extent(40, 510)]
+
+
+@pytest.mark.parametrize(
+    "text, size",
+    [("1024", 1 << 20), ("4k", 4096), ("512m", 512 << 20), ("2g", 2 << 30), ("1t", 1 << 40), ("100b", 100), ("1.5g", 3 << 29), ("1GiB", 1 << 30), ("64MB", 64 << 20)],
+)
+def test_xl_sizes(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1g", "1x", "g"])
+def test_bad_sizes(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_sizes_round_up_to_pages():
+    assert size_to_pages("1") == 1 and size_to_pages("4") == 1 and size_to_pages("5") == 2

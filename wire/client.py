@@ -1,0 +1,112 @@
+"""A request/reply client over a DEALER socket that retries with the same sequence number.
+
+The server answers a retried request from its record of the first, so resending after a lost
+reply is always safe; that is what lets a guest retry a decrease forever without ever giving
+the same pages back twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from wire import envelope
+from wire.errors import RemoteError, Unreachable
+
+
+class RpcClient:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        context: zmq.Context | None = None,
+        timeout: float = 1.0,
+        retries: int = 3,
+        client_id: str | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.retries = retries
+        self.client_id = client_id or secrets.token_hex(8)
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1024)
+        self._seq = 0
+        self._context = context or zmq.Context.instance()
+        self.socket = self._context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def __enter__(self) -> RpcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(
+        self,
+        op: str,
+        args: dict[str, Any] | None = None,
+        *,
+        retries: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
+        """Send `op` and return its result; raise RemoteError on an error reply.
+
+        retries=-1 retries until answered or until should_stop() says so; either way the
+        caller gets Unreachable when it gives up.
+        """
+        self._seq += 1
+        seq = self._seq
+        frame = envelope.encode(envelope.request(op, seq, self.client_id, args or {}))
+        budget = self.retries if retries is None else retries
+        attempt = 0
+        while True:
+            self._send(frame)
+            reply = self._await_reply(seq, time.monotonic() + self.timeout)
+            if reply is not None:
+                if reply["ok"]:
+                    return reply.get("result") or {}
+                raise RemoteError(str(reply.get("error")), str(reply.get("message")))
+            attempt += 1
+            if (budget >= 0 and attempt > budget) or (should_stop is not None and should_stop()):
+                raise Unreachable(f"no reply from {self.endpoint} to {op!r} after {attempt} attempt(s) of {self.timeout:g} s")
+
+    def wait_event(self, timeout: float) -> dict[str, Any] | None:
+        """Return the next unsolicited event, waiting up to `timeout` seconds."""
+        if not self.events and self.socket.poll(max(0, int(timeout * 1000)), zmq.POLLIN):
+            self._receive_one()
+        return self.events.popleft() if self.events else None
+
+    def _send(self, frame: bytes) -> None:
+        try:
+            self.socket.send(frame, zmq.NOBLOCK)
+        except zmq.Again:  # queue full while the server is away; the retry will resend
+            pass
+
+    def _await_reply(self, seq: int, deadline: float) -> dict[str, Any] | None:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.socket.poll(max(1, int(left * 1000)), zmq.POLLIN):
+                return None
+            body = self._receive_one()
+            if body is not None and body.get("seq") == seq:
+                return body
+            # a late reply to an earlier attempt, or garbage: ignore it
+
+    def _receive_one(self) -> dict[str, Any] | None:
+        frames = self.socket.recv_multipart()
+        try:
+            body = envelope.decode_incoming(frames[-1])
+        except envelope.EnvelopeError:
+            return None
+        if "event" in body:
+            self.events.append(body)
+            return None
+        return body

@@ -1,0 +1,113 @@
+"""The envelope every message travels in: one msgpack map per ZeroMQ frame.
+
+Request: {"v": 1, "op": str, "seq": int, "client": str, "args": map}
+Reply:   {"v": 1, "seq": int|nil, "ok": true, "result": map}
+         {"v": 1, "seq": int|nil, "ok": false, "error": "EINVAL", "message": str}
+Event:   {"v": 1, "event": str, "args": map}          (unsolicited, server to client)
+
+docs/protocol.md is the contract; this module is its Python reading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from wire.errors import ErrorCode, WireError
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_SEQ = (1 << 63) - 1
+MAX_CLIENT_ID = 64
+_REQUEST_KEYS = frozenset({"v", "op", "seq", "client", "args"})
+
+
+class EnvelopeError(WireError):
+    """A request the server cannot take; `seq` is echoed when it could be read."""
+
+    def __init__(self, code: ErrorCode, message: str, seq: int | None = None) -> None:
+        super().__init__(code, message)
+        self.seq = seq
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    op: str
+    seq: int
+    client: str
+    args: dict[str, Any]
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def _unpack(frame: bytes) -> Any:
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise EnvelopeError(ErrorCode.EMSGSIZE, f"message of {len(frame)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
+    try:
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise EnvelopeError(ErrorCode.EPROTO, f"not a msgpack message: {type(exc).__name__}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def decode_request(frame: bytes) -> Request:
+    """Check the envelope only; the operation's arguments are checked by wire.operations."""
+    body = _unpack(frame)
+    if not isinstance(body, dict):
+        raise EnvelopeError(ErrorCode.EPROTO, f"a request must be a map, got {type(body).__name__}")
+    seq = body.get("seq")
+    seq = seq if _is_int(seq) and 0 <= seq <= MAX_SEQ else None
+    if body.get("v") != PROTOCOL_VERSION:
+        raise EnvelopeError(ErrorCode.EPROTO, f"unsupported protocol version {body.get('v')!r}; this server speaks {PROTOCOL_VERSION}", seq)
+    unknown = set(body) - _REQUEST_KEYS
+    if unknown:
+        raise EnvelopeError(ErrorCode.EPROTO, f"unknown envelope keys {sorted(map(str, unknown))}", seq)
+    if seq is None:
+        raise EnvelopeError(ErrorCode.EPROTO, f"'seq' must be an integer 0..{MAX_SEQ}, got {body.get('seq')!r}")
+    client = body.get("client")
+    if not isinstance(client, str) or not 1 <= len(client) <= MAX_CLIENT_ID:
+        raise EnvelopeError(ErrorCode.EPROTO, f"'client' must be a string of 1..{MAX_CLIENT_ID} characters", seq)
+    op = body.get("op")
+    if not isinstance(op, str):
+        raise EnvelopeError(ErrorCode.EPROTO, "'op' must be a string", seq)
+    args = body.get("args", {})
+    if not isinstance(args, dict):
+        raise EnvelopeError(ErrorCode.EPROTO, "'args' must be a map", seq)
+    return Request(op=op, seq=seq, client=client, args=args)
+
+
+def request(op: str, seq: int, client: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "op": op, "seq": seq, "client": client, "args": args}
+
+
+def ok_reply(seq: int | None, result: dict[str, Any]) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "seq": seq, "ok": True, "result": result}
+
+
+def error_reply(seq: int | None, code: ErrorCode, message: str) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "seq": seq, "ok": False, "error": str(code), "message": message}
+
+
+def event(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "event": name, "args": args}
+
+
+def decode_incoming(frame: bytes) -> dict[str, Any]:
+    """Client side: a reply or an event. Raises EnvelopeError when it is neither."""
+    body = _unpack(frame)
+    if not isinstance(body, dict) or body.get("v") != PROTOCOL_VERSION:
+        raise EnvelopeError(ErrorCode.EPROTO, "not a protocol message")
+    if "event" in body:
+        if not isinstance(body["event"], str) or not isinstance(body.get("args", {}), dict):
+            raise EnvelopeError(ErrorCode.EPROTO, "malformed event")
+        return body
+    if not isinstance(body.get("ok"), bool):
+        raise EnvelopeError(ErrorCode.EPROTO, "malformed reply")
+    return body

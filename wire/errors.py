@@ -1,0 +1,39 @@
+"""Error codes on the wire, named after the Xen/POSIX errno a C client would expect."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    EINVAL = "EINVAL"  # a field has the wrong type or is out of range
+    ENOMEM = "ENOMEM"  # the pool cannot build what was asked (domain creation)
+    EPERM = "EPERM"  # the caller may not do this (someone else's pages, not its endpoint)
+    ESRCH = "ESRCH"  # no such domain, or the client has not registered one
+    EEXIST = "EEXIST"  # a domain with that name exists
+    EPROTO = "EPROTO"  # the envelope is broken: not msgpack, wrong version, bad sequence
+    ENOSYS = "ENOSYS"  # unknown operation
+    EMSGSIZE = "EMSGSIZE"  # the frame is larger than MAX_MESSAGE_BYTES
+    EBUSY = "EBUSY"  # the resource is in use (interrupt lines)
+
+
+class WireError(Exception):
+    """Raised by validation and by cores; the shell turns it into an error reply."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class RemoteError(Exception):
+    """An error reply, as the client sees it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class Unreachable(Exception):
+    """No reply came from the endpoint within the client's retries."""
