@@ -14,6 +14,7 @@ from wire.errors import ErrorCode
 from wire.operations import Endpoint
 
 POLL_MS = 100
+HARD_FRAME_LIMIT = 64 << 20  # past this ZeroMQ drops the peer; up to it we answer EMSGSIZE
 
 
 class HypervisorService:
@@ -38,7 +39,7 @@ class HypervisorService:
     def _bind(self, address: str) -> zmq.Socket:
         sock = self._context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, envelope.MAX_MESSAGE_BYTES + 1024)
+        sock.setsockopt(zmq.MAXMSGSIZE, HARD_FRAME_LIMIT)
         sock.bind(address)
         return sock
 
