@@ -15,7 +15,8 @@ from wire.errors import ErrorCode, WireError
 from wire.extent import Extent
 from wire.operations import Endpoint, lookup
 
-QUIET_OPS = frozenset({"get_target", "status", "list", "info"})  # logged at debug level
+# Routine operations are logged at debug level; a short grant is always worth a line.
+QUIET_OPS = frozenset({"get_target", "status", "list", "info", "increase_reservation", "decrease_reservation"})
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Outcome:
     replayed: bool = False
     fields: dict[str, Any] = field(default_factory=dict)
     notifications: list[Notification] = field(default_factory=list)
+    notable: bool = False  # worth an info line even for a routine operation
 
 
 @dataclass
@@ -44,6 +46,7 @@ class _Result:
     result: dict[str, Any]
     fields: dict[str, Any] = field(default_factory=dict)
     notifications: list[Notification] = field(default_factory=list)
+    notable: bool = False
 
 
 def _wire_extents(extents: list[Extent]) -> list[list[int]]:
@@ -95,7 +98,7 @@ class Hypervisor:
             return self._error(req, err.code, err.message)
         reply = envelope.encode(envelope.ok_reply(req.seq, done.result))
         self.record.remember(req.client, req.seq, req.op, reply)
-        return Outcome(reply, req.op, req.seq, req.client, fields=done.fields, notifications=done.notifications)
+        return Outcome(reply, req.op, req.seq, req.client, fields=done.fields, notifications=done.notifications, notable=done.notable)
 
     def _error(self, req: envelope.Request, code: ErrorCode, message: str, remember: bool = True) -> Outcome:
         reply = envelope.encode(envelope.error_reply(req.seq, code, message))
@@ -127,7 +130,9 @@ class Hypervisor:
         extents = self.table.increase_reservation(domain, args["nr_pages"])
         granted = sum(e.count for e in extents)
         fields = {"domid": domain.domid, "asked": args["nr_pages"], "granted": granted, "free_pages": self.pool.free_pages}
-        return _Result({"extents": _wire_extents(extents), "granted": granted}, fields)
+        result = _Result({"extents": _wire_extents(extents), "granted": granted}, fields)
+        result.notable = granted < args["nr_pages"]
+        return result
 
     def _decrease(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self._guest(client, now)

@@ -53,10 +53,18 @@ class HypervisorService:
         poller.register(self.admin, zmq.POLLIN)
         while not should_stop():
             for sock, _ in poller.poll(POLL_MS):
-                self._serve_one(sock)
+                self._drain(sock)
 
-    def _serve_one(self, sock: zmq.Socket) -> None:
-        frames = sock.recv_multipart()
+    def _drain(self, sock: zmq.Socket, budget: int = 64) -> None:
+        """Serve what is queued without a poll per message; the budget keeps the sockets fair."""
+        for _ in range(budget):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._serve_one(sock, frames)
+
+    def _serve_one(self, sock: zmq.Socket, frames: list[bytes]) -> None:
         identity, rest = frames[0], frames[1:]
         delimiter = [b""] if len(rest) > 1 and rest[0] == b"" else []  # a REQ peer's envelope
         body = rest[len(delimiter):]
@@ -87,7 +95,7 @@ class HypervisorService:
             self.log.warning("request refused", error=str(outcome.error), message=outcome.message, **fields)
         elif outcome.replayed:
             self.log.info("request answered from record", **fields)
-        elif outcome.op in QUIET_OPS:
+        elif outcome.op in QUIET_OPS and not outcome.notable:
             self.log.debug(outcome.op, **fields)
         else:
             self.log.info(outcome.op, **fields)
