@@ -53,6 +53,11 @@ def _wire_extents(extents: list[Extent]) -> list[list[int]]:
     return [[e.start, e.count] for e in extents]
 
 
+def _target(domain: Domain) -> dict[str, int]:
+    """What a guest is told about its target, in replies and in `target` events alike."""
+    return {"target_pages": domain.target_pages, "max_pages": domain.max_pages, "target_writes": domain.target_writes}
+
+
 class Hypervisor:
     def __init__(self, total_pages: int, liveness_s: float = DEFAULT_LIVENESS_S) -> None:
         self.table = DomainTable(PagePool(total_pages), liveness_s)
@@ -62,6 +67,7 @@ class Hypervisor:
             "increase_reservation": self._increase,
             "decrease_reservation": self._decrease,
             "get_target": self._get_target,
+            "shutdown": self._shutdown,
             "status": self._status,
             "list": self._list,
             "info": self._info,
@@ -112,12 +118,7 @@ class Hypervisor:
 
     def _register(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain, extents = self.table.create(args["name"], args["memory_pages"], args["max_pages"], client, now)
-        result = {
-            "domid": domain.domid,
-            "extents": _wire_extents(extents),
-            "target_pages": domain.target_pages,
-            "max_pages": domain.max_pages,
-        }
+        result = {"domid": domain.domid, "extents": _wire_extents(extents), **_target(domain)}
         return _Result(result, {"domid": domain.domid, "name": domain.name, "pages": args["memory_pages"], "free_pages": self.pool.free_pages})
 
     def _guest(self, client: str, now: float) -> Domain:
@@ -142,12 +143,19 @@ class Hypervisor:
 
     def _get_target(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self._guest(client, now)
-        return _Result({"target_pages": domain.target_pages, "max_pages": domain.max_pages}, {"domid": domain.domid})
+        return _Result(_target(domain), {"domid": domain.domid})
 
     def _status(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self.table.by_client(client)
         self.table.heard_from(domain, now, args.get("balloon"))
-        return _Result({"target_pages": domain.target_pages, "max_pages": domain.max_pages}, {"domid": domain.domid})
+        return _Result(_target(domain), {"domid": domain.domid})
+
+    def _shutdown(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        """The guest is going away cleanly: its domain is destroyed and its pages return."""
+        domain = self.table.by_client(client)
+        released = self.table.destroy(domain)
+        fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages}
+        return _Result({"domid": domain.domid, "released": released}, fields)
 
     # --- admin endpoint --------------------------------------------------------------------
 
@@ -180,14 +188,14 @@ class Hypervisor:
     def _mem_set(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self.table.resolve(args["domain"])
         self.table.set_target(domain, args["target_pages"])
-        note = Notification(domain.client, envelope.event("target", {"target_pages": domain.target_pages, "max_pages": domain.max_pages}))
+        note = Notification(domain.client, envelope.event("target", _target(domain)))
         fields = {"domid": domain.domid, "target_pages": domain.target_pages, "current_pages": self.table.current_pages(domain)}
         return _Result({"domid": domain.domid, "target_pages": domain.target_pages}, fields, [note])
 
     def _mem_max(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self.table.resolve(args["domain"])
         self.table.set_max(domain, args["max_pages"])
-        note = Notification(domain.client, envelope.event("target", {"target_pages": domain.target_pages, "max_pages": domain.max_pages}))
+        note = Notification(domain.client, envelope.event("target", _target(domain)))
         fields = {"domid": domain.domid, "max_pages": domain.max_pages, "target_pages": domain.target_pages}
         return _Result({"domid": domain.domid, "max_pages": domain.max_pages, "target_pages": domain.target_pages}, fields, [note])
 

@@ -34,6 +34,7 @@ class Domain:
     created: float
     last_seen: float
     balloon: dict[str, Any] = field(default_factory=dict)
+    target_writes: int = 0  # counts mem-set calls, so a guest sees a write of the same value
 
 
 class DomainTable:
@@ -141,6 +142,7 @@ class DomainTable:
                 f"target {target_pages} pages exceeds {domain.name}'s maxmem of {domain.max_pages} pages; raise mem-max first",
             )
         domain.target_pages = target_pages
+        domain.target_writes += 1
 
     def set_max(self, domain: Domain, max_pages: int) -> None:
         """Refused below current, as Xen once did, so that "no domain over maxmem" always holds."""
@@ -150,9 +152,9 @@ class DomainTable:
                 ErrorCode.EINVAL,
                 f"{domain.name} holds {current} pages; lower its target with mem-set and let it balloon down first",
             )
-        if max_pages < domain.target_pages:
-            domain.target_pages = max_pages
         domain.max_pages = max_pages
+        if max_pages < domain.target_pages:
+            self.set_target(domain, max_pages)
 
     def heard_from(self, domain: Domain, now: float, balloon: dict[str, Any] | None = None) -> None:
         domain.last_seen = now

@@ -98,7 +98,7 @@ def test_the_guest_is_told_its_new_target(host, raw):
     assert host.tool("mem-set", "db", "2m").returncode == 0
     assert g.sock.poll(5000)
     event = msgpack.unpackb(g.sock.recv())
-    assert event == {"v": 1, "event": "target", "args": {"target_pages": 512, "max_pages": 1000}}
+    assert event == {"v": 1, "event": "target", "args": {"target_pages": 512, "max_pages": 1000, "target_writes": 1}}
 
 
 @pytest.mark.parametrize(

@@ -141,6 +141,7 @@ OPERATIONS: dict[str, Operation] = {
         Operation("decrease_reservation", Endpoint.GUEST, {"extents": extents(MAX_BATCH_PAGES)}),
         Operation("get_target", Endpoint.GUEST),
         Operation("status", Endpoint.GUEST, {}, {"balloon": scalar_map}),
+        Operation("shutdown", Endpoint.GUEST),
         # admin endpoint: the toolstack
         Operation("list", Endpoint.ADMIN),
         Operation("info", Endpoint.ADMIN),
