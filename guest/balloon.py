@@ -214,6 +214,15 @@ class Balloon:
         if not self._cancelled:
             self._schedule(now)
 
+    def wake(self, now: float) -> None:
+        """Memory became available: a worker waiting out its retry timer runs now instead.
+
+        Not in Linux (its timer is the only retry); the emulation's memory-available
+        interrupt calls it. A cancelled or idle driver stays as it is.
+        """
+        if not self._cancelled and self._wake_at is not None:
+            self._wake_at = min(self._wake_at, now)
+
     # -- the shell's side --------------------------------------------------------------------
 
     def poll(self, now: float) -> Action | None:

@@ -71,9 +71,12 @@ class Slow:
 
     The bucket starts empty at `created` and fills at `pages_per_s` up to `capacity` (one
     batch), so even a long-idle slow guest moves at most one batch at once. A step may move
-    at most the whole tokens accumulated; motion is due once one whole token is there, and
-    then at least one page may move.
+    at most the whole tokens accumulated; motion is due once `min_step` tokens are there
+    (a tenth of a second's worth), so a slow guest makes about ten requests a second rather
+    than one per page.
     """
+
+    STEP_INTERVAL_S = 0.1
 
     def __init__(self, pages_per_s: float, created: float, capacity: int = 512) -> None:
         if not isinstance(pages_per_s, (int, float)) or isinstance(pages_per_s, bool) or not pages_per_s > 0:
@@ -85,6 +88,7 @@ class Slow:
         self.rate = float(pages_per_s)
         self.capacity = capacity
         self.spec = f"slow:{pages_per_s:g}"
+        self.min_step = max(1, min(capacity, math.floor(pages_per_s * self.STEP_INTERVAL_S)))
         self._tokens = 0.0
         self._at = created
 
@@ -95,15 +99,15 @@ class Slow:
 
     def allowance(self, now: float) -> int:
         self._refill(now)
-        if self._tokens + _EPS < 1.0:
+        if self._tokens + _EPS < self.min_step:
             return 0
-        return max(1, math.floor(self._tokens + _EPS))
+        return math.floor(self._tokens + _EPS)
 
     def next_allowed(self, now: float) -> float | None:
         self._refill(now)
-        if self._tokens + _EPS >= 1.0:
+        if self._tokens + _EPS >= self.min_step:
             return now
-        return now + (1.0 - self._tokens) / self.rate
+        return now + (self.min_step - self._tokens) / self.rate
 
     def consume(self, pages: int, now: float) -> None:
         self._refill(now)

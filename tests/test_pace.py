@@ -53,7 +53,16 @@ def test_slow_capacity_is_one_batch():
     assert p.allowance(3600.0) == 512
     p.consume(512, 3600.0)
     assert p.allowance(3600.0) == 0
-    assert p.next_allowed(3600.0) == pytest.approx(3600.01)
+    assert p.next_allowed(3600.0) == pytest.approx(3600.1)  # a tenth of a second's worth: 10 pages
+
+
+@pytest.mark.timeout(5)
+def test_a_fast_slow_guest_moves_in_tenth_of_a_second_steps_not_page_by_page():
+    p = Slow(200, created=0.0)
+    assert p.min_step == 20
+    assert p.allowance(0.05) == 0
+    assert p.next_allowed(0.05) == pytest.approx(0.1)
+    assert p.allowance(0.1) == 20
 
 
 @pytest.mark.timeout(5)

@@ -40,6 +40,11 @@ class RpcClient:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(endpoint)
 
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the latest request, for log lines."""
+        return self._seq
+
     def close(self) -> None:
         self.socket.close(linger=0)
 

@@ -1,0 +1,5 @@
+import sys
+
+from guest.cli import main
+
+sys.exit(main())

@@ -1,0 +1,112 @@
+"""`guest run`: one guest domain's balloon driver as a process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from guest.balloon import BalloonConfig
+from guest.pace import Slow, Stuck, StuckEvery, Unlimited
+from guest.service import DEFAULT_HEARTBEAT_S, GuestService, GuestSettings
+from wire import endpoints, logsetup
+from wire.errors import RemoteError
+from wire.signals import stop_on_signals
+from wire.sizes import size_to_pages
+
+
+def _size(text: str) -> int:
+    try:
+        return size_to_pages(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="guest", description="a ballonet guest domain: its balloon driver")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="register a domain and run its balloon driver until stopped")
+    run.add_argument("--name", required=True, help="domain name (unique on the host)")
+    run.add_argument("--memory", type=_size, required=True, help="initial memory, xl-style size (a bare number is KiB)")
+    run.add_argument("--maxmem", type=_size, help="maximum memory (default: --memory)")
+    run.add_argument("--workload", type=_size, default=0, help="memory the guest itself uses and cannot give back")
+    run.add_argument("--hypervisor", help=f"hypervisor guest endpoint (env {endpoints.HYPERVISOR_ENV}, default {endpoints.DEFAULT_HYPERVISOR})")
+    timing = run.add_argument_group("retry timer (Linux xen-balloon defaults)")
+    timing.add_argument("--retry-delay", type=_seconds, default=1.0, help="first retry delay, seconds (default 1)")
+    timing.add_argument("--max-retry-delay", type=_seconds, default=32.0, help="retry delay cap, seconds (default 32)")
+    timing.add_argument("--max-retries", type=_count, default=0, help="cancel after this many retries until the target changes (0 = unlimited)")
+    timing.add_argument("--heartbeat", type=_seconds, default=DEFAULT_HEARTBEAT_S, help="seconds between status reports")
+    behaviour = run.add_argument_group("behaviour")
+    behaviour.add_argument("--legacy-hard-limit", action="store_true", help="the driver before 'try harder': give up at a hard limit")
+    pace = behaviour.add_mutually_exclusive_group()
+    pace.add_argument("--balloon-rate", type=_seconds, metavar="PAGES_PER_S", help="a slow driver: move at most this many pages per second")
+    pace.add_argument("--stuck", action="store_true", help="a stuck driver: never moves")
+    pace.add_argument("--stuck-every", type=_seconds, metavar="SECONDS", help="alternately moving and stuck, SECONDS each")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    log = logsetup.configure(args.log_level, "guest")
+    max_pages = args.maxmem if args.maxmem is not None else args.memory
+    if max_pages < args.memory:
+        print("guest run: --maxmem must not be below --memory", file=sys.stderr)
+        return 2
+    if args.max_retry_delay < args.retry_delay:
+        print("guest run: --max-retry-delay must not be below --retry-delay", file=sys.stderr)
+        return 2
+    if args.stuck:
+        pace = lambda now: Stuck()  # noqa: E731
+    elif args.balloon_rate:
+        pace = lambda now: Slow(args.balloon_rate, created=now)  # noqa: E731
+    elif args.stuck_every:
+        pace = lambda now: StuckEvery(args.stuck_every, created=now)  # noqa: E731
+    else:
+        pace = lambda now: Unlimited()  # noqa: E731
+    settings = GuestSettings(
+        name=args.name,
+        memory_pages=args.memory,
+        max_pages=max_pages,
+        hypervisor=endpoints.endpoint(args.hypervisor, endpoints.HYPERVISOR_ENV),
+        workload_pages=args.workload,
+        balloon=BalloonConfig(args.retry_delay, args.max_retry_delay, args.max_retries, args.legacy_hard_limit),
+        pace=pace,
+        heartbeat_s=args.heartbeat,
+    )
+    stop = stop_on_signals()
+    service = GuestService(settings, log)
+    try:
+        service.run(stop.is_set)
+    except RemoteError as err:
+        log.error("refused by the hypervisor", error=err.code, message=err.message)
+        print(f"guest {args.name}: {err.code}: {err.message}", file=sys.stderr)
+        return 1
+    finally:
+        service.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The guest's ZeroMQ shell: registers its domain, then carries out what the balloon core decides.
+
+The loop has one socket to the hypervisor. Replies drive the balloon; `target` events (a push
+when the toolstack writes the target) wake it at once; a heartbeat reports statistics and
+carries the target too, as the fallback when a push is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+import zmq
+
+from guest.balloon import Balloon, BalloonConfig, Decrease, DriverState, Increase
+from guest.memory import GuestMemory
+from guest.pace import Pace, Unlimited
+from wire.client import RpcClient
+from wire.errors import RemoteError, Unreachable
+from wire.extent import Extent
+
+DEFAULT_HEARTBEAT_S = 1.0
+MAX_IDLE_WAIT_S = 0.25  # how often the loop looks at the stop flag when nothing is due
+
+
+class Attachment(Protocol):
+    """Something else the guest talks to besides the hypervisor (irqbus), sharing the loop."""
+
+    socket: zmq.Socket
+
+    def started(self, domid: int, name: str, now: float) -> None: ...
+
+    def on_readable(self, now: float) -> None: ...
+
+    def next_wakeup(self) -> float | None: ...
+
+    def tick(self, now: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class GuestSettings:
+    name: str
+    memory_pages: int
+    max_pages: int
+    hypervisor: str
+    workload_pages: int = 0
+    balloon: BalloonConfig = field(default_factory=BalloonConfig)
+    pace: Callable[[float], Pace] = lambda now: Unlimited()
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    rpc_timeout_s: float = 0.5
+
+
+class GuestService:
+    def __init__(
+        self,
+        settings: GuestSettings,
+        log: structlog.typing.FilteringBoundLogger,
+        clock: Callable[[], float] = time.monotonic,
+        attachments: list[Attachment] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.attachments = attachments or []
+        self.log = log.bind(name=settings.name)
+        self.clock = clock
+        self.client = RpcClient(settings.hypervisor, timeout=settings.rpc_timeout_s)
+        self.balloon: Balloon | None = None
+        self.domid: int | None = None
+        self._target_writes = 0
+        self._reported_state: DriverState | None = None
+        self._report_now = False  # the driver changed state: tell the hypervisor at once
+        self._destroyed = False
+
+    def close(self) -> None:
+        for attachment in self.attachments:
+            attachment.close()
+        self.client.close()
+
+    def wake_balloon(self) -> None:
+        """An interrupt said memory or the target changed: run the driver now, not at its timer."""
+        self.balloon.wake(self.clock())
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def register(self, should_stop: Callable[[], bool]) -> None:
+        s = self.settings
+        result = self.client.call(
+            "register",
+            {"name": s.name, "memory_pages": s.memory_pages, "max_pages": s.max_pages},
+            retries=-1,
+            should_stop=should_stop,
+        )
+        now = self.clock()
+        self.domid = result["domid"]
+        self.log = self.log.bind(domid=self.domid)
+        memory = GuestMemory([Extent(a, b) for a, b in result["extents"]], s.workload_pages)
+        self.balloon = Balloon(memory, result["max_pages"], target_pages=result["target_pages"], config=s.balloon, pace=s.pace(now))
+        self._target_writes = result["target_writes"]
+        self.log.info("registered", pages=memory.current_pages, max_pages=result["max_pages"], workload_pages=s.workload_pages)
+
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        """Register, then balloon until stopped or destroyed; a clean stop shuts the domain down."""
+        self.register(should_stop)
+        for attachment in self.attachments:
+            attachment.started(self.domid, self.settings.name, self.clock())
+        poller = zmq.Poller()
+        for sock in [self.client.socket, *(a.socket for a in self.attachments)]:
+            poller.register(sock, zmq.POLLIN)
+        next_heartbeat = self.clock()
+        while not should_stop() and not self._destroyed:
+            self._drive(should_stop)
+            now = self.clock()
+            if now >= next_heartbeat or self._report_now:
+                self._report_now = False
+                self._heartbeat(should_stop)
+                next_heartbeat = now + self.settings.heartbeat_s
+            for attachment in self.attachments:
+                attachment.tick(now)
+            wakeups = [self.balloon.next_wakeup(), *(a.next_wakeup() for a in self.attachments)]
+            due = min([next_heartbeat, *(w for w in wakeups if w is not None)])
+            wait_ms = int(1000 * min(MAX_IDLE_WAIT_S, max(0.0, due - self.clock())))
+            ready = dict(poller.poll(wait_ms))
+            if self.client.socket in ready:
+                event = self.client.wait_event(0)
+                if event is not None:
+                    self._on_event(event)
+            for attachment in self.attachments:
+                if attachment.socket in ready:
+                    attachment.on_readable(self.clock())
+        if not self._destroyed:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            result = self.client.call("shutdown", retries=2)
+            self.log.info("shut down", released=result.get("released"))
+        except (Unreachable, RemoteError) as err:
+            self.log.warning("shutdown not confirmed", error=str(err))
+
+    # --- the balloon -------------------------------------------------------------------------
+
+    def _drive(self, should_stop: Callable[[], bool]) -> None:
+        """Carry out every action the balloon wants now, one RPC at a time."""
+        balloon = self.balloon
+        while not should_stop():
+            for event in self._drain_events():
+                self._on_event(event)
+            action = balloon.poll(self.clock())
+            if action is None:
+                break
+            try:
+                if isinstance(action, Increase):
+                    result = self.client.call("increase_reservation", {"nr_pages": action.nr}, retries=-1, should_stop=should_stop)
+                    granted = [Extent(a, b) for a, b in result["extents"]]
+                    balloon.increase_done(granted, self.clock())
+                    self.log.debug("increase", seq=self.client.last_seq, asked=action.nr, granted=result["granted"], current_pages=balloon.current_pages)
+                elif isinstance(action, Decrease):
+                    self.client.call("decrease_reservation", {"extents": [list(e) for e in action.extents]}, retries=-1, should_stop=should_stop)
+                    balloon.decrease_done(self.clock())
+                    self.log.debug("decrease", seq=self.client.last_seq, released=action.nr, current_pages=balloon.current_pages)
+            except RemoteError as err:
+                balloon.request_failed(self.clock())
+                self.log.error("request refused", seq=self.client.last_seq, error=err.code, message=err.message)
+                if err.code == "ESRCH":
+                    self._destroyed = True
+                    return
+            except Unreachable:  # only when stopping: retries are unlimited
+                balloon.request_failed(self.clock())
+                return
+            self._report_state()
+
+    def _report_state(self) -> None:
+        balloon = self.balloon
+        if balloon.state is self._reported_state:
+            return
+        self._reported_state = balloon.state
+        self._report_now = True
+        stats = balloon.stats()
+        self.log.info(
+            "balloon " + str(balloon.state),
+            current_pages=balloon.current_pages,
+            target_pages=balloon.target_pages,
+            retry_count=stats.retry_count,
+            schedule_delay=stats.schedule_delay,
+        )
+
+    # --- the hypervisor's news ---------------------------------------------------------------
+
+    def _drain_events(self) -> list[dict[str, Any]]:
+        events = list(self.client.events)
+        self.client.events.clear()
+        return events
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        name, args = event.get("event"), event.get("args", {})
+        if name == "target":
+            self._apply_target(args, pushed=True)
+        elif name == "destroyed":
+            self.log.info("domain destroyed by the toolstack")
+            self._destroyed = True
+
+    def _apply_target(self, info: dict[str, Any], pushed: bool) -> None:
+        """A target write (seen by its counter, so a write of the same value counts) wakes the driver."""
+        now = self.clock()
+        try:
+            max_pages, target, writes = int(info["max_pages"]), int(info["target_pages"]), int(info["target_writes"])
+        except (KeyError, TypeError, ValueError):
+            self.log.warning("malformed target information", info=str(info)[:200])
+            return
+        if max_pages != self.balloon.maxmem_pages:
+            self.balloon.set_maxmem(max_pages, now)
+        if writes != self._target_writes:
+            self._target_writes = writes
+            self.balloon.set_target(target, now)
+            self.log.info("target changed", target_pages=target, current_pages=self.balloon.current_pages, via="push" if pushed else "heartbeat")
+
+    def _heartbeat(self, should_stop: Callable[[], bool]) -> None:
+        try:
+            result = self.client.call("status", {"balloon": self.balloon.stats().to_dict()}, retries=0)
+        except Unreachable:
+            self.log.warning("heartbeat unanswered")
+            return
+        except RemoteError as err:
+            self.log.error("heartbeat refused", error=err.code, message=err.message)
+            if err.code == "ESRCH":
+                self._destroyed = True
+            return
+        self._apply_target(result, pushed=False)
