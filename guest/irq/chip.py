@@ -1,0 +1,202 @@
+"""Flow handlers: what happens when an interrupt is delivered on a line.
+
+Modelled on Linux kernel/irq/chip.c (handle_level_irq, handle_edge_irq, handle_fasteoi_irq),
+handle.c (running the action chain) and resend.c (replaying a pending edge). The shell calls
+`handle_interrupt(table, irq, now)` for every interrupt irqbus delivers and sends the
+returned chip operations back, in order.
+
+Why three flows: a level line stays asserted until its device is serviced, so it must be
+masked while handlers run and is simply seen again on unmask — nothing needs remembering. An
+edge is a single event: if it cannot be handled now (line disabled, or the chain already
+running) it is latched as PENDING and replayed later, or it would be lost. fasteoi serves
+controllers that hold the line themselves until one End-Of-Interrupt (the IOAPIC's remote IRR).
+
+A handler that raises, or returns something that is not an IrqReturn, is counted as NONE and
+reported as a `HandlerFault` event: one broken driver must not take the guest down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from guest.irq.desc import (
+    S_DISABLED,
+    S_INPROGRESS,
+    S_PENDING,
+    S_REPLAY,
+    ChipOp,
+    ChipOpKind,
+    Flow,
+    IrqDesc,
+    IrqReturn,
+    Trigger,
+)
+from guest.irq.spurious import note_interrupt
+from guest.irq.table import IrqError, IrqSetupError, IrqTable
+
+__all__ = [
+    "ChipOp",
+    "ChipOpKind",
+    "HandlerFault",
+    "check_irq_resend",
+    "handle_edge_irq",
+    "handle_fasteoi_irq",
+    "handle_interrupt",
+    "handle_irq_event",
+    "handle_level_irq",
+]
+
+MAX_CPUS = 4096  # bounds the per-CPU count list a bogus cpu number could grow
+_HANDLED_BITS = int(IrqReturn.HANDLED | IrqReturn.WAKE_THREAD)
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerFault:
+    """A handler raised or returned a bogus value; recorded for the shell to log."""
+
+    irq: int
+    action: str
+    reason: str
+    now: float
+
+    @property
+    def message(self) -> str:
+        return f"irq {self.irq}: handler {self.action!r} failed: {self.reason}"
+
+
+def handle_interrupt(table: IrqTable, irq: int, now: float, cpu: int = 0) -> list[ChipOp]:
+    """Deliver one interrupt on `irq` through its line's flow; return the chip operations."""
+    desc = table.lookup(irq)
+    if not isinstance(cpu, int) or isinstance(cpu, bool) or not 0 <= cpu < MAX_CPUS:
+        raise IrqSetupError(IrqError.EINVAL, f"cpu {cpu!r} is not a CPU number")
+    now = table.note_time(now)
+    return _FLOWS[desc.flow](table, desc, now, cpu)
+
+
+def _call(table: IrqTable, desc: IrqDesc, now: float) -> int:
+    """Call every action on the line and OR their answers (handle_irq_event_percpu).
+
+    Returns the IrqReturn bits as a plain int (cheaper than IntFlag arithmetic per action).
+    """
+    result = 0
+    for action in list(desc.actions):  # a handler may free_irq; finish this round as it began
+        action.count += 1
+        try:
+            ret = action.handler(desc.irq, action.dev_id)
+        except Exception as exc:  # noqa: BLE001 - a faulty driver is reported, not fatal
+            table.record(HandlerFault(desc.irq, action.name, f"raised {exc!r}", now))
+            continue
+        if not isinstance(ret, int) or not 0 <= ret <= _HANDLED_BITS:
+            table.record(HandlerFault(desc.irq, action.name, f"bogus return value {ret!r}", now))
+            continue
+        ret = int(ret)
+        if ret & _HANDLED_BITS:
+            action.handled += 1
+        result |= ret
+    return result
+
+
+def handle_irq_event(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> list[ChipOp]:
+    """Run the chain once with INPROGRESS set, count it, and let spurious.py judge it."""
+    desc.bits = (desc.bits & ~S_PENDING) | S_INPROGRESS
+    desc.count_on(cpu)
+    try:
+        ret = _call(table, desc, now)
+    finally:
+        desc.bits &= ~S_INPROGRESS
+    verdict = note_interrupt(desc, ret, now, table.spurious)
+    if verdict is None:
+        return []
+    table.record(verdict)
+    return desc.mask()
+
+
+def _runnable(desc: IrqDesc) -> bool:
+    """Handlers may run: the line has actions and is not disabled."""
+    return bool(desc.actions) and not desc.bits & S_DISABLED
+
+
+def _latch_edge(desc: IrqDesc) -> None:
+    """Remember an edge no handler saw; a level needs no memory (it is still asserted)."""
+    if desc.trigger is Trigger.EDGE:
+        desc.bits |= S_PENDING
+
+
+def _run_edges(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> list[ChipOp]:
+    """Run the chain, then again for every edge that was latched meanwhile.
+
+    A nested edge masked the line (mask+ack in handle_edge_irq); unmask before re-running
+    unless the line was disabled in the meantime.
+    """
+    ops: list[ChipOp] = []
+    while True:
+        if not desc.actions:
+            ops += desc.mask()
+            return ops
+        if desc.bits & (S_PENDING | S_DISABLED) == S_PENDING:
+            ops += desc.unmask()
+        ops += handle_irq_event(table, desc, now, cpu)
+        if desc.bits & (S_PENDING | S_DISABLED) != S_PENDING:
+            return ops
+
+
+def handle_level_irq(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> list[ChipOp]:
+    """Mask+ack, run the chain, unmask. Disabled: stay masked and forget the interrupt."""
+    ops = desc.mask_ack()
+    if desc.bits & (S_INPROGRESS | S_DISABLED) or not desc.actions:
+        return ops
+    ops += handle_irq_event(table, desc, now, cpu)
+    if not desc.bits & S_DISABLED:
+        ops += desc.unmask()
+    return ops
+
+
+def handle_edge_irq(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> list[ChipOp]:
+    """Ack, run the chain, loop while edges arrive; disabled or busy: latch PENDING, mask+ack."""
+    if desc.bits & (S_INPROGRESS | S_DISABLED) or not desc.actions:
+        desc.bits |= S_PENDING
+        return desc.mask_ack()
+    return [ChipOp(ChipOpKind.ACK, desc.irq), *_run_edges(table, desc, now, cpu)]
+
+
+def handle_fasteoi_irq(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> list[ChipOp]:
+    """Run the chain, then EOI. Disabled: mask, EOI. Busy: EOI (an edge is latched)."""
+    eoi = ChipOp(ChipOpKind.EOI, desc.irq)
+    if desc.bits & S_INPROGRESS:
+        _latch_edge(desc)
+        return [eoi]
+    if not _runnable(desc):
+        _latch_edge(desc)
+        return [*desc.mask(), eoi]
+    ops = _run_edges(table, desc, now, cpu)
+    ops.append(eoi)
+    return ops
+
+
+_FLOWS = {
+    Flow.LEVEL: handle_level_irq,
+    Flow.EDGE: handle_edge_irq,
+    Flow.FASTEOI: handle_fasteoi_irq,
+}
+
+
+def check_irq_resend(table: IrqTable, desc: IrqDesc, now: float, cpu: int = 0) -> list[ChipOp]:
+    """Replay a PENDING edge once the line is enabled again (Linux resend.c).
+
+    Runs the chain directly, without ACK or EOI: the chip was already acknowledged when the
+    edge was latched. A level line is never replayed — if still asserted it is delivered
+    again on unmask. REPLAY guards against starting a second replay; if the chain is running
+    right now (enable_irq from a handler), PENDING is left for that run's loop.
+    """
+    if not desc.bits & S_PENDING:
+        return []
+    if desc.trigger is Trigger.LEVEL:
+        desc.bits &= ~S_PENDING
+        return []
+    if desc.bits & (S_REPLAY | S_INPROGRESS) or not _runnable(desc):
+        return []
+    desc.bits |= S_REPLAY
+    try:
+        return _run_edges(table, desc, now, cpu)
+    finally:
+        desc.bits &= ~S_REPLAY

@@ -1,0 +1,398 @@
+"""Flow handlers (level, edge, fasteoi), shared-line dispatch and replay of pending edges.
+
+Each test checks the chip operations returned for irqbus as well as which handlers ran.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from guest.irq import (
+    Chip,
+    ChipOp,
+    ChipOpKind,
+    HandlerFault,
+    IrqError,
+    IrqReturn,
+    IrqSetupError,
+    IrqStatus,
+    IrqSubsystem,
+    Trigger,
+)
+
+MASK, UNMASK, ACK, EOI = ChipOpKind.MASK, ChipOpKind.UNMASK, ChipOpKind.ACK, ChipOpKind.EOI
+
+
+def ops(irq: int, *kinds: ChipOpKind) -> list[ChipOp]:
+    return [ChipOp(kind, irq) for kind in kinds]
+
+
+class Recorder:
+    """A handler that records its calls and answers `ret`."""
+
+    def __init__(self, ret: IrqReturn | int = IrqReturn.HANDLED) -> None:
+        self.calls: list[tuple[int, object]] = []
+        self.ret = ret
+
+    def __call__(self, irq: int, dev_id: object) -> IrqReturn | int:
+        self.calls.append((irq, dev_id))
+        return self.ret
+
+
+# -- dispatch ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(5)
+def test_irqreturn_combines_by_or():
+    assert IrqReturn.NONE | IrqReturn.HANDLED == IrqReturn.HANDLED
+    assert int(IrqReturn.NONE) == 0 and int(IrqReturn.HANDLED) == 1
+    assert IrqReturn.HANDLED | IrqReturn.WAKE_THREAD == 3
+
+
+@pytest.mark.timeout(5)
+def test_handler_gets_irq_and_dev_id():
+    sub = IrqSubsystem()
+    rec = Recorder()
+    sub.request_irq(4, rec, "serial", dev_id="ttyS0")
+    sub.handle(4, 1.0)
+    assert rec.calls == [(4, "ttyS0")]
+
+
+@pytest.mark.timeout(5)
+def test_every_action_on_a_shared_line_is_called_and_ored():
+    sub = IrqSubsystem()
+    nic, disk = Recorder(IrqReturn.HANDLED), Recorder(IrqReturn.NONE)
+    sub.request_irq(11, nic, "nic0", dev_id="nic0", shared=True, trigger=Trigger.LEVEL)
+    sub.request_irq(11, disk, "disk0", dev_id="disk0", shared=True)
+    assert sub.handle(11, 0.0) == ops(11, MASK, ACK, UNMASK)
+    assert nic.calls == [(11, "nic0")] and disk.calls == [(11, "disk0")]
+    desc = sub.lookup(11)
+    assert desc.irqs_unhandled == 0  # HANDLED | NONE = HANDLED
+    assert desc.count == 1
+    assert [(a.count, a.handled) for a in desc.actions] == [(1, 1), (1, 0)]
+
+
+@pytest.mark.timeout(5)
+def test_all_none_counts_unhandled():
+    sub = IrqSubsystem()
+    sub.request_irq(11, Recorder(IrqReturn.NONE), "a", dev_id="a", shared=True)
+    sub.request_irq(11, Recorder(0), "b", dev_id="b", shared=True)
+    sub.handle(11, 0.0)
+    sub.handle(11, 0.01)
+    assert sub.lookup(11).irqs_unhandled == 2
+
+
+@pytest.mark.timeout(5)
+def test_int_and_bool_returns_are_accepted():
+    sub = IrqSubsystem()
+    sub.request_irq(11, Recorder(1), "a", dev_id="a", shared=True)
+    sub.request_irq(11, Recorder(True), "b", dev_id="b", shared=True)
+    sub.handle(11, 0.0)
+    assert [a.handled for a in sub.lookup(11).actions] == [1, 1]
+    assert sub.events() == []
+
+
+@pytest.mark.timeout(5)
+def test_faulty_handlers_are_reported_not_fatal():
+    sub = IrqSubsystem()
+
+    def boom(irq: int, dev_id: object) -> IrqReturn:
+        raise RuntimeError("device on fire")
+
+    good = Recorder()
+    sub.request_irq(11, boom, "broken", dev_id=1, shared=True)
+    sub.request_irq(11, Recorder("yes"), "bogus", dev_id=2, shared=True)
+    sub.request_irq(11, good, "good", dev_id=3, shared=True)
+    assert sub.handle(11, 0.0) == ops(11, ACK)
+    assert len(good.calls) == 1
+    events = sub.events()
+    assert [type(e) for e in events] == [HandlerFault, HandlerFault]
+    assert events[0].action == "broken" and "device on fire" in events[0].message
+    assert events[1].action == "bogus" and "bogus return" in events[1].reason
+    assert not sub.lookup(11).has(IrqStatus.INPROGRESS)
+    assert sub.lookup(11).irqs_unhandled == 0  # "good" handled it
+    assert sub.events() == []  # drained
+
+
+@pytest.mark.timeout(5)
+def test_per_cpu_counts():
+    sub = IrqSubsystem()
+    sub.request_irq(4, Recorder(), "serial")
+    sub.handle(4, 0.0, cpu=0)
+    sub.handle(4, 0.0, cpu=1)
+    sub.handle(4, 0.0, cpu=1)
+    desc = sub.lookup(4)
+    assert desc.kstat == [1, 2] and desc.count == 3
+    assert desc.cpu_count(7) == 0
+
+
+@pytest.mark.timeout(5)
+def test_bad_delivery_is_refused():
+    sub = IrqSubsystem()
+    sub.request_irq(4, Recorder(), "serial")
+    for irq, now, cpu, code in [
+        (99, 0.0, 0, IrqError.ENOENT),
+        (-3, 0.0, 0, IrqError.EINVAL),
+        (4, "soon", 0, IrqError.EINVAL),
+        (4, float("nan"), 0, IrqError.EINVAL),
+        (4, 0.0, -1, IrqError.EINVAL),
+        (4, 0.0, 10**9, IrqError.EINVAL),
+    ]:
+        with pytest.raises(IrqSetupError) as info:
+            sub.handle(irq, now, cpu)
+        assert info.value.code is code
+    assert sub.lookup(4).count == 0
+
+
+# -- level flow -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(5)
+def test_level_flow_masks_acks_runs_unmasks():
+    sub = IrqSubsystem()
+    rec = Recorder()
+    sub.request_irq(9, rec, "acpi", trigger=Trigger.LEVEL)
+    assert sub.handle(9, 0.0) == ops(9, MASK, ACK, UNMASK)
+    assert len(rec.calls) == 1
+    assert not sub.lookup(9).has(IrqStatus.MASKED)
+
+
+@pytest.mark.timeout(5)
+def test_level_while_disabled_is_not_latched():
+    sub = IrqSubsystem()
+    rec = Recorder()
+    sub.request_irq(9, rec, "acpi", trigger=Trigger.LEVEL)
+    sub.disable_irq(9)
+    assert sub.handle(9, 0.0) == ops(9, MASK, ACK)  # stays masked: no UNMASK
+    assert rec.calls == []
+    desc = sub.lookup(9)
+    assert desc.has(IrqStatus.MASKED) and not desc.has(IrqStatus.PENDING)
+    assert desc.count == 0
+    # Enabling only unmasks: a still-asserted level is delivered again by the controller.
+    assert sub.enable_irq(9) == ops(9, UNMASK)
+    assert rec.calls == []
+    assert sub.handle(9, 0.1) == ops(9, MASK, ACK, UNMASK)
+    assert len(rec.calls) == 1
+
+
+@pytest.mark.timeout(5)
+def test_level_nested_delivery_is_not_run():
+    """Delivered while the chain runs: left masked; the outer run's unmask re-exposes it."""
+    sub = IrqSubsystem()
+    nested: list[list[ChipOp]] = []
+    calls = []
+
+    def handler(irq: int, dev_id: object) -> IrqReturn:
+        calls.append(irq)
+        if len(calls) == 1:
+            nested.append(sub.handle(irq, 0.0))
+        return IrqReturn.HANDLED
+
+    sub.request_irq(9, handler, "acpi", trigger=Trigger.LEVEL)
+    assert sub.handle(9, 0.0) == ops(9, MASK, ACK, UNMASK)
+    assert nested == [ops(9, ACK)]  # already masked by the outer run
+    assert calls == [9]
+
+
+# -- edge flow --------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(5)
+def test_edge_flow_acks_and_runs():
+    sub = IrqSubsystem()
+    rec = Recorder()
+    sub.request_irq(1, rec, "i8042")
+    assert sub.handle(1, 0.0) == ops(1, ACK)
+    assert len(rec.calls) == 1
+
+
+@pytest.mark.timeout(5)
+def test_edge_while_disabled_is_pending_and_replayed_once():
+    sub = IrqSubsystem()
+    rec = Recorder()
+    sub.request_irq(1, rec, "i8042")
+    sub.disable_irq(1)
+    assert sub.handle(1, 0.0) == ops(1, MASK, ACK)
+    assert sub.handle(1, 0.01) == ops(1, ACK)  # already masked
+    assert sub.handle(1, 0.02) == ops(1, ACK)
+    desc = sub.lookup(1)
+    assert desc.has(IrqStatus.PENDING) and rec.calls == []
+    assert sub.enable_irq(1, now=0.05) == ops(1, UNMASK)  # replay: no second ACK
+    assert len(rec.calls) == 1
+    assert not desc.has(IrqStatus.PENDING) and not desc.has(IrqStatus.REPLAY)
+    assert desc.count == 1
+    # Nothing more is owed.
+    sub.disable_irq(1)
+    assert sub.enable_irq(1) == []
+    assert len(rec.calls) == 1
+
+
+@pytest.mark.timeout(5)
+def test_nested_enable_replays_only_on_the_last():
+    sub = IrqSubsystem()
+    rec = Recorder()
+    sub.request_irq(1, rec, "i8042")
+    sub.disable_irq(1)
+    sub.disable_irq(1)
+    sub.handle(1, 0.0)
+    assert sub.enable_irq(1) == []
+    assert rec.calls == []
+    sub.enable_irq(1)
+    assert len(rec.calls) == 1
+
+
+@pytest.mark.timeout(5)
+def test_edge_during_inprogress_is_replayed_by_the_loop():
+    sub = IrqSubsystem()
+    nested: list[list[ChipOp]] = []
+    calls = []
+
+    def handler(irq: int, dev_id: object) -> IrqReturn:
+        calls.append(irq)
+        if len(calls) == 1:
+            nested.append(sub.handle(irq, 0.0))  # the same edge fires again meanwhile
+        return IrqReturn.HANDLED
+
+    sub.request_irq(1, handler, "i8042")
+    outer = sub.handle(1, 0.0)
+    assert nested == [ops(1, MASK, ACK)]
+    assert outer == ops(1, ACK, UNMASK)  # unmasked again before the loop re-runs
+    assert calls == [1, 1]
+    desc = sub.lookup(1)
+    assert desc.status == IrqStatus.NONE
+    assert desc.count == 2
+
+
+@pytest.mark.timeout(5)
+def test_enable_inside_handler_leaves_replay_to_the_loop():
+    """disable, edge arrives (pending), enable — all from the handler: replayed exactly once."""
+    sub = IrqSubsystem()
+    calls = []
+    inner: list[list[ChipOp]] = []
+
+    def handler(irq: int, dev_id: object) -> IrqReturn:
+        calls.append(irq)
+        if len(calls) == 1:
+            sub.disable_irq(irq)
+            inner.append(sub.handle(irq, 0.0))
+            inner.append(sub.enable_irq(irq))
+        return IrqReturn.HANDLED
+
+    sub.request_irq(1, handler, "i8042")
+    outer = sub.handle(1, 0.0)
+    assert inner == [ops(1, MASK, ACK), ops(1, UNMASK)]
+    assert outer == ops(1, ACK)
+    assert calls == [1, 1]
+    assert sub.lookup(1).status == IrqStatus.NONE
+
+
+@pytest.mark.timeout(5)
+def test_edge_disabled_inside_handler_stops_the_loop():
+    sub = IrqSubsystem()
+    calls = []
+
+    def handler(irq: int, dev_id: object) -> IrqReturn:
+        calls.append(irq)
+        sub.handle(irq, 0.0)  # nested: pending
+        sub.disable_irq(irq)
+        return IrqReturn.HANDLED
+
+    sub.request_irq(1, handler, "i8042")
+    assert sub.handle(1, 0.0) == ops(1, ACK)
+    assert calls == [1]
+    desc = sub.lookup(1)
+    assert desc.has(IrqStatus.PENDING) and desc.has(IrqStatus.MASKED)
+    sub.enable_irq(1)  # handler runs once more and disables again
+    assert calls == [1, 1]
+
+
+@pytest.mark.timeout(5)
+def test_edge_without_action_then_request_drops_stale_pending():
+    sub = IrqSubsystem()
+    assert sub.handle(3, 0.0) == ops(3, ACK)  # no action: line still masked from boot
+    assert sub.lookup(3).has(IrqStatus.PENDING)
+    rec = Recorder()
+    assert sub.request_irq(3, rec, "serial1") == ops(3, UNMASK)
+    assert rec.calls == []
+    assert not sub.lookup(3).has(IrqStatus.PENDING)
+
+
+@pytest.mark.timeout(5)
+def test_msi_uses_edge_flow():
+    sub = IrqSubsystem()
+    irq = sub.allocate_dynamic(Chip.PCI_MSIX, 0x2001)
+    rec = Recorder()
+    sub.request_irq(irq, rec, "nvme0q1")
+    assert sub.handle(irq, 0.0) == ops(irq, ACK)
+    sub.disable_irq(irq)
+    sub.handle(irq, 0.1)
+    assert sub.enable_irq(irq) == ops(irq, UNMASK)
+    assert len(rec.calls) == 2
+
+
+# -- fasteoi ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(5)
+def test_fasteoi_runs_then_eoi():
+    sub = IrqSubsystem()
+    rec = Recorder()
+    sub.request_irq(16, rec, "ehci")
+    assert sub.handle(16, 0.0) == ops(16, EOI)
+    assert len(rec.calls) == 1
+
+
+@pytest.mark.timeout(5)
+def test_fasteoi_level_while_disabled_masks_eois_and_forgets():
+    sub = IrqSubsystem()
+    rec = Recorder()
+    sub.request_irq(16, rec, "ehci")
+    sub.disable_irq(16)
+    assert sub.handle(16, 0.0) == ops(16, MASK, EOI)
+    assert not sub.lookup(16).has(IrqStatus.PENDING)
+    assert sub.enable_irq(16) == ops(16, UNMASK)
+    assert rec.calls == []
+
+
+@pytest.mark.timeout(5)
+def test_fasteoi_edge_while_disabled_is_replayed():
+    sub = IrqSubsystem()
+    irq = sub.table.allocate(Chip.XEN_DYN, 5, Trigger.EDGE, flow="fasteoi")
+    rec = Recorder()
+    sub.request_irq(irq, rec, "xen-pirq")
+    sub.disable_irq(irq)
+    assert sub.handle(irq, 0.0) == ops(irq, MASK, EOI)
+    assert sub.lookup(irq).has(IrqStatus.PENDING)
+    assert sub.enable_irq(irq) == ops(irq, UNMASK)
+    assert len(rec.calls) == 1
+
+
+@pytest.mark.timeout(5)
+def test_fasteoi_edge_during_inprogress_is_rerun():
+    sub = IrqSubsystem()
+    irq = sub.table.allocate(Chip.XEN_DYN, 5, Trigger.EDGE, flow="fasteoi")
+    nested: list[list[ChipOp]] = []
+    calls = []
+
+    def handler(irq: int, dev_id: object) -> IrqReturn:
+        calls.append(irq)
+        if len(calls) == 1:
+            nested.append(sub.handle(irq, 0.0))
+        return IrqReturn.HANDLED
+
+    sub.request_irq(irq, handler, "evtchn")
+    assert sub.handle(irq, 0.0) == ops(irq, EOI)
+    assert nested == [ops(irq, EOI)]
+    assert calls == [irq, irq]
+
+
+@pytest.mark.timeout(5)
+def test_undrained_events_are_bounded():
+    sub = IrqSubsystem(max_events=3)
+    sub.request_irq(4, lambda irq, dev_id: None, "forgot-to-return")  # type: ignore[arg-type, return-value]
+    for i in range(10):
+        sub.handle(4, i * 0.001)
+    assert len(sub.events()) == 3
+    assert sub.table.events_dropped == 7
+    sub.handle(4, 1.0)
+    assert len(sub.events()) == 1
