@@ -67,7 +67,7 @@ def test_sigkill_leaves_the_books_balanced(host):
     host.wait_registered("victim", "other")
     assert host.tool("mem-set", "victim", "40m").returncode == 0
     time.sleep(0.3)  # mid-ballooning
-    victim = next(p for n, p in host.procs.procs if n == "victim")
+    victim = host.procs.get("victim")
     victim.send_signal(signal.SIGKILL)
     victim.wait(5)
     assert host.tool("audit").returncode == 0

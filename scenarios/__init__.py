@@ -1,0 +1,1 @@
+"""Run ballonet's processes together: launching, demos and (later) scenario files."""
