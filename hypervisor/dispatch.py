@@ -131,9 +131,7 @@ class Hypervisor:
         extents = self.table.increase_reservation(domain, args["nr_pages"])
         granted = sum(e.count for e in extents)
         fields = {"domid": domain.domid, "asked": args["nr_pages"], "granted": granted, "free_pages": self.pool.free_pages}
-        result = _Result({"extents": _wire_extents(extents), "granted": granted}, fields)
-        result.notable = granted < args["nr_pages"]
-        return result
+        return _Result({"extents": _wire_extents(extents), "granted": granted}, fields, notable=granted < args["nr_pages"])
 
     def _decrease(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self._guest(client, now)

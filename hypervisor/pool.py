@@ -9,8 +9,9 @@ Everything is kept as extents (runs of contiguous pages), never per page, so a 1
 holdings are a sorted list of starts plus a dict start -> count (`_Holdings`), so "does this
 owner hold all of [start, start+count)?" is one bisect. Free space (`_FreeSpace`) is hashed
 by start and by end, for O(1) merging, and filed by power-of-two size class, for a good-fit
-allocation that hands out one extent per grant while any free extent is big enough.
-Extents are kept maximal everywhere: neighbours merge.
+allocation that hands out one extent per grant while any free extent is big enough; a grant
+first refills the free hole just below the owner's highest extent, so holdings that a
+balloon driver punched holes into merge back. Extents are kept maximal everywhere.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class _FreeSpace:
     def _unfile(self, start: int, count: int) -> None:
         k = count.bit_length() - 1
         members = self.classes[k]
-        members.remove(start)
+        members.discard(start)  # discard: take() may have popped it already
         if not members:
             self.mask &= ~(1 << k)
 
@@ -99,39 +100,53 @@ class _FreeSpace:
         if left is not None:
             self._unfile(left, by_start[left])
             start = left
-        by_start[start] = end - start
+        count = end - start
+        by_start[start] = count
         by_end[end] = start
-        self._file(start, end - start)
+        k = count.bit_length() - 1  # _file, inlined: this is the hot path of every release
+        self.classes[k].add(start)
+        self.mask |= 1 << k
 
-    def take(self, count: int) -> list[Extent]:
+    def take(self, count: int, below: int | None = None) -> list[Extent]:
         """Remove up to `count` pages and return them as extents, ascending.
 
-        Good fit: the top of an extent from the smallest size class whose every member
-        holds `count` pages, so a grant is one extent and big runs are kept for big
-        requests. Only when no such class is populated (the pool is short or badly
+        First, if a free extent ends at `below` (the start of the owner's highest extent),
+        its top pages: they join the owner's extent, refilling the hole the owner itself
+        punched when it gave pages back, so holdings re-merge instead of fragmenting.
+        Then good fit: the top of an extent from the smallest size class whose every
+        member holds enough pages, so a grant is usually one extent and big runs are kept
+        for big requests. Only when no such class is populated (the pool is short or badly
         fragmented) does it gather several extents, largest classes first.
         """
+        taken: list[Extent] = []
+        if below is not None and below in self.by_end:
+            piece = self._take_top_of(self.by_end[below], count)
+            count -= piece.count
+            if not count:
+                return [piece]
+            taken.append(piece)
         k = count.bit_length() - 1
         if count & (count - 1):
             k += 1  # not a power of two: class k - 1 may hold extents that are too small
         fits = self.mask >> k
         if fits:
-            return [self._cut_top(k + (fits & -fits).bit_length() - 1, count)]
-        taken: list[Extent] = []
-        while count and self.mask:
-            piece = self._cut_top(self.mask.bit_length() - 1, count)
-            taken.append(piece)
-            count -= piece.count
+            taken.append(self._take_from_class(k + (fits & -fits).bit_length() - 1, count))
+        else:
+            while count and self.mask:
+                piece = self._take_from_class(self.mask.bit_length() - 1, count)
+                taken.append(piece)
+                count -= piece.count
         taken.sort()
         return taken
 
-    def _cut_top(self, k: int, want: int) -> Extent:
-        """Take up to `want` pages from the top end of some extent of class `k`."""
-        members = self.classes[k]
-        start = members.pop()  # set.pop resumes where it left off: O(1) amortized
-        if not members:
-            self.mask &= ~(1 << k)
+    def _take_from_class(self, k: int, want: int) -> Extent:
+        # set.pop resumes where the last pop left off: O(1) amortized, unlike next(iter(s))
+        return self._take_top_of(self.classes[k].pop(), want)
+
+    def _take_top_of(self, start: int, want: int) -> Extent:
+        """Take up to `want` pages from the top end of the free extent at `start`."""
         count = self.by_start[start]
+        self._unfile(start, count)
         end = start + count
         del self.by_end[end]
         if want >= count:
@@ -234,19 +249,17 @@ class _Holdings:
 
     def top(self, max_pages: int) -> list[Extent]:
         """The highest-addressed pages, up to `max_pages`, ascending; the set is unchanged."""
-        starts, counts = self.starts, self.counts
+        counts = self.counts
         out: list[Extent] = []
-        i = len(starts) - 1
-        while max_pages > 0 and i >= 0:
-            s = starts[i]
+        if max_pages <= 0:
+            return out
+        for s in reversed(self.starts):
             c = counts[s]
-            if c <= max_pages:
-                out.append(_extent((s, c)))
-                max_pages -= c
-            else:
+            if c >= max_pages:
                 out.append(_extent((s + c - max_pages, max_pages)))
-                max_pages = 0
-            i -= 1
+                break
+            out.append(_extent((s, c)))
+            max_pages -= c
         out.reverse()
         return out
 
@@ -335,15 +348,17 @@ class PagePool:
         balloon driver keeps it), so it is not an error. Returns only the new extents,
         usually one (see _FreeSpace.take).
         """
-        n = _as_int(count)
-        if n is None:
-            raise TypeError(f"count must be an int, not {count!r}")
-        if n <= 0 or not self._free.pages:
+        if type(count) is not int:
+            n = _as_int(count)
+            if n is None:
+                raise TypeError(f"count must be an int, not {count!r}")
+            count = n
+        if count <= 0 or not self._free.pages:
             return []
-        taken = self._free.take(n)
         held = self._owned.get(owner)
         if held is None:
             held = self._owned[owner] = _Holdings()
+        taken = self._free.take(count, held.starts[-1] if held.starts else None)
         for start, c in taken:
             held.add(start, c)
             self._allocated += c
@@ -393,7 +408,7 @@ class PagePool:
         if isinstance(extents, (str, bytes)):
             raise PoolError(PoolErrorReason.MALFORMED, f"extents must be a list of [start, count] pairs, not {extents!r}")
         try:
-            items = list(extents)
+            items = extents if type(extents) in (list, tuple) else list(extents)
         except TypeError:
             raise PoolError(
                 PoolErrorReason.MALFORMED, f"extents must be a list of [start, count] pairs, not {extents!r}"
