@@ -9,7 +9,7 @@ from typing import Any
 
 from hypervisor.domains import DEFAULT_LIVENESS_S, Domain, DomainTable
 from hypervisor.pool import PagePool
-from hypervisor.replay import ReplayRecord
+from wire.replay import ReplayRecord
 from wire import envelope
 from wire.errors import ErrorCode, WireError
 from wire.extent import Extent

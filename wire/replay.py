@@ -1,4 +1,6 @@
-"""The record of answered requests, so a retried request is answered, never executed twice."""
+"""The record of answered requests, so a retried request is answered, never executed twice.
+
+Shared by every server (hypervisor, irqbus): the sequence rule is part of the wire contract."""
 
 from __future__ import annotations
 
