@@ -1,0 +1,22 @@
+"""Every shipped scenario, run for real through `python -m scenarios run`, must pass."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+SHIPPED = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.toml"))
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_scenario_passes(procs, path, tmp_path):
+    result = procs.run("scenarios", "run", str(path), "--out", str(tmp_path), timeout=170)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = next(tmp_path.iterdir())
+    assert {"series.csv", "series.json", "plot.svg", "report.txt"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "series.json").read_text())["samples"]
+    assert "PASSED" in (out / "report.txt").read_text()
+    assert (out / "logs" / "hypervisor.log").exists()
