@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +15,16 @@ from wire import endpoints, logsetup
 from wire.errors import RemoteError
 from wire.signals import stop_on_signals
 from wire.sizes import size_to_pages
+
+
+GUEST_NAME_ENV = "BALLONET_GUEST_NAME"
+MAX_NAME = 64  # the protocol's limit on a domain name
+
+
+def default_name() -> str:
+    """The domain name when `--name` is omitted: $BALLONET_GUEST_NAME, else guest-HOSTNAME (in a
+    container the hostname is the container's id, so every replica of a scaled service differs)."""
+    return os.environ.get(GUEST_NAME_ENV) or f"guest-{socket.gethostname()}"[:MAX_NAME]
 
 
 def _size(text: str) -> int:
@@ -42,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guest", description="a ballonet guest domain: its balloon driver")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="register a domain and run its balloon driver until stopped")
-    run.add_argument("--name", required=True, help="domain name (unique on the host)")
+    run.add_argument("--name", help=f"domain name, unique on the host (default: env {GUEST_NAME_ENV}, else guest-HOSTNAME)")
     run.add_argument("--memory", type=_size, required=True, help="initial memory, xl-style size (a bare number is KiB)")
     run.add_argument("--maxmem", type=_size, help="maximum memory (default: --memory)")
     run.add_argument("--workload", type=_size, default=0, help="memory the guest itself uses and cannot give back")
@@ -63,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.name:
+        args.name = default_name()
     log = logsetup.configure(args.log_level, "guest")
     max_pages = args.maxmem if args.maxmem is not None else args.memory
     if max_pages < args.memory:
