@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
+from hypervisor import top
 from hypervisor.dispatch import Hypervisor
 from hypervisor.domains import DEFAULT_LIVENESS_S
 from hypervisor.service import HypervisorService
@@ -58,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("domain", help="domain name or id")
         cmd.add_argument("size", type=_size, help="size; a bare number is KiB, suffixes b k m g t")
     client_command("destroy", "destroy a domain and return its pages").add_argument("domain", help="domain name or id")
+    top = client_command("top", "a live view of the host, like xentop")
+    top.add_argument("-d", "--delay", type=_positive, default=1.0, help="seconds between frames (default 1)")
+    top.add_argument("-i", "--iterations", type=int, help="stop after this many frames (default: until Ctrl-C)")
     return parser
 
 
@@ -80,7 +85,10 @@ def run_client(args: argparse.Namespace) -> int:
     endpoint = endpoints.endpoint(args.admin_endpoint, endpoints.ADMIN_ENV)
     tool = Toolstack(endpoint, timeout=args.timeout)
     try:
-        if args.command == "list":
+        if args.command == "top":
+            stop = stop_on_signals()
+            top.run(lambda: top.Frame(time.monotonic(), tool.info(), tool.list()), args.delay, args.iterations, should_stop=stop.is_set)
+        elif args.command == "list":
             domains = tool.list()
             print(json.dumps(domains, indent=2) if args.json else format_list(domains))
         elif args.command == "info":
