@@ -15,6 +15,7 @@ Kinds (and their spec strings, for command lines and scenario files):
     Stuck()                  "stuck"          never moves
     StuckEvery(s, created)   "stuck-every:S"  moving for S seconds, stuck for S, and so on,
                                               starting in the moving phase at `created`
+    Both(a, b)               "A+B"            both limits at once, e.g. "slow:500+stuck-every:2"
 """
 
 from __future__ import annotations
@@ -144,8 +145,31 @@ class StuckEvery:
         pass
 
 
+class Both:
+    """Two paces at once: a slow guest that is also stuck now and then."""
+
+    def __init__(self, first: Pace, second: Pace) -> None:
+        self.first, self.second = first, second
+        self.spec = f"{first.spec}+{second.spec}"
+
+    def allowance(self, now: float) -> int:
+        return min(self.first.allowance(now), self.second.allowance(now))
+
+    def next_allowed(self, now: float) -> float | None:
+        """The later of the two; a wait for one may end in the other's pause, so re-ask then."""
+        a, b = self.first.next_allowed(now), self.second.next_allowed(now)
+        return None if a is None or b is None else max(a, b)
+
+    def consume(self, pages: int, now: float) -> None:
+        self.first.consume(pages, now)
+        self.second.consume(pages, now)
+
+
 def parse_pace(spec: str, now: float, batch_pages: int = 512) -> Pace:
-    """Build a pace from its spec string ("normal", "slow:50", "stuck", "stuck-every:30")."""
+    """Build a pace from its spec string ("normal", "slow:50", "stuck", "stuck-every:30", "A+B")."""
+    if "+" in spec:
+        first, _, rest = spec.partition("+")
+        return Both(parse_pace(first, now, batch_pages), parse_pace(rest, now, batch_pages))
     kind, _, arg = spec.strip().partition(":")
     try:
         if kind == "normal" and not arg:

@@ -162,3 +162,17 @@ def test_bad_pace_parameters(bad):
 def test_bad_slow_capacity(bad):
     with pytest.raises(ValueError):
         Slow(10, created=0.0, capacity=bad)
+
+
+@pytest.mark.timeout(5)
+def test_both_limits_apply_at_once():
+    from guest.pace import Both, parse_pace
+
+    p = parse_pace("slow:100+stuck-every:1", now=0.0)
+    assert isinstance(p, Both) and p.spec == "slow:100+stuck-every:1"
+    assert p.allowance(0.5) == 50  # moving phase: the bucket limits
+    assert p.allowance(1.5) == 0  # stuck phase, though tokens are saved
+    assert p.next_allowed(1.5) == pytest.approx(2.0)
+    p.consume(50, 2.0)
+    assert p.allowance(2.0) == 150  # 200 tokens saved, 50 spent
+    assert parse_pace("stuck+slow:5", now=0.0).next_allowed(0.0) is None
