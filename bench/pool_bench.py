@@ -1,16 +1,25 @@
 """Benchmark the page pool under balloon-driver traffic, against a trivial baseline.
 
-    python bench/pool_bench.py [--ops N] [--pages N] [--domains N] [--seed N]
+    python bench/pool_bench.py [--workload lifo|random-tail] [--ops N] [--pages N] [--domains N] [--seed N]
 
 Each operation picks a random domain and a random batch size n in 1..512 (one page of frame
-list, as the balloon driver uses). Half the time, if the domain holds pages, it gives back a
-random contiguous sub-range of its highest n pages (decrease_reservation); otherwise it asks
-for n pages (increase_reservation, possibly granted short).
+list, as the balloon driver uses). Half the time, if the domain holds pages, it gives back
+up to n of them (decrease_reservation); otherwise it asks for n pages (increase_reservation,
+possibly granted short). Which pages a decrease gives back is the workload:
+
+- `lifo` (default) is what ballonet's guests do (guest/memory.py, GuestMemory.take): each
+  domain keeps the extents it was granted in grant order (a grant that starts where the
+  newest extent ends extends it) and gives back its newest min(n, held) pages, splitting
+  the newest extent when only part of it goes.
+- `random-tail` gives back a random contiguous sub-range of the domain's highest-addressed
+  n pages (the pool's `highest_extents`): releases that punch holes anywhere near the top.
 
 Machines are noisy, so the same operation stream is also run against a baseline in the same
 process: one integer per domain plus a free counter. That is the cost of the driver loop and
 the random numbers alone; the ratio pool/baseline is the figure to compare across machines.
-The baseline also predicts every domain's final page count, which the pool must match.
+The pool's figure includes the guest's own bookkeeping (its extent list), as a real guest
+pays it too. The baseline also predicts every domain's final page count, which the pool
+must match, and the pool's audit() must find nothing wrong at the end.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from hypervisor.pool import PagePool  # noqa: E402
 from wire.extent import Extent  # noqa: E402
 
 BATCH = 512  # pages per increase/decrease, as in drivers/xen/balloon.c
+SLICES = 10  # the run is timed in this many equal slices, to show any slow-down as state grows
 
 
 def sub_range(window: list[Extent], a: int, b: int) -> list[tuple[int, int]]:
@@ -45,85 +55,194 @@ def sub_range(window: list[Extent], a: int, b: int) -> list[tuple[int, int]]:
     return out
 
 
-def run_pool(ops: int, pages: int, domains: int, seed: int) -> tuple[float, PagePool, float]:
-    """Returns the time taken, the pool, and the mean number of extents per release."""
+class Run:
+    """One timed run: total seconds, seconds per slice, and what the run left behind."""
+
+    def __init__(self) -> None:
+        self.slices: list[float] = []
+        self.pool: PagePool | None = None
+        self.counts: list[int] = []
+        self.memory: list[list[tuple[int, int]]] = []  # lifo: each guest's extents, grant order
+        self.releases = 0
+        self.released_extents = 0
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.slices)
+
+
+def merged(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Extents sorted with touching neighbours joined: how the pool reports holdings."""
+    out: list[tuple[int, int]] = []
+    for start, count in sorted(extents):
+        if out and out[-1][0] + out[-1][1] == start:
+            out[-1] = (out[-1][0], out[-1][1] + count)
+        else:
+            out.append((start, count))
+    return out
+
+
+def run_pool_lifo(ops: int, pages: int, domains: int, seed: int) -> Run:
+    """Guests give back their newest pages first, exactly as GuestMemory.take does."""
     rng = random.Random(seed)
     rand = rng.random  # int(rand() * n): several times cheaper than randrange
     pool = PagePool(pages)
-    allocate, release, owned, highest = pool.allocate, pool.release, pool.owned_pages, pool.highest_extents
+    allocate, release = pool.allocate, pool.release
+    memory: list[list[tuple[int, int]]] = [[] for _ in range(domains)]  # grant order, oldest first
+    counts = [0] * domains
+    run = Run()
     releases = released_extents = 0
-    t0 = time.perf_counter()
-    for _ in range(ops):
-        d = int(rand() * domains)
-        n = 1 + int(rand() * BATCH)
-        held = owned(d)
-        if held and rand() < 0.5:
-            w = n if n < held else held
-            a = int(rand() * w)
-            b = a + 1 + int(rand() * (w - a))
-            request = sub_range(highest(d, w), a, b)
-            release(d, request)
-            releases += 1
-            released_extents += len(request)
-        else:
-            allocate(d, n)
-    return time.perf_counter() - t0, pool, released_extents / max(releases, 1)
+    for _ in range(SLICES):
+        t0 = time.perf_counter()
+        for _ in range(ops // SLICES):
+            d = int(rand() * domains)
+            n = 1 + int(rand() * BATCH)
+            held = counts[d]
+            if held and rand() < 0.5:
+                want = n if n < held else held
+                counts[d] = held - want
+                mine = memory[d]
+                start, count = mine[-1]
+                if count > want:  # the common case: part of the newest extent
+                    mine[-1] = (start, count - want)
+                    request = [(start + count - want, want)]
+                else:
+                    request = []
+                    while want:
+                        start, count = mine[-1]
+                        if count <= want:
+                            mine.pop()
+                            request.append((start, count))
+                            want -= count
+                        else:
+                            mine[-1] = (start, count - want)
+                            request.append((start + count - want, want))
+                            want = 0
+                    request.reverse()
+                release(d, request)
+                releases += 1
+                released_extents += len(request)
+            else:
+                mine = memory[d]
+                for start, count in allocate(d, n):
+                    counts[d] += count
+                    if mine and (last := mine[-1])[0] + last[1] == start:
+                        mine[-1] = (last[0], last[1] + count)
+                    else:
+                        mine.append((start, count))
+        run.slices.append(time.perf_counter() - t0)
+    run.pool, run.counts, run.memory = pool, counts, memory
+    run.releases, run.released_extents = releases, released_extents
+    return run
 
 
-def run_baseline(ops: int, pages: int, domains: int, seed: int) -> tuple[float, list[int]]:
+def run_pool_random_tail(ops: int, pages: int, domains: int, seed: int) -> Run:
+    """Releases are random sub-ranges of the domain's highest-addressed n pages."""
     rng = random.Random(seed)
-    rand = rng.random  # int(rand() * n): several times cheaper than randrange
+    rand = rng.random
+    pool = PagePool(pages)
+    allocate, release, owned, highest = pool.allocate, pool.release, pool.owned_pages, pool.highest_extents
+    run = Run()
+    releases = released_extents = 0
+    for _ in range(SLICES):
+        t0 = time.perf_counter()
+        for _ in range(ops // SLICES):
+            d = int(rand() * domains)
+            n = 1 + int(rand() * BATCH)
+            held = owned(d)
+            if held and rand() < 0.5:
+                w = n if n < held else held
+                a = int(rand() * w)
+                b = a + 1 + int(rand() * (w - a))
+                request = sub_range(highest(d, w), a, b)
+                release(d, request)
+                releases += 1
+                released_extents += len(request)
+            else:
+                allocate(d, n)
+        run.slices.append(time.perf_counter() - t0)
+    run.pool = pool
+    run.releases, run.released_extents = releases, released_extents
+    return run
+
+
+def run_baseline(ops: int, pages: int, domains: int, seed: int, workload: str) -> Run:
+    """The same operation stream (same random numbers) on one counter per domain."""
+    rng = random.Random(seed)
+    rand = rng.random
     counts = [0] * domains
     free = pages
-    t0 = time.perf_counter()
-    for _ in range(ops):
-        d = int(rand() * domains)
-        n = 1 + int(rand() * BATCH)
-        held = counts[d]
-        if held and rand() < 0.5:
-            w = n if n < held else held
-            a = int(rand() * w)
-            b = a + 1 + int(rand() * (w - a))
-            counts[d] = held - (b - a)
-            free += b - a
-        else:
-            g = n if n < free else free
-            counts[d] = held + g
-            free -= g
-    return time.perf_counter() - t0, counts
+    tail = workload == "random-tail"
+    run = Run()
+    for _ in range(SLICES):
+        t0 = time.perf_counter()
+        for _ in range(ops // SLICES):
+            d = int(rand() * domains)
+            n = 1 + int(rand() * BATCH)
+            held = counts[d]
+            if held and rand() < 0.5:
+                w = n if n < held else held
+                if tail:
+                    a = int(rand() * w)
+                    w = 1 + int(rand() * (w - a))  # pages a .. b-1 of the window: b - a of them
+                counts[d] = held - w
+                free += w
+            else:
+                g = n if n < free else free
+                counts[d] = held + g
+                free -= g
+        run.slices.append(time.perf_counter() - t0)
+    run.counts = counts
+    return run
+
+
+WORKLOADS = {"lifo": run_pool_lifo, "random-tail": run_pool_random_tail}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="lifo")
     ap.add_argument("--ops", type=int, default=10**6)
     ap.add_argument("--pages", type=int, default=2**28)
     ap.add_argument("--domains", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
+    ops = args.ops - args.ops % SLICES
 
     gc.collect()
-    base_s, expected = run_baseline(args.ops, args.pages, args.domains, args.seed)
-    pool_s, pool, per_release = run_pool(args.ops, args.pages, args.domains, args.seed)
+    base = run_baseline(ops, args.pages, args.domains, args.seed, args.workload)
+    run = WORKLOADS[args.workload](ops, args.pages, args.domains, args.seed)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    pool = run.pool
+    assert pool is not None
 
-    pool_rate, base_rate = args.ops / pool_s, args.ops / base_s
+    pool_rate, base_rate = ops / run.seconds, ops / base.seconds
+    first, last = (ops / SLICES / run.slices[i] for i in (0, -1))
     per_domain = [pool.owned_extent_count(d) for d in range(args.domains)]
-    print(f"ops {args.ops}  pages {args.pages}  domains {args.domains}  seed {args.seed}")
-    print(f"pool ops/s      {pool_rate:,.0f}  ({pool_s * 1e6 / args.ops:.2f} us/op)")
-    print(f"baseline ops/s  {base_rate:,.0f}  ({base_s * 1e6 / args.ops:.2f} us/op)")
-    print(f"ratio           {pool_s / base_s:.2f}  (pool time / baseline time)")
+    print(f"workload {args.workload}  ops {ops}  pages {args.pages}  domains {args.domains}  seed {args.seed}")
+    print(f"pool ops/s      {pool_rate:,.0f}  ({run.seconds * 1e6 / ops:.2f} us/op)")
+    print(f"baseline ops/s  {base_rate:,.0f}  ({base.seconds * 1e6 / ops:.2f} us/op)")
+    print(f"ratio           {run.seconds / base.seconds:.2f}  (pool time / baseline time)")
     print(f"peak RSS        {peak_mib:.1f} MiB")
+    print(f"pool ops/s by slice: first {first:,.0f}  last {last:,.0f}  (1/{SLICES} of the run each)")
     print(f"allocated pages {pool.allocated_pages}  free pages {pool.free_pages}")
     print(
         f"extents: free {pool.free_extent_count}  owned {sum(per_domain)}"
         f"  (max per domain {max(per_domain, default=0)}, owners {len(pool.owners())})"
     )
-    print(f"release requests {per_release:.2f} extents on average")
+    print(f"release requests {run.released_extents / max(run.releases, 1):.2f} extents on average")
 
     failures = []
+    expected = base.counts
     mismatched = [d for d in range(args.domains) if pool.owned_pages(d) != expected[d]]
     if mismatched:
         failures.append(f"{len(mismatched)} domains differ from the baseline's page counts, e.g. {mismatched[:5]}")
+    if run.counts and run.counts != expected:
+        failures.append("the guests' own page counts differ from the baseline's")
+    if run.memory:
+        differ = [d for d, mine in enumerate(run.memory) if merged(mine) != pool.extents_of(d)]
+        if differ:
+            failures.append(f"{len(differ)} guests' extent lists differ from the pool's books, e.g. {differ[:5]}")
     t0 = time.perf_counter()
     problems = pool.audit()
     print(f"audit           {'ok' if not problems else f'{len(problems)} problems'} ({time.perf_counter() - t0:.2f} s)")
