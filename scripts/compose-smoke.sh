@@ -68,7 +68,7 @@ cleanup() {
     for _ in $(seq 1 30); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
   fi
   if [ "$rc" != 0 ] && [ -s "$WORK/dockerd.log" ]; then
-    say "dockerd's log (last 30 lines):"; tail -n 30 "$WORK/dockerd.log"
+    say "dockerd's log (last 30 lines but gRPC chatter):"; grep -v 'module=grpc' "$WORK/dockerd.log" | tail -n 30
   fi
   if [ "${#TIMINGS[@]}" -gt 0 ]; then
     say "timings:"; printf '  %s\n' "${TIMINGS[@]}"
@@ -192,6 +192,22 @@ fi
 
 step "compose up with $GUESTS guests"
 "${COMPOSE[@]}" down -v --remove-orphans --timeout 5 > /dev/null 2>&1 || true # a previous run's leftovers
+# The stack publishes 127.0.0.1:5600-5602: say plainly if something on the host holds them.
+python3 - << 'EOF' || fail "a port the stack publishes is taken on the host (a local hypervisor or irqbus? another stack?)"
+import socket, sys
+busy = []
+for port in (5600, 5601, 5602):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        busy.append(port)
+    finally:
+        s.close()
+if busy:
+    print("ports in use on 127.0.0.1:", *busy)
+sys.exit(1 if busy else 0)
+EOF
 STACK_UP=1
 UP_START=$EPOCHREALTIME
 quiet compose-up timeout 300 "${COMPOSE[@]}" up -d --no-build --scale guest=$GUESTS
