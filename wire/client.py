@@ -83,6 +83,13 @@ class RpcClient:
             if (budget >= 0 and attempt > budget) or (should_stop is not None and should_stop()):
                 raise Unreachable(f"no reply from {self.endpoint} to {op!r} after {attempt} attempt(s) of {self.timeout:g} s")
 
+    def post(self, op: str, args: dict[str, Any] | None = None) -> int:
+        """Send a request without waiting and return its seq; the caller reads the reply off
+        `socket` itself. Never retried, so several may be in flight (irqbus chip operations)."""
+        self._seq += 1
+        self._send(envelope.encode(envelope.request(op, self._seq, self.client_id, args or {})))
+        return self._seq
+
     def wait_event(self, timeout: float) -> dict[str, Any] | None:
         """Return the next unsolicited event, waiting up to `timeout` seconds."""
         if not self.events and self.socket.poll(max(0, int(timeout * 1000)), zmq.POLLIN):

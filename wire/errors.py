@@ -15,6 +15,8 @@ class ErrorCode(enum.StrEnum):
     ENOSYS = "ENOSYS"  # unknown operation
     EMSGSIZE = "EMSGSIZE"  # the frame is larger than MAX_MESSAGE_BYTES
     EBUSY = "EBUSY"  # the resource is in use (interrupt lines)
+    ENOSPC = "ENOSPC"  # (irqbus) no free line source left on a guest
+    ETIMEDOUT = "ETIMEDOUT"  # (irqbus) a guest did not answer a forwarded query in time
 
 
 class WireError(Exception):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from wire.envelope import MAX_SEQ
 from wire.errors import ErrorCode, WireError
 from wire.extent import Extent
 
@@ -107,6 +108,141 @@ def scalar_map(name: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+# --- irqbus ---------------------------------------------------------------------------------
+
+IRQBUS_PINS = 24  # 0-15 the two i8259s (2 is the cascade), 16-23 the remaining IOAPIC pins
+CASCADE_PIN = 2
+MAX_DEVICE_NAME = 32
+MAX_BURST = 10_000  # interrupts one `raise` / `pulse` may fire
+MAX_CHIP_OPS = 64
+MAX_ANSWER_CHARS = 256 * 1024
+MAX_ANSWER_ITEMS = 20_000
+FIRST_DEVICE_VECTOR = 0x20  # vectors below are exceptions (0-31) on x86
+CHIP_KINDS = ("mask", "unmask", "ack", "eoi")
+TRIGGERS = ("edge", "level")
+
+
+class ChipCommand(NamedTuple):
+    """One chip operation from a guest: on a pin (0-23) or on a device's MSI-X entry."""
+
+    kind: str
+    pin: int | None
+    device: str | None
+
+
+def boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _invalid(name, "true or false", value)
+    return value
+
+
+def choice(*values: str) -> Validator:
+    def check(name: str, value: Any) -> str:
+        if value not in values or not isinstance(value, str):
+            raise _invalid(name, "one of " + ", ".join(repr(v) for v in values), value)
+        return value
+
+    return check
+
+
+def device_name(name: str, value: Any) -> str:
+    """Device names end up in /proc/interrupts and on command lines: letters, digits, _ . -"""
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_DEVICE_NAME
+        or not value.isascii()
+        or not value[0].isalnum()
+        or not all(c.isalnum() or c in "_.-" for c in value)
+    ):
+        raise _invalid(name, f"a device name of 1..{MAX_DEVICE_NAME} letters, digits, '_', '.', '-'", value)
+    return value
+
+
+def _pin(name: str, value: Any) -> int:
+    if not _is_int(value) or not 0 <= value < IRQBUS_PINS:
+        raise _invalid(name, f"a pin 0..{IRQBUS_PINS - 1}", value)
+    if value == CASCADE_PIN:
+        raise WireError(ErrorCode.EINVAL, f"'{name}': pin {CASCADE_PIN} is the i8259 cascade, not a device line")
+    return value
+
+
+def chip_commands(name: str, value: Any) -> list[ChipCommand]:
+    """[{"kind": mask|unmask|ack|eoi, "pin": 0..23} or {"kind": ..., "device": NAME}, ...]"""
+    if not isinstance(value, list) or len(value) > MAX_CHIP_OPS:
+        raise _invalid(name, f"a list of at most {MAX_CHIP_OPS} chip operations", value)
+    out = []
+    for i, item in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(item, dict) or "kind" not in item or len(item) != 2 or ("pin" in item) == ("device" in item):
+            raise _invalid(where, '{"kind": ..., "pin": N} or {"kind": ..., "device": NAME}', item)
+        kind = choice(*CHIP_KINDS)(f"{where}.kind", item["kind"])
+        if "pin" in item:
+            out.append(ChipCommand(kind, _pin(f"{where}.pin", item["pin"]), None))
+        else:
+            out.append(ChipCommand(kind, None, device_name(f"{where}.device", item["device"])))
+    return out
+
+
+def status_clears(name: str, value: Any) -> list[tuple[str, int]]:
+    """[[device, generation], ...]: write-1-to-clear of the interrupt status the guest read."""
+    if not isinstance(value, list) or len(value) > MAX_CHIP_OPS:
+        raise _invalid(name, f"a list of at most {MAX_CHIP_OPS} [device, generation] pairs", value)
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, list) or len(item) != 2:
+            raise _invalid(f"{name}[{i}]", "[device, generation]", item)
+        out.append((device_name(f"{name}[{i}][0]", item[0]), integer(1, MAX_SEQ)(f"{name}[{i}][1]", item[1])))
+    return out
+
+
+def long_text(max_len: int) -> Validator:
+    """Multi-line text (a /proc table): any characters but NUL, at most max_len."""
+
+    def check(name: str, value: Any) -> str:
+        if not isinstance(value, str) or len(value) > max_len or "\0" in value:
+            raise _invalid(name, f"a string of at most {max_len} characters", value)
+        return value
+
+    return check
+
+
+def plain_data(max_items: int, max_depth: int = 4) -> Validator:
+    """JSON-like data relayed without interpretation: bounded in size and nesting."""
+
+    def check(name: str, value: Any) -> Any:
+        budget = [max_items]
+
+        def walk(item: Any, depth: int) -> None:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise _invalid(name, f"at most {max_items} values in all", "(too many)")
+            if item is None or isinstance(item, (bool, int, float)):
+                return
+            if isinstance(item, str):
+                if len(item) > 256:
+                    raise _invalid(name, "strings of at most 256 characters", item)
+                return
+            if depth >= max_depth:
+                raise _invalid(name, f"nesting of at most {max_depth} levels", "(too deep)")
+            if isinstance(item, list):
+                for sub in item:
+                    walk(sub, depth + 1)
+            elif isinstance(item, dict):
+                for key, sub in item.items():
+                    if not isinstance(key, str) or len(key) > 32:
+                        raise _invalid(f"{name} key", "a string of at most 32 characters", key)
+                    walk(sub, depth + 1)
+            else:
+                raise _invalid(name, "nil, bool, number, string, list or map", item)
+
+        if not isinstance(value, list):
+            raise _invalid(name, "a list", value)
+        walk(value, 0)
+        return value
+
+    return check
+
+
 @dataclass(frozen=True)
 class Operation:
     name: str
@@ -149,6 +285,47 @@ OPERATIONS: dict[str, Operation] = {
         Operation("mem_max", Endpoint.ADMIN, {"domain": domain_ref, "max_pages": _pages}),
         Operation("destroy", Endpoint.ADMIN, {"domain": domain_ref}),
         Operation("audit", Endpoint.ADMIN),
+        # irqbus, a guest's own session (the client that attached it)
+        Operation("attach", Endpoint.IRQBUS, {"name": text(MAX_NAME), "domid": integer(0, MAX_DOMID)}),
+        Operation("detach", Endpoint.IRQBUS),
+        Operation(
+            "program_pin",
+            Endpoint.IRQBUS,
+            {"pin": _pin, "trigger": choice(*TRIGGERS)},
+            {"vector": integer(FIRST_DEVICE_VECTOR, 0xFF)},
+        ),
+        Operation(
+            "program_msi",
+            Endpoint.IRQBUS,
+            {"device": device_name, "address": integer(0, (1 << 64) - 1), "data": integer(0, (1 << 32) - 1)},
+        ),
+        Operation("chip", Endpoint.IRQBUS, {}, {"ops": chip_commands, "clear": status_clears}),
+        Operation(
+            "answer",
+            Endpoint.IRQBUS,
+            {"query": integer(1, MAX_SEQ)},
+            {"text": long_text(MAX_ANSWER_CHARS), "rows": plain_data(MAX_ANSWER_ITEMS)},
+        ),
+        # irqbus, devices (any client: device processes, the irqbus CLI)
+        Operation(
+            "attach_device",
+            Endpoint.IRQBUS,
+            {"guest": domain_ref, "device": device_name},
+            {"pin": _pin, "trigger": choice(*TRIGGERS), "msi": boolean},
+        ),
+        Operation("detach_device", Endpoint.IRQBUS, {"guest": domain_ref, "device": device_name}),
+        Operation("raise", Endpoint.IRQBUS, {"guest": domain_ref, "device": device_name}, {"count": integer(1, MAX_BURST)}),
+        Operation("lower", Endpoint.IRQBUS, {"guest": domain_ref, "device": device_name}),
+        Operation("pulse", Endpoint.IRQBUS, {"guest": domain_ref, "device": device_name}, {"count": integer(1, MAX_BURST)}),
+        Operation(
+            "msi",
+            Endpoint.IRQBUS,
+            {"guest": domain_ref},
+            {"device": device_name, "address": integer(0, (1 << 64) - 1), "data": integer(0, (1 << 32) - 1), "count": integer(1, MAX_BURST)},
+        ),
+        # irqbus, inspection
+        Operation("show", Endpoint.IRQBUS),
+        Operation("interrupts", Endpoint.IRQBUS, {"guest": domain_ref}, {"format": choice("text", "json")}),
     ]
 }
 
