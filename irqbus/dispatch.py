@@ -1,0 +1,301 @@
+"""irqbus request handling without sockets: a frame and the time go in; a reply frame, the
+frames to push to other clients (irq events for guests, replies held for a forwarded query)
+and the figures to log come out. Same envelope, sequence and replay rules as the hypervisor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from irqbus.machine import Delivery, Device, DeviceKind, GuestMachine, msi_message
+from irqbus.queries import DEFAULT_QUERY_TIMEOUT_S, PendingQueries, Query
+from irqbus.routing import Router
+from wire import envelope
+from wire.errors import ErrorCode, WireError
+from wire.operations import Endpoint, lookup
+from wire.replay import ReplayRecord
+
+# Per-interrupt traffic is logged at debug level; everything else at info.
+QUIET_OPS = frozenset({"chip", "raise", "lower", "pulse", "msi", "show", "answer", "interrupts"})
+
+
+@dataclass(slots=True)
+class Send:
+    """A frame for another client: an event for a guest, or a reply that was held."""
+
+    client: str
+    frame: bytes
+
+
+@dataclass
+class Outcome:
+    reply: bytes | None  # None: nothing to send the requester now (its query is open)
+    op: str | None = None
+    seq: int | None = None
+    client: str | None = None
+    error: ErrorCode | None = None
+    message: str = ""
+    replayed: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
+    sends: list[Send] = field(default_factory=list)
+
+
+@dataclass
+class _Result:
+    result: dict[str, Any] | None  # None: deferred
+    fields: dict[str, Any] = field(default_factory=dict)
+    sends: list[Send] = field(default_factory=list)
+
+
+def irq_events(machine: GuestMachine, deliveries: list[Delivery]) -> list[Send]:
+    """Each delivery becomes an `irq` event on the guest's own session, and nowhere else."""
+    return [Send(machine.client, envelope.encode(envelope.event("irq", d.event_args()))) for d in deliveries]
+
+
+class IrqBus:
+    def __init__(self, query_timeout_s: float = DEFAULT_QUERY_TIMEOUT_S) -> None:
+        self.router = Router()
+        self.queries = PendingQueries(query_timeout_s)
+        self.record = ReplayRecord()
+        self._handlers: dict[str, Callable[[str, dict[str, Any], float, int], _Result]] = {
+            "attach": self._attach,
+            "detach": self._detach,
+            "program_pin": self._program_pin,
+            "program_msi": self._program_msi,
+            "chip": self._chip,
+            "answer": self._answer,
+            "attach_device": self._attach_device,
+            "detach_device": self._detach_device,
+            "raise": self._raise,
+            "lower": self._lower,
+            "pulse": self._pulse,
+            "msi": self._msi,
+            "show": self._show,
+            "interrupts": self._interrupts,
+        }
+
+    # -- the shell's entry points ------------------------------------------------------------------
+
+    def handle(self, frame: bytes, now: float) -> Outcome:
+        try:
+            req = envelope.decode_request(frame)
+        except envelope.EnvelopeError as err:
+            reply = envelope.encode(envelope.error_reply(err.seq, err.code, err.message))
+            return Outcome(reply, seq=err.seq, error=err.code, message=err.message)
+
+        answered = self.record.lookup(req.client, req.seq)
+        if answered is not None:
+            if answered.op != req.op:
+                return self._error(req, ErrorCode.EPROTO, f"sequence {req.seq} was already used for {answered.op!r}", remember=False)
+            return Outcome(answered.reply, req.op, req.seq, req.client, replayed=True)
+        waiting = self.queries.waiting(req.client, req.seq)
+        if waiting is not None:
+            if waiting.op != req.op:
+                return self._error(req, ErrorCode.EPROTO, f"sequence {req.seq} was already used for {waiting.op!r}", remember=False)
+            return Outcome(None, req.op, req.seq, req.client, replayed=True, fields={"query": waiting.id})
+        if self.record.is_stale(req.client, req.seq):
+            return self._error(req, ErrorCode.EPROTO, f"sequence {req.seq} is older than this client's remembered requests", remember=False)
+
+        try:
+            op = lookup(req.op, Endpoint.IRQBUS)
+            args = op.validate(req.args)
+            done = self._handlers[op.name](req.client, args, now, req.seq)
+        except WireError as err:
+            return self._error(req, err.code, err.message)
+        if done.result is None:
+            return Outcome(None, req.op, req.seq, req.client, fields=done.fields, sends=done.sends)
+        reply = envelope.encode(envelope.ok_reply(req.seq, done.result))
+        self.record.remember(req.client, req.seq, req.op, reply)
+        return Outcome(reply, req.op, req.seq, req.client, fields=done.fields, sends=done.sends)
+
+    def tick(self, now: float) -> list[Outcome]:
+        """Queries whose guest did not answer in time: their askers get ETIMEDOUT."""
+        out = []
+        for query in self.queries.expired(now):
+            msg = f"guest {query.guest_name} did not answer within {self.queries.timeout_s:g} s"
+            out.append(self._fail_query(query, ErrorCode.ETIMEDOUT, msg))
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self.queries.next_deadline()
+
+    def wants_route(self, client: str) -> bool:
+        """Whether the shell must remember how to reach `client` after this request: guests
+        (for irq events) and askers of open queries (for the held reply)."""
+        return self.router.is_guest(client) or self.queries.is_asker(client)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _error(self, req: envelope.Request, code: ErrorCode, message: str, remember: bool = True) -> Outcome:
+        reply = envelope.encode(envelope.error_reply(req.seq, code, message))
+        if remember:
+            self.record.remember(req.client, req.seq, req.op, reply)
+        fields: dict[str, Any] = {}
+        if self.router.is_guest(req.client):
+            machine = self.router.session(req.client)
+            fields = {"domid": machine.domid, "guest": machine.name}
+        return Outcome(reply, req.op[:40], req.seq, req.client, error=code, message=message, fields=fields)
+
+    def _fail_query(self, query: Query, code: ErrorCode, message: str) -> Outcome:
+        reply = envelope.encode(envelope.error_reply(query.seq, code, message))
+        self.record.remember(query.asker, query.seq, query.op, reply)
+        fields = {"query": query.id, "guest": query.guest_name}
+        return Outcome(None, query.op, query.seq, query.asker, error=code, message=message, fields=fields, sends=[Send(query.asker, reply)])
+
+    def _fail_queries_of(self, machine: GuestMachine, why: str) -> list[Send]:
+        return [s for q in self.queries.of_guest(machine.client) for s in self._fail_query(q, ErrorCode.ESRCH, why).sends]
+
+    def _session(self, client: str, now: float) -> GuestMachine:
+        machine = self.router.session(client)
+        machine.last_seen = now
+        return machine
+
+    @staticmethod
+    def _guest_fields(machine: GuestMachine, **more: Any) -> dict[str, Any]:
+        return {"domid": machine.domid, "guest": machine.name, **more}
+
+    # -- a guest's session -------------------------------------------------------------------------
+
+    def _attach(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine, replaced = self.router.attach(args["name"], args["domid"], client, now)
+        sends: list[Send] = []
+        for old in replaced:
+            sends += self._fail_queries_of(old, f"guest {old.name} re-attached")
+        fields = self._guest_fields(machine, replaced=[f"{m.name}/{m.domid}" for m in replaced])
+        return _Result({"domid": machine.domid, "name": machine.name, "replaced": len(replaced)}, fields, sends)
+
+    def _detach(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine = self.router.session(client)
+        sends = self._fail_queries_of(machine, f"guest {machine.name} detached")
+        devices = self.router.detach(machine)
+        return _Result({"domid": machine.domid, "devices": devices}, self._guest_fields(machine, devices=devices), sends)
+
+    def _program_pin(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine = self._session(client, now)
+        deliveries = machine.program_pin(args["pin"], args["trigger"], args.get("vector"))
+        fields = self._guest_fields(machine, pin=args["pin"], trigger=args["trigger"], vector=args.get("vector"))
+        return _Result({"delivered": len(deliveries)}, fields, irq_events(machine, deliveries))
+
+    def _program_msi(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        """A driver programs its device's MSI-X entry; the device need not have been attached
+        yet (the guest enumerates it first), so an unknown name is plugged in as MSI."""
+        machine = self._session(client, now)
+        message = msi_message(args["address"], args["data"])
+        owner = self.router.owner(args["device"])
+        if owner is not None and owner is not machine:
+            raise WireError(ErrorCode.EPERM, f"device {args['device']!r} is attached to guest {owner.name}, not to {machine.name}")
+        if owner is None:
+            machine.check_new_device(DeviceKind.MSI)
+            device, _ = self.router.plug(machine, args["device"], DeviceKind.MSI, None, False)
+        else:
+            device = machine.devices[args["device"]]
+        deliveries = machine.program_msi(device, args["address"], args["data"])
+        fields = self._guest_fields(machine, device=device.name, vector=message.vector)
+        return _Result({"vector": message.vector}, fields, irq_events(machine, deliveries))
+
+    def _chip(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine = self._session(client, now)
+        router = self.router
+        clears = [(router.device(machine, name), gen) for name, gen in args.get("clear", ())]
+        commands = args.get("ops", [])
+        for cmd in commands:
+            if cmd.device is not None:
+                router.device(machine, cmd.device)
+        deliveries = machine.chip(commands, clears)
+        fields = self._guest_fields(machine, ops=len(commands), cleared=len(clears), delivered=len(deliveries))
+        return _Result({}, fields, irq_events(machine, deliveries))
+
+    def _answer(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine = self._session(client, now)
+        query = self.queries.find(args["query"], client)
+        key = "rows" if query.format == "json" else "text"
+        if key not in args or len(args) != 2:
+            raise WireError(ErrorCode.EINVAL, f"answer to query {query.id}: exactly '{key}' is expected with 'query'")
+        self.queries.close(query)
+        result = {"guest": machine.name, "domid": machine.domid, key: args[key]}
+        reply = envelope.encode(envelope.ok_reply(query.seq, result))
+        self.record.remember(query.asker, query.seq, query.op, reply)
+        fields = self._guest_fields(machine, query=query.id, asker=query.asker)
+        return _Result({}, fields, [Send(query.asker, reply)])
+
+    # -- devices -----------------------------------------------------------------------------------
+
+    def _device(self, args: dict[str, Any]) -> tuple[GuestMachine, Device]:
+        machine = self.router.resolve(args["guest"])
+        return machine, self.router.device(machine, args["device"])
+
+    def _attach_device(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine = self.router.resolve(args["guest"])
+        msi = args.get("msi", False)
+        if msi == ("pin" in args):
+            raise WireError(ErrorCode.EINVAL, "attach_device: give either 'pin' or 'msi': true")
+        if msi and "trigger" in args:
+            raise WireError(ErrorCode.EINVAL, "attach_device: MSI is edge only; 'trigger' is for pin devices")
+        kind = DeviceKind.MSI if msi else DeviceKind.PIN
+        device, created = self.router.plug(machine, args["device"], kind, args.get("pin"), args.get("trigger") == "level")
+        result = {"guest": machine.name, "domid": machine.domid, "device": device.name, "kind": str(device.kind),
+                  "pin": device.pin, "trigger": device.trigger, "created": created}
+        fields = self._guest_fields(machine, device=device.name, kind=str(kind), pin=device.pin, trigger=device.trigger, created=created)
+        return _Result(result, fields)
+
+    def _detach_device(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine, device = self._device(args)
+        deliveries = self.router.unplug(machine, device)
+        return _Result({"device": device.name}, self._guest_fields(machine, device=device.name), irq_events(machine, deliveries))
+
+    def _raise(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine, device = self._device(args)
+        done = machine.raise_device(device, args.get("count", 1))
+        return self._raised(machine, device, done.deliveries, done.merged)
+
+    def _pulse(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine, device = self._device(args)
+        done = machine.pulse_device(device, args.get("count", 1))
+        return self._raised(machine, device, done.deliveries, done.merged)
+
+    def _raised(self, machine: GuestMachine, device: Device, deliveries: list[Delivery], merged: int) -> _Result:
+        result = {"gen": device.gen, "merged": merged, "delivered": len(deliveries)}
+        fields = self._guest_fields(machine, device=device.name, gen=device.gen, merged=merged, delivered=len(deliveries))
+        return _Result(result, fields, irq_events(machine, deliveries))
+
+    def _lower(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine, device = self._device(args)
+        deliveries = machine.lower_device(device)
+        return _Result({"gen": device.gen}, self._guest_fields(machine, device=device.name), irq_events(machine, deliveries))
+
+    def _msi(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine = self.router.resolve(args["guest"])
+        device = self.router.device(machine, args["device"]) if "device" in args else None
+        raw = ("address" in args, "data" in args)
+        count = args.get("count", 1)
+        if raw == (False, False):
+            if device is None:
+                raise WireError(ErrorCode.EINVAL, "msi: name a 'device', or give 'address' and 'data'")
+            if device.kind is not DeviceKind.MSI:
+                raise WireError(ErrorCode.EINVAL, f"device {device.name} is on pin {device.pin}, not an MSI device")
+            done = machine.raise_device(device, count)
+            return self._raised(machine, device, done.deliveries, done.merged)
+        if raw != (True, True):
+            raise WireError(ErrorCode.EINVAL, "msi: 'address' and 'data' go together")
+        deliveries = machine.write_msi(args["address"], args["data"], device, count)
+        vector = args["data"] & 0xFF
+        result = {"vector": vector, "delivered": len(deliveries), "gen": device.gen if device else None}
+        fields = self._guest_fields(machine, device=device.name if device else None, vector=vector, delivered=len(deliveries))
+        return _Result(result, fields, irq_events(machine, deliveries))
+
+    # -- inspection --------------------------------------------------------------------------------
+
+    def _show(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        guests = [m.snapshot(now) for m in sorted(self.router.guests.values(), key=lambda m: m.domid)]
+        return _Result({"guests": guests, "open_queries": len(self.queries)})
+
+    def _interrupts(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        """Forward to the guest; the reply goes out when it answers (or the query times out)."""
+        machine = self.router.resolve(args["guest"])
+        fmt = args.get("format", "text")
+        query = self.queries.open(machine.client, machine.name, client, seq, "interrupts", fmt, now)
+        event = envelope.encode(envelope.event("query", {"query": query.id, "what": "interrupts", "format": fmt}))
+        fields = self._guest_fields(machine, query=query.id)
+        return _Result(None, fields, [Send(machine.client, event)])
