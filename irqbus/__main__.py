@@ -1,0 +1,5 @@
+import sys
+
+from irqbus.cli import main
+
+sys.exit(main())

@@ -1,0 +1,222 @@
+"""`irqbus serve` runs the interrupt router; the other subcommands are devices and inspection."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from irqbus.device import Pacer, run_device
+from irqbus.dispatch import IrqBus
+from irqbus.queries import DEFAULT_QUERY_TIMEOUT_S
+from irqbus.service import IrqbusService
+from irqbus.show import format_show
+from wire import endpoints, logsetup
+from wire.client import RpcClient
+from wire.errors import RemoteError, Unreachable
+from wire.operations import MAX_BURST
+from wire.signals import stop_on_signals
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 10**12:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _burst(text: str) -> int:
+    value = _count(text)
+    if value > MAX_BURST:
+        raise argparse.ArgumentTypeError(f"at most {MAX_BURST}, got {text!r}")
+    return value
+
+
+def _int(text: str) -> int:
+    """Decimal or 0x-prefixed hex, as MSI addresses are written."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer (0x for hex), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
+
+
+def _pin(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 23 or int(text) == 2:
+        raise argparse.ArgumentTypeError(f"expected a pin 0..23 other than 2 (the cascade), got {text!r}")
+    return int(text)
+
+
+def guest_arg(text: str) -> int | str:
+    """A guest by domid (digits) or by name, as xl takes domains."""
+    return int(text) if text.isdigit() else text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="irqbus", description="ballonet's interrupt router, its devices and inspection")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ep_help = f"irqbus endpoint (env {endpoints.IRQBUS_ENV}, default {endpoints.DEFAULT_IRQBUS})"
+
+    serve = sub.add_parser("serve", help="run irqbus: every guest's interrupt controllers")
+    serve.add_argument("--endpoint", help=ep_help)
+    serve.add_argument("--query-timeout", type=_positive, default=DEFAULT_QUERY_TIMEOUT_S, help="seconds a guest has to answer a forwarded query")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--endpoint", help=ep_help)
+        cmd.add_argument("--timeout", type=_positive, default=1.0, help="seconds to wait for each of 2 attempts")
+        return cmd
+
+    def device_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        cmd = client_command(name, help_text)
+        cmd.add_argument("guest", type=guest_arg, help="guest name or domid")
+        cmd.add_argument("device", help="device name")
+        return cmd
+
+    def route_options(cmd: argparse.ArgumentParser, required: bool) -> None:
+        route = cmd.add_mutually_exclusive_group(required=required)
+        route.add_argument("--pin", type=_pin, help="the guest pin the device's line is wired to (0-15 i8259, 16-23 IOAPIC)")
+        route.add_argument("--msi", action="store_true", help="the device signals by MSI-X message")
+        cmd.add_argument("--level", action="store_true", help="level-triggered line (held until the driver clears it); default edge")
+
+    client_command("show", "guests, pins, devices, controller registers").add_argument("--json", action="store_true")
+    route_options(device_command("attach", "attach a device to a guest's pin or to MSI"), required=True)
+    device_command("detach", "unplug a device")
+    device_command("raise", "the device interrupts (level: holds its line; edge: pulses; MSI: a message)").add_argument(
+        "--count", type=_burst, default=1, help="interrupts to raise at once")
+    device_command("lower", "the device deasserts its line and clears its status")
+    device_command("pulse", "an edge from the device, whatever its trigger").add_argument("--count", type=_burst, default=1)
+    msi = client_command("msi", "write an MSI message: the device's MSI-X entry, or raw --address/--data")
+    msi.add_argument("guest", type=guest_arg, help="guest name or domid")
+    msi.add_argument("device", nargs="?", help="device name (optional with --address/--data)")
+    msi.add_argument("--address", type=_int, help="raw message address, e.g. 0xfee00000")
+    msi.add_argument("--data", type=_int, help="raw message data, e.g. 0x41 (vector 0x41, fixed, edge)")
+    msi.add_argument("--count", type=_burst, default=1)
+
+    dev = device_command("device", "run an emulated device raising interrupts at a rate")
+    route_options(dev, required=False)
+    dev.add_argument("--rate", type=_positive, required=True, metavar="HZ", help="interrupts per second")
+    dev.add_argument("--count", type=_count, help="stop after this many interrupts (default: until stopped)")
+    dev.add_argument("--burst", type=_burst, default=1, help="at most this many interrupts per request when behind (fast devices)")
+    dev.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    log = logsetup.configure(args.log_level, "irqbus")
+    endpoint = endpoints.endpoint(args.endpoint, endpoints.IRQBUS_ENV)
+    stop = stop_on_signals()
+    service = IrqbusService(IrqBus(args.query_timeout), endpoint, log, debug=args.log_level == "debug")
+    log.info("serving", endpoint=endpoint, query_timeout_s=args.query_timeout)
+    try:
+        service.serve(stop.is_set)
+    finally:
+        service.close()
+        log.info("stopped", guests=len(service.bus.router))
+    return 0
+
+
+def _attach_args(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"guest": args.guest, "device": args.device}
+    if args.msi:
+        out["msi"] = True
+    else:
+        out["pin"] = args.pin
+        out["trigger"] = "level" if args.level else "edge"
+    return out
+
+
+def _device_process(args: argparse.Namespace, client: RpcClient) -> int:
+    log = logsetup.configure(args.log_level, "device").bind(guest=args.guest, device=args.device)
+    stop = stop_on_signals()
+    if args.pin is not None or args.msi:
+        attached = client.call("attach_device", _attach_args(args))
+        log.info("attached", domid=attached["domid"], kind=attached["kind"], pin=attached["pin"], trigger=attached["trigger"])
+    elif args.level:
+        print("irqbus device: --level needs --pin", file=sys.stderr)
+        return 2
+    pacer = Pacer(args.rate, time.monotonic(), args.burst, args.count)
+    log.info("device running", rate=args.rate, count=args.count, burst=args.burst)
+    totals = run_device(client, args.guest, args.device, pacer, stop, log)
+    log.info("device stopped", raised=totals.raised, merged=totals.merged, delivered=totals.delivered)
+    print(f"{args.device} on {args.guest}: {totals.raised} interrupts raised, {totals.merged} merged into one still pending")
+    return 0
+
+
+def run_client(args: argparse.Namespace) -> int:
+    endpoint = endpoints.endpoint(args.endpoint, endpoints.IRQBUS_ENV)
+    client = RpcClient(endpoint, timeout=args.timeout, retries=1)
+    try:
+        if args.command == "show":
+            result = client.call("show")
+            print(json.dumps(result, indent=2) if args.json else format_show(result))
+        elif args.command == "attach":
+            if args.level and args.msi:
+                print("irqbus attach: --level is for pin devices", file=sys.stderr)
+                return 2
+            r = client.call("attach_device", _attach_args(args))
+            where = "MSI" if r["kind"] == "msi" else f"pin {r['pin']} ({r['trigger']})"
+            print(f"{r['device']} {'attached to' if r['created'] else 'already on'} {r['guest']} (domid {r['domid']}) {where}")
+        elif args.command == "detach":
+            client.call("detach_device", {"guest": args.guest, "device": args.device})
+        elif args.command in ("raise", "pulse"):
+            call_args: dict[str, Any] = {"guest": args.guest, "device": args.device}
+            if args.count > 1:
+                call_args["count"] = args.count
+            r = client.call(args.command, call_args)
+            print(f"{args.device}: generation {r['gen']}, {r['delivered']} delivered, {r['merged']} merged")
+        elif args.command == "lower":
+            client.call("lower", {"guest": args.guest, "device": args.device})
+        elif args.command == "msi":
+            call_args = {"guest": args.guest}
+            if args.device:
+                call_args["device"] = args.device
+            if (args.address is None) != (args.data is None):
+                print("irqbus msi: --address and --data go together", file=sys.stderr)
+                return 2
+            if args.address is not None:
+                call_args.update(address=args.address, data=args.data)
+            elif not args.device:
+                print("irqbus msi: name a DEVICE, or give --address and --data", file=sys.stderr)
+                return 2
+            if args.count > 1:
+                call_args["count"] = args.count
+            r = client.call("msi", call_args)
+            print(f"{r['delivered']} message(s) delivered")
+        elif args.command == "device":
+            return _device_process(args, client)
+    except Unreachable:
+        print(f"irqbus: no irqbus answered at {endpoint} (is `irqbus serve` running?)", file=sys.stderr)
+        return 1
+    except RemoteError as err:
+        print(f"irqbus {args.command}: {err.code}: {err.message}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return run_client(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""irqbus's ZeroMQ shell: one ROUTER socket; the core decides, this sends and logs.
+
+Events for a guest are sent before the reply to whoever caused them, so a device's raise
+reaches the guest's handler one hop after it reaches irqbus.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+import zmq
+
+from irqbus.dispatch import QUIET_OPS, IrqBus, Outcome
+from wire import envelope
+from wire.errors import ErrorCode
+
+POLL_MS = 100
+HARD_FRAME_LIMIT = 64 << 20  # past this ZeroMQ drops the peer; up to it we answer EMSGSIZE
+DRAIN_BUDGET = 256
+SEND_QUEUE = 200_000  # events queued per guest before any is dropped: a burst of raises must fit
+PRUNE_EVERY_S = 1.0
+DROP_REPORT_EVERY_S = 1.0
+
+
+class IrqbusService:
+    def __init__(
+        self,
+        bus: IrqBus,
+        endpoint: str,
+        log: structlog.typing.FilteringBoundLogger,
+        clock: Callable[[], float] = time.monotonic,
+        context: zmq.Context | None = None,
+        debug: bool = False,
+    ) -> None:
+        self.bus = bus
+        self.log = log
+        self.clock = clock
+        self.debug = debug
+        self._context = context or zmq.Context.instance()
+        self.socket = self._context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, HARD_FRAME_LIMIT)
+        self.socket.setsockopt(zmq.SNDHWM, SEND_QUEUE)
+        self.socket.bind(endpoint)
+        self._routes: dict[str, bytes] = {}  # client id -> ROUTER identity, for events and held replies
+        self._dropped = 0
+        self._next_drop_report = 0.0
+        self._next_prune = 0.0
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def serve(self, should_stop: Callable[[], bool]) -> None:
+        sock = self.socket
+        while not should_stop():
+            wait_ms = POLL_MS
+            deadline = self.bus.next_deadline()
+            if deadline is not None:
+                wait_ms = max(0, min(POLL_MS, int((deadline - self.clock()) * 1000) + 1))
+            if sock.poll(wait_ms, zmq.POLLIN):
+                self._drain()
+            now = self.clock()
+            if deadline is not None and now >= deadline:
+                for outcome in self.bus.tick(now):
+                    self._push(outcome)
+                    self._log(outcome)
+            if now >= self._next_prune:
+                self._prune(now)
+
+    def _drain(self) -> None:
+        """Serve what is queued without a poll per message."""
+        for _ in range(DRAIN_BUDGET):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._serve_one(frames)
+
+    def _serve_one(self, frames: list[bytes]) -> None:
+        identity, rest = frames[0], frames[1:]
+        delimiter = [b""] if len(rest) > 1 and rest[0] == b"" else []  # a REQ peer's envelope
+        body = rest[len(delimiter):]
+        if len(body) != 1:
+            msg = f"expected one frame per message, got {len(body)}"
+            self.log.warning("request refused", error=str(ErrorCode.EPROTO), message=msg)
+            self.socket.send_multipart([identity, *delimiter, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
+            return
+        outcome = self.bus.handle(body[0], self.clock())
+        client = outcome.client
+        if client is not None and self.bus.wants_route(client):
+            self._routes[client] = identity
+        self._push(outcome)
+        if outcome.reply is not None:
+            self.socket.send_multipart([identity, *delimiter, outcome.reply])
+        self._log(outcome)
+
+    def _push(self, outcome: Outcome) -> None:
+        for send in outcome.sends:
+            route = self._routes.get(send.client)
+            if route is None:
+                self._note_drop(send.client, "no route")
+                continue
+            try:
+                self.socket.send_multipart([route, send.frame], zmq.NOBLOCK)
+            except zmq.Again:  # the guest is not reading
+                self._note_drop(send.client, "queue full")
+
+    def _note_drop(self, client: str, why: str) -> None:
+        self._dropped += 1
+        now = self.clock()
+        if now >= self._next_drop_report:
+            self.log.warning("frames dropped", client=client, reason=why, dropped=self._dropped)
+            self._next_drop_report = now + DROP_REPORT_EVERY_S
+
+    def _prune(self, now: float) -> None:
+        """Forget routes of clients that are neither guests nor waiting for a query."""
+        for client in [c for c in self._routes if not self.bus.wants_route(c)]:
+            del self._routes[client]
+        self._next_prune = now + PRUNE_EVERY_S
+
+    def _log(self, outcome: Outcome) -> None:
+        if outcome.error is not None:
+            fields = dict(outcome.fields, op=outcome.op, seq=outcome.seq, client=outcome.client)
+            self.log.warning("request refused", error=str(outcome.error), message=outcome.message, **fields)
+        elif outcome.replayed:
+            what = "request answered from record" if outcome.reply is not None else "retry of a request still waiting for its guest"
+            self.log.info(what, op=outcome.op, seq=outcome.seq, client=outcome.client, **outcome.fields)
+        elif outcome.op in QUIET_OPS:
+            if self.debug:
+                self.log.debug(outcome.op, seq=outcome.seq, client=outcome.client, **outcome.fields)
+        else:
+            self.log.info(outcome.op, seq=outcome.seq, client=outcome.client, **outcome.fields)
