@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from guest.balloon import BalloonConfig
+from guest.interrupts_cli import interrupt_attachments, interrupts_options, show_interrupts
 from guest.pace import Slow, Stuck, StuckEvery, Unlimited
 from guest.service import DEFAULT_HEARTBEAT_S, GuestService, GuestSettings
 from wire import endpoints, logsetup
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     pace.add_argument("--stuck", action="store_true", help="a stuck driver: never moves")
     pace.add_argument("--stuck-every", type=_seconds, metavar="SECONDS", help="alternately moving and stuck, SECONDS each")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    interrupts_options(run)
+
+    show = sub.add_parser("interrupts", help="print a running guest's /proc/interrupts (asked through irqbus)")
+    show.add_argument("name", help="guest name or domid")
+    show.add_argument("--json", action="store_true", help="the rows as JSON, with per-action counts")
+    show.add_argument("--irqbus", help=f"irqbus endpoint (env {endpoints.IRQBUS_ENV}, default {endpoints.DEFAULT_IRQBUS})")
+    show.add_argument("--timeout", type=_seconds, default=1.0, help="seconds to wait for each of 3 attempts")
     return parser
 
 
@@ -103,8 +111,12 @@ def run(args: argparse.Namespace) -> int:
         pace=pace,
         heartbeat_s=args.heartbeat,
     )
+    attachments, problem = interrupt_attachments(args, log)
+    if problem:
+        print(f"guest run: {problem}", file=sys.stderr)
+        return 2
     stop = stop_on_signals()
-    service = GuestService(settings, log)
+    service = GuestService(settings, log, attachments=attachments)
     try:
         service.run(stop.is_set)
     except RemoteError as err:
@@ -119,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "interrupts":
+        return show_interrupts(args)
     return run(args)
 
 

@@ -1,0 +1,203 @@
+"""The guest's irqbus attachment: a DEALER socket in the guest's loop (guest/service.py's
+`Attachment`), moving what guest/irqlink.py decides.
+
+Setup (attach, programming each driver's line) is done with plain request/reply calls, so a
+refusal is known before a driver counts as up. Per-interrupt traffic is not waited for: each
+`chip` request is posted and its reply read later, because the next interrupt on a busy line
+arrives right behind it. If irqbus forgets the guest (it restarted), the guest attaches again
+and reprograms its lines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import zmq
+
+from guest.drivers import Driver, DriverSpec
+from guest.irq import HandlerFault, IrqSetupError, NobodyCared, SpuriousPolicy
+from guest.irqlink import IrqLink, Request
+from wire import envelope
+from wire.client import RpcClient
+from wire.errors import RemoteError, Unreachable
+
+ATTACH_RETRY_S = 2.0
+RETRY_TIMEOUT_S = 0.2
+DRAIN_BUDGET = 1024
+REPORT_EVERY_S = 1.0
+
+
+class IrqbusAttachment:
+    def __init__(
+        self,
+        endpoint: str,
+        specs: list[DriverSpec],
+        log: structlog.typing.FilteringBoundLogger,
+        clock: Callable[[], float] = time.monotonic,
+        spurious: SpuriousPolicy | None = None,
+        timeout_s: float = 0.5,
+    ) -> None:
+        self.endpoint = endpoint
+        self.link = IrqLink(specs, spurious)
+        self.client = RpcClient(endpoint, timeout=timeout_s, retries=1)
+        self.socket: zmq.Socket = self.client.socket
+        self.log = log
+        self.clock = clock
+        self.timeout_s = timeout_s
+        self.domid: int | None = None
+        self.name = ""
+        self.attached = False
+        self._retry_at: float | None = None
+        self._refused: set[str] = set()  # drivers refused for good: not retried on re-attach
+        self._next_report = 0.0
+        self._reported_unknown = 0
+
+    # -- Attachment ----------------------------------------------------------------------------------
+
+    def started(self, domid: int, name: str, now: float) -> None:
+        self.domid, self.name = domid, name
+        self.log = self.log.bind(domid=domid)
+        self._attach(now)
+
+    def on_readable(self, now: float) -> None:
+        """Drain what irqbus sent. Each interrupt is stamped with the clock as it is handled:
+        a batch can be long, and spurious detection judges the gaps between interrupts."""
+        clock = self.clock
+        self._on_events(self._queued_events(), now)
+        sock = self.socket
+        for _ in range(DRAIN_BUDGET):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                body = envelope.decode_incoming(frames[-1])
+            except envelope.EnvelopeError:
+                self.link.malformed += 1
+                continue
+            if "event" in body:
+                self._on_event(body, clock())
+            elif not body["ok"]:
+                self._refused_reply(body, clock())
+        self._report(clock())
+
+    def next_wakeup(self) -> float | None:
+        return self._retry_at
+
+    def tick(self, now: float) -> None:
+        if not self.attached and self._retry_at is not None and now >= self._retry_at:
+            self._attach(now)
+
+    def close(self) -> None:
+        if self.attached:
+            self.client.timeout = RETRY_TIMEOUT_S
+            try:
+                self.client.call("detach", retries=0)
+                self.log.info("detached from irqbus")
+            except (Unreachable, RemoteError) as err:
+                self.log.warning("detach not confirmed", error=str(err))
+        self.client.close()
+
+    # -- attaching -----------------------------------------------------------------------------------
+
+    def _attach(self, now: float) -> None:
+        first = self._retry_at is None and not self.link.delivered
+        try:
+            result = self.client.call("attach", {"name": self.name, "domid": self.domid}, retries=1 if first else 0)
+            for request in self.link.reprogram():  # lines already up (a re-attach)
+                self._call(request)
+            for driver in self.link.drivers:
+                if driver.irq is None and driver.name not in self._refused:
+                    self._bring_up(driver)
+        except Unreachable:
+            self.client.timeout = RETRY_TIMEOUT_S
+            self._retry_at = now + ATTACH_RETRY_S
+            self.log.warning("irqbus not answering; will retry", endpoint=self.endpoint, retry_in_s=ATTACH_RETRY_S)
+            return
+        except RemoteError as err:
+            self._retry_at = now + ATTACH_RETRY_S
+            self.log.error("irqbus refused the guest", error=err.code, message=err.message)
+            return
+        self.client.timeout = self.timeout_s
+        self.attached = True
+        self._retry_at = None
+        up = [str(d.spec) + f"->irq{d.irq}" for d in self.link.drivers if d.irq is not None]
+        self.log.info("attached to irqbus", endpoint=self.endpoint, seq=self.client.last_seq, drivers=up, replaced=result.get("replaced"))
+        self._on_events(self._queued_events(), self.clock())
+
+    def _call(self, request: Request) -> dict[str, Any]:
+        return self.client.call(request.op, request.args)
+
+    def _bring_up(self, driver: Driver) -> None:
+        """Register the driver here, program its line at irqbus, then let the line on."""
+        try:
+            setup = self.link.setup(driver)
+        except IrqSetupError as err:
+            self._refused.add(driver.name)
+            self.log.error("driver refused", device=driver.name, spec=str(driver.spec), error=str(err.code), message=err.message)
+            return
+        try:
+            for request in setup.program:
+                self._call(request)
+        except RemoteError as err:
+            self.link.abandon(driver)
+            self._refused.add(driver.name)
+            self.log.error("irqbus refused the driver's line", device=driver.name, spec=str(driver.spec), error=err.code, message=err.message)
+            return
+        if setup.chip is not None:
+            self._call(setup.chip)
+        self.log.info("driver up", device=driver.name, spec=str(driver.spec), irq=driver.irq)
+
+    # -- traffic -------------------------------------------------------------------------------------
+
+    def _queued_events(self) -> list[dict[str, Any]]:
+        """Events that arrived while a setup call waited for its reply."""
+        events = list(self.client.events)
+        self.client.events.clear()
+        return events
+
+    def _on_events(self, events: list[dict[str, Any]], now: float) -> None:
+        for event in events:
+            self._on_event(event, now)
+
+    def _on_event(self, event: dict[str, Any], now: float) -> None:
+        name = event["event"]
+        if name == "irq":
+            request = self.link.on_irq(event.get("args"), now)
+        elif name == "query":
+            request = self.link.on_query(event.get("args"))
+        else:
+            self.link.malformed += 1
+            return
+        if request is not None:
+            self.client.post(request.op, request.args)
+
+    def _refused_reply(self, body: dict[str, Any], now: float) -> None:
+        self.log.warning("irqbus refused a request", seq=body.get("seq"), error=body.get("error"), message=body.get("message"))
+        if body.get("error") == "ESRCH" and "attach" in str(body.get("message")) and self.attached:
+            self.attached = False  # irqbus forgot this guest (it restarted): attach again
+            self._retry_at = now
+
+    def _report(self, now: float) -> None:
+        """Log what the interrupt subsystem recorded: one line per nobody-cared or faulty
+        handler; unknown vectors at most once a second."""
+        for event in self.link.events():
+            if isinstance(event, NobodyCared):
+                self.log.error(
+                    "nobody cared",
+                    irq=event.irq,
+                    actions=list(event.actions),
+                    irqs_unhandled=event.irqs_unhandled,
+                    window=event.window,
+                    message=event.message,
+                )
+            elif isinstance(event, HandlerFault):
+                self.log.warning("handler fault", irq=event.irq, action=event.action, reason=event.reason)
+        unknown = self.link.unknown_vectors
+        if unknown != self._reported_unknown and now >= self._next_report:
+            self.log.warning("interrupts on vectors with no handler", count=unknown - self._reported_unknown)
+            self._reported_unknown = unknown
+            self._next_report = now + REPORT_EVERY_S

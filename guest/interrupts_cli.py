@@ -1,0 +1,79 @@
+"""The guest CLI's interrupt parts: `guest run --irqbus/--device` and `guest interrupts NAME`.
+
+`guest interrupts` asks irqbus, which every running guest is attached to; irqbus forwards the
+question to the guest and relays its answer (the guest has no listening socket of its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import structlog
+
+from guest.drivers import DriverSpec, check_specs, parse_device
+from guest.interrupts import IrqbusAttachment
+from guest.service import Attachment
+from wire import endpoints
+from wire.client import RpcClient
+from wire.errors import RemoteError, Unreachable
+
+
+def _device(text: str) -> DriverSpec:
+    try:
+        return parse_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def interrupts_options(run: argparse.ArgumentParser) -> None:
+    group = run.add_argument_group("interrupts")
+    group.add_argument(
+        "--irqbus",
+        help=f"irqbus endpoint (env {endpoints.IRQBUS_ENV}); without either the guest runs without interrupts",
+    )
+    group.add_argument(
+        "--device",
+        action="append",
+        type=_device,
+        default=[],
+        metavar="NAME:pin=N[:level|:edge]|NAME:msi",
+        help="a driver for device NAME on pin N (0-15 i8259, 16-23 IOAPIC) or on MSI-X; repeatable",
+    )
+
+
+def interrupt_attachments(args: argparse.Namespace, log: structlog.typing.FilteringBoundLogger) -> tuple[list[Attachment], str | None]:
+    """The irqbus attachment `guest run` asked for, or a problem to report (exit 2)."""
+    endpoint = args.irqbus or os.environ.get(endpoints.IRQBUS_ENV)
+    if not endpoint:
+        if args.device:
+            return [], f"--device needs an irqbus: --irqbus or {endpoints.IRQBUS_ENV}"
+        return [], None
+    try:
+        check_specs(args.device)
+    except ValueError as err:
+        return [], str(err)
+    return [IrqbusAttachment(endpoint, args.device, log)], None
+
+
+def show_interrupts(args: argparse.Namespace) -> int:
+    endpoint = endpoints.endpoint(args.irqbus, endpoints.IRQBUS_ENV)
+    guest: int | str = int(args.name) if args.name.isdigit() else args.name
+    client = RpcClient(endpoint, timeout=args.timeout, retries=2)
+    try:
+        result = client.call("interrupts", {"guest": guest, "format": "json" if args.json else "text"})
+    except Unreachable:
+        print(f"guest interrupts: no irqbus answered at {endpoint} (is `irqbus serve` running?)", file=sys.stderr)
+        return 1
+    except RemoteError as err:
+        print(f"guest interrupts {args.name}: {err.code}: {err.message}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps(result.get("rows", []), indent=2))
+    else:
+        sys.stdout.write(result.get("text", ""))
+    return 0

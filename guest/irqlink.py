@@ -1,0 +1,199 @@
+"""The guest's side of the irqbus protocol, sans-I/O: drivers in, requests out.
+
+It owns the guest's interrupt subsystem (guest.irq) and its drivers, and translates both ways:
+an `irq` event's vector becomes an IRQ number (the vector indexes the guest's IDT: i8259
+vectors 0x20-0x2F are ISA IRQ 0-15, vectors from 0x31 are handed out to IOAPIC pins and MSI
+devices), and the chip operations genirq returns become one `chip` request naming pins and
+MSI devices, carrying the status clears the handlers wrote. The shell (guest/interrupts.py)
+only moves these requests over the socket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from guest.drivers import Driver, DriverKind, DriverSpec, StatusRegisters
+from guest.irq import Chip, ChipOp, ChipOpKind, IrqError, IrqEvent, IrqSetupError, IrqSubsystem, SpuriousPolicy, Trigger
+from guest.irq.desc import S_MASKED
+from guest.irq.table import IOAPIC_PINS, ISA_IRQS
+
+PIC_VECTOR_BASE = 0x20  # irqbus's i8259 pair: master 0x20-0x27, slave 0x28-0x2F
+FIRST_DYNAMIC_VECTOR = 0x31
+LAST_DYNAMIC_VECTOR = 0xEF  # 0xF0 and up are the local APIC's own vectors in Linux
+MSI_ADDRESS = 0xFEE00000  # destination APIC ID 0 (the guest's one CPU), physical mode
+_PIN_SIDE = (ChipOpKind.MASK, ChipOpKind.UNMASK)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    op: str
+    args: dict[str, Any]
+
+
+@dataclass
+class DriverSetup:
+    """What bringing one driver up takes at irqbus: program the line, then the chip operations
+    (the UNMASK) — in that order, so no interrupt arrives through an unprogrammed entry."""
+
+    driver: Driver
+    program: list[Request] = field(default_factory=list)
+    chip: Request | None = None
+
+
+class IrqLink:
+    def __init__(self, specs: list[DriverSpec], spurious: SpuriousPolicy | None = None) -> None:
+        self.irq = IrqSubsystem(spurious=spurious)
+        self.registers = StatusRegisters()
+        self.drivers = [Driver(spec, self.registers) for spec in specs]
+        self._irq_of_vector: dict[int, int] = {PIC_VECTOR_BASE + i: i for i in range(ISA_IRQS)}
+        self._vector_of_pin: dict[int, int] = {}
+        self._vector_of_msi: dict[int, int] = {}  # dynamic IRQ -> vector
+        self._msi_device: dict[int, str] = {}  # dynamic IRQ -> device name
+        self._next_vector = FIRST_DYNAMIC_VECTOR
+        self._msi_index = 0
+        self.delivered = 0
+        self.unknown_vectors = 0
+        self.malformed = 0
+
+    # -- bringing drivers up -----------------------------------------------------------------------
+
+    def _allocate_vector(self) -> int:
+        if self._next_vector > LAST_DYNAMIC_VECTOR:
+            raise IrqSetupError(IrqError.ENOSPC, "no free interrupt vector")
+        vector = self._next_vector
+        self._next_vector += 1
+        return vector
+
+    def setup(self, driver: Driver) -> DriverSetup:
+        """Register the driver's handler; raises IrqSetupError (nothing changed) if refused."""
+        if driver.spec.kind is DriverKind.MSI:
+            return self._setup_msi(driver)
+        spec = driver.spec
+        assert spec.pin is not None
+        pin = spec.pin
+        trigger = spec.trigger or self.irq.lookup(pin).trigger
+        ops = self.irq.request_irq(pin, driver.handler, spec.name, dev_id=spec.name, shared=True, trigger=trigger)
+        driver.irq = pin
+        done = DriverSetup(driver, chip=self.chip_request(ops, []))
+        if ops:  # the first action on the line: program the controller behind it
+            done.program.append(self._program_pin(pin))
+        return done
+
+    def _program_pin(self, pin: int) -> Request:
+        desc = self.irq.lookup(pin)
+        args: dict[str, Any] = {"pin": pin, "trigger": str(desc.trigger)}
+        if pin >= ISA_IRQS:
+            if pin not in self._vector_of_pin:
+                vector = self._allocate_vector()
+                self._vector_of_pin[pin] = vector
+                self._irq_of_vector[vector] = pin
+            args["vector"] = self._vector_of_pin[pin]
+        return Request("program_pin", args)
+
+    def _setup_msi(self, driver: Driver) -> DriverSetup:
+        name = driver.spec.name
+        vector = self._allocate_vector()
+        irq = self.irq.allocate_dynamic(Chip.PCI_MSIX, self._msi_index, Trigger.EDGE)
+        try:
+            ops = self.irq.request_irq(irq, driver.handler, name, dev_id=name)
+        except IrqSetupError:
+            self.irq.free_dynamic(irq)
+            raise
+        self._msi_index += 1
+        self._irq_of_vector[vector] = irq
+        self._vector_of_msi[irq] = vector
+        self._msi_device[irq] = name
+        driver.irq = irq
+        program = Request("program_msi", {"device": name, "address": MSI_ADDRESS, "data": vector})
+        return DriverSetup(driver, [program], self.chip_request(ops, []))
+
+    def abandon(self, driver: Driver) -> None:
+        """irqbus refused to program the driver's line: unregister it here too."""
+        irq = driver.irq
+        if irq is None:
+            return
+        driver.irq = None
+        self.irq.free_irq(irq, driver.spec.name)  # its UNMASK was never sent: nothing to send
+        if driver.spec.kind is DriverKind.MSI:
+            self.irq.free_dynamic(irq)
+            self._irq_of_vector.pop(self._vector_of_msi.pop(irq), None)
+            self._msi_device.pop(irq, None)
+
+    def reprogram(self) -> list[Request]:
+        """Everything a freshly started irqbus must be told to match this guest's lines."""
+        requests: list[Request] = []
+        pins: set[int] = set()
+        unmasked: list[ChipOp] = []
+        for driver in self.drivers:
+            irq = driver.irq
+            if irq is None:
+                continue
+            if driver.spec.kind is DriverKind.MSI:
+                requests.append(Request("program_msi", {"device": driver.name, "address": MSI_ADDRESS, "data": self._vector_of_msi[irq]}))
+            elif irq not in pins:
+                pins.add(irq)
+                requests.append(self._program_pin(irq))
+            else:
+                continue
+            if not self.irq.lookup(irq).bits & S_MASKED:
+                unmasked.append(ChipOp(ChipOpKind.UNMASK, irq))
+        chip = self.chip_request(unmasked, [])
+        return requests + ([chip] if chip else [])
+
+    # -- traffic -----------------------------------------------------------------------------------
+
+    def chip_request(self, ops: list[ChipOp], cleared: list[list[Any]]) -> Request | None:
+        """genirq's chip operations as irqbus names them: pins 0-23 and MSI devices. The ack /
+        EOI of an MSI or of an IOAPIC edge line is the local APIC's alone, so it is not sent."""
+        commands = []
+        for op in ops:
+            irq = op.irq
+            if irq < ISA_IRQS:  # the 8259's ack is its EOI command
+                commands.append({"kind": op.kind.value, "pin": irq})
+            elif irq < IOAPIC_PINS:
+                # An edge entry has no remote IRR: its ack is the local APIC's EOI alone
+                # (Linux ioapic_ack_edge), nothing for irqbus. A level entry needs the EOI.
+                if op.kind in _PIN_SIDE or self.irq.lookup(irq).trigger is Trigger.LEVEL:
+                    commands.append({"kind": op.kind.value, "pin": irq})
+            elif op.kind in _PIN_SIDE:
+                device = self._msi_device.get(irq)
+                if device is not None:
+                    commands.append({"kind": op.kind.value, "device": device})
+        if not commands and not cleared:
+            return None
+        args: dict[str, Any] = {}
+        if commands:
+            args["ops"] = commands
+        if cleared:
+            args["clear"] = cleared
+        return Request("chip", args)
+
+    def on_irq(self, args: Any, now: float) -> Request | None:
+        """An interrupt arrived: run the line's flow handler and its drivers; return what to
+        tell irqbus (chip operations and status clears), if anything."""
+        vector = args.get("vector") if isinstance(args, dict) else None
+        irq = self._irq_of_vector.get(vector) if type(vector) is int else None
+        if irq is None:
+            self.unknown_vectors += 1
+            return None
+        status = args.get("status")
+        if not isinstance(status, dict) or not all(type(k) is str and type(v) is int for k, v in status.items()):
+            self.malformed += 1
+            status = {}
+        self.registers.load(status)
+        ops = self.irq.handle(irq, now)
+        self.delivered += 1
+        return self.chip_request(ops, self.registers.take_cleared())
+
+    def on_query(self, args: Any) -> Request | None:
+        """irqbus relays someone's question (`guest interrupts`); answer from the table."""
+        if not isinstance(args, dict) or args.get("what") != "interrupts" or type(args.get("query")) is not int:
+            self.malformed += 1
+            return None
+        if args.get("format") == "json":
+            return Request("answer", {"query": args["query"], "rows": self.irq.interrupts_json()})
+        return Request("answer", {"query": args["query"], "text": self.irq.interrupts_text()})
+
+    def events(self) -> list[IrqEvent]:
+        return self.irq.events()
