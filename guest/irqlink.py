@@ -178,13 +178,21 @@ class IrqLink:
             self.unknown_vectors += 1
             return None
         status = args.get("status")
-        if not isinstance(status, dict) or not all(type(k) is str and type(v) is int for k, v in status.items()):
-            self.malformed += 1
-            status = {}
+        if type(status) is not dict:
+            status = {} if status is None else self._malformed({})
+        else:
+            for key, gen in status.items():
+                if type(key) is not str or type(gen) is not int:
+                    status = self._malformed({})
+                    break
         self.registers.load(status)
         ops = self.irq.handle(irq, now)
         self.delivered += 1
         return self.chip_request(ops, self.registers.take_cleared())
+
+    def _malformed(self, fallback: dict[str, int]) -> dict[str, int]:
+        self.malformed += 1
+        return fallback
 
     def on_query(self, args: Any) -> Request | None:
         """irqbus relays someone's question (`guest interrupts`); answer from the table."""

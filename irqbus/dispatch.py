@@ -90,7 +90,7 @@ class IrqBus:
             if answered.op != req.op:
                 return self._error(req, ErrorCode.EPROTO, f"sequence {req.seq} was already used for {answered.op!r}", remember=False)
             return Outcome(answered.reply, req.op, req.seq, req.client, replayed=True)
-        waiting = self.queries.waiting(req.client, req.seq)
+        waiting = self.queries.waiting(req.client, req.seq) if len(self.queries) else None
         if waiting is not None:
             if waiting.op != req.op:
                 return self._error(req, ErrorCode.EPROTO, f"sequence {req.seq} was already used for {waiting.op!r}", remember=False)

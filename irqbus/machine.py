@@ -131,6 +131,8 @@ class GuestMachine:
         self.pics.set_imr(0xFFFF & ~(1 << CASCADE_PIN))
         self.ioapic = IOAPIC(PINS)
         self.lines = SharedLines(PINS, MAX_PIN_DEVICES)
+        self._level = [False] * PINS  # each pin's OR-ed level, as last driven into a controller
+        self._pic_vector = [self.pics.vector(irq) for irq in range(ISA_IRQS)]
         self.devices: dict[str, Device] = {}
         self._on_pin: dict[int, list[Device]] = {}
         self._free_sources = list(range(MAX_PIN_DEVICES - 1, -1, -1))
@@ -314,13 +316,14 @@ class GuestMachine:
             return []
         device.asserted = level
         pin = device.pin
-        before = self.lines.level(pin)
         after = self.lines.set_source(pin, device.source, level)
-        if before == after:
+        if self._level[pin] == after:
             return []
+        self._level[pin] = after
         if pin < ISA_IRQS:
             self.pics.set_line(pin, after)
-            return self._service_pic()
+            # a falling line never makes a request (a level IRR just follows it down)
+            return self._service_pic() if after else []
         return self._apic(self.ioapic.set_line(pin, after))
 
     def _pulse(self, device: Device) -> list[Delivery]:
@@ -350,7 +353,7 @@ class GuestMachine:
                     self.pics.master.eoi(CASCADE_PIN)
                 continue
             self.delivered += 1
-            out.append(Delivery(self.pics.vector(irq), Source.PIC, irq, None, self._pin_status(irq)))
+            out.append(Delivery(self._pic_vector[irq], Source.PIC, irq, None, self._pin_status(irq)))
         return out
 
     def _apic(self, deliveries: list[ApicDelivery]) -> list[Delivery]:

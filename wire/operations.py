@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -64,11 +65,15 @@ def text(max_len: int) -> Validator:
     return check
 
 
+_domid = integer(0, MAX_DOMID)
+_domain_name = text(MAX_NAME)
+
+
 def domain_ref(name: str, value: Any) -> int | str:
     """A domain named by domid or by name, as xl accepts either."""
     if _is_int(value):
-        return integer(0, MAX_DOMID)(name, value)
-    return text(MAX_NAME)(name, value)
+        return _domid(name, value)
+    return _domain_name(name, value)
 
 
 def extents(max_pages: int) -> Validator:
@@ -145,15 +150,12 @@ def choice(*values: str) -> Validator:
     return check
 
 
+_DEVICE_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_DEVICE_NAME - 1}}}")
+
+
 def device_name(name: str, value: Any) -> str:
     """Device names end up in /proc/interrupts and on command lines: letters, digits, _ . -"""
-    if (
-        not isinstance(value, str)
-        or not 1 <= len(value) <= MAX_DEVICE_NAME
-        or not value.isascii()
-        or not value[0].isalnum()
-        or not all(c.isalnum() or c in "_.-" for c in value)
-    ):
+    if not isinstance(value, str) or _DEVICE_NAME.fullmatch(value) is None:
         raise _invalid(name, f"a device name of 1..{MAX_DEVICE_NAME} letters, digits, '_', '.', '-'", value)
     return value
 
