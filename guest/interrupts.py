@@ -4,8 +4,9 @@
 Setup (attach, programming each driver's line) is done with plain request/reply calls, so a
 refusal is known before a driver counts as up. Per-interrupt traffic is not waited for: each
 `chip` request is posted and its reply read later, because the next interrupt on a busy line
-arrives right behind it. If irqbus forgets the guest (it restarted), the guest attaches again
-and reprograms its lines.
+arrives right behind it. If irqbus forgets the guest (it restarted; an empty `chip` request
+every two seconds finds out even when nothing happens), the guest attaches again and
+reprograms its lines.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable
 
 ATTACH_RETRY_S = 2.0
+PING_S = 2.0  # an idle guest still notices within this long that irqbus restarted and forgot it
 RETRY_TIMEOUT_S = 0.2
 DRAIN_BUDGET = 1024
 REPORT_EVERY_S = 1.0
@@ -51,6 +53,8 @@ class IrqbusAttachment:
         self.name = ""
         self.attached = False
         self._retry_at: float | None = None
+        self._ping_at: float | None = None
+        self._ping_seq: int | None = None
         self._refused: set[str] = set()  # drivers refused for good: not retried on re-attach
         self._next_report = 0.0
         self._reported_unknown = 0
@@ -85,11 +89,15 @@ class IrqbusAttachment:
         self._report(clock())
 
     def next_wakeup(self) -> float | None:
-        return self._retry_at
+        return self._retry_at if not self.attached else self._ping_at
 
     def tick(self, now: float) -> None:
-        if not self.attached and self._retry_at is not None and now >= self._retry_at:
-            self._attach(now)
+        if not self.attached:
+            if self._retry_at is not None and now >= self._retry_at:
+                self._attach(now)
+        elif self._ping_at is not None and now >= self._ping_at:
+            self._ping_seq = self.client.post("chip", {})
+            self._ping_at = now + PING_S
 
     def close(self) -> None:
         if self.attached:
@@ -124,6 +132,7 @@ class IrqbusAttachment:
         self.client.timeout = self.timeout_s
         self.attached = True
         self._retry_at = None
+        self._ping_at = now + PING_S
         up = [str(d.spec) + f"->irq{d.irq}" for d in self.link.drivers if d.irq is not None]
         self.log.info("attached to irqbus", endpoint=self.endpoint, seq=self.client.last_seq, drivers=up, replaced=result.get("replaced"))
         self._on_events(self._queued_events(), self.clock())
@@ -177,9 +186,11 @@ class IrqbusAttachment:
 
     def _refused_reply(self, body: dict[str, Any], now: float) -> None:
         self.log.warning("irqbus refused a request", seq=body.get("seq"), error=body.get("error"), message=body.get("message"))
-        if body.get("error") == "ESRCH" and "attach" in str(body.get("message")) and self.attached:
-            self.attached = False  # irqbus forgot this guest (it restarted): attach again
+        if body.get("error") == "ESRCH" and body.get("seq") == self._ping_seq and self.attached:
+            # an empty chip request can only fail so if irqbus forgot this guest (it restarted)
+            self.attached = False
             self._retry_at = now
+            self.log.warning("irqbus forgot this guest; attaching again", endpoint=self.endpoint)
 
     def _report(self, now: float) -> None:
         """Log what the interrupt subsystem recorded: one line per nobody-cared or faulty

@@ -226,3 +226,18 @@ def test_devices_need_an_irqbus(procs):
     assert result.returncode == 2 and "--device needs an irqbus" in result.stderr
     bad = procs.run("guest", "run", "--name", "x", "--memory", "4m", "--device", "nic0:pin=2")
     assert bad.returncode == 2 and "cascade" in bad.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_guest_attaches_again_when_irqbus_restarts(procs, host, bus):
+    start_guest(host, bus, "vm1", "nic0:pin=5:level", "net1:msi")
+    wait_line_up(bus, "vm1", pin=5)
+    assert procs.stop(bus.proc) == 0
+    bus.proc = procs.start("irqbus-again", "irqbus", "serve", "--endpoint", bus.endpoint)
+    wait_line_up(bus, "vm1", pin=5)  # found out, attached again, reprogrammed
+    wait_line_up(bus, "vm1", msi="net1")
+    assert bus.cmd("attach", "vm1", "nic0", "--pin", "5", "--level").returncode == 0
+    assert bus.cmd("raise", "vm1", "nic0").returncode == 0
+    assert bus.cmd("msi", "vm1", "net1").returncode == 0
+    wait_for(lambda: bus.handled("vm1", 5) == {"nic0": 1} and bus.handled("vm1", 24) == {"net1": 1}, 10, "both drivers")
+    assert any(e.get("event") == "irqbus forgot this guest; attaching again" for e in procs.log_events("vm1"))
