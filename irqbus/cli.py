@@ -142,14 +142,14 @@ def _attach_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _device_process(args: argparse.Namespace, client: RpcClient) -> int:
+    if args.level and args.pin is None:
+        print("irqbus device: --level is for pin devices (--pin N)", file=sys.stderr)
+        return 2
     log = logsetup.configure(args.log_level, "device").bind(guest=args.guest, device=args.device)
     stop = stop_on_signals()
     if args.pin is not None or args.msi:
         attached = client.call("attach_device", _attach_args(args))
         log.info("attached", domid=attached["domid"], kind=attached["kind"], pin=attached["pin"], trigger=attached["trigger"])
-    elif args.level:
-        print("irqbus device: --level needs --pin", file=sys.stderr)
-        return 2
     pacer = Pacer(args.rate, time.monotonic(), args.burst, args.count)
     log.info("device running", rate=args.rate, count=args.count, burst=args.burst)
     totals = run_device(client, args.guest, args.device, pacer, stop, log)
