@@ -32,7 +32,7 @@ class Pacer:
 
     def due(self, now: float) -> int:
         """How many to raise now (0 if none yet, or all done)."""
-        owed = int((now - self.start) * self.rate) + 1 - self.raised
+        owed = int((now - self.start) * self.rate + 1e-9) + 1 - self.raised  # 1e-9: float rounding
         if self.count is not None:
             owed = min(owed, self.count - self.raised)
         return max(0, min(owed, self.burst, MAX_BURST))
