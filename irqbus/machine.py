@@ -172,15 +172,21 @@ class GuestMachine:
         self._free_sources.append(device.source)
         return out
 
+    @staticmethod
+    def _latch(device: Device, result: RaiseResult) -> None:
+        """Set the status latch for one more interrupt; it merges into a pending one the
+        guest has not been shown yet."""
+        if device.status and device.seen_gen < device.gen:
+            device.merged += 1
+            result.merged += 1
+        device.gen += 1
+        device.status = True
+
     def raise_device(self, device: Device, count: int = 1) -> RaiseResult:
         """The device signals `count` interrupts: latch set, then its line or its MSI."""
         result = RaiseResult()
         for _ in range(count):
-            if device.status and device.seen_gen < device.gen:
-                device.merged += 1
-                result.merged += 1
-            device.gen += 1
-            device.status = True
+            self._latch(device, result)
             if device.kind is DeviceKind.MSI:
                 result.deliveries += self._fire_msi(device)
             elif device.level:
@@ -195,11 +201,7 @@ class GuestMachine:
             return self.raise_device(device, count)
         result = RaiseResult()
         for _ in range(count):
-            if device.status and device.seen_gen < device.gen:
-                device.merged += 1
-                result.merged += 1
-            device.gen += 1
-            device.status = True
+            self._latch(device, result)
             result.deliveries += self._pulse(device)
         return result
 
