@@ -88,10 +88,11 @@ def run_pool_lifo(ops: int, pages: int, domains: int, seed: int) -> Run:
     rand = rng.random  # int(rand() * n): several times cheaper than randrange
     pool = PagePool(pages)
     allocate, release = pool.allocate, pool.release
-    memory: list[list[tuple[int, int]]] = [[] for _ in range(domains)]  # grant order, oldest first
+    # each guest's extents in grant order, oldest first, as mutable [start, end] pairs
+    memory: list[list[list[int]]] = [[] for _ in range(domains)]
     counts = [0] * domains
     run = Run()
-    releases = released_extents = 0
+    releases = longer = 0  # release requests, and extents in them beyond the first
     for _ in range(SLICES):
         t0 = time.perf_counter()
         for _ in range(ops // SLICES):
@@ -102,37 +103,39 @@ def run_pool_lifo(ops: int, pages: int, domains: int, seed: int) -> Run:
                 want = n if n < held else held
                 counts[d] = held - want
                 mine = memory[d]
-                start, count = mine[-1]
-                if count > want:  # the common case: part of the newest extent
-                    mine[-1] = (start, count - want)
-                    request = [(start + count - want, want)]
+                newest = mine[-1]
+                end = newest[1]
+                if end - newest[0] > want:  # the common case: part of the newest extent
+                    newest[1] = end - want
+                    release(d, [(end - want, want)])
                 else:
                     request = []
                     while want:
-                        start, count = mine[-1]
-                        if count <= want:
+                        start, end = mine[-1]
+                        if end - start <= want:
                             mine.pop()
-                            request.append((start, count))
-                            want -= count
+                            request.append((start, end - start))
+                            want -= end - start
                         else:
-                            mine[-1] = (start, count - want)
-                            request.append((start + count - want, want))
+                            mine[-1][1] = end - want
+                            request.append((end - want, want))
                             want = 0
-                    request.reverse()
-                release(d, request)
+                    request.reverse()  # oldest first, as GuestMemory.take returns them
+                    release(d, request)
+                    longer += len(request) - 1
                 releases += 1
-                released_extents += len(request)
             else:
                 mine = memory[d]
                 for start, count in allocate(d, n):
                     counts[d] += count
-                    if mine and (last := mine[-1])[0] + last[1] == start:
-                        mine[-1] = (last[0], last[1] + count)
+                    if mine and mine[-1][1] == start:
+                        mine[-1][1] = start + count
                     else:
-                        mine.append((start, count))
+                        mine.append([start, start + count])
         run.slices.append(time.perf_counter() - t0)
-    run.pool, run.counts, run.memory = pool, counts, memory
-    run.releases, run.released_extents = releases, released_extents
+    run.pool, run.counts = pool, counts
+    run.memory = [[(start, end - start) for start, end in mine] for mine in memory]
+    run.releases, run.released_extents = releases, releases + longer
     return run
 
 

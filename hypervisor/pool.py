@@ -11,6 +11,15 @@ of [start, start+count)?" is one bisect. Free space (`_FreeSpace`) is hashed
 by start and by end, for O(1) merging, and filed by power-of-two size class, for a good-fit
 allocation that hands out one extent per grant while any free extent is big enough.
 Extents are kept maximal everywhere: neighbours merge.
+
+Where a grant goes decides how fragmented the pool gets, and so how big and slow it gets.
+Balloon drivers give back the pages they were granted last (guest/memory.py), so each owner
+grows upward from a *frontier*, the page after its newest grant: a grant takes the bottom of
+the free run starting there, and a release of the newest pages merges straight back into
+that run. An owner's holdings then stay one extent or a few, and free space a run or two per
+owner. Pages given back below the frontier leave a hole, which the owner's next grant
+refills first (see _Holdings). A new owner is placed by good fit; an owner whose frontier is
+blocked gets a new region in the middle of the largest free run, with room to grow above it.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ MAX_PAGES = 2**62  # holdings are arrays of signed 64-bit ints; 2**62 pages is 1
 
 # Extent((start, count)) without the Python-level __new__ of a NamedTuple: half the cost.
 _extent = partial(tuple.__new__, Extent)
+_new_tuple = tuple.__new__  # _new_tuple(Extent, (start, count)): the fastest Extent in hot paths
 
 
 class PoolErrorReason(enum.Enum):
@@ -88,23 +98,113 @@ class _FreeSpace:
         if not members:
             self.mask &= ~(1 << k)
 
-    def add(self, start: int, count: int) -> None:
-        """Free a run that is not free yet, merging it with free runs on either side."""
+    def _refile(self, old_start: int, old_count: int, start: int, count: int) -> None:
+        """A run moved or changed size; usually it stays in its class, so the mask stays."""
+        k = old_count.bit_length() - 1
+        members = self.classes[k]
+        members.discard(old_start)
+        if count >> k == 1:  # 2**k <= count < 2**(k+1): same class
+            members.add(start)
+        else:
+            if not members:
+                self.mask &= ~(1 << k)
+            self._file(start, count)
+
+    def add(self, start: int, count: int) -> int:
+        """Free a run that is not free yet, merging it with free runs on either side.
+
+        Returns the start of the merged free run, where the owner may grow back.
+        """
         by_start, by_end = self.by_start, self.by_end
         self.pages += count
         end = start + count
         right = by_start.pop(end, None)
+        left = by_end.pop(start, None)
+        if left is None:
+            if right is None:
+                by_start[start] = count
+                by_end[end] = start
+                self._file(start, count)
+            else:  # the run above grows down (a balloon driver giving back its newest pages)
+                by_start[start] = right + count
+                by_end[end + right] = start
+                self._refile(end, right, start, right + count)
+            return start
+        left_count = by_start[left]
         if right is not None:
             self._unfile(end, right)
-            del by_end[end + right]
             end += right
-        left = by_end.pop(start, None)
-        if left is not None:
-            self._unfile(left, by_start[left])
-            start = left
-        by_start[start] = end - start
-        by_end[end] = start
-        self._file(start, end - start)
+        by_start[left] = end - left
+        by_end[end] = left
+        self._refile(left, left_count, left, end - left)
+        return left
+
+    def move_bottom(self, start: int, count: int, new_start: int) -> None:
+        """The free run [start, start+count) now begins at `new_start`; its end stays.
+
+        Up when its owner below grows into it, down when that owner gives back its top
+        pages: the balloon step, both ways, so kept to a few dict and set operations.
+        """
+        by_start = self.by_start
+        del by_start[start]
+        new_count = count + start - new_start
+        by_start[new_start] = new_count
+        self.by_end[start + count] = new_start
+        self.pages += start - new_start
+        k = count.bit_length() - 1
+        members = self.classes[k]
+        members.discard(start)
+        if new_count >> k == 1:  # 2**k <= new_count < 2**(k+1): same class
+            members.add(new_start)
+        else:
+            if not members:
+                self.mask &= ~(1 << k)
+            self._file(new_start, new_count)
+
+    def take_bottom(self, start: int, want: int) -> int:
+        """Take up to `want` pages from the bottom of the free run at `start`; return how many.
+
+        0 if no free run starts there. This is how an owner grows at its frontier.
+        """
+        count = self.by_start.pop(start, None)
+        if count is None:
+            return 0
+        if want >= count:
+            del self.by_end[start + count]
+            self._unfile(start, count)
+            self.pages -= count
+            return count
+        rest = start + want
+        self.by_start[rest] = count - want
+        self.by_end[start + count] = rest
+        self._refile(start, count, rest, count - want)
+        self.pages -= want
+        return want
+
+    def carve(self, count: int, room: int) -> int | None:
+        """Take `count` pages from the middle of a largest free run, or None if runs are small.
+
+        Only when every run of the largest size class holds `count + room` pages, so the new
+        region has at least room/2 free pages above it to grow into, and as much below it for
+        whoever is placed there next.
+        """
+        k = self.mask.bit_length() - 1
+        if k < 0 or 1 << k < count + room:
+            return None
+        members = self.classes[k]
+        start = members.pop()
+        members.add(start)
+        size = self.by_start[start]
+        mid = start + (size - count) // 2
+        top = mid + count
+        self.by_start[start] = mid - start
+        self.by_end[mid] = start
+        self._refile(start, size, start, mid - start)
+        self.by_start[top] = start + size - top
+        self.by_end[start + size] = top
+        self._file(top, start + size - top)
+        self.pages -= count
+        return mid
 
     def take(self, count: int) -> list[Extent]:
         """Remove up to `count` pages and return them as extents, ascending.
@@ -151,20 +251,31 @@ class _FreeSpace:
 
 
 class _Holdings:
-    """One owner's extents in address order, as two parallel arrays of machine ints.
+    """One owner's extents in address order, as two parallel arrays, and where it grows next.
 
     Sorted so that ownership of a run is one bisect, and kept maximal (neighbours merged)
     so that "wholly owned" means "inside one extent". Arrays rather than lists and dicts:
     16 bytes an extent, contiguous, so a bisect does not chase a pointer per probe.
     Callers guarantee disjointness on `add` and containment on `remove`.
+
+    `frontier` and `refill` are hints for placing the owner's next grant, never part of the
+    books (audit ignores them; a grant checks free space before using them). `frontier` is
+    the page after the owner's newest grant: the owner grows upward from there, and a
+    release ending at it moves it down, so balloon traffic (grant, give the newest pages
+    back, grant again) keeps reusing one free run. `refill` is the start of the free run
+    left by the owner's last release that did not end at the frontier (a hole, or the top
+    of an older region the owner is shrinking back through): the next grant fills it first.
+    -1 means none.
     """
 
-    __slots__ = ("starts", "counts", "pages")
+    __slots__ = ("starts", "counts", "pages", "frontier", "refill")
 
     def __init__(self) -> None:
         self.starts = array("q")
         self.counts = array("q")
         self.pages = 0
+        self.frontier = -1
+        self.refill = -1
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -201,6 +312,17 @@ class _Holdings:
         elif joins_next:
             starts[i] = start
             counts[i] += count
+        else:
+            starts.insert(i, start)
+            counts.insert(i, count)
+        self.pages += count
+
+    def grow(self, start: int, count: int) -> None:
+        """Add a run whose next page is free (so it cannot join the extent above it)."""
+        starts, counts = self.starts, self.counts
+        i = bisect_left(starts, start)
+        if i and starts[i - 1] + counts[i - 1] == start:
+            counts[i - 1] += count
         else:
             starts.insert(i, start)
             counts.insert(i, count)
@@ -243,6 +365,13 @@ class _Holdings:
         return out
 
 
+_PAIRS = (tuple, Extent, list)  # what one [start, count] pair may arrive as
+
+# A blocked owner is moved to a new region only if that leaves it this much room to grow:
+# a few balloon batches (512 pages each). Smaller runs are left to good fit.
+_ROOM = 2048
+
+
 def _as_int(value: object) -> int | None:
     """An int from anything integral except bool (True is not a page count); else None."""
     if type(value) is int:
@@ -267,6 +396,7 @@ class PagePool:
         if total:
             self._free.add(0, total)
         self._owned: dict[int, _Holdings] = {}
+        self._parked: dict[int, _Holdings] = {}  # owners holding nothing now: their hints
         self._allocated = 0
 
     # -- queries -----------------------------------------------------------------------------
@@ -325,8 +455,47 @@ class PagePool:
 
         A short grant is normal (Xen's increase_reservation grants what it can and the
         balloon driver keeps it), so it is not an error. Returns only the new extents,
-        usually one (see _FreeSpace.take).
+        ascending, usually one. The usual balloon step grows the owner at its frontier;
+        the rest is _place's.
         """
+        held = self._owned.get(owner)
+        if held is None and owner in self._parked and type(count) is int and count > 0 and self._free.pages:
+            held = self._owned[owner] = self._parked.pop(owner)  # back where it was
+        if held is not None and held.refill < 0 and type(count) is int and count > 0:
+            start = held.frontier
+            free = self._free
+            by_start = free.by_start
+            room = by_start.get(start, 0)
+            if room > count:
+                # The balloon step up: grow at the frontier. The free run above it now begins
+                # `count` pages higher (its end stays, and usually its size class)...
+                end = start + count
+                rest = room - count
+                del by_start[start]
+                by_start[end] = rest
+                free.by_end[start + room] = end
+                free.pages -= count
+                k = room.bit_length() - 1
+                members = free.classes[k]
+                members.discard(start)
+                if rest >> k:
+                    members.add(end)
+                else:
+                    if not members:
+                        free.mask ^= 1 << k
+                    free._file(end, rest)
+                # ...and the owner's extent that ends at the frontier grows over those pages.
+                starts, counts = held.starts, held.counts
+                i = bisect_left(starts, start) - 1
+                if i >= 0 and starts[i] + counts[i] == start:
+                    counts[i] += count
+                else:
+                    starts.insert(i + 1, start)
+                    counts.insert(i + 1, count)
+                held.pages += count
+                held.frontier = end
+                self._allocated += count
+                return [_new_tuple(Extent, (start, count))]
         if type(count) is not int:
             n = _as_int(count)
             if n is None:
@@ -334,14 +503,49 @@ class PagePool:
             count = n
         if count <= 0 or not self._free.pages:
             return []
-        taken = self._free.take(count)
-        held = self._owned.get(owner)
         if held is None:
             held = self._owned[owner] = _Holdings()
-        for start, c in taken:
+        granted = self._place(held, count)
+        for start, c in granted:
             held.add(start, c)
             self._allocated += c
-        return taken
+        return granted
+
+    def _place(self, held: _Holdings, count: int) -> list[Extent]:
+        """Where a grant goes when the owner cannot simply grow at its frontier.
+
+        First the hole the owner left (its `refill`), then the frontier. A new owner is
+        placed by good fit. An owner whose frontier is blocked moves to a new region
+        carved from the middle of a largest free run, so it has room to grow again; when
+        free space is too fragmented for that, good fit.
+        """
+        free = self._free
+        granted: list[Extent] = []
+        hole = held.refill
+        held.refill = -1
+        if hole >= 0 and hole != held.frontier:
+            got = free.take_bottom(hole, count)
+            if got:
+                granted.append(_extent((hole, got)))
+                count -= got
+                if not count:
+                    held.refill = hole + got  # the rest of the hole, if any, comes next
+                    return granted
+        frontier = held.frontier
+        if free.by_start.get(frontier, 0) >= count:
+            free.take_bottom(frontier, count)
+            placed = [_extent((frontier, count))]
+        elif frontier >= 0 and (start := free.carve(count, _ROOM)) is not None:
+            placed = [_extent((start, count))]
+        else:
+            placed = free.take(count)  # may come short, or empty once the hole took the rest
+        if placed:
+            start, count = placed[-1]
+            held.frontier = start + count
+            granted += placed
+            if len(granted) > 1:
+                granted.sort()
+        return granted
 
     def release(self, owner: int, extents: Iterable[tuple[int, int]]) -> int:
         """Give back `extents` of `owner`'s pages; return how many pages were released.
@@ -350,6 +554,47 @@ class PagePool:
         problem raises PoolError with the pool untouched. Part of an owned extent may be
         given back (it is split). Freed runs merge with neighbouring free space.
         """
+        if type(extents) is list and len(extents) == 1:
+            # The balloon step down: one run of the owner's pages, the top of one of its
+            # extents, with free pages above (its frontier run). Anything else, bad input
+            # included, takes the general path below, which is the one that explains refusals.
+            pair = extents[0]
+            if type(pair) in _PAIRS and len(pair) == 2:
+                start, count = pair
+                held = self._owned.get(owner)
+                # (owned pages are in range, so owning them proves start and count are)
+                if type(start) is int and type(count) is int and count > 0 and held is not None:
+                    starts, counts = held.starts, held.counts
+                    i = bisect_right(starts, start) - 1
+                    end = start + count
+                    if i >= 0 and end == (base := starts[i]) + counts[i] and base < start:
+                        free = self._free
+                        by_start = free.by_start
+                        right = by_start.pop(end, None)
+                        if right is not None:
+                            # The run above grows down over the pages (its end stays)...
+                            size = right + count
+                            by_start[start] = size
+                            free.by_end[end + right] = start
+                            free.pages += count
+                            k = right.bit_length() - 1
+                            members = free.classes[k]
+                            members.discard(end)
+                            if size >> k == 1:
+                                members.add(start)
+                            else:
+                                if not members:
+                                    free.mask ^= 1 << k
+                                free._file(start, size)
+                            # ...and the owner's extent ends lower.
+                            counts[i] = start - base
+                            held.pages -= count
+                            self._allocated -= count
+                            if end == held.frontier:
+                                held.frontier = start
+                            elif i + 1 < len(starts) and starts[i + 1] == end + right:
+                                held.refill = start  # a hole: see _give_back
+                            return count
         request = self._validate(extents)
         if not request:
             return 0
@@ -358,19 +603,38 @@ class PagePool:
             if held is None or not held.covers(start, count):
                 raise PoolError(PoolErrorReason.NOT_OWNED, self._not_owned_message(owner, start, count))
         assert held is not None
-        free = self._free
-        released = 0
+        if len(request) > 1:
+            request.sort(reverse=True)  # highest first, so adjacent pieces walk the frontier down
         for start, count in request:
-            held.remove(start, count)
-            free.add(start, count)
-            released += count
-        self._allocated -= released
+            self._give_back(held, owner, start, count)
+        return sum(count for _, count in request)
+
+    def _give_back(self, held: _Holdings, owner: int, start: int, count: int) -> None:
+        """Move one validated run from `held` to free space, and move the owner's hints."""
+        held.remove(start, count)
+        free = self._free
+        merged = free.add(start, count)
+        self._allocated -= count
+        if start + count == held.frontier:
+            held.frontier = merged
+        elif merged != held.frontier and held.starts:
+            # A hole in the owner's holdings (its own pages above it) is refilled next;
+            # free pages above an older region are just room, left to whoever needs it.
+            starts = held.starts
+            top = merged + free.by_start[merged]
+            i = bisect_left(starts, top)
+            if i < len(starts) and starts[i] == top:
+                held.refill = merged
         if not held.pages:
             del self._owned[owner]
-        return released
+            self._parked[owner] = held  # so it grows back where it was
 
     def release_all(self, owner: int) -> int:
-        """Return every page of `owner` to the pool (the domain was destroyed)."""
+        """Return every page of `owner` to the pool (the domain was destroyed).
+
+        Its placement hints go too: domain ids are reused.
+        """
+        self._parked.pop(owner, None)
         held = self._owned.pop(owner, None)
         if held is None:
             return 0
