@@ -24,6 +24,7 @@ from guest.irqlink import IrqLink, Request
 from wire import envelope
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable
+from wire.operations import VIRQS
 
 ATTACH_RETRY_S = 2.0
 PING_S = 2.0  # an idle guest still notices within this long that irqbus restarted and forgot it
@@ -41,9 +42,11 @@ class IrqbusAttachment:
         clock: Callable[[], float] = time.monotonic,
         spurious: SpuriousPolicy | None = None,
         timeout_s: float = 0.5,
+        virqs: tuple[str, ...] = VIRQS,
     ) -> None:
         self.endpoint = endpoint
-        self.link = IrqLink(specs, spurious)
+        self.link = IrqLink(specs, spurious, virqs)
+        self.notify: Callable[[str], None] = lambda name: None
         self.client = RpcClient(endpoint, timeout=timeout_s, retries=1)
         self.socket: zmq.Socket = self.client.socket
         self.log = log
@@ -61,8 +64,8 @@ class IrqbusAttachment:
 
     # -- Attachment ----------------------------------------------------------------------------------
 
-    def started(self, domid: int, name: str, now: float) -> None:
-        self.domid, self.name = domid, name
+    def started(self, domid: int, name: str, now: float, notify: Callable[[str], None]) -> None:
+        self.domid, self.name, self.notify = domid, name, notify
         self.log = self.log.bind(domid=domid)
         self._attach(now)
 
@@ -86,6 +89,8 @@ class IrqbusAttachment:
                 self._on_event(body, clock())
             elif not body["ok"]:
                 self._refused_reply(body, clock())
+        for name in self.link.take_fired():
+            self.notify(name)
         self._report(clock())
 
     def next_wakeup(self) -> float | None:
@@ -120,6 +125,8 @@ class IrqbusAttachment:
             for driver in self.link.drivers:
                 if driver.irq is None and driver.name not in self._refused:
                     self._bring_up(driver)
+            for request in self.link.bind_virqs():
+                self._call(request)
         except Unreachable:
             self.client.timeout = RETRY_TIMEOUT_S
             self._retry_at = now + ATTACH_RETRY_S

@@ -19,6 +19,7 @@ from guest.service import Attachment
 from wire import endpoints
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable
+from wire.operations import VIRQS
 
 
 def _device(text: str) -> DriverSpec:
@@ -42,6 +43,11 @@ def interrupts_options(run: argparse.ArgumentParser) -> None:
         metavar="NAME:pin=N[:level|:edge]|NAME:msi",
         help="a driver for device NAME on pin N (0-15 i8259, 16-23 IOAPIC) or on MSI-X; repeatable",
     )
+    group.add_argument(
+        "--no-memory-interrupt",
+        action="store_true",
+        help="do not bind the hypervisor's memory-available interrupt: retry on the timer only (to compare)",
+    )
 
 
 def interrupt_attachments(args: argparse.Namespace, log: structlog.typing.FilteringBoundLogger) -> tuple[list[Attachment], str | None]:
@@ -55,7 +61,8 @@ def interrupt_attachments(args: argparse.Namespace, log: structlog.typing.Filter
         check_specs(args.device)
     except ValueError as err:
         return [], str(err)
-    return [IrqbusAttachment(endpoint, args.device, log)], None
+    virqs = tuple(v for v in VIRQS if not (v == "memory" and args.no_memory_interrupt))
+    return [IrqbusAttachment(endpoint, args.device, log, virqs=virqs)], None
 
 
 def show_interrupts(args: argparse.Namespace) -> int:

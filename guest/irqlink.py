@@ -10,11 +10,12 @@ only moves these requests over the socket.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from guest.drivers import Driver, DriverKind, DriverSpec, StatusRegisters
-from guest.irq import Chip, ChipOp, ChipOpKind, IrqError, IrqEvent, IrqSetupError, IrqSubsystem, SpuriousPolicy, Trigger
+from guest.irq import Chip, ChipOp, ChipOpKind, IrqError, IrqEvent, IrqReturn, IrqSetupError, IrqSubsystem, SpuriousPolicy, Trigger
 from guest.irq.desc import S_MASKED
 from guest.irq.table import IOAPIC_PINS, ISA_IRQS
 
@@ -41,9 +42,15 @@ class DriverSetup:
     chip: Request | None = None
 
 
+VIRQ_ACTION = {"target": "balloon-target", "memory": "balloon-memory"}  # names in /proc/interrupts
+
+
 class IrqLink:
-    def __init__(self, specs: list[DriverSpec], spurious: SpuriousPolicy | None = None) -> None:
+    def __init__(self, specs: list[DriverSpec], spurious: SpuriousPolicy | None = None, virqs: tuple[str, ...] = ()) -> None:
         self.irq = IrqSubsystem(spurious=spurious)
+        self.virqs = virqs  # the hypervisor's virtual interrupts this guest binds
+        self._vector_of_virq: dict[str, int] = {}
+        self.fired: list[str] = []  # virtual interrupts handled since the shell last looked
         self.registers = StatusRegisters()
         self.drivers = [Driver(spec, self.registers) for spec in specs]
         self._irq_of_vector: dict[int, int] = {PIC_VECTOR_BASE + i: i for i in range(ISA_IRQS)}
@@ -108,6 +115,32 @@ class IrqLink:
         program = Request("program_msi", {"device": name, "address": MSI_ADDRESS, "data": vector})
         return DriverSetup(driver, [program], self.chip_request(ops, []))
 
+    def bind_virqs(self) -> list[Request]:
+        """Event channels for the hypervisor's notifications: a xen-dyn IRQ each, on a vector
+        irqbus is told about; the handler only notes the event for the shell to act on."""
+        requests = []
+        for name in self.virqs:
+            if name not in self._vector_of_virq:
+                vector = self._allocate_vector()
+                irq = self.irq.allocate_dynamic(Chip.XEN_DYN, len(self._vector_of_virq), Trigger.EDGE)
+                self.irq.request_irq(irq, self._virq_handler(name), VIRQ_ACTION[name], dev_id=name)
+                self._vector_of_virq[name] = vector
+                self._irq_of_vector[vector] = irq
+            requests.append(Request("bind_virq", {"virq": name, "vector": self._vector_of_virq[name]}))
+        return requests
+
+    def _virq_handler(self, name: str) -> Callable[[int, Any], IrqReturn]:
+        def handler(irq: int, dev_id: Any) -> IrqReturn:
+            self.fired.append(name)
+            return IrqReturn.HANDLED
+
+        return handler
+
+    def take_fired(self) -> list[str]:
+        """The virtual interrupts handled since the last call, each once."""
+        fired, self.fired = list(dict.fromkeys(self.fired)), []
+        return fired
+
     def abandon(self, driver: Driver) -> None:
         """irqbus refused to program the driver's line: unregister it here too."""
         irq = driver.irq
@@ -139,7 +172,8 @@ class IrqLink:
             if not self.irq.lookup(irq).bits & S_MASKED:
                 unmasked.append(ChipOp(ChipOpKind.UNMASK, irq))
         chip = self.chip_request(unmasked, [])
-        return requests + ([chip] if chip else [])
+        virqs = [Request("bind_virq", {"virq": n, "vector": v}) for n, v in self._vector_of_virq.items()]
+        return requests + virqs + ([chip] if chip else [])
 
     # -- traffic -----------------------------------------------------------------------------------
 

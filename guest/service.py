@@ -31,7 +31,7 @@ class Attachment(Protocol):
 
     socket: zmq.Socket
 
-    def started(self, domid: int, name: str, now: float) -> None: ...
+    def started(self, domid: int, name: str, now: float, notify: Callable[[str], None]) -> None: ...
 
     def on_readable(self, now: float) -> None: ...
 
@@ -80,9 +80,17 @@ class GuestService:
             attachment.close()
         self.client.close()
 
-    def wake_balloon(self) -> None:
-        """An interrupt said memory or the target changed: run the driver now, not at its timer."""
-        self.balloon.wake(self.clock())
+    def on_virq(self, name: str) -> None:
+        """A virtual interrupt from the hypervisor, through irqbus (Xen's event channels).
+
+        "target": the toolstack wrote the target: report and read it back at once.
+        "memory": pages were freed while this guest was short: retry now, not at the timer.
+        """
+        if name == "target":
+            self._report_now = True
+        elif name == "memory":
+            self.balloon.wake(self.clock())
+            self.log.info("memory available", current_pages=self.balloon.current_pages, target_pages=self.balloon.target_pages)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -106,7 +114,7 @@ class GuestService:
         """Register, then balloon until stopped or destroyed; a clean stop shuts the domain down."""
         self.register(should_stop)
         for attachment in self.attachments:
-            attachment.started(self.domid, self.settings.name, self.clock())
+            attachment.started(self.domid, self.settings.name, self.clock(), self.on_virq)
         poller = zmq.Poller()
         for sock in [self.client.socket, *(a.socket for a in self.attachments)]:
             poller.register(sock, zmq.POLLIN)

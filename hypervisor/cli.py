@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from hypervisor.dispatch import Hypervisor
 from hypervisor.domains import DEFAULT_LIVENESS_S
 from hypervisor.service import HypervisorService
 from hypervisor.toolstack import Toolstack, domain_arg, format_info, format_list
+from hypervisor.virq import VirqSender
 from wire import endpoints, logsetup
 from wire.errors import RemoteError, Unreachable
 from wire.signals import stop_on_signals
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--memory", type=_size, default=size_to_pages("4g"), help="host memory, xl-style size (default 4g)")
     serve.add_argument("--guest-endpoint", help=f"where guests connect (env {endpoints.HYPERVISOR_ENV}, default {endpoints.DEFAULT_HYPERVISOR})")
     serve.add_argument("--admin-endpoint", help=f"where the toolstack connects (env {endpoints.ADMIN_ENV}, default {endpoints.DEFAULT_ADMIN})")
+    serve.add_argument("--irqbus", help=f"irqbus endpoint for guests' virtual interrupts (env {endpoints.IRQBUS_ENV}; without either, none are sent)")
     serve.add_argument("--liveness", type=_positive, default=DEFAULT_LIVENESS_S, help="seconds of silence before a domain shows unresponsive")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -70,9 +73,11 @@ def serve(args: argparse.Namespace) -> int:
     log = logsetup.configure(args.log_level, "hypervisor")
     guest_ep = endpoints.endpoint(args.guest_endpoint, endpoints.HYPERVISOR_ENV)
     admin_ep = endpoints.endpoint(args.admin_endpoint, endpoints.ADMIN_ENV)
+    irqbus_ep = args.irqbus or os.environ.get(endpoints.IRQBUS_ENV)
     stop = stop_on_signals()
-    service = HypervisorService(Hypervisor(args.memory, args.liveness), guest_ep, admin_ep, log)
-    log.info("serving", guest_endpoint=guest_ep, admin_endpoint=admin_ep, total_pages=args.memory)
+    virqs = VirqSender(irqbus_ep, log) if irqbus_ep else None
+    service = HypervisorService(Hypervisor(args.memory, args.liveness), guest_ep, admin_ep, log, virqs=virqs)
+    log.info("serving", guest_endpoint=guest_ep, admin_endpoint=admin_ep, irqbus=irqbus_ep, total_pages=args.memory)
     try:
         service.serve(stop.is_set)
     finally:

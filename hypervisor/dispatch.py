@@ -21,10 +21,15 @@ QUIET_OPS = frozenset({"get_target", "status", "list", "info", "increase_reserva
 
 @dataclass
 class Notification:
-    """An event for the guest behind `client`, e.g. its new target."""
+    """News for a guest: an `event` pushed on the hypervisor's own socket to the guest behind
+    `client`, or a virtual interrupt `virq` raised on domain `domid` through irqbus."""
 
     client: str
-    event: dict[str, Any]
+    domid: int
+    event: dict[str, Any] | None = None
+    virq: str | None = None
+
+
 
 
 @dataclass
@@ -56,6 +61,18 @@ def _wire_extents(extents: list[Extent]) -> list[list[int]]:
 def _target(domain: Domain) -> dict[str, int]:
     """What a guest is told about its target, in replies and in `target` events alike."""
     return {"target_pages": domain.target_pages, "max_pages": domain.max_pages, "target_writes": domain.target_writes}
+
+
+def _target_news(domain: Domain) -> list[Notification]:
+    """A target write: pushed directly, and as the "target" virtual interrupt."""
+    return [
+        Notification(domain.client, domain.domid, event=envelope.event("target", _target(domain))),
+        Notification(domain.client, domain.domid, virq="target"),
+    ]
+
+
+def _memory_news(waiting: list[Domain]) -> list[Notification]:
+    return [Notification(d.client, d.domid, virq="memory") for d in waiting]
 
 
 class Hypervisor:
@@ -137,7 +154,7 @@ class Hypervisor:
         domain = self._guest(client, now)
         released = self.table.decrease_reservation(domain, args["extents"])
         fields = {"domid": domain.domid, "released": released, "free_pages": self.pool.free_pages}
-        return _Result({"released": released}, fields)
+        return _Result({"released": released}, fields, _memory_news(self.table.waiting_for_memory(domain)))
 
     def _get_target(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self._guest(client, now)
@@ -153,7 +170,7 @@ class Hypervisor:
         domain = self.table.by_client(client)
         released = self.table.destroy(domain)
         fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages}
-        return _Result({"domid": domain.domid, "released": released}, fields)
+        return _Result({"domid": domain.domid, "released": released}, fields, _memory_news(self.table.waiting_for_memory(domain)))
 
     # --- admin endpoint --------------------------------------------------------------------
 
@@ -186,24 +203,24 @@ class Hypervisor:
     def _mem_set(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self.table.resolve(args["domain"])
         self.table.set_target(domain, args["target_pages"])
-        note = Notification(domain.client, envelope.event("target", _target(domain)))
         fields = {"domid": domain.domid, "target_pages": domain.target_pages, "current_pages": self.table.current_pages(domain)}
-        return _Result({"domid": domain.domid, "target_pages": domain.target_pages}, fields, [note])
+        return _Result({"domid": domain.domid, "target_pages": domain.target_pages}, fields, _target_news(domain))
 
     def _mem_max(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self.table.resolve(args["domain"])
         self.table.set_max(domain, args["max_pages"])
-        note = Notification(domain.client, envelope.event("target", _target(domain)))
         fields = {"domid": domain.domid, "max_pages": domain.max_pages, "target_pages": domain.target_pages}
-        return _Result({"domid": domain.domid, "max_pages": domain.max_pages, "target_pages": domain.target_pages}, fields, [note])
+        result = {"domid": domain.domid, "max_pages": domain.max_pages, "target_pages": domain.target_pages}
+        return _Result(result, fields, _target_news(domain))
 
     def _destroy(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self.table.resolve(args["domain"])
         released = self.table.destroy(domain)
         self.record.forget(domain.client)
-        note = Notification(domain.client, envelope.event("destroyed", {"domid": domain.domid}))
+        notes = [Notification(domain.client, domain.domid, event=envelope.event("destroyed", {"domid": domain.domid}))]
+        notes += _memory_news(self.table.waiting_for_memory(domain))
         fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages}
-        return _Result({"domid": domain.domid, "released": released}, fields, [note])
+        return _Result({"domid": domain.domid, "released": released}, fields, notes)
 
     def _audit(self, client: str, args: dict[str, Any], now: float) -> _Result:
         problems = self.table.audit()

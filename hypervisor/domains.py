@@ -35,6 +35,7 @@ class Domain:
     last_seen: float
     balloon: dict[str, Any] = field(default_factory=dict)
     target_writes: int = 0  # counts mem-set calls, so a guest sees a write of the same value
+    wants_memory: bool = False  # its last increase was granted short: tell it when pages free up
 
 
 class DomainTable:
@@ -123,7 +124,10 @@ class DomainTable:
     def increase_reservation(self, domain: Domain, nr_pages: int) -> list[Extent]:
         """Grant min(nr, free, max - current): a partial or empty grant is a normal answer."""
         room = max(0, domain.max_pages - self.current_pages(domain))
-        return self.pool.allocate(domain.domid, min(nr_pages, room))
+        extents = self.pool.allocate(domain.domid, min(nr_pages, room))
+        # short because the host is: worth a memory-available notification later (not maxmem)
+        domain.wants_memory = sum(e.count for e in extents) < min(nr_pages, room)
+        return extents
 
     def decrease_reservation(self, domain: Domain, extents: list[Extent]) -> int:
         """Take back exactly these pages, which must all be the caller's; else change nothing."""
@@ -132,6 +136,15 @@ class DomainTable:
         except PoolError as err:
             code = ErrorCode.EPERM if err.reason is PoolErrorReason.NOT_OWNED else ErrorCode.EINVAL
             raise WireError(code, str(err)) from None
+
+    def waiting_for_memory(self, freed_by: Domain | None) -> list[Domain]:
+        """Pages were just freed: the domains that were granted short, told once per shortage."""
+        if self.pool.free_pages == 0:
+            return []
+        waiting = [d for d in self._by_id.values() if d.wants_memory and d is not freed_by]
+        for domain in waiting:
+            domain.wants_memory = False
+        return waiting
 
     # --- toolstack -----------------------------------------------------------------------
 

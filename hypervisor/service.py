@@ -9,6 +9,7 @@ import structlog
 import zmq
 
 from hypervisor.dispatch import QUIET_OPS, Hypervisor, Outcome
+from hypervisor.virq import VirqSender
 from wire import envelope
 from wire.errors import ErrorCode
 from wire.operations import Endpoint
@@ -26,8 +27,10 @@ class HypervisorService:
         log: structlog.typing.FilteringBoundLogger,
         clock: Callable[[], float] = time.monotonic,
         context: zmq.Context | None = None,
+        virqs: VirqSender | None = None,
     ) -> None:
         self.hypervisor = hypervisor
+        self.virqs = virqs
         self.log = log
         self.clock = clock
         self._context = context or zmq.Context.instance()
@@ -46,14 +49,21 @@ class HypervisorService:
     def close(self) -> None:
         self.guests.close(linger=0)
         self.admin.close(linger=0)
+        if self.virqs is not None:
+            self.virqs.close()
 
     def serve(self, should_stop: Callable[[], bool]) -> None:
         poller = zmq.Poller()
         poller.register(self.guests, zmq.POLLIN)
         poller.register(self.admin, zmq.POLLIN)
+        if self.virqs is not None:
+            poller.register(self.virqs.socket, zmq.POLLIN)
         while not should_stop():
             for sock, _ in poller.poll(POLL_MS):
-                self._drain(sock)
+                if self.virqs is not None and sock is self.virqs.socket:
+                    self.virqs.drain()
+                else:
+                    self._drain(sock)
 
     def _drain(self, sock: zmq.Socket, budget: int = 64) -> None:
         """Serve what is queued without a poll per message; the budget keeps the sockets fair."""
@@ -80,6 +90,10 @@ class HypervisorService:
             self._routes[outcome.client] = identity
         self._log(endpoint, outcome)
         for note in outcome.notifications:
+            if note.virq is not None:
+                if self.virqs is not None:
+                    self.virqs.send(note.domid, note.virq)
+                continue
             route = self._routes.get(note.client)
             if route is not None:
                 try:

@@ -18,7 +18,7 @@ from wire.operations import Endpoint, lookup
 from wire.replay import ReplayRecord
 
 # Per-interrupt traffic is logged at debug level; everything else at info.
-QUIET_OPS = frozenset({"chip", "raise", "lower", "pulse", "msi", "show", "answer", "interrupts"})
+QUIET_OPS = frozenset({"chip", "raise", "lower", "pulse", "msi", "show", "answer", "interrupts", "send_virq"})
 
 
 @dataclass(slots=True)
@@ -65,6 +65,8 @@ class IrqBus:
             "program_pin": self._program_pin,
             "program_msi": self._program_msi,
             "chip": self._chip,
+            "bind_virq": self._bind_virq,
+            "send_virq": self._send_virq,
             "answer": self._answer,
             "attach_device": self._attach_device,
             "detach_device": self._detach_device,
@@ -206,6 +208,19 @@ class IrqBus:
         deliveries = machine.chip(commands, clears)
         fields = self._guest_fields(machine, ops=len(commands), cleared=len(clears), delivered=len(deliveries))
         return _Result({}, fields, irq_events(machine, deliveries))
+
+    def _bind_virq(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine = self._session(client, now)
+        machine.bind_virq(args["virq"], args["vector"])
+        return _Result({}, self._guest_fields(machine, virq=args["virq"], vector=args["vector"]))
+
+    def _send_virq(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        """From the hypervisor. A guest that did not bind the interrupt (it opted out) is not
+        an error: the answer says nothing was delivered."""
+        machine = self.router.resolve(args["guest"])
+        deliveries = machine.send_virq(args["virq"])
+        fields = self._guest_fields(machine, virq=args["virq"], delivered=len(deliveries))
+        return _Result({"delivered": len(deliveries)}, fields, irq_events(machine, deliveries))
 
     def _answer(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self._session(client, now)

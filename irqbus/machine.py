@@ -45,6 +45,7 @@ class Source(enum.StrEnum):
     PIC = "pic"
     IOAPIC = "ioapic"
     MSI = "msi"
+    VIRQ = "virq"  # a virtual interrupt from the hypervisor (an event channel)
 
 
 @dataclass(eq=False)
@@ -138,6 +139,8 @@ class GuestMachine:
         self._free_sources = list(range(MAX_PIN_DEVICES - 1, -1, -1))
         self.delivered = 0
         self.spurious = 0  # INTA cycles that found nothing (IRQ7 / IRQ15)
+        self.virqs: dict[str, int] = {}  # virtual interrupt name -> the vector the guest bound it to
+        self.virqs_sent: dict[str, int] = {}
 
     # -- devices -------------------------------------------------------------------------------
 
@@ -385,6 +388,21 @@ class GuestMachine:
         self.delivered += 1
         return Delivery(vector, Source.MSI, None, writer.name if writer else None, status)
 
+    # -- virtual interrupts ------------------------------------------------------------------------
+
+    def bind_virq(self, name: str, vector: int) -> None:
+        """The guest's event-channel binding: this virtual interrupt arrives on `vector`."""
+        self.virqs[name] = vector
+
+    def send_virq(self, name: str) -> list[Delivery]:
+        """An event channel has no line and no status register: one delivery, if bound."""
+        vector = self.virqs.get(name)
+        if vector is None:
+            return []
+        self.virqs_sent[name] = self.virqs_sent.get(name, 0) + 1
+        self.delivered += 1
+        return [Delivery(vector, Source.VIRQ, None, None, {})]
+
     # -- display -----------------------------------------------------------------------------------
 
     def snapshot(self, now: float) -> dict[str, Any]:
@@ -448,4 +466,5 @@ class GuestMachine:
             "ioapic": ioapic,
             "pins": pins,
             "devices": devices,
+            "virqs": {name: {"vector": v, "sent": self.virqs_sent.get(name, 0)} for name, v in self.virqs.items()},
         }

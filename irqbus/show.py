@@ -47,6 +47,9 @@ def format_guest(g: dict[str, Any]) -> list[str]:
             else:
                 route = f"pin {d['pin']} {d['trigger']}"
             lines.append(f"  {d['name']:<16} {route:<22} {'set' if d['status'] else 'clear':<6} {d['gen']:>8} {d['merged']:>7}")
+    if g.get("virqs"):
+        bound = ", ".join(f"{name} on vector {v['vector']:#x} ({v['sent']} sent)" for name, v in g["virqs"].items())
+        lines.append(f"  virtual interrupts: {bound}")
     return lines
 
 

@@ -147,8 +147,9 @@ def test_a_guest_cannot_set_targets_and_the_toolstack_cannot_balloon(hv):
 def test_mem_set_notifies_the_guest_and_get_target_reads_it(hv, admin):
     g = guest(hv, "web")
     out = hv.handle(A, envelope.encode(envelope.request("mem_set", 1, "t2", {"domain": "web", "target_pages": 1500})), 0.0)
-    assert [n.client for n in out.notifications] == [g.client]
-    assert out.notifications[0].event["args"]["target_pages"] == 1500
+    push, virq = out.notifications
+    assert (push.client, push.domid, push.event["args"]["target_pages"]) == (g.client, 1, 1500)
+    assert (virq.domid, virq.virq) == (1, "target")
     assert g.ok("get_target")["target_pages"] == 1500
     admin.ok("mem_set", domain=1, target_pages=1200)
     assert g.ok("status", balloon={"state": "done", "current_kb": 4000})["target_pages"] == 1200
@@ -227,3 +228,19 @@ def test_garbage_gets_an_error_reply_and_the_host_keeps_serving(hv, admin, frame
     assert reply["ok"] is False and reply["error"] in {"EPROTO", "ENOSYS"} and reply["message"]
     assert snapshot(hv) == before
     assert admin.ok("info")["domains"] == 1
+
+
+def test_freed_pages_raise_memory_available_once_per_shortage(hv, admin):
+    hog = guest(hv, "hog", memory=9000, maxmem=9000)
+    needy = guest(hv, "needy", memory=500, maxmem=2000)
+    full = guest(hv, "full", memory=500, maxmem=500)
+    assert needy.ok("increase_reservation", nr_pages=512)["granted"] == 0  # host short
+    assert full.ok("increase_reservation", nr_pages=1)["granted"] == 0  # at maxmem: not waiting on the host
+    start = hog.result["extents"][0][0]
+    out = hv.handle(G, envelope.encode(envelope.request("decrease_reservation", 99, hog.client, {"extents": [[start, 100]]})), 0.0)
+    assert [(n.domid, n.virq) for n in out.notifications] == [(2, "memory")]
+    out = hv.handle(G, envelope.encode(envelope.request("decrease_reservation", 100, hog.client, {"extents": [[start + 100, 100]]})), 0.0)
+    assert out.notifications == []  # told once; it retries, and a short grant marks it again
+    assert needy.ok("increase_reservation", nr_pages=512)["granted"] == 200
+    out = hv.handle(A, envelope.encode(envelope.request("destroy", 5, "t", {"domain": "hog"})), 0.0)
+    assert [(n.domid, n.virq) for n in out.notifications if n.virq] == [(2, "memory")]

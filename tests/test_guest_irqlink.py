@@ -275,3 +275,24 @@ def test_nobody_cared_masks_the_line_at_irqbus():
     (g,) = w.bus.router.guests.values()
     assert g.pics.is_masked(5) and g.lines.level(5)  # still asserted, but masked
     assert w.raise_("rogue")["delivered"] == 0
+
+
+@T
+def test_virtual_interrupts_are_bound_handled_and_reported_once():
+    link = IrqLink([], virqs=("target", "memory"))
+    requests = link.bind_virqs()
+    assert [(r.op, r.args["virq"]) for r in requests] == [("bind_virq", "target"), ("bind_virq", "memory")]
+    vectors = {r.args["virq"]: r.args["vector"] for r in requests}
+    assert link.bind_virqs() == requests  # binding again (a re-attach) keeps the same vectors
+    for _ in range(2):
+        assert link.on_irq({"vector": vectors["memory"], "chip": "virq", "status": {}}, 1.0) is None
+    assert link.take_fired() == ["memory"] and link.take_fired() == []
+    text = link.irq.interrupts_text()
+    assert "xen-dyn" in text and "balloon-memory" in text and "balloon-target" in text
+    assert [r.op for r in link.reprogram()] == ["bind_virq", "bind_virq"]
+
+
+@T
+def test_a_guest_without_the_memory_interrupt_binds_only_the_target():
+    link = IrqLink([], virqs=("target",))
+    assert [r.args["virq"] for r in link.bind_virqs()] == ["target"]

@@ -190,6 +190,12 @@ BAD_REQUESTS = [
     ("guest", "attach", {"name": "vm-other", "domid": 5}, "EEXIST"),  # one guest per client
     ("guest", "attach", {"name": "vm1", "domid": 0x8000}, "EINVAL"),
     ("guest", "answer", {"query": 0, "text": "x"}, "EINVAL"),
+    ("guest", "bind_virq", {"virq": "coffee", "vector": 0x40}, "EINVAL"),
+    ("guest", "bind_virq", {"virq": "memory", "vector": 0x10}, "EINVAL"),
+    ("guest", "bind_virq", {"virq": "memory"}, "EINVAL"),
+    ("tool", "bind_virq", {"virq": "memory", "vector": 0x40}, "ESRCH"),  # not attached
+    ("tool", "send_virq", {"guest": "vm9", "virq": "memory"}, "ESRCH"),
+    ("tool", "send_virq", {"guest": "vm1", "virq": 3}, "EINVAL"),
 ]
 
 
@@ -340,3 +346,17 @@ def test_show_lists_guests_by_domid(bus, guest):
     other = Peer(bus, "guest-vm0")
     other.call("attach", name="vm0", domid=0)
     assert [g["name"] for g in state(bus)["guests"]] == ["vm0", "vm1"]
+
+
+@T
+def test_virtual_interrupts_reach_only_the_guest_that_bound_them(bus, guest, tool):
+    other = Peer(bus, "guest-vm2")
+    other.call("attach", name="vm2", domid=2)
+    assert tool.call("send_virq", guest="vm1", virq="memory") == {"delivered": 0}  # not bound: opted out
+    guest.call("bind_virq", virq="memory", vector=0x41)
+    out = tool.send("send_virq", guest=1, virq="memory")
+    assert reply_of(out)["result"] == {"delivered": 1}
+    assert [s.client for s in out.sends] == ["guest-vm1"]
+    assert events_for(out, "guest-vm1") == [{"v": 1, "event": "irq", "args": {"vector": 0x41, "chip": "virq", "status": {}}}]
+    (g1, g2) = state(bus)["guests"]
+    assert g1["virqs"] == {"memory": {"vector": 0x41, "sent": 1}} and g2["virqs"] == {}

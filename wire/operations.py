@@ -124,6 +124,9 @@ MAX_ANSWER_CHARS = 256 * 1024
 MAX_ANSWER_ITEMS = 20_000
 FIRST_DEVICE_VECTOR = 0x20  # vectors below are exceptions (0-31) on x86
 CHIP_KINDS = ("mask", "unmask", "ack", "eoi")
+# Virtual interrupts the hypervisor raises, as Xen's event channels: the toolstack wrote the
+# target; pages were freed while the guest was short of memory.
+VIRQS = ("target", "memory")
 TRIGGERS = ("edge", "level")
 
 
@@ -302,6 +305,7 @@ OPERATIONS: dict[str, Operation] = {
             {"device": device_name, "address": integer(0, (1 << 64) - 1), "data": integer(0, (1 << 32) - 1)},
         ),
         Operation("chip", Endpoint.IRQBUS, {}, {"ops": chip_commands, "clear": status_clears}),
+        Operation("bind_virq", Endpoint.IRQBUS, {"virq": choice(*VIRQS), "vector": integer(FIRST_DEVICE_VECTOR, 0xFF)}),
         Operation(
             "answer",
             Endpoint.IRQBUS,
@@ -325,6 +329,8 @@ OPERATIONS: dict[str, Operation] = {
             {"guest": domain_ref},
             {"device": device_name, "address": integer(0, (1 << 64) - 1), "data": integer(0, (1 << 32) - 1), "count": integer(1, MAX_BURST)},
         ),
+        # irqbus, the hypervisor's virtual interrupts
+        Operation("send_virq", Endpoint.IRQBUS, {"guest": domain_ref, "virq": choice(*VIRQS)}),
         # irqbus, inspection
         Operation("show", Endpoint.IRQBUS),
         Operation("interrupts", Endpoint.IRQBUS, {"guest": domain_ref}, {"format": choice("text", "json")}),
