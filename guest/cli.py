@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from guest.balloon import BalloonConfig
 from guest.interrupts_cli import interrupt_attachments, interrupts_options, show_interrupts
-from guest.pace import Slow, Stuck, StuckEvery, Unlimited
+from guest.pace import parse_pace
 from guest.service import DEFAULT_HEARTBEAT_S, GuestService, GuestSettings
 from wire import endpoints, logsetup
 from wire.errors import RemoteError
@@ -67,10 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--heartbeat", type=_seconds, default=DEFAULT_HEARTBEAT_S, help="seconds between status reports")
     behaviour = run.add_argument_group("behaviour")
     behaviour.add_argument("--legacy-hard-limit", action="store_true", help="the driver before 'try harder': give up at a hard limit")
-    pace = behaviour.add_mutually_exclusive_group()
-    pace.add_argument("--balloon-rate", type=_seconds, metavar="PAGES_PER_S", help="a slow driver: move at most this many pages per second")
-    pace.add_argument("--stuck", action="store_true", help="a stuck driver: never moves")
-    pace.add_argument("--stuck-every", type=_seconds, metavar="SECONDS", help="alternately moving and stuck, SECONDS each")
+    behaviour.add_argument("--balloon-rate", type=_seconds, metavar="PAGES_PER_S", help="a slow driver: move at most this many pages per second")
+    behaviour.add_argument("--stuck", action="store_true", help="a stuck driver: never moves")
+    behaviour.add_argument("--stuck-every", type=_seconds, metavar="SECONDS", help="alternately moving and stuck, SECONDS each (combines with --balloon-rate)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     interrupts_options(run)
 
@@ -93,14 +92,14 @@ def run(args: argparse.Namespace) -> int:
     if args.max_retry_delay < args.retry_delay:
         print("guest run: --max-retry-delay must not be below --retry-delay", file=sys.stderr)
         return 2
-    if args.stuck:
-        pace = lambda now: Stuck()  # noqa: E731
-    elif args.balloon_rate:
-        pace = lambda now: Slow(args.balloon_rate, created=now)  # noqa: E731
-    elif args.stuck_every:
-        pace = lambda now: StuckEvery(args.stuck_every, created=now)  # noqa: E731
-    else:
-        pace = lambda now: Unlimited()  # noqa: E731
+    if args.stuck and (args.balloon_rate or args.stuck_every):
+        print("guest run: --stuck never moves; it does not combine with --balloon-rate or --stuck-every", file=sys.stderr)
+        return 2
+    spec = "+".join(
+        ["stuck"] * args.stuck
+        + ([f"slow:{args.balloon_rate}"] if args.balloon_rate else [])
+        + ([f"stuck-every:{args.stuck_every}"] if args.stuck_every else [])
+    ) or "normal"
     settings = GuestSettings(
         name=args.name,
         memory_pages=args.memory,
@@ -108,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         hypervisor=endpoints.endpoint(args.hypervisor, endpoints.HYPERVISOR_ENV),
         workload_pages=args.workload,
         balloon=BalloonConfig(args.retry_delay, args.max_retry_delay, args.max_retries, args.legacy_hard_limit),
-        pace=pace,
+        pace=lambda now: parse_pace(spec, now),
         heartbeat_s=args.heartbeat,
     )
     attachments, problem = interrupt_attachments(args, log)

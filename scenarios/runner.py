@@ -15,6 +15,7 @@ from scenarios.launch import Host, Processes, wait_for
 from scenarios.plot import write_svg
 from scenarios.recording import Recording, Sample
 from scenarios.spec import Action, Check, Expectation, Scenario
+from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable
 from wire.sizes import size_to_pages
 
@@ -48,6 +49,7 @@ class Runner:
         self.procs = Processes()
         self.host: Host | None = None
         self.irqbus_endpoint = self.procs.ipc("irqbus") if scenario.irqbus else None
+        self._line_checks: dict[Expectation, tuple[float, bool]] = {}
 
     # --- processes -------------------------------------------------------------------------
 
@@ -98,7 +100,8 @@ class Runner:
     def run(self, out_dir: Path | None = None) -> Run:
         s = self.scenario
         try:
-            self.host = Host(self.procs, memory=s.memory, log_level="info")
+            extra = ("--irqbus", self.irqbus_endpoint) if s.irqbus else ()
+            self.host = Host(self.procs, memory=s.memory, extra=extra, log_level="info")
             if s.irqbus:
                 self._start("irqbus")
             for g in s.guests:
@@ -150,16 +153,35 @@ class Runner:
             tool.close()
 
     def _settled(self, rec: Recording) -> bool:
-        """Every expectation about time is decided and holds: nothing is left to watch."""
+        """Every expectation about the run is decided and holds: nothing is left to watch."""
         if not rec.samples:
             return False
         t = rec.samples[-1].t
+        watched = False
         for exp in self.scenario.expectations:
-            if exp.check is Check.OFF_TARGET and t < exp.by:
-                return False
-            if exp.check is Check.AT_TARGET and not evaluate(exp, rec, self.scenario)[0]:
-                return False
-        return any(e.check in {Check.AT_TARGET, Check.OFF_TARGET} for e in self.scenario.expectations)
+            if exp.check is Check.OFF_TARGET:
+                watched = True
+                if t < exp.by:
+                    return False
+            elif exp.check is Check.AT_TARGET:
+                watched = True
+                if not evaluate(exp, rec, self.scenario)[0]:
+                    return False
+            elif exp.check in {Check.LINE_DISABLED, Check.LINE_ENABLED}:
+                watched = True
+                if not self._line_holds(exp, t):
+                    return False
+        return watched
+
+    def _line_holds(self, exp: Expectation, t: float) -> bool:
+        """The line expectation, asked of the guests at most once a second while running.
+        A line that must stay enabled is only settled once one that must go down has."""
+        if exp.check is Check.LINE_ENABLED:
+            return any(e.check is Check.LINE_DISABLED for e in self.scenario.expectations) and self._line_state(exp)[0]
+        last = self._line_checks.get(exp)
+        if last is None or t - last[0] >= 1.0:
+            last = self._line_checks[exp] = (t, self._line_state(exp)[0])
+        return last[1]
 
     def _finish(self, run: Run) -> None:
         audit = self.host.tool("audit")
@@ -168,12 +190,33 @@ class Runner:
         for exp in self.scenario.expectations:
             if exp.check is Check.AUDIT:
                 run.outcomes.append(Outcome(exp, bool(run.audit_ok), run.audit_text))
+            elif exp.check in {Check.LINE_DISABLED, Check.LINE_ENABLED}:
+                run.outcomes.append(Outcome(exp, *self._line_state(exp)))
             elif exp.check is Check.EXITED:
                 missing = [n for n in exp.guests if n not in run.exited]
                 run.outcomes.append(Outcome(exp, not missing, f"still running: {missing}" if missing else "all exited"))
             else:
                 ok, detail = evaluate(exp, run.recording, self.scenario)
                 run.outcomes.append(Outcome(exp, ok, detail))
+
+
+    def _line_state(self, exp: Expectation) -> tuple[bool, str]:
+        """Ask each guest, through irqbus, whether genirq disabled the line (nobody cared)."""
+        client = RpcClient(self.irqbus_endpoint, timeout=1.0, retries=2)
+        bad, seen = [], []
+        try:
+            for guest in exp.guests:
+                rows = client.call("interrupts", {"guest": guest, "format": "json"})["rows"]
+                row = next((r for r in rows if r["irq"] == exp.irq), None)
+                disabled = row is not None and "SPURIOUS_DISABLED" in row["status"]
+                seen.append(f"{guest} irq {exp.irq}: {'disabled' if disabled else 'enabled'} after {row['count'] if row else 0} interrupts")
+                if disabled != (exp.check is Check.LINE_DISABLED):
+                    bad.append(guest)
+        except (RemoteError, Unreachable) as err:
+            return False, f"could not ask: {err}"
+        finally:
+            client.close()
+        return not bad, "; ".join(seen)
 
 
 def evaluate(exp: Expectation, rec: Recording, scenario: Scenario) -> tuple[bool, str]:

@@ -34,6 +34,8 @@ class Check(enum.StrEnum):
     OFF_TARGET = "off-target"  # every named guest still more than `pages` from its target at time `by`
     AUDIT = "audit"  # `hypervisor audit` is clean at the end
     EXITED = "exited"  # the named processes are gone at the end (e.g. nothing left running)
+    LINE_DISABLED = "line-disabled"  # the named guests' genirq disabled `irq` (nobody cared)
+    LINE_ENABLED = "line-enabled"  # ...or did not
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,13 @@ class GuestSpec:
     memory: str
     maxmem: str | None = None
     workload: str | None = None
-    behaviour: str = "normal"  # normal | slow:PAGES_PER_S | stuck | stuck-every:SECONDS
+    behaviour: str = "normal"  # normal | slow:PAGES_PER_S | stuck | stuck-every:SECONDS | slow:N+stuck-every:S
     legacy: bool = False
     max_retries: int = 0
     retry_delay: float = 1.0
     max_retry_delay: float = 32.0
     heartbeat: float = 0.2
+    memory_interrupt: bool = True  # bind the hypervisor's memory-available interrupt (with irqbus)
     devices: tuple[str, ...] = ()  # --device specs, e.g. "nic0:pin=5"
     args: tuple[str, ...] = ()  # further `guest run` flags, passed through
 
@@ -55,13 +58,15 @@ class GuestSpec:
         out = ["run", "--name", self.name, "--memory", self.memory, "--hypervisor", hypervisor]
         out += ["--maxmem", self.maxmem] if self.maxmem else []
         out += ["--workload", self.workload] if self.workload else []
-        kind, _, value = self.behaviour.partition(":")
-        out += {"normal": [], "stuck": ["--stuck"], "slow": ["--balloon-rate", value], "stuck-every": ["--stuck-every", value]}[kind]
+        for part in self.behaviour.split("+"):
+            kind, _, value = part.partition(":")
+            out += {"normal": [], "stuck": ["--stuck"], "slow": ["--balloon-rate", value], "stuck-every": ["--stuck-every", value]}[kind]
         out += ["--legacy-hard-limit"] if self.legacy else []
         out += ["--max-retries", str(self.max_retries), "--retry-delay", str(self.retry_delay)]
         out += ["--max-retry-delay", str(self.max_retry_delay), "--heartbeat", str(self.heartbeat)]
         if irqbus:
             out += ["--irqbus", irqbus]
+            out += [] if self.memory_interrupt else ["--no-memory-interrupt"]
             for device in self.devices:
                 out += ["--device", device]
         return out + list(self.args)
@@ -76,6 +81,7 @@ class DeviceSpec:
     level: bool = False
     msi: bool = False
     count: int | None = None
+    burst: int | None = None  # a fast device fires this many per request when behind
 
     @property
     def process(self) -> str:
@@ -84,6 +90,7 @@ class DeviceSpec:
     def cli_args(self, irqbus: str) -> list[str]:
         out = ["device", self.guest, self.name, "--endpoint", irqbus, "--rate", str(self.rate)]
         out += ["--msi"] if self.msi else ["--pin", str(self.pin)] + (["--level"] if self.level else [])
+        out += ["--burst", str(self.burst)] if self.burst is not None else []
         return out + (["--count", str(self.count)] if self.count is not None else [])
 
 
@@ -101,6 +108,7 @@ class Expectation:
     guests: tuple[str, ...] = ()  # empty: every guest
     by: float | None = None
     pages: int = 0
+    irq: int | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,7 @@ _NUM = (int, float)
 _GUEST_KEYS = {
     "name": str, "memory": str, "maxmem": str, "workload": str, "behaviour": str, "legacy": bool,
     "max_retries": int, "retry_delay": _NUM, "max_retry_delay": _NUM, "heartbeat": _NUM, "devices": list, "args": list,
+    "memory_interrupt": bool,
 }
 
 
@@ -165,9 +174,12 @@ def _guest(data: dict[str, Any], where: str, defaults: dict[str, Any]) -> GuestS
     for key in ("memory", "maxmem", "workload"):
         if key in merged:
             _size(merged[key], f"{where}.{key}")
-    kind, _, value = merged.get("behaviour", "normal").partition(":")
-    if kind not in {"normal", "stuck", "slow", "stuck-every"} or (kind in {"slow", "stuck-every"}) != bool(value):
-        raise ScenarioError(f"{where}.behaviour: expected normal, stuck, slow:PAGES_PER_S or stuck-every:SECONDS")
+    for part in merged.get("behaviour", "normal").split("+"):
+        kind, _, value = part.partition(":")
+        if kind not in {"normal", "stuck", "slow", "stuck-every"} or (kind in {"slow", "stuck-every"}) != bool(value):
+            raise ScenarioError(
+                f"{where}.behaviour: expected normal, stuck, slow:PAGES_PER_S, stuck-every:SECONDS, or slow:N+stuck-every:S"
+            )
     for key in ("devices", "args"):
         if not all(isinstance(x, str) for x in merged.get(key, [])):
             raise ScenarioError(f"{where}.{key}: expected a list of strings")
@@ -177,7 +189,11 @@ def _guest(data: dict[str, Any], where: str, defaults: dict[str, Any]) -> GuestS
 
 
 def _device(data: dict[str, Any], where: str) -> DeviceSpec:
-    _table(data, where, {"name": str, "guest": str, "rate": _NUM, "pin": int, "level": bool, "msi": bool, "count": int}, ("name", "guest", "rate"))
+    _table(
+        data, where,
+        {"name": str, "guest": str, "rate": _NUM, "pin": int, "level": bool, "msi": bool, "count": int, "burst": int},
+        ("name", "guest", "rate"),
+    )
     if ("pin" in data) == bool(data.get("msi")):
         raise ScenarioError(f"{where}: give either 'pin' or 'msi = true'")
     return DeviceSpec(**data)
@@ -197,14 +213,17 @@ def _step(data: dict[str, Any], where: str) -> Step:
 
 
 def _expectation(data: dict[str, Any], where: str) -> Expectation:
-    _table(data, where, {"check": str, "guests": list, "by": _NUM, "pages": int}, ("check",))
+    _table(data, where, {"check": str, "guests": list, "by": _NUM, "pages": int, "irq": int}, ("check",))
     try:
         check = Check(data["check"])
     except ValueError:
         raise ScenarioError(f"{where}.check: expected one of {[c.value for c in Check]}") from None
     if check in {Check.AT_TARGET, Check.OFF_TARGET} and "by" not in data:
         raise ScenarioError(f"{where}: '{check}' needs 'by' (seconds after the timeline starts)")
-    return Expectation(check, tuple(data.get("guests", ())), float(data["by"]) if "by" in data else None, data.get("pages", 0))
+    if check in {Check.LINE_DISABLED, Check.LINE_ENABLED} and ("irq" not in data or not data.get("guests")):
+        raise ScenarioError(f"{where}: '{check}' needs 'irq' and 'guests'")
+    by = float(data["by"]) if "by" in data else None
+    return Expectation(check, tuple(data.get("guests", ())), by, data.get("pages", 0), data.get("irq"))
 
 
 def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
@@ -238,6 +257,8 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
     irqbus = data.get("irqbus", bool(devices) or any(g.devices for g in guests))
     if devices and not irqbus:
         raise ScenarioError(f"{where}: devices need irqbus = true")
+    if not irqbus and any(e.check in {Check.LINE_DISABLED, Check.LINE_ENABLED} for e in expectations):
+        raise ScenarioError(f"{where}: interrupt expectations need irqbus = true")
     return Scenario(
         name=data["name"], description=data.get("description", ""), memory=data["memory"], duration=float(data["duration"]),
         guests=guests, devices=devices, timeline=timeline, expectations=expectations, irqbus=irqbus,

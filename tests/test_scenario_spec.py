@@ -107,3 +107,22 @@ def test_recording_times_and_expectations():
     assert evaluate(Expectation(Check.AT_TARGET, ("a",), 1.5, pages=100), rec, s)[0]
     assert evaluate(Expectation(Check.OFF_TARGET, ("a",), 1.5), rec, s)[0]
     assert not evaluate(Expectation(Check.OFF_TARGET, ("a",), 3.0), rec, s)[0]  # the run ended before 3 s
+
+
+def test_interrupt_expectations_need_irq_guests_and_irqbus():
+    data = with_change(("expect",), [{"check": "line-disabled", "guests": ["a"]}])
+    with pytest.raises(ScenarioError, match="needs 'irq'"):
+        parse(data)
+    data = with_change(("expect",), [{"check": "line-disabled", "guests": ["a"], "irq": 5}])
+    with pytest.raises(ScenarioError, match="need irqbus"):
+        parse(data)
+    data["irqbus"] = True
+    assert parse(data).expectations[0].irq == 5
+
+
+def test_combined_behaviours_become_both_flags():
+    g = parse(with_change(("guest", 0, "behaviour"), "slow:100+stuck-every:2")).guests[0]
+    args = g.cli_args("ipc://x", None)
+    assert args[args.index("--balloon-rate") + 1] == "100" and args[args.index("--stuck-every") + 1] == "2"
+    with pytest.raises(ScenarioError, match="behaviour"):
+        parse(with_change(("guest", 0, "behaviour"), "slow:100+lazy"))
