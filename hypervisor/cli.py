@@ -16,6 +16,7 @@ from hypervisor.service import HypervisorService
 from hypervisor.toolstack import Toolstack, domain_arg, format_info, format_list
 from hypervisor.virq import VirqSender
 from wire import endpoints, logsetup
+from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable
 from wire.signals import stop_on_signals
 from wire.sizes import size_to_pages
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     top = client_command("top", "a live view of the host, like xentop")
     top.add_argument("-d", "--delay", type=_positive, default=1.0, help="seconds between frames (default 1)")
     top.add_argument("-i", "--iterations", type=int, help="stop after this many frames (default: until Ctrl-C)")
+    top.add_argument("--irqbus", help=f"irqbus endpoint, for interrupt rates (env {endpoints.IRQBUS_ENV})")
     return parser
 
 
@@ -91,8 +93,7 @@ def run_client(args: argparse.Namespace) -> int:
     tool = Toolstack(endpoint, timeout=args.timeout)
     try:
         if args.command == "top":
-            stop = stop_on_signals()
-            top.run(lambda: top.Frame(time.monotonic(), tool.info(), tool.list()), args.delay, args.iterations, should_stop=stop.is_set)
+            return run_top(args, tool)
         elif args.command == "list":
             domains = tool.list()
             print(json.dumps(domains, indent=2) if args.json else format_list(domains))
@@ -120,6 +121,28 @@ def run_client(args: argparse.Namespace) -> int:
         return 1
     finally:
         tool.close()
+    return 0
+
+
+def run_top(args: argparse.Namespace, tool: Toolstack) -> int:
+    stop = stop_on_signals()
+    irqbus_ep = args.irqbus or os.environ.get(endpoints.IRQBUS_ENV)
+    irqbus = RpcClient(irqbus_ep, timeout=0.3, retries=0) if irqbus_ep else None
+
+    def interrupts() -> dict[str, int] | None:
+        """Interrupts delivered to each guest so far, as irqbus counts them (None: no irqbus)."""
+        if irqbus is None:
+            return None
+        try:
+            return {g["name"]: g["delivered"] for g in irqbus.call("show")["guests"]}
+        except (Unreachable, RemoteError):
+            return None
+
+    try:
+        top.run(lambda: top.Frame(time.monotonic(), tool.info(), tool.list(), interrupts()), args.delay, args.iterations, should_stop=stop.is_set)
+    finally:
+        if irqbus is not None:
+            irqbus.close()
     return 0
 
 

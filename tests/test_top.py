@@ -45,3 +45,18 @@ def test_top_against_a_running_host(procs):
     result = host.tool("top", "-d", "0.2", "-i", "2")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("ballonet host") == 2 and "web" in result.stdout
+
+
+@pytest.mark.timeout(60)
+def test_top_shows_interrupt_rates_with_irqbus(procs):
+    from tests.processes import Irqbus
+
+    bus = Irqbus(procs)
+    host = Host(procs, memory="64m", extra=("--irqbus", bus.endpoint))
+    host.guest("web", "--memory", "8m", "--irqbus", bus.endpoint, "--device", "nic0:pin=20:edge")
+    host.wait_registered("web")
+    bus.device("nic", "web", "nic0", "--pin", "20", "--rate", "200")
+    result = host.tool("top", "-d", "0.5", "-i", "3", "--irqbus", bus.endpoint)
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1].split()
+    assert last[0] == "web" and last[-1].isdigit() and int(last[-1]) > 0  # interrupts per second
