@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from enum import IntEnum
-from typing import TypeVar
+
+from irqbus.fields import as_enum, check_flag, check_int
 
 DEFAULT_PINS = 24
 
@@ -72,36 +73,6 @@ WRITABLE_FIELDS = frozenset({"vector", "delivery_mode", "dest_mode", "polarity",
 """Fields a guest may write; remote_irr and delivery_status are read-only status bits."""
 
 
-def _check_byte(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFF:
-        raise ValueError(f"{what} must be an integer in 0..255, got {value!r}")
-    return value
-
-
-def _check_flag(value: object, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise ValueError(f"{what} must be a bool, got {value!r}")
-
-
-_E = TypeVar("_E", bound=IntEnum)
-
-
-def _as_enum(enum: type[_E], value: object, what: str) -> _E:
-    """Accept an enum member or its integer encoding; name the legal values otherwise."""
-    if isinstance(value, enum):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return enum(value)
-        except ValueError:
-            pass
-    legal = ", ".join(f"{m.name}={m.value}" for m in enum)
-    raise ValueError(f"{what} must be one of {legal}; got {value!r}")
-
-
 @dataclass(frozen=True)
 class RedirectionEntry:
     """One 64-bit IOAPIC redirection table entry, decoded. Reset state: vector 0, masked."""
@@ -118,12 +89,12 @@ class RedirectionEntry:
 
     def __post_init__(self) -> None:
         # Validate (and normalise ints to enums) so a bad write never reaches the table.
-        object.__setattr__(self, "vector", _check_byte(self.vector, "vector"))
-        object.__setattr__(self, "destination", _check_byte(self.destination, "destination"))
-        object.__setattr__(self, "remote_irr", _check_flag(self.remote_irr, "remote_irr"))
-        object.__setattr__(self, "masked", _check_flag(self.masked, "masked"))
+        object.__setattr__(self, "vector", check_int(self.vector, 0, 0xFF, "vector"))
+        object.__setattr__(self, "destination", check_int(self.destination, 0, 0xFF, "destination"))
+        object.__setattr__(self, "remote_irr", check_flag(self.remote_irr, "remote_irr"))
+        object.__setattr__(self, "masked", check_flag(self.masked, "masked"))
         for name, enum in _ENUM_FIELDS.items():
-            object.__setattr__(self, name, _as_enum(enum, getattr(self, name), name))
+            object.__setattr__(self, name, as_enum(enum, getattr(self, name), name))
 
     @property
     def is_level(self) -> bool:
@@ -153,7 +124,7 @@ class RedirectionEntry:
             raise ValueError(f"redirection entry {raw:#018x} sets reserved bits {reserved:#018x}")
         return cls(
             vector=raw & 0xFF,
-            delivery_mode=_as_enum(DeliveryMode, (raw >> 8) & 0x7, "delivery_mode"),
+            delivery_mode=as_enum(DeliveryMode, (raw >> 8) & 0x7, "delivery_mode"),
             dest_mode=DestinationMode((raw >> 11) & 1),
             delivery_status=DeliveryStatus((raw >> 12) & 1),
             polarity=Polarity((raw >> 13) & 1),
@@ -229,7 +200,7 @@ class IOAPIC:
         further assertions before the EOI coalesce into that one.
         """
         pin = self._check_pin(pin)
-        level = _check_flag(level, "line level")
+        level = check_flag(level, "line level")
         was_asserted = self._asserted(pin)
         self._lines[pin] = level
         entry = self._entries[pin]
@@ -255,7 +226,7 @@ class IOAPIC:
     def eoi(self, vector: int) -> list[Delivery]:
         """The local APIC's EOI broadcast for `vector`: clear Remote IRR of matching level
         entries and re-deliver those whose line is still asserted (and that are unmasked)."""
-        vector = _check_byte(vector, "EOI vector")
+        vector = check_int(vector, 0, 0xFF, "EOI vector")
         deliveries: list[Delivery] = []
         for pin, entry in enumerate(self._entries):
             if entry.is_level and entry.vector == vector and entry.remote_irr:

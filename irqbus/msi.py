@@ -14,8 +14,8 @@ coalesce) and sent when the mask is lifted, using the entry as programmed at tha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
-from typing import TypeVar
+
+from irqbus.fields import as_enum, check_flag, check_int
 
 from irqbus.ioapic import DeliveryMode, DestinationMode, TriggerMode
 
@@ -40,35 +40,6 @@ MSIX_MAX_VECTORS = 2048
 _VECTORED_MODES = (DeliveryMode.FIXED, DeliveryMode.LOWEST_PRIORITY)
 
 
-def _check_int(value: object, lo: int, hi: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{what} must be an integer in {lo:#x}..{hi:#x}, got {value!r}")
-    return value
-
-
-def _check_flag(value: object, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise ValueError(f"{what} must be a bool, got {value!r}")
-
-
-_E = TypeVar("_E", bound=IntEnum)
-
-
-def _as_enum(enum: type[_E], value: object, what: str) -> _E:
-    if isinstance(value, enum):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return enum(value)
-        except ValueError:
-            pass
-    legal = ", ".join(f"{m.name}={m.value}" for m in enum)
-    raise ValueError(f"{what} must be one of {legal}; got {value!r}")
-
-
 @dataclass(frozen=True)
 class MsiMessage:
     """A decoded MSI. Validated on construction, so every instance encodes to a legal message.
@@ -86,14 +57,14 @@ class MsiMessage:
     level_assert: bool = True
 
     def __post_init__(self) -> None:
-        mode = _as_enum(DeliveryMode, self.delivery_mode, "MSI delivery mode")
+        mode = as_enum(DeliveryMode, self.delivery_mode, "MSI delivery mode")
         object.__setattr__(self, "delivery_mode", mode)
-        object.__setattr__(self, "dest_mode", _as_enum(DestinationMode, self.dest_mode, "MSI destination mode"))
-        object.__setattr__(self, "trigger", _as_enum(TriggerMode, self.trigger, "MSI trigger mode"))
-        object.__setattr__(self, "dest_id", _check_int(self.dest_id, 0, 0xFF, "MSI destination ID"))
-        object.__setattr__(self, "redirection_hint", _check_flag(self.redirection_hint, "redirection hint"))
-        object.__setattr__(self, "level_assert", _check_flag(self.level_assert, "level assert"))
-        vector = _check_int(self.vector, 0, 0xFF, "MSI vector")
+        object.__setattr__(self, "dest_mode", as_enum(DestinationMode, self.dest_mode, "MSI destination mode"))
+        object.__setattr__(self, "trigger", as_enum(TriggerMode, self.trigger, "MSI trigger mode"))
+        object.__setattr__(self, "dest_id", check_int(self.dest_id, 0, 0xFF, "MSI destination ID"))
+        object.__setattr__(self, "redirection_hint", check_flag(self.redirection_hint, "redirection hint"))
+        object.__setattr__(self, "level_assert", check_flag(self.level_assert, "level assert"))
+        vector = check_int(self.vector, 0, 0xFF, "MSI vector")
         if mode in _VECTORED_MODES and vector < FIRST_VALID_VECTOR:
             raise ValueError(
                 f"MSI vector {vector} is reserved for exceptions; {mode.name} delivery needs 16..255"
@@ -139,7 +110,7 @@ def decode(address: int, data: int) -> MsiMessage:
     return MsiMessage(
         vector=data & 0xFF,
         dest_id=(address >> _ADDR_DEST_SHIFT) & 0xFF,
-        delivery_mode=_as_enum(DeliveryMode, (data >> _DATA_DM_SHIFT) & 0x7, "MSI delivery mode"),
+        delivery_mode=as_enum(DeliveryMode, (data >> _DATA_DM_SHIFT) & 0x7, "MSI delivery mode"),
         dest_mode=DestinationMode.LOGICAL if address & _ADDR_DM_BIT else DestinationMode.PHYSICAL,
         redirection_hint=bool(address & _ADDR_RH_BIT),
         trigger=TriggerMode.LEVEL if data & _DATA_TRIGGER_BIT else TriggerMode.EDGE,
@@ -166,7 +137,7 @@ class MsixTable:
     """
 
     def __init__(self, n_vectors: int) -> None:
-        self._n = _check_int(n_vectors, 1, MSIX_MAX_VECTORS, "MSI-X table size")
+        self._n = check_int(n_vectors, 1, MSIX_MAX_VECTORS, "MSI-X table size")
         self._address = [0] * self._n
         self._data = [0] * self._n
         self._messages: list[MsiMessage | None] = [None] * self._n

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hypervisor.toolstack import Toolstack
-from scenarios.launch import Host, Processes, wait_for
-from scenarios.plot import write_svg
+from scenarios.launch import Host, Processes
 from scenarios.recording import Recording, Sample
 from scenarios.spec import Action, Check, Expectation, Scenario
 from wire.client import RpcClient
