@@ -18,7 +18,7 @@ from guest.interrupts import IrqbusAttachment
 from guest.service import Attachment
 from wire import endpoints
 from wire.client import RpcClient
-from wire.errors import RemoteError, Unreachable
+from wire.errors import RemoteError, Unreachable, report_failure
 from wire.operations import VIRQS
 
 
@@ -71,12 +71,8 @@ def show_interrupts(args: argparse.Namespace) -> int:
     client = RpcClient(endpoint, timeout=args.timeout, retries=2)
     try:
         result = client.call("interrupts", {"guest": guest, "format": "json" if args.json else "text"})
-    except Unreachable:
-        print(f"guest interrupts: no irqbus answered at {endpoint} (is `irqbus serve` running?)", file=sys.stderr)
-        return 1
-    except RemoteError as err:
-        print(f"guest interrupts {args.name}: {err.code}: {err.message}", file=sys.stderr)
-        return 1
+    except (Unreachable, RemoteError) as err:
+        return report_failure(err, f"guest interrupts {args.name}", "irqbus", endpoint)
     finally:
         client.close()
     if args.json:

@@ -17,7 +17,7 @@ from hypervisor.toolstack import Toolstack, domain_arg, format_info, format_list
 from hypervisor.virq import VirqSender
 from wire import endpoints, logsetup
 from wire.client import RpcClient
-from wire.errors import RemoteError, Unreachable
+from wire.errors import RemoteError, Unreachable, report_failure
 from wire.signals import stop_on_signals
 from wire.sizes import size_to_pages
 
@@ -113,12 +113,8 @@ def run_client(args: argparse.Namespace) -> int:
             tool.mem_max(domain_arg(args.domain), args.size)
         elif args.command == "destroy":
             tool.destroy(domain_arg(args.domain))
-    except Unreachable:
-        print(f"hypervisor: no hypervisor answered at {endpoint} (is `hypervisor serve` running?)", file=sys.stderr)
-        return 1
-    except RemoteError as err:
-        print(f"hypervisor {args.command}: {err.code}: {err.message}", file=sys.stderr)
-        return 1
+    except (Unreachable, RemoteError) as err:
+        return report_failure(err, f"hypervisor {args.command}", "hypervisor", endpoint)
     finally:
         tool.close()
     return 0

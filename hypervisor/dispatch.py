@@ -9,7 +9,7 @@ from typing import Any
 
 from hypervisor.domains import DEFAULT_LIVENESS_S, Domain, DomainTable
 from hypervisor.pool import PagePool
-from wire.replay import ReplayRecord
+from wire.replay import Answered, ReplayRecord
 from wire import envelope
 from wire.errors import ErrorCode, WireError
 from wire.extent import Extent
@@ -105,13 +105,11 @@ class Hypervisor:
             reply = envelope.encode(envelope.error_reply(err.seq, err.code, err.message))
             return Outcome(reply, seq=err.seq, error=err.code, message=err.message)
 
-        answered = self.record.lookup(req.client, req.seq)
-        if answered is not None:
-            if answered.op != req.op:
-                return self._error(req, ErrorCode.EPROTO, f"sequence {req.seq} was already used for {answered.op!r}", remember=False)
-            return Outcome(answered.reply, req.op, req.seq, req.client, replayed=True)
-        if self.record.is_stale(req.client, req.seq):
-            return self._error(req, ErrorCode.EPROTO, f"sequence {req.seq} is older than this client's remembered requests", remember=False)
+        verdict = self.record.verdict(req.client, req.seq, req.op)
+        if isinstance(verdict, Answered):
+            return Outcome(verdict.reply, req.op, req.seq, req.client, replayed=True)
+        if verdict is not None:
+            return self._error(req, ErrorCode.EPROTO, verdict, remember=False)
 
         try:
             op = lookup(req.op, endpoint)

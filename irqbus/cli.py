@@ -16,7 +16,7 @@ from irqbus.service import IrqbusService
 from irqbus.show import format_show
 from wire import endpoints, logsetup
 from wire.client import RpcClient
-from wire.errors import RemoteError, Unreachable
+from wire.errors import RemoteError, Unreachable, report_failure
 from wire.operations import MAX_BURST
 from wire.signals import stop_on_signals
 
@@ -200,12 +200,8 @@ def run_client(args: argparse.Namespace) -> int:
             print(f"{r['delivered']} message(s) delivered")
         elif args.command == "device":
             return _device_process(args, client)
-    except Unreachable:
-        print(f"irqbus: no irqbus answered at {endpoint} (is `irqbus serve` running?)", file=sys.stderr)
-        return 1
-    except RemoteError as err:
-        print(f"irqbus {args.command}: {err.code}: {err.message}", file=sys.stderr)
-        return 1
+    except (Unreachable, RemoteError) as err:
+        return report_failure(err, f"irqbus {args.command}", "irqbus", endpoint)
     finally:
         client.close()
     return 0

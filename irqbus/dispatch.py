@@ -15,7 +15,7 @@ from irqbus.routing import Router
 from wire import envelope
 from wire.errors import ErrorCode, WireError
 from wire.operations import Endpoint, lookup
-from wire.replay import ReplayRecord
+from wire.replay import Answered, ReplayRecord
 
 # Per-interrupt traffic is logged at debug level; everything else at info.
 QUIET_OPS = frozenset({"chip", "raise", "lower", "pulse", "msi", "show", "answer", "interrupts", "send_virq"})
@@ -87,18 +87,16 @@ class IrqBus:
             reply = envelope.encode(envelope.error_reply(err.seq, err.code, err.message))
             return Outcome(reply, seq=err.seq, error=err.code, message=err.message)
 
-        answered = self.record.lookup(req.client, req.seq)
-        if answered is not None:
-            if answered.op != req.op:
-                return self._error(req, ErrorCode.EPROTO, f"sequence {req.seq} was already used for {answered.op!r}", remember=False)
-            return Outcome(answered.reply, req.op, req.seq, req.client, replayed=True)
+        verdict = self.record.verdict(req.client, req.seq, req.op)
+        if isinstance(verdict, Answered):
+            return Outcome(verdict.reply, req.op, req.seq, req.client, replayed=True)
+        if verdict is not None:
+            return self._error(req, ErrorCode.EPROTO, verdict, remember=False)
         waiting = self.queries.waiting(req.client, req.seq) if len(self.queries) else None
-        if waiting is not None:
+        if waiting is not None:  # a retried question whose guest has not answered yet: keep waiting
             if waiting.op != req.op:
                 return self._error(req, ErrorCode.EPROTO, f"sequence {req.seq} was already used for {waiting.op!r}", remember=False)
             return Outcome(None, req.op, req.seq, req.client, replayed=True, fields={"query": waiting.id})
-        if self.record.is_stale(req.client, req.seq):
-            return self._error(req, ErrorCode.EPROTO, f"sequence {req.seq} is older than this client's remembered requests", remember=False)
 
         try:
             op = lookup(req.op, Endpoint.IRQBUS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import sys
 
 
 class ErrorCode(enum.StrEnum):
@@ -39,3 +40,13 @@ class RemoteError(Exception):
 
 class Unreachable(Exception):
     """No reply came from the endpoint within the client's retries."""
+
+
+def report_failure(err: RemoteError | Unreachable, command: str, server: str, endpoint: str) -> int:
+    """How every client command tells its user that the server refused it or never answered;
+    the exit status is 1 either way."""
+    if isinstance(err, Unreachable):
+        print(f"{command}: no {server} answered at {endpoint} (is `{server} serve` running?)", file=sys.stderr)
+    else:
+        print(f"{command}: {err.code}: {err.message}", file=sys.stderr)
+    return 1

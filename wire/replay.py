@@ -41,6 +41,16 @@ class ReplayRecord:
         window = self._clients.get(client)
         return bool(window) and len(window) >= self.per_client and seq < next(iter(window))
 
+    def verdict(self, client: str, seq: int, op: str) -> Answered | str | None:
+        """Before executing a request: None, it is new; Answered, reply from the record; a
+        message, refuse it (EPROTO): its seq was used for another op, or is older than the record."""
+        answered = self.lookup(client, seq)
+        if answered is not None:
+            return answered if answered.op == op else f"sequence {seq} was already used for {answered.op!r}"
+        if self.is_stale(client, seq):
+            return f"sequence {seq} is older than this client's remembered requests"
+        return None
+
     def remember(self, client: str, seq: int, op: str, reply: bytes) -> None:
         window = self._clients.get(client)
         if window is None:
