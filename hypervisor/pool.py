@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import enum
 import operator
-from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from functools import partial
@@ -35,7 +34,7 @@ from wire.extent import Extent
 
 __all__ = ["MAX_PAGES", "PagePool", "PoolError", "PoolErrorReason"]
 
-MAX_PAGES = 2**62  # holdings are arrays of signed 64-bit ints; 2**62 pages is 16 EiB
+MAX_PAGES = 2**62  # 16 EiB of 4 KiB pages: far beyond any host, a bound callers can rely on
 
 # Extent((start, count)) without the Python-level __new__ of a NamedTuple: half the cost.
 _extent = partial(tuple.__new__, Extent)
@@ -139,28 +138,6 @@ class _FreeSpace:
         self._refile(left, left_count, left, end - left)
         return left
 
-    def move_bottom(self, start: int, count: int, new_start: int) -> None:
-        """The free run [start, start+count) now begins at `new_start`; its end stays.
-
-        Up when its owner below grows into it, down when that owner gives back its top
-        pages: the balloon step, both ways, so kept to a few dict and set operations.
-        """
-        by_start = self.by_start
-        del by_start[start]
-        new_count = count + start - new_start
-        by_start[new_start] = new_count
-        self.by_end[start + count] = new_start
-        self.pages += start - new_start
-        k = count.bit_length() - 1
-        members = self.classes[k]
-        members.discard(start)
-        if new_count >> k == 1:  # 2**k <= new_count < 2**(k+1): same class
-            members.add(new_start)
-        else:
-            if not members:
-                self.mask &= ~(1 << k)
-            self._file(new_start, new_count)
-
     def take_bottom(self, start: int, want: int) -> int:
         """Take up to `want` pages from the bottom of the free run at `start`; return how many.
 
@@ -251,28 +228,29 @@ class _FreeSpace:
 
 
 class _Holdings:
-    """One owner's extents in address order, as two parallel arrays, and where it grows next.
+    """One owner's extents in address order, as two parallel lists, and where it grows next.
 
     Sorted so that ownership of a run is one bisect, and kept maximal (neighbours merged)
-    so that "wholly owned" means "inside one extent". Arrays rather than lists and dicts:
-    16 bytes an extent, contiguous, so a bisect does not chase a pointer per probe.
-    Callers guarantee disjointness on `add` and containment on `remove`.
+    so that "wholly owned" means "inside one extent". Lists rather than arrays: an owner
+    holds a few extents (see the placement policy), and reading an array element builds a
+    new int each time, which made every operation measurably slower (arrays would save
+    about 60 bytes an extent). Callers guarantee disjointness on `add` and containment on
+    `remove`.
 
     `frontier` and `refill` are hints for placing the owner's next grant, never part of the
     books (audit ignores them; a grant checks free space before using them). `frontier` is
     the page after the owner's newest grant: the owner grows upward from there, and a
     release ending at it moves it down, so balloon traffic (grant, give the newest pages
-    back, grant again) keeps reusing one free run. `refill` is the start of the free run
-    left by the owner's last release that did not end at the frontier (a hole, or the top
-    of an older region the owner is shrinking back through): the next grant fills it first.
-    -1 means none.
+    back, grant again) keeps reusing one free run. `refill` is the start of a hole the
+    owner's last release left in its holdings (free pages with its own pages right above):
+    the next grant fills it first. -1 means none.
     """
 
     __slots__ = ("starts", "counts", "pages", "frontier", "refill")
 
     def __init__(self) -> None:
-        self.starts = array("q")
-        self.counts = array("q")
+        self.starts: list[int] = []
+        self.counts: list[int] = []
         self.pages = 0
         self.frontier = -1
         self.refill = -1
@@ -312,17 +290,6 @@ class _Holdings:
         elif joins_next:
             starts[i] = start
             counts[i] += count
-        else:
-            starts.insert(i, start)
-            counts.insert(i, count)
-        self.pages += count
-
-    def grow(self, start: int, count: int) -> None:
-        """Add a run whose next page is free (so it cannot join the extent above it)."""
-        starts, counts = self.starts, self.counts
-        i = bisect_left(starts, start)
-        if i and starts[i - 1] + counts[i - 1] == start:
-            counts[i - 1] += count
         else:
             starts.insert(i, start)
             counts.insert(i, count)
@@ -465,13 +432,12 @@ class PagePool:
             start = held.frontier
             free = self._free
             by_start = free.by_start
-            room = by_start.get(start, 0)
+            room = by_start.pop(start, 0)
             if room > count:
                 # The balloon step up: grow at the frontier. The free run above it now begins
                 # `count` pages higher (its end stays, and usually its size class)...
                 end = start + count
                 rest = room - count
-                del by_start[start]
                 by_start[end] = rest
                 free.by_end[start + room] = end
                 free.pages -= count
@@ -496,6 +462,8 @@ class PagePool:
                 held.frontier = end
                 self._allocated += count
                 return [_new_tuple(Extent, (start, count))]
+            if room:
+                by_start[start] = room  # too small: put it back for the general path
         if type(count) is not int:
             n = _as_int(count)
             if n is None:
@@ -567,12 +535,12 @@ class PagePool:
                     starts, counts = held.starts, held.counts
                     i = bisect_right(starts, start) - 1
                     end = start + count
-                    if i >= 0 and end == (base := starts[i]) + counts[i] and base < start:
+                    if i >= 0 and end <= (top := (base := starts[i]) + counts[i]):
                         free = self._free
                         by_start = free.by_start
-                        right = by_start.pop(end, None)
-                        if right is not None:
-                            # The run above grows down over the pages (its end stays)...
+                        if end == top and base < start and (right := by_start.pop(end, None)) is not None:
+                            # The top of an extent under a free run: the run grows down over
+                            # the pages (its end stays, and usually its size class)...
                             size = right + count
                             by_start[start] = size
                             free.by_end[end + right] = start
@@ -594,7 +562,9 @@ class PagePool:
                                 held.frontier = start
                             elif i + 1 < len(starts) and starts[i + 1] == end + right:
                                 held.refill = start  # a hole: see _give_back
-                            return count
+                        else:
+                            self._give_back(held, owner, start, count)
+                        return count
         request = self._validate(extents)
         if not request:
             return 0
@@ -605,9 +575,11 @@ class PagePool:
         assert held is not None
         if len(request) > 1:
             request.sort(reverse=True)  # highest first, so adjacent pieces walk the frontier down
+        released = 0
         for start, count in request:
             self._give_back(held, owner, start, count)
-        return sum(count for _, count in request)
+            released += count
+        return released
 
     def _give_back(self, held: _Holdings, owner: int, start: int, count: int) -> None:
         """Move one validated run from `held` to free space, and move the owner's hints."""
