@@ -523,79 +523,82 @@ class PagePool:
         given back (it is split). Freed runs merge with neighbouring free space.
         """
         if type(extents) is list and len(extents) == 1:
-            # The balloon step down: one run of the owner's pages, the top of one of its
-            # extents, with free pages above (its frontier run). Anything else, bad input
-            # included, takes the general path below, which is the one that explains refusals.
+            # The balloon driver's usual request, checked in a few steps: one well-formed
+            # pair, inside one of the owner's extents (owned pages are in range, so that
+            # proves start and count are). Anything else, bad input included, takes the
+            # general path below, which is the one that explains refusals.
             pair = extents[0]
             if type(pair) in _PAIRS and len(pair) == 2:
                 start, count = pair
                 held = self._owned.get(owner)
-                # (owned pages are in range, so owning them proves start and count are)
                 if type(start) is int and type(count) is int and count > 0 and held is not None:
-                    starts, counts = held.starts, held.counts
-                    i = bisect_right(starts, start) - 1
-                    end = start + count
-                    if i >= 0 and end <= (top := (base := starts[i]) + counts[i]):
-                        free = self._free
-                        by_start = free.by_start
-                        if end == top and base < start and (right := by_start.pop(end, None)) is not None:
-                            # The top of an extent under a free run: the run grows down over
-                            # the pages (its end stays, and usually its size class)...
-                            size = right + count
-                            by_start[start] = size
-                            free.by_end[end + right] = start
-                            free.pages += count
-                            k = right.bit_length() - 1
-                            members = free.classes[k]
-                            members.discard(end)
-                            if size >> k == 1:
-                                members.add(start)
-                            else:
-                                if not members:
-                                    free.mask ^= 1 << k
-                                free._file(start, size)
-                            # ...and the owner's extent ends lower.
-                            counts[i] = start - base
-                            held.pages -= count
-                            self._allocated -= count
-                            if end == held.frontier:
-                                held.frontier = start
-                            elif i + 1 < len(starts) and starts[i + 1] == end + right:
-                                held.refill = start  # a hole: see _give_back
-                        else:
-                            self._give_back(held, owner, start, count)
+                    i = bisect_right(held.starts, start) - 1
+                    if i >= 0 and start + count <= held.starts[i] + held.counts[i]:
+                        self._give_back(held, owner, i, start, count)
                         return count
         request = self._validate(extents)
         if not request:
             return 0
         held = self._owned.get(owner)
+        pieces = []  # (start, count, index of the owner's extent holding it)
         for start, count in request:
-            if held is None or not held.covers(start, count):
+            i = bisect_right(held.starts, start) - 1 if held is not None else -1
+            if i < 0 or start + count > held.starts[i] + held.counts[i]:
                 raise PoolError(PoolErrorReason.NOT_OWNED, self._not_owned_message(owner, start, count))
-        assert held is not None
-        if len(request) > 1:
-            request.sort(reverse=True)  # highest first, so adjacent pieces walk the frontier down
+            pieces.append((start, count, i))
+        # Highest first: giving back a piece only moves the owner's extents from its own
+        # index up, so the indices found above stay right; and adjacent pieces walk the
+        # frontier down.
+        pieces.sort(reverse=True)
         released = 0
-        for start, count in request:
-            self._give_back(held, owner, start, count)
+        for start, count, i in pieces:
+            self._give_back(held, owner, i, start, count)
             released += count
         return released
 
-    def _give_back(self, held: _Holdings, owner: int, start: int, count: int) -> None:
-        """Move one validated run from `held` to free space, and move the owner's hints."""
-        held.remove(start, count)
+    def _give_back(self, held: _Holdings, owner: int, i: int, start: int, count: int) -> None:
+        """Move [start, start+count), inside extent i of `held`, to free space; move hints."""
+        starts, counts = held.starts, held.counts
+        base = starts[i]
+        end = start + count
         free = self._free
+        by_start = free.by_start
+        if end == base + counts[i] and base < start and (right := by_start.pop(end, None)) is not None:
+            # The balloon step down: the top of an extent, under a free run (usually its
+            # frontier run). That run grows down over the pages: its end stays, and usually
+            # its size class. Inlined, as most releases come here.
+            size = right + count
+            by_start[start] = size
+            free.by_end[end + right] = start
+            free.pages += count
+            k = right.bit_length() - 1
+            members = free.classes[k]
+            members.discard(end)
+            if size >> k == 1:
+                members.add(start)
+            else:
+                if not members:
+                    free.mask ^= 1 << k
+                free._file(start, size)
+            counts[i] = start - base
+            held.pages -= count
+            self._allocated -= count
+            if end == held.frontier:
+                held.frontier = start
+            elif i + 1 < len(starts) and starts[i + 1] == end + right:
+                held.refill = start  # a hole in its holdings: refilled first
+            return
+        held.remove(start, count)
         merged = free.add(start, count)
         self._allocated -= count
-        if start + count == held.frontier:
+        if end == held.frontier:
             held.frontier = merged
-        elif merged != held.frontier and held.starts:
-            # A hole in the owner's holdings (its own pages above it) is refilled next;
-            # free pages above an older region are just room, left to whoever needs it.
-            starts = held.starts
-            top = merged + free.by_start[merged]
-            i = bisect_left(starts, top)
-            if i < len(starts) and starts[i] == top:
+        elif merged != held.frontier and starts:
+            # A hole in the owner's holdings (its own pages right above it) is refilled
+            # next; free pages above an older region are just room, left to whoever needs it.
+            top = merged + by_start[merged]
+            j = bisect_left(starts, top)
+            if j < len(starts) and starts[j] == top:
                 held.refill = merged
         if not held.pages:
             del self._owned[owner]
