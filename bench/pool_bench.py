@@ -83,13 +83,18 @@ def merged(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def run_pool_lifo(ops: int, pages: int, domains: int, seed: int) -> Run:
-    """Guests give back their newest pages first, exactly as GuestMemory.take does."""
+    """Guests give back their newest pages first, exactly as GuestMemory.take does.
+
+    Each guest's extents in grant order, as GuestMemory keeps them, but laid out for speed
+    (this loop is timed with the pool): the newest extent is [lo[d], hi[d]) (empty when
+    lo == hi, once the guest holds nothing) and the older ones are older[d], oldest first.
+    """
     rng = random.Random(seed)
     rand = rng.random  # int(rand() * n): several times cheaper than randrange
     pool = PagePool(pages)
     allocate, release = pool.allocate, pool.release
-    # each guest's extents in grant order, oldest first, as mutable [start, end] pairs
-    memory: list[list[list[int]]] = [[] for _ in range(domains)]
+    lo, hi = [0] * domains, [0] * domains
+    older: list[list[tuple[int, int]]] = [[] for _ in range(domains)]  # (start, end) pairs
     counts = [0] * domains
     run = Run()
     releases = longer = 0  # release requests, and extents in them beyond the first
@@ -102,39 +107,44 @@ def run_pool_lifo(ops: int, pages: int, domains: int, seed: int) -> Run:
             if held and rand() < 0.5:
                 want = n if n < held else held
                 counts[d] = held - want
-                mine = memory[d]
-                newest = mine[-1]
-                end = newest[1]
-                if end - newest[0] > want:  # the common case: part of the newest extent
-                    newest[1] = end - want
+                start, end = lo[d], hi[d]
+                if end - start > want:  # the common case: part of the newest extent
+                    hi[d] = end - want
                     release(d, [(end - want, want)])
-                else:
+                else:  # all of the newest extent, and perhaps more from older ones
                     request = []
-                    while want:
-                        start, end = mine[-1]
-                        if end - start <= want:
-                            mine.pop()
-                            request.append((start, end - start))
-                            want -= end - start
-                        else:
-                            mine[-1][1] = end - want
+                    stack = older[d]
+                    while True:
+                        if end - start > want:
                             request.append((end - want, want))
-                            want = 0
+                            end -= want
+                            break
+                        request.append((start, end - start))
+                        want -= end - start
+                        start, end = stack.pop() if stack else (0, 0)  # the next newest
+                        if not want:
+                            break
+                    lo[d], hi[d] = start, end
                     request.reverse()  # oldest first, as GuestMemory.take returns them
                     release(d, request)
                     longer += len(request) - 1
                 releases += 1
             else:
-                mine = memory[d]
                 for start, count in allocate(d, n):
-                    counts[d] += count
-                    if mine and mine[-1][1] == start:
-                        mine[-1][1] = start + count
+                    held += count
+                    end = hi[d]
+                    if end == start:  # extends the newest extent (or the guest held nothing)
+                        hi[d] = start + count
                     else:
-                        mine.append([start, start + count])
+                        if end > lo[d]:
+                            older[d].append((lo[d], end))
+                        lo[d], hi[d] = start, start + count
+                counts[d] = held
         run.slices.append(time.perf_counter() - t0)
     run.pool, run.counts = pool, counts
-    run.memory = [[(start, end - start) for start, end in mine] for mine in memory]
+    run.memory = [
+        [(start, end - start) for start, end in older[d] + [(lo[d], hi[d])] if end > start] for d in range(domains)
+    ]
     run.releases, run.released_extents = releases, releases + longer
     return run
 
