@@ -709,6 +709,11 @@ class PagePool:
             owned_sum += pages
         if owned_sum != self._allocated:
             problems.append(f"cached allocated_pages {self._allocated} != recomputed {owned_sum}")
+        for owner, held in self._parked.items():  # owners keeping only their placement hints
+            if owner in self._owned:
+                problems.append(f"domain {owner} is both an owner and parked")
+            if held.pages or held.starts or held.counts:
+                problems.append(f"domain {owner} is parked but still has extents or pages")
         tagged.sort()
         covered = 0
         reach: tuple[int, int, str] | None = None  # the extent reaching furthest so far

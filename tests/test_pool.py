@@ -527,6 +527,198 @@ def test_random_sequence_large_pool_totals(seed: int) -> None:
     assert pool.free_extents() == [Extent(0, total)]
 
 
+# -- placement: owners grow from a frontier (balloon drivers give back their newest pages) ----
+
+
+class Guest:
+    """A guest's view of its pages, as guest/memory.py keeps them: extents in grant order
+    (a grant starting where the newest ends extends it), newest given back first."""
+
+    def __init__(self) -> None:
+        self.extents: list[list[int]] = []  # [start, count], oldest first
+
+    def add(self, granted: list[Extent]) -> None:
+        for start, count in granted:
+            if self.extents and sum(self.extents[-1]) == start:
+                self.extents[-1][1] += count
+            else:
+                self.extents.append([start, count])
+
+    def take(self, n: int) -> list[tuple[int, int]]:
+        taken = []
+        while n:
+            start, count = self.extents[-1]
+            if count <= n:
+                self.extents.pop()
+                taken.append((start, count))
+                n -= count
+            else:
+                self.extents[-1][1] = count - n
+                taken.append((start + count - n, n))
+                n = 0
+        taken.reverse()
+        return taken
+
+    def pages(self) -> int:
+        return sum(count for _, count in self.extents)
+
+    def merged(self) -> list[Extent]:
+        out: list[Extent] = []
+        for start, count in sorted(self.extents):
+            if out and out[-1].end == start:
+                out[-1] = Extent(out[-1].start, out[-1].count + count)
+            else:
+                out.append(Extent(start, count))
+        return out
+
+
+@pytest.mark.timeout(5)
+def test_owner_grows_at_its_frontier_in_a_new_region() -> None:
+    pool = PagePool(2**20)
+    assert pool.allocate(1, 10) == [Extent(2**20 - 10, 10)]  # a new owner: good fit, top
+    region = pool.allocate(1, 10)  # its frontier is the end of the pool: a new region...
+    (start, count), = region
+    assert count == 10 and 2**18 < start < 2**19 + 2**18  # ...in the middle of free space
+    assert pool.allocate(1, 30) == [Extent(start + 10, 30)]  # then it grows upward from there
+    assert pool.extents_of(1) == [Extent(start, 40), Extent(2**20 - 10, 10)]
+    assert pool.free_extent_count == 2 and pool.audit() == []
+
+
+@pytest.mark.timeout(5)
+def test_newest_pages_given_back_merge_back_and_come_back() -> None:
+    pool = PagePool(2**20)
+    pool.allocate(1, 10)
+    (start, _), = pool.allocate(1, 100)
+    free_runs = pool.free_extent_count
+    assert pool.release(1, [(start + 60, 40)]) == 40  # the newest 40 pages
+    assert pool.free_extent_count == free_runs  # merged into the free run above
+    assert pool.extents_of(1)[0] == Extent(start, 60)
+    assert pool.allocate(1, 25) == [Extent(start + 60, 25)]  # the same pages again
+    assert pool.release(1, [(start + 45, 40)]) == 40  # across two grants, merged in the books
+    assert pool.extents_of(1)[0] == Extent(start, 45) and pool.audit() == []
+
+
+@pytest.mark.timeout(5)
+def test_hole_in_holdings_is_refilled_first() -> None:
+    pool = PagePool(2**20)
+    pool.allocate(1, 10)
+    (start, _), = pool.allocate(1, 100)
+    pool.release(1, [(start + 20, 10)])  # a hole, with the owner's pages on both sides
+    assert pool.allocate(1, 4) == [Extent(start + 20, 4)]
+    # the rest of the hole, then the frontier; ascending
+    assert pool.allocate(1, 10) == [Extent(start + 24, 6), Extent(start + 100, 4)]
+    assert pool.extents_of(1) == [Extent(start, 104), Extent(2**20 - 10, 10)]
+    assert pool.audit() == []
+
+
+@pytest.mark.timeout(5)
+def test_emptied_owner_grows_back_where_it_was_until_destroyed() -> None:
+    pool = PagePool(1000)
+    for owner in (1, 2, 3):
+        pool.allocate(owner, 100)  # 1: 900..999, 2: 800..899, 3: 700..799
+    assert pool.release(2, [(800, 100)]) == 100
+    assert pool.owners() == [1, 3] and pool.owned_pages(2) == 0 and pool.extents_of(2) == []
+    assert pool.audit() == []
+    assert pool.allocate(2, 30) == [Extent(800, 30)]  # where it was (good fit: 870)
+    assert pool.release_all(2) == 30  # destroyed: the domain id may be reused...
+    assert pool.allocate(2, 30) == [Extent(870, 30)]  # ...by a new domain: good fit
+    assert pool.audit() == []
+
+
+@pytest.mark.timeout(5)
+def test_blocked_owner_in_a_small_pool_gets_good_fit() -> None:
+    pool = PagePool(1000)
+    pool.allocate(1, 100)  # 900..999
+    pool.allocate(2, 100)  # 800..899, under 1: its frontier is blocked
+    # no free run leaves room to grow (2048 pages): good fit, the top of 0..799
+    assert pool.allocate(2, 10) == [Extent(790, 10)]
+    assert pool.extents_of(2) == [Extent(790, 110)] and pool.audit() == []
+
+
+@pytest.mark.timeout(5)
+def test_one_pair_release_refused_like_any_other(held: PagePool) -> None:
+    """The quick path for one [start, count] pair must not accept what the general one refuses."""
+    held.release(1, [(90, 10)])  # domain 1: 60..89, free above it
+    assert_refused(held, 1, [(85, 10)], R.NOT_OWNED)  # its top and free pages
+    assert_refused(held, 2, [(85, 5)], R.NOT_OWNED)  # another domain's top
+    assert_refused(held, 1, [(55, 5)], R.NOT_OWNED)  # the top of another domain's extent
+    assert_refused(held, 1, [(89, 1), (89, 1)], R.OVERLAPPING)
+    assert_refused(held, 1, [(85, 5.0)], R.MALFORMED)
+    assert_refused(held, 1, [(True, 5)], R.MALFORMED)
+    for pair in ((85, 5), [80, 5], Extent(75, 5)):
+        assert held.release(1, [pair]) == 5
+    assert held.release(1, ((70, 5),)) == 5  # a tuple of pairs
+    assert held.extents_of(1) == [Extent(60, 10)] and held.audit() == []
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_balloon_traffic_matches_per_page_model(seed: int) -> None:
+    """Grants and newest-first releases, as guests make them, against the per-page model.
+
+    The pool is big enough for owners to get regions of their own and small enough to fill
+    up, so every placement rule (frontier, hole, new region, good fit, short grants) runs.
+    """
+    rng = random.Random(seed)
+    total = 12_000
+    owners = range(6)
+    pool = PagePool(total)
+    pages: list = [None] * total
+    guests = {o: Guest() for o in owners}
+    for step in range(3000):
+        owner = rng.choice(owners)
+        guest = guests[owner]
+        n = rng.randint(1, 600)
+        if guest.pages() and rng.random() < 0.5:
+            request = guest.take(min(n, guest.pages()))
+            assert pool.release(owner, request) == sum(c for _, c in request)
+            for start, count in request:
+                assert pages[start : start + count] == [owner] * count
+                pages[start : start + count] = [None] * count
+        elif rng.random() < 0.02:
+            assert pool.release_all(owner) == guest.pages()
+            guest.extents.clear()
+            pages = [None if p == owner else p for p in pages]
+        else:
+            free = pool.free_pages
+            got = pool.allocate(owner, n)
+            assert sum(c for _, c in got) == min(n, free) and got == sorted(got)
+            for start, count in got:
+                assert pages[start : start + count] == [None] * count
+                pages[start : start + count] = [owner] * count
+            guest.add(got)
+        assert pool.audit() == []
+        assert pool.extents_of(owner) == guest.merged()
+        if step % 50 == 0:
+            check_against_model(pool, pages, owners)
+    check_against_model(pool, pages, owners)
+
+
+@pytest.mark.timeout(20)
+def test_balloon_traffic_keeps_books_small() -> None:
+    """Many owners on a 1 TiB host: holdings stay a few extents each, memory stays small."""
+    rng = random.Random(5)
+    pool = PagePool(2**28)
+    guests = [Guest() for _ in range(256)]
+    tracemalloc.start()
+    for _ in range(20_000):
+        owner = rng.randrange(len(guests))
+        guest = guests[owner]
+        n = rng.randint(1, 512)
+        if guest.pages() and rng.random() < 0.5:
+            pool.release(owner, guest.take(min(n, guest.pages())))
+        else:
+            guest.add(pool.allocate(owner, n))
+    current, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    held = [pool.owned_extent_count(o) for o in range(len(guests))]
+    assert max(held) <= 8 and sum(held) <= 2 * len(guests)
+    assert pool.free_extent_count <= 2 * len(guests)
+    assert all(pool.extents_of(o) == g.merged() for o, g in enumerate(guests))
+    assert pool.audit() == []
+    assert current < 2_000_000  # the guests' lists and the pool's books: no per-page state
+
+
 # -- audit detects corruption ----------------------------------------------------------------
 
 
@@ -626,6 +818,14 @@ def tamper_ragged_holdings(p: PagePool) -> None:
     p._owned[1].counts.append(3)  # a count with no start
 
 
+def tamper_parked_with_pages(p: PagePool) -> None:
+    p._parked[1] = p._owned.pop(1)  # an owner's pages hidden among owners that hold nothing
+
+
+def tamper_parked_and_owner(p: PagePool) -> None:
+    p._parked[2] = type(p._owned[2])()  # listed as holding nothing while it holds pages
+
+
 @pytest.mark.timeout(5)
 @pytest.mark.parametrize(
     "tamper",
@@ -646,6 +846,8 @@ def tamper_ragged_holdings(p: PagePool) -> None:
         tamper_out_of_range,
         tamper_empty_owner,
         tamper_ragged_holdings,
+        tamper_parked_with_pages,
+        tamper_parked_and_owner,
     ],
 )
 def test_audit_detects_corruption(tamper) -> None:
