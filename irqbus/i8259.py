@@ -35,6 +35,8 @@ DEFAULT_SLAVE_VECTOR_BASE = 0x28
 
 def _check_pin(pin: object, count: int, what: str) -> int:
     """Reject anything that is not an in-range integer pin before state is touched."""
+    if type(pin) is int and 0 <= pin < count:  # the common case, decided in one test
+        return pin
     if isinstance(pin, bool) or not isinstance(pin, int):
         raise ValueError(f"{what} must be an integer, got {pin!r}")
     if not 0 <= pin < count:
@@ -44,7 +46,7 @@ def _check_pin(pin: object, count: int, what: str) -> int:
 
 def _check_level(level: object) -> bool:
     """A line level is a bool (0/1 accepted); anything else is a caller bug, said clearly."""
-    if isinstance(level, bool):
+    if level is True or level is False:
         return level
     if isinstance(level, int) and level in (0, 1):
         return bool(level)
@@ -56,6 +58,20 @@ def _check_vector_base(base: object) -> int:
     if isinstance(base, bool) or not isinstance(base, int) or not 0 <= base <= 0xF8 or base % 8:
         raise ValueError(f"vector base must be a multiple of 8 in 0x00..0xF8, got {base!r}")
     return base
+
+
+def _best_rank(mask: int, priority_add: int) -> int:
+    """Priority rank (0 = highest) of the best pin in `mask` when pin `priority_add` has the
+    highest priority, or 8 if `mask` is empty."""
+    for rank in range(PINS_PER_PIC):
+        if mask & (1 << ((rank + priority_add) % PINS_PER_PIC)):
+            return rank
+    return PINS_PER_PIC
+
+
+# Every (rotation, 8-bit mask) answered once: priority resolution runs several times per
+# interrupt, and a table lookup is what a priority encoder is.
+_RANKS = tuple(tuple(_best_rank(mask, add) for mask in range(256)) for add in range(PINS_PER_PIC))
 
 
 @dataclass(frozen=True)
@@ -215,12 +231,7 @@ class PIC:
 
     def _rank(self, mask: int) -> int:
         """Priority rank (0 = highest) of the best pin in `mask`, or 8 if `mask` is empty."""
-        if not mask:
-            return PINS_PER_PIC
-        rank = 0
-        while not mask & (1 << ((rank + self._priority_add) % PINS_PER_PIC)):
-            rank += 1
-        return rank
+        return _RANKS[self._priority_add][mask & 0xFF]
 
     def _pin_of_rank(self, rank: int) -> int:
         return (rank + self._priority_add) % PINS_PER_PIC
@@ -231,17 +242,18 @@ class PIC:
         A request is deliverable only if it outranks every in-service pin: an in-service pin of
         higher or equal priority blocks it, which is what makes nested handlers safe.
         """
-        request_rank = self._rank(self._irr & ~self._imr)
+        ranks = _RANKS[self._priority_add]
+        request_rank = ranks[self._irr & ~self._imr & 0xFF]
         if request_rank == PINS_PER_PIC:
             return None
-        pin = self._pin_of_rank(request_rank)
+        pin = (request_rank + self._priority_add) % PINS_PER_PIC
         in_service = self._isr
         if self.special_fully_nested and pin == self.cascade_pin:
             # Special fully nested mode: an in-service cascade does not lock out the slave
             # (the slave itself only raises INT for a request above its own in-service one),
             # but it still blocks the master's lower-priority pins.
             in_service &= ~(1 << pin)
-        return pin if request_rank < self._rank(in_service) else None
+        return pin if request_rank < ranks[in_service] else None
 
     def highest_in_service(self) -> int | None:
         """The pin a non-specific EOI would clear, or None if nothing is in service."""
@@ -415,7 +427,7 @@ class CascadedPICs:
 
     def pending_output(self) -> bool:
         """The master's INT output: whether the CPU should run an INTA cycle."""
-        return self.master.pending_output()
+        return self.master._output
 
     def in_service(self, irq: int) -> bool:
         chip, pin = self._chip(irq)

@@ -48,9 +48,11 @@ class SharedLines:
 
     def set_source(self, pin: int, source_id: int, level: bool) -> bool:
         """Record what `source_id` drives on `pin`; returns the pin's new (OR-ed) level."""
-        pin = self._check_pin(pin)
-        source_id = self._check_source(source_id)
-        if isinstance(level, bool):
+        if not (type(pin) is int and 0 <= pin < self._pins):  # else say what is wrong
+            pin = self._check_pin(pin)
+        if not (type(source_id) is int and 0 <= source_id < self._max_sources):
+            source_id = self._check_source(source_id)
+        if level is True or level is False:
             pass
         elif isinstance(level, int) and level in (0, 1):
             level = bool(level)

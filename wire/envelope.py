@@ -10,6 +10,7 @@ docs/protocol.md is the contract; this module is its Python reading.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +41,19 @@ class Request:
     args: dict[str, Any]
 
 
+class _Packer(threading.local):
+    """One msgpack.Packer per thread, reused: `msgpack.packb` builds a new one (and its
+    buffer) for every message, which costs more than packing a small message does."""
+
+    def __init__(self) -> None:
+        self.pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+_packer = _Packer()
+
+
 def encode(message: dict[str, Any]) -> bytes:
-    return msgpack.packb(message, use_bin_type=True)
+    return _packer.pack(message)
 
 
 def _unpack(frame: bytes) -> Any:
@@ -66,8 +78,8 @@ def decode_request(frame: bytes) -> Request:
     seq = seq if _is_int(seq) and 0 <= seq <= MAX_SEQ else None
     if body.get("v") != PROTOCOL_VERSION:
         raise EnvelopeError(ErrorCode.EPROTO, f"unsupported protocol version {body.get('v')!r}; this server speaks {PROTOCOL_VERSION}", seq)
-    unknown = set(body) - _REQUEST_KEYS
-    if unknown:
+    if not _REQUEST_KEYS.issuperset(body):
+        unknown = set(body) - _REQUEST_KEYS
         raise EnvelopeError(ErrorCode.EPROTO, f"unknown envelope keys {sorted(map(str, unknown))}", seq)
     if seq is None:
         raise EnvelopeError(ErrorCode.EPROTO, f"'seq' must be an integer 0..{MAX_SEQ}, got {body.get('seq')!r}")

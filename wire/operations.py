@@ -254,11 +254,15 @@ class Operation:
     endpoint: Endpoint
     required: dict[str, Validator] = field(default_factory=dict)
     optional: dict[str, Validator] = field(default_factory=dict)
+    known: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "known", frozenset(self.required) | frozenset(self.optional))
 
     def validate(self, args: dict[str, Any]) -> dict[str, Any]:
         """Return the checked arguments, or raise WireError(EINVAL) naming the first bad field."""
-        unknown = set(args) - set(self.required) - set(self.optional)
-        if unknown:
+        if not self.known.issuperset(args):
+            unknown = set(args) - self.known
             raise WireError(ErrorCode.EINVAL, f"{self.name}: unknown argument(s) {sorted(map(str, unknown))}")
         checked: dict[str, Any] = {}
         for name, check in self.required.items():
