@@ -77,7 +77,7 @@ class Device:
         return kind is DeviceKind.MSI or (pin == self.pin and level == self.level)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per interrupt, and a frozen init costs 3x
 class Delivery:
     """One interrupt for the guest's CPU: the vector, where it came from, and the status
     latches of the devices behind it (name -> generation)."""

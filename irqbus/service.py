@@ -53,13 +53,14 @@ class IrqbusService:
         self.socket.close(linger=0)
 
     def serve(self, should_stop: Callable[[], bool]) -> None:
-        sock = self.socket
+        poller = zmq.Poller()  # kept: Socket.poll builds and registers a new Poller per call
+        poller.register(self.socket, zmq.POLLIN)
         while not should_stop():
             wait_ms = POLL_MS
             deadline = self.bus.next_deadline()
             if deadline is not None:
                 wait_ms = max(0, min(POLL_MS, int((deadline - self.clock()) * 1000) + 1))
-            if sock.poll(wait_ms, zmq.POLLIN):
+            if poller.poll(wait_ms):
                 self._drain()
             now = self.clock()
             if deadline is not None and now >= deadline:

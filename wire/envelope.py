@@ -33,7 +33,7 @@ class EnvelopeError(WireError):
         self.seq = seq
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per request, and a frozen init costs 3x
 class Request:
     op: str
     seq: int

@@ -171,6 +171,10 @@ def _pin(name: str, value: Any) -> int:
     return value
 
 
+_chip_kind = choice(*CHIP_KINDS)
+_generation = integer(1, MAX_SEQ)
+
+
 def chip_commands(name: str, value: Any) -> list[ChipCommand]:
     """[{"kind": mask|unmask|ack|eoi, "pin": 0..23} or {"kind": ..., "device": NAME}, ...]"""
     if not isinstance(value, list) or len(value) > MAX_CHIP_OPS:
@@ -180,7 +184,7 @@ def chip_commands(name: str, value: Any) -> list[ChipCommand]:
         where = f"{name}[{i}]"
         if not isinstance(item, dict) or "kind" not in item or len(item) != 2 or ("pin" in item) == ("device" in item):
             raise _invalid(where, '{"kind": ..., "pin": N} or {"kind": ..., "device": NAME}', item)
-        kind = choice(*CHIP_KINDS)(f"{where}.kind", item["kind"])
+        kind = _chip_kind(f"{where}.kind", item["kind"])
         if "pin" in item:
             out.append(ChipCommand(kind, _pin(f"{where}.pin", item["pin"]), None))
         else:
@@ -196,7 +200,7 @@ def status_clears(name: str, value: Any) -> list[tuple[str, int]]:
     for i, item in enumerate(value):
         if not isinstance(item, list) or len(item) != 2:
             raise _invalid(f"{name}[{i}]", "[device, generation]", item)
-        out.append((device_name(f"{name}[{i}][0]", item[0]), integer(1, MAX_SEQ)(f"{name}[{i}][1]", item[1])))
+        out.append((device_name(f"{name}[{i}][0]", item[0]), _generation(f"{name}[{i}][1]", item[1])))
     return out
 
 

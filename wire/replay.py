@@ -11,7 +11,7 @@ DEFAULT_PER_CLIENT = 16
 DEFAULT_MAX_CLIENTS = 65536
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per request, and a frozen init costs 3x
 class Answered:
     op: str
     reply: bytes

@@ -136,7 +136,7 @@ class ChipOpKind(enum.StrEnum):
     EOI = "eoi"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: several per interrupt, and a frozen init costs 3x
 class ChipOp:
     """One chip operation for the shell to send, in order, to irqbus."""
 
