@@ -2,24 +2,32 @@
 
 Sans-I/O core (DESIGN.md principle 1): plain Python, no sockets, threads or clock. The books
 must always balance (principle 4): free pages + every domain's pages = total pages, and every
-page is free or owned by exactly one domain. `audit()` re-checks that independently.
+page is free or owned by exactly one domain. `audit()` re-checks that from the raw extents,
+trusting no cached counter and none of the placement hints below.
 
 Everything is kept as extents (runs of contiguous pages), never per page, so a 1 TiB host
 (2**28 pages) costs memory in proportion to its fragmentation, not its size. Each owner's
-holdings are sorted arrays of starts and counts (`_Holdings`), so "does this owner hold all
-of [start, start+count)?" is one bisect. Free space (`_FreeSpace`) is hashed
-by start and by end, for O(1) merging, and filed by power-of-two size class, for a good-fit
-allocation that hands out one extent per grant while any free extent is big enough.
-Extents are kept maximal everywhere: neighbours merge.
+holdings are sorted lists of starts and counts (`_Holdings`), so "does this owner hold all
+of [start, start+count)?" is one bisect. Free space (`_FreeSpace`) is hashed by start and
+by end, for O(1) merging, and filed by power-of-two size class, for a good-fit allocation
+that hands out one extent per grant while any free extent is big enough. Extents are kept
+maximal everywhere: neighbours merge.
 
 Where a grant goes decides how fragmented the pool gets, and so how big and slow it gets.
 Balloon drivers give back the pages they were granted last (guest/memory.py), so each owner
 grows upward from a *frontier*, the page after its newest grant: a grant takes the bottom of
 the free run starting there, and a release of the newest pages merges straight back into
 that run. An owner's holdings then stay one extent or a few, and free space a run or two per
-owner. Pages given back below the frontier leave a hole, which the owner's next grant
-refills first (see _Holdings). A new owner is placed by good fit; an owner whose frontier is
-blocked gets a new region in the middle of the largest free run, with room to grow above it.
+owner, however long the traffic goes on. Pages given back below the frontier leave holes,
+which the owner's next grants refill first. A new owner is placed by good fit; an owner
+whose frontier is blocked gets a new region in the middle of a largest free run, with room
+to grow above it (`_place`).
+
+That balloon step, both ways, is most of the traffic, so `allocate` and `_give_back` do it
+inline, in a few dict and set operations, and hand everything else to the general code
+(`_place`, `_FreeSpace.add`...). Every release is validated in full before anything
+changes; a one-pair request gets a quicker check that falls back to the general one, which
+is the one that explains refusals.
 """
 
 from __future__ import annotations
@@ -36,9 +44,10 @@ __all__ = ["MAX_PAGES", "PagePool", "PoolError", "PoolErrorReason"]
 
 MAX_PAGES = 2**62  # 16 EiB of 4 KiB pages: far beyond any host, a bound callers can rely on
 
-# Extent((start, count)) without the Python-level __new__ of a NamedTuple: half the cost.
+# Extents without the Python-level __new__ of a NamedTuple (half the cost): _extent((s, c))
+# where a callable is handy (map), _new_tuple(Extent, (s, c)), a little faster, in hot paths.
 _extent = partial(tuple.__new__, Extent)
-_new_tuple = tuple.__new__  # _new_tuple(Extent, (start, count)): the fastest Extent in hot paths
+_new_tuple = tuple.__new__
 
 
 class PoolErrorReason(enum.Enum):
@@ -237,23 +246,24 @@ class _Holdings:
     about 60 bytes an extent). Callers guarantee disjointness on `add` and containment on
     `remove`.
 
-    `frontier` and `refill` are hints for placing the owner's next grant, never part of the
+    `frontier` and `holes` are hints for placing the owner's next grants, never part of the
     books (audit ignores them; a grant checks free space before using them). `frontier` is
-    the page after the owner's newest grant: the owner grows upward from there, and a
-    release ending at it moves it down, so balloon traffic (grant, give the newest pages
-    back, grant again) keeps reusing one free run. `refill` is the start of a hole the
-    owner's last release left in its holdings (free pages with its own pages right above):
-    the next grant fills it first. -1 means none.
+    the page after the owner's newest grant (-1: none yet): the owner grows upward from
+    there, and a release ending at it moves it down, so balloon traffic (grant, give the
+    newest pages back, grant again) keeps reusing one free run. `holes` stacks the starts
+    of the holes its other releases left in its holdings (free pages with its own pages
+    right above them): grants fill them first, newest first, so a driver that gives back
+    pages from anywhere does not leave the pool riddled with them.
     """
 
-    __slots__ = ("starts", "counts", "pages", "frontier", "refill")
+    __slots__ = ("starts", "counts", "pages", "frontier", "holes")
 
     def __init__(self) -> None:
         self.starts: list[int] = []
         self.counts: list[int] = []
         self.pages = 0
         self.frontier = -1
-        self.refill = -1
+        self.holes: list[int] = []
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -337,6 +347,10 @@ _PAIRS = (tuple, Extent, list)  # what one [start, count] pair may arrive as
 # A blocked owner is moved to a new region only if that leaves it this much room to grow:
 # a few balloon batches (512 pages each). Smaller runs are left to good fit.
 _ROOM = 2048
+
+# Holes remembered per owner (see _Holdings): a bound, so hints never cost more than a little
+# per owner, whatever the traffic. Any hole left over is still reused, by good fit.
+_MAX_HOLES = 32
 
 
 def _as_int(value: object) -> int | None:
@@ -428,7 +442,7 @@ class PagePool:
         held = self._owned.get(owner)
         if held is None and owner in self._parked and type(count) is int and count > 0 and self._free.pages:
             held = self._owned[owner] = self._parked.pop(owner)  # back where it was
-        if held is not None and held.refill < 0 and type(count) is int and count > 0:
+        if held is not None and not held.holes and type(count) is int and count > 0:
             start = held.frontier
             free = self._free
             by_start = free.by_start
@@ -482,22 +496,24 @@ class PagePool:
     def _place(self, held: _Holdings, count: int) -> list[Extent]:
         """Where a grant goes when the owner cannot simply grow at its frontier.
 
-        First the hole the owner left (its `refill`), then the frontier. A new owner is
-        placed by good fit. An owner whose frontier is blocked moves to a new region
-        carved from the middle of a largest free run, so it has room to grow again; when
-        free space is too fragmented for that, good fit.
+        First the holes the owner left, then the frontier. A new owner is placed by good
+        fit. An owner whose frontier is blocked moves to a new region carved from the
+        middle of a largest free run, so it has room to grow again; when free space is too
+        fragmented for that, good fit.
         """
         free = self._free
         granted: list[Extent] = []
-        hole = held.refill
-        held.refill = -1
-        if hole >= 0 and hole != held.frontier:
-            got = free.take_bottom(hole, count)
+        holes = held.holes
+        while holes:
+            hole = holes.pop()
+            got = free.take_bottom(hole, count)  # 0 if no longer free (merged, or taken)
             if got:
                 granted.append(_extent((hole, got)))
                 count -= got
                 if not count:
-                    held.refill = hole + got  # the rest of the hole, if any, comes next
+                    if hole + got in free.by_start:
+                        holes.append(hole + got)  # the rest of this hole comes next
+                    granted.sort()
                     return granted
         frontier = held.frontier
         if free.by_start.get(frontier, 0) >= count:
@@ -586,7 +602,7 @@ class PagePool:
             if end == held.frontier:
                 held.frontier = start
             elif i + 1 < len(starts) and starts[i + 1] == end + right:
-                held.refill = start  # a hole in its holdings: refilled first
+                self._note_hole(held, start)
             return
         held.remove(start, count)
         merged = free.add(start, count)
@@ -599,10 +615,21 @@ class PagePool:
             top = merged + by_start[merged]
             j = bisect_left(starts, top)
             if j < len(starts) and starts[j] == top:
-                held.refill = merged
+                self._note_hole(held, merged)
         if not held.pages:
             del self._owned[owner]
+            held.holes.clear()  # no holdings, no holes in them
             self._parked[owner] = held  # so it grows back where it was
+
+    def _note_hole(self, held: _Holdings, start: int) -> None:
+        """Remember a hole for the owner's next grants, keeping a few: they are only hints."""
+        holes = held.holes
+        if holes and holes[-1] not in self._free.by_start:
+            holes[-1] = start  # the last one is gone: refilled, or part of this one now
+        else:
+            if len(holes) >= _MAX_HOLES:
+                del holes[0]
+            holes.append(start)
 
     def release_all(self, owner: int) -> int:
         """Return every page of `owner` to the pool (the domain was destroyed).

@@ -719,6 +719,43 @@ def test_balloon_traffic_keeps_books_small() -> None:
     assert current < 2_000_000  # the guests' lists and the pool's books: no per-page state
 
 
+@pytest.mark.timeout(20)
+def test_pages_given_back_from_anywhere_are_refilled() -> None:
+    """A driver giving back random runs near its top: the holes are refilled, not hoarded."""
+    rng = random.Random(7)
+    pool = PagePool(2**24)
+    owned = [0] * 64
+    for _ in range(20_000):
+        owner = rng.randrange(len(owned))
+        n = rng.randint(1, 512)
+        if owned[owner] and rng.random() < 0.5:
+            window = pool.highest_extents(owner, n)
+            e = rng.choice(window)
+            a = rng.randrange(e.start, e.end)
+            b = rng.randint(a + 1, e.end)
+            owned[owner] -= pool.release(owner, [(a, b - a)])
+        else:
+            owned[owner] += sum(c for _, c in pool.allocate(owner, n))
+    assert [pool.owned_pages(o) for o in range(len(owned))] == owned
+    assert sum(pool.owned_extent_count(o) for o in range(len(owned))) <= 8 * len(owned)
+    assert pool.free_extent_count <= 8 * len(owned)
+    assert pool.audit() == []
+
+
+@pytest.mark.timeout(5)
+def test_holes_remembered_are_bounded() -> None:
+    pool = PagePool(2**20)
+    pool.allocate(1, 10)
+    (start, _), = pool.allocate(1, 1000)
+    for page in range(start + 1, start + 999, 2):  # 499 one-page holes, no grant in between
+        pool.release(1, [(page, 1)])
+    assert len(pool._owned[1].holes) <= 32 and pool.audit() == []
+    # the 32 newest holes are refilled, then the frontier; the older holes are left to good fit
+    holes = [Extent(start + page, 1) for page in range(935, 999, 2)]
+    assert pool.allocate(1, 40) == holes + [Extent(start + 1000, 8)]
+    assert pool.owned_pages(1) == 10 + 1000 - 499 + 40 and pool.audit() == []
+
+
 # -- audit detects corruption ----------------------------------------------------------------
 
 
