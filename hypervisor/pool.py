@@ -486,7 +486,10 @@ class PagePool:
         if count <= 0 or not self._free.pages:
             return []
         if held is None:
-            held = self._owned[owner] = _Holdings()
+            held = self._parked.pop(owner, None)  # (a count of another integral type)
+            if held is None:
+                held = _Holdings()
+            self._owned[owner] = held
         granted = self._place(held, count)
         for start, c in granted:
             held.add(start, c)

@@ -626,6 +626,20 @@ def test_emptied_owner_grows_back_where_it_was_until_destroyed() -> None:
 
 
 @pytest.mark.timeout(5)
+def test_emptied_owner_comes_back_with_any_integral_count() -> None:
+    class Pages(int):
+        pass
+
+    pools = [PagePool(1000), PagePool(1000)]
+    for pool in pools:
+        for owner in (1, 2, 3):
+            pool.allocate(owner, 100)  # 1: 900..999, 2: 800..899, 3: 700..799
+        pool.release(2, [(800, 100)])  # domain 2 now holds nothing
+    assert pools[0].allocate(2, Pages(5)) == pools[1].allocate(2, 5) == [Extent(800, 5)]
+    assert pools[0].owners() == [1, 2, 3] and pools[0].audit() == []
+
+
+@pytest.mark.timeout(5)
 def test_blocked_owner_in_a_small_pool_gets_good_fit() -> None:
     pool = PagePool(1000)
     pool.allocate(1, 100)  # 900..999
