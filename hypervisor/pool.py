@@ -253,7 +253,8 @@ class _Holdings:
     newest pages back, grant again) keeps reusing one free run. `holes` stacks the starts
     of the holes its other releases left in its holdings (free pages with its own pages
     right above them): grants fill them first, newest first, so a driver that gives back
-    pages from anywhere does not leave the pool riddled with them.
+    pages from anywhere does not leave the pool riddled with them. None while there are
+    none, so the balloon step tests it without touching another object.
     """
 
     __slots__ = ("starts", "counts", "pages", "frontier", "holes")
@@ -263,7 +264,7 @@ class _Holdings:
         self.counts: list[int] = []
         self.pages = 0
         self.frontier = -1
-        self.holes: list[int] = []
+        self.holes: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -442,7 +443,7 @@ class PagePool:
         held = self._owned.get(owner)
         if held is None and owner in self._parked and type(count) is int and count > 0 and self._free.pages:
             held = self._owned[owner] = self._parked.pop(owner)  # back where it was
-        if held is not None and not held.holes and type(count) is int and count > 0:
+        if held is not None and held.holes is None and type(count) is int and count > 0:
             start = held.frontier
             free = self._free
             by_start = free.by_start
@@ -516,8 +517,11 @@ class PagePool:
                 if not count:
                     if hole + got in free.by_start:
                         holes.append(hole + got)  # the rest of this hole comes next
+                    elif not holes:
+                        held.holes = None
                     granted.sort()
                     return granted
+        held.holes = None
         frontier = held.frontier
         if free.by_start.get(frontier, 0) >= count:
             free.take_bottom(frontier, count)
@@ -621,13 +625,15 @@ class PagePool:
                 self._note_hole(held, merged)
         if not held.pages:
             del self._owned[owner]
-            held.holes.clear()  # no holdings, no holes in them
+            held.holes = None  # no holdings, no holes in them
             self._parked[owner] = held  # so it grows back where it was
 
     def _note_hole(self, held: _Holdings, start: int) -> None:
         """Remember a hole for the owner's next grants, keeping a few: they are only hints."""
         holes = held.holes
-        if holes and holes[-1] not in self._free.by_start:
+        if holes is None:
+            held.holes = [start]
+        elif holes and holes[-1] not in self._free.by_start:
             holes[-1] = start  # the last one is gone: refilled, or part of this one now
         else:
             if len(holes) >= _MAX_HOLES:

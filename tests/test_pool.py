@@ -763,7 +763,7 @@ def test_holes_remembered_are_bounded() -> None:
     (start, _), = pool.allocate(1, 1000)
     for page in range(start + 1, start + 999, 2):  # 499 one-page holes, no grant in between
         pool.release(1, [(page, 1)])
-    assert len(pool._owned[1].holes) <= 32 and pool.audit() == []
+    assert len(pool._owned[1].holes or ()) <= 32 and pool.audit() == []
     # the 32 newest holes are refilled, then the frontier; the older holes are left to good fit
     holes = [Extent(start + page, 1) for page in range(935, 999, 2)]
     assert pool.allocate(1, 40) == holes + [Extent(start + 1000, 8)]
