@@ -1,6 +1,7 @@
 """Benchmark the page pool under balloon-driver traffic, against a trivial baseline.
 
-    python bench/pool_bench.py [--workload lifo|random-tail] [--ops N] [--pages N] [--domains N] [--seed N]
+    python bench/pool_bench.py [--workload lifo|random-tail] [--ops N] [--pages N] [--domains N]
+                               [--seed N] [--repeat N]
 
 Each operation picks a random domain and a random batch size n in 1..512 (one page of frame
 list, as the balloon driver uses). Half the time, if the domain holds pages, it gives back
@@ -19,7 +20,9 @@ process: one integer per domain plus a free counter. That is the cost of the dri
 the random numbers alone; the ratio pool/baseline is the figure to compare across machines.
 The pool's figure includes the guest's own bookkeeping (its extent list), as a real guest
 pays it too. The baseline also predicts every domain's final page count, which the pool
-must match, and the pool's audit() must find nothing wrong at the end.
+must match, and the pool's audit() must find nothing wrong at the end. --repeat N runs the
+baseline and the pool N times, alternately, and also reports the medians: on a shared
+machine one run can be a third off.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import gc
 import os
 import random
 import resource
+import statistics
 import sys
 import time
 
@@ -219,13 +223,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pages", type=int, default=2**28)
     ap.add_argument("--domains", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args(argv)
     ops = args.ops - args.ops % SLICES
 
-    gc.collect()
-    base = run_baseline(ops, args.pages, args.domains, args.seed, args.workload)
-    run = WORKLOADS[args.workload](ops, args.pages, args.domains, args.seed)
+    times: list[tuple[float, float]] = []  # (baseline, pool) seconds of each run
+    for i in range(max(args.repeat, 1)):
+        run = base = None  # let the previous run's pool go before the next one is built
+        gc.collect()
+        base = run_baseline(ops, args.pages, args.domains, args.seed, args.workload)
+        run = WORKLOADS[args.workload](ops, args.pages, args.domains, args.seed)
+        times.append((base.seconds, run.seconds))
+        if args.repeat > 1:
+            print(f"run {i + 1}: pool ops/s {ops / run.seconds:,.0f}  baseline ops/s {ops / base.seconds:,.0f}"
+                  f"  ratio {run.seconds / base.seconds:.2f}")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if args.repeat > 1:
+        rates = sorted(ops / p for _, p in times)
+        ratios = sorted(p / b for b, p in times)
+        print(f"median of {len(times)}: pool ops/s {statistics.median(rates):,.0f}"
+              f"  ratio {statistics.median(ratios):.2f}  (best {rates[-1]:,.0f}, worst {rates[0]:,.0f});"
+              " details of the last run:")
     pool = run.pool
     assert pool is not None
 
