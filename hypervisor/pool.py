@@ -239,12 +239,12 @@ class _FreeSpace:
 class _Holdings:
     """One owner's extents in address order, as two parallel lists, and where it grows next.
 
-    Sorted so that ownership of a run is one bisect, and kept maximal (neighbours merged)
-    so that "wholly owned" means "inside one extent". Lists rather than arrays: an owner
-    holds a few extents (see the placement policy), and reading an array element builds a
-    new int each time, which made every operation measurably slower (arrays would save
-    about 60 bytes an extent). Callers guarantee disjointness on `add` and containment on
-    `remove`.
+    Sorted so that ownership of a run is one bisect (release does it inline), and kept
+    maximal (neighbours merged) so that "wholly owned" means "inside one extent". Lists
+    rather than arrays: an owner holds a few extents (see the placement policy), and
+    reading an array element builds a new int each time, which made every operation
+    measurably slower (arrays would save about 60 bytes an extent). Callers guarantee
+    disjointness on `add` and containment on `remove`.
 
     `frontier` and `holes` are hints for placing the owner's next grants, never part of the
     books (audit ignores them; a grant checks free space before using them). `frontier` is
@@ -271,11 +271,6 @@ class _Holdings:
 
     def extents(self) -> list[Extent]:
         return list(map(_extent, zip(self.starts, self.counts)))
-
-    def covers(self, start: int, count: int) -> bool:
-        """True if [start, start+count) lies inside one extent (so wholly inside the set)."""
-        i = bisect_right(self.starts, start) - 1
-        return i >= 0 and start + count <= self.starts[i] + self.counts[i]
 
     def overlap(self, start: int, count: int) -> int:
         """How many pages of [start, start+count) the set holds (used for error messages)."""
