@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="no live progress")
     sub.add_parser("list", help="the scenarios shipped with ballonet")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the runner's `finally` stops every process it started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     if args.command == "list":
         for path in sorted(SHIPPED.glob("*.toml")):
