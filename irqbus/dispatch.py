@@ -29,7 +29,7 @@ class Send:
     frame: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     reply: bytes | None  # None: nothing to send the requester now (its query is open)
     op: str | None = None
@@ -42,7 +42,7 @@ class Outcome:
     sends: list[Send] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Result:
     result: dict[str, Any] | None  # None: deferred
     fields: dict[str, Any] = field(default_factory=dict)
@@ -51,7 +51,8 @@ class _Result:
 
 def irq_events(machine: GuestMachine, deliveries: list[Delivery]) -> list[Send]:
     """Each delivery becomes an `irq` event on the guest's own session, and nowhere else."""
-    return [Send(machine.client, envelope.encode(envelope.event("irq", d.event_args()))) for d in deliveries]
+    client, encode, event = machine.client, envelope.encode, envelope.event
+    return [Send(client, encode(event("irq", d.event_args()))) for d in deliveries]
 
 
 class IrqBus:
@@ -77,6 +78,8 @@ class IrqBus:
             "show": self._show,
             "interrupts": self._interrupts,
         }
+        # Each operation with its argument schema, looked up once per request.
+        self._served = {name: (lookup(name, Endpoint.IRQBUS), handler) for name, handler in self._handlers.items()}
 
     # -- the shell's entry points ------------------------------------------------------------------
 
@@ -99,9 +102,12 @@ class IrqBus:
             return Outcome(None, req.op, req.seq, req.client, replayed=True, fields={"query": waiting.id})
 
         try:
-            op = lookup(req.op, Endpoint.IRQBUS)
-            args = op.validate(req.args)
-            done = self._handlers[op.name](req.client, args, now, req.seq)
+            served = self._served.get(req.op)
+            if served is None:
+                lookup(req.op, Endpoint.IRQBUS)  # raises ENOSYS or EPERM, saying which
+                raise WireError(ErrorCode.ENOSYS, f"operation {req.op!r} is not served by irqbus")
+            op, handler = served
+            done = handler(req.client, op.validate(req.args), now, req.seq)
         except WireError as err:
             return self._error(req, err.code, err.message)
         if done.result is None:
@@ -270,7 +276,7 @@ class IrqBus:
 
     def _raised(self, machine: GuestMachine, device: Device, deliveries: list[Delivery], merged: int) -> _Result:
         result = {"gen": device.gen, "merged": merged, "delivered": len(deliveries)}
-        fields = self._guest_fields(machine, device=device.name, gen=device.gen, merged=merged, delivered=len(deliveries))
+        fields = {"domid": machine.domid, "guest": machine.name, "device": device.name, **result}
         return _Result(result, fields, irq_events(machine, deliveries))
 
     def _lower(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:

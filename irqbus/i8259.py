@@ -128,6 +128,11 @@ class PIC:
         self._output = False
         self.on_output = on_output
 
+    def _pin(self, pin: object) -> int:
+        if type(pin) is int and 0 <= pin < PINS_PER_PIC:  # the common case, no message built
+            return pin
+        return _check_pin(pin, PINS_PER_PIC, f"{self.name} pin")
+
     def _update_output(self) -> None:
         """Re-evaluate INT after any state change and tell whoever the wire is connected to."""
         output = self.highest_request() is not None
@@ -140,31 +145,30 @@ class PIC:
 
     def set_line(self, pin: int, level: bool) -> None:
         """Drive input `pin`: edge inputs latch IRR only on 0->1, level inputs' IRR follows."""
-        pin = _check_pin(pin, PINS_PER_PIC, f"{self.name} pin")
+        pin = self._pin(pin)
         level = _check_level(level)
         bit = 1 << pin
+        irr = self._irr
         if self._elcr & bit:
-            if level:
-                self._irr |= bit
-            else:
-                self._irr &= ~bit
+            self._irr = irr | bit if level else irr & ~bit
         elif level and not self._lines & bit:
-            self._irr |= bit
+            self._irr = irr | bit
         # An edge input's falling edge leaves a latched request alone: the 8259A holds IRR
         # until INTA, which is why a short pulse is never lost (unlike on the IOAPIC).
         self._lines = self._lines | bit if level else self._lines & ~bit
-        self._update_output()
+        if self._irr != irr:  # INT depends on IRR, not on the line itself
+            self._update_output()
 
     def line(self, pin: int) -> bool:
         """The level last driven on `pin`."""
-        pin = _check_pin(pin, PINS_PER_PIC, f"{self.name} pin")
+        pin = self._pin(pin)
         return bool(self._lines & (1 << pin))
 
     # -- configuration --------------------------------------------------------------------
 
     def set_trigger(self, pin: int, level: bool) -> None:
         """Program the ELCR bit: level=True makes IRR follow the line from now on."""
-        pin = _check_pin(pin, PINS_PER_PIC, f"{self.name} pin")
+        pin = self._pin(pin)
         level = _check_level(level)
         bit = 1 << pin
         if level and self.fixed_edge & bit:
@@ -179,7 +183,7 @@ class PIC:
 
     def is_level(self, pin: int) -> bool:
         """True if `pin` is level-triggered (its ELCR bit is set)."""
-        pin = _check_pin(pin, PINS_PER_PIC, f"{self.name} pin")
+        pin = self._pin(pin)
         return bool(self._elcr & (1 << pin))
 
     def set_elcr(self, elcr: int) -> None:
@@ -202,23 +206,23 @@ class PIC:
 
     def mask(self, pin: int) -> None:
         """Set one IMR bit."""
-        pin = _check_pin(pin, PINS_PER_PIC, f"{self.name} pin")
+        pin = self._pin(pin)
         self._imr |= 1 << pin
         self._update_output()
 
     def unmask(self, pin: int) -> None:
         """Clear one IMR bit; a request latched while masked becomes deliverable."""
-        pin = _check_pin(pin, PINS_PER_PIC, f"{self.name} pin")
+        pin = self._pin(pin)
         self._imr &= ~(1 << pin)
         self._update_output()
 
     def is_masked(self, pin: int) -> bool:
-        pin = _check_pin(pin, PINS_PER_PIC, f"{self.name} pin")
+        pin = self._pin(pin)
         return bool(self._imr & (1 << pin))
 
     def set_lowest_priority(self, pin: int) -> None:
         """OCW2 'set priority': `pin` becomes lowest, so pin+1 becomes highest."""
-        pin = _check_pin(pin, PINS_PER_PIC, f"{self.name} pin")
+        pin = self._pin(pin)
         self._priority_add = (pin + 1) % PINS_PER_PIC
         self._update_output()
 
@@ -266,7 +270,7 @@ class PIC:
 
     def in_service(self, pin: int) -> bool:
         """ISR bit of `pin`; how a guest tells a genuine IRQ7/15 from a spurious one."""
-        pin = _check_pin(pin, PINS_PER_PIC, f"{self.name} pin")
+        pin = self._pin(pin)
         return bool(self._isr & (1 << pin))
 
     # -- INTA and EOI ---------------------------------------------------------------------
@@ -310,7 +314,7 @@ class PIC:
             if target is None:
                 return None
         else:
-            target = _check_pin(pin, PINS_PER_PIC, f"{self.name} pin")
+            target = self._pin(pin)
         bit = 1 << target
         was_set = bool(self._isr & bit)
         self._isr &= ~bit
@@ -321,7 +325,7 @@ class PIC:
 
     def vector(self, pin: int) -> int:
         """The vector this chip puts on the bus for `pin` (ICW2 base + pin)."""
-        pin = _check_pin(pin, PINS_PER_PIC, f"{self.name} pin")
+        pin = self._pin(pin)
         return self.vector_base + pin
 
     def snapshot(self) -> PicState:

@@ -135,7 +135,7 @@ class RedirectionEntry:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one per interrupt, and a frozen init costs 3x
 class Delivery:
     """One interrupt message the IOAPIC sends; `level` tells the LAPIC to broadcast the EOI."""
 
@@ -162,6 +162,8 @@ class IOAPIC:
         return self._pins
 
     def _check_pin(self, pin: object) -> int:
+        if type(pin) is int and 0 <= pin < self._pins:  # the common case, decided in one test
+            return pin
         if isinstance(pin, bool) or not isinstance(pin, int):
             raise ValueError(f"IOAPIC pin must be an integer, got {pin!r}")
         if not 0 <= pin < self._pins:

@@ -97,9 +97,9 @@ class Delivery:
         return args
 
 
-@dataclass
+@dataclass(slots=True)
 class RaiseResult:
-    deliveries: list[Delivery] = field(default_factory=list)
+    deliveries: list[Delivery]
     merged: int = 0
 
 
@@ -176,35 +176,36 @@ class GuestMachine:
         return out
 
     @staticmethod
-    def _latch(device: Device, result: RaiseResult) -> None:
-        """Set the status latch for one more interrupt; it merges into a pending one the
-        guest has not been shown yet."""
-        if device.status and device.seen_gen < device.gen:
-            device.merged += 1
-            result.merged += 1
+    def _latch(device: Device) -> int:
+        """Set the status latch for one more interrupt; returns 1 if it merged into a pending
+        one the guest has not been shown yet."""
+        merged = 1 if device.status and device.seen_gen < device.gen else 0
+        device.merged += merged
         device.gen += 1
         device.status = True
+        return merged
 
     def raise_device(self, device: Device, count: int = 1) -> RaiseResult:
         """The device signals `count` interrupts: latch set, then its line or its MSI."""
-        result = RaiseResult()
+        if device.kind is DeviceKind.MSI:
+            signal = self._fire_msi
+        elif device.level:
+            signal = self._assert
+        else:
+            signal = self._pulse
+        result = RaiseResult([])
         for _ in range(count):
-            self._latch(device, result)
-            if device.kind is DeviceKind.MSI:
-                result.deliveries += self._fire_msi(device)
-            elif device.level:
-                result.deliveries += self._set_source(device, True)
-            else:
-                result.deliveries += self._pulse(device)
+            result.merged += self._latch(device)
+            result.deliveries += signal(device)
         return result
 
     def pulse_device(self, device: Device, count: int = 1) -> RaiseResult:
         """An edge from any pin device (a level device's line returns to what it holds)."""
         if device.kind is DeviceKind.MSI:
             return self.raise_device(device, count)
-        result = RaiseResult()
+        result = RaiseResult([])
         for _ in range(count):
-            self._latch(device, result)
+            result.merged += self._latch(device)
             result.deliveries += self._pulse(device)
         return result
 
@@ -330,6 +331,9 @@ class GuestMachine:
             # a falling line never makes a request (a level IRR just follows it down)
             return self._service_pic() if after else []
         return self._apic(self.ioapic.set_line(pin, after))
+
+    def _assert(self, device: Device) -> list[Delivery]:
+        return self._set_source(device, True)
 
     def _pulse(self, device: Device) -> list[Delivery]:
         """Drive the line the other way and back: up-down normally, down-up while held."""

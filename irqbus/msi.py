@@ -150,6 +150,8 @@ class MsixTable:
         return self._n
 
     def _check_entry(self, entry: object) -> int:
+        if type(entry) is int and 0 <= entry < self._n:  # the common case, decided in one test
+            return entry
         if isinstance(entry, bool) or not isinstance(entry, int):
             raise ValueError(f"MSI-X entry must be an integer, got {entry!r}")
         if not 0 <= entry < self._n:

@@ -103,17 +103,26 @@ class RpcClient:
             pass
 
     def _await_reply(self, seq: int, deadline: float) -> dict[str, Any] | None:
+        """Block in libzmq itself (a receive timeout) rather than in a Python poll: right after
+        a send, the less this process runs, the sooner the request is on its way."""
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self.socket.poll(max(1, int(left * 1000)), zmq.POLLIN):
+            if left <= 0:
                 return None
-            body = self._receive_one()
+            self.socket.setsockopt(zmq.RCVTIMEO, max(1, int(left * 1000)))
+            try:
+                frames = self.socket.recv_multipart()
+            except zmq.Again:
+                return None
+            body = self._decode(frames)
             if body is not None and body.get("seq") == seq:
                 return body
             # a late reply to an earlier attempt, or garbage: ignore it
 
     def _receive_one(self) -> dict[str, Any] | None:
-        frames = self.socket.recv_multipart()
+        return self._decode(self.socket.recv_multipart())
+
+    def _decode(self, frames: list[bytes]) -> dict[str, Any] | None:
         try:
             body = envelope.decode_incoming(frames[-1])
         except envelope.EnvelopeError:

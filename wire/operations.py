@@ -156,10 +156,19 @@ def choice(*values: str) -> Validator:
 _DEVICE_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_DEVICE_NAME - 1}}}")
 
 
+_GOOD_DEVICE_NAMES: set[str] = set()  # every raise names its device: match each name once
+_GOOD_DEVICE_NAMES_MAX = 8192
+
+
 def device_name(name: str, value: Any) -> str:
     """Device names end up in /proc/interrupts and on command lines: letters, digits, _ . -"""
+    if type(value) is str and value in _GOOD_DEVICE_NAMES:
+        return value
     if not isinstance(value, str) or _DEVICE_NAME.fullmatch(value) is None:
         raise _invalid(name, f"a device name of 1..{MAX_DEVICE_NAME} letters, digits, '_', '.', '-'", value)
+    if len(_GOOD_DEVICE_NAMES) >= _GOOD_DEVICE_NAMES_MAX:  # a client inventing names cannot grow it
+        _GOOD_DEVICE_NAMES.clear()
+    _GOOD_DEVICE_NAMES.add(value)
     return value
 
 
@@ -273,9 +282,10 @@ class Operation:
             if name not in args:
                 raise WireError(ErrorCode.EINVAL, f"{self.name}: missing argument '{name}'")
             checked[name] = check(name, args[name])
-        for name, check in self.optional.items():
-            if name in args:
-                checked[name] = check(name, args[name])
+        if len(checked) < len(args):  # some optional ones were given
+            for name, check in self.optional.items():
+                if name in args:
+                    checked[name] = check(name, args[name])
         return checked
 
 

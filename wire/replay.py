@@ -29,25 +29,17 @@ class ReplayRecord:
         self.max_clients = max_clients
         self._clients: collections.OrderedDict[str, collections.OrderedDict[int, Answered]] = collections.OrderedDict()
 
-    def lookup(self, client: str, seq: int) -> Answered | None:
-        window = self._clients.get(client)
-        if window is None:
-            return None
-        self._clients.move_to_end(client)
-        return window.get(seq)
-
-    def is_stale(self, client: str, seq: int) -> bool:
-        """True when seq is older than everything remembered for this client (and not remembered)."""
-        window = self._clients.get(client)
-        return bool(window) and len(window) >= self.per_client and seq < next(iter(window))
-
     def verdict(self, client: str, seq: int, op: str) -> Answered | str | None:
         """Before executing a request: None, it is new; Answered, reply from the record; a
         message, refuse it (EPROTO): its seq was used for another op, or is older than the record."""
-        answered = self.lookup(client, seq)
+        window = self._clients.get(client)
+        if window is None:
+            return None
+        answered = window.get(seq)
         if answered is not None:
+            self._clients.move_to_end(client)
             return answered if answered.op == op else f"sequence {seq} was already used for {answered.op!r}"
-        if self.is_stale(client, seq):
+        if len(window) >= self.per_client and seq < next(iter(window)):
             return f"sequence {seq} is older than this client's remembered requests"
         return None
 
