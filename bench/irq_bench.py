@@ -11,15 +11,19 @@ The relay is the cheapest two-hop path pyzmq offers: a ROUTER that forwards each
 came to the receiver and acks the device, as irqbus replies to a device's `raise`. Both devices
 do the same: send, wait for the reply, wait for their next slot. Latency is the receiver's (the
 handler's) clock minus the device's clock at send; CLOCK_MONOTONIC is system-wide, so the two
-processes' clocks agree. Throughput: the devices send back to back for a while; the receiver
-counts. The machines are shared and noisy: the relay is measured again right before each
-path and that path's ratios are against it; read the ratios, and run it twice.
+processes' clocks agree. Throughput: the devices send back to back; the receiver counts.
+
+Why interleaved: the machines are shared, and their load drifts within seconds (a relay run
+alone here swings 260-900 us at p50). So both setups run side by side for the whole path, idle
+in turn, and the devices take turns in short blocks -- relay, irqbus, irqbus, relay, ... --
+so that every stretch of noise is seen by both. The ratios are of the pooled samples; the
+spread of the per-block ratios is printed to show how much one block alone can be trusted.
 
 `unseen`: samples whose raise the handler never saw on its own because it merged into a later
 interrupt (an i8259 pin holds one request while the previous one is in service, until the
 guest's ack comes back); the relay cannot merge, so any there are losses.
 
-    python bench/irq_bench.py [--samples 2000] [--period-ms 1] [--seconds 2] [--repeat 3]
+    python bench/irq_bench.py [--samples 3000] [--rounds 10] [--period-ms 1] [--seconds 3]
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +46,7 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-PATHS = {  # name: (guest --device spec, irqbus attach args, what it exercises)
+PATHS = {  # name: (guest --device spec, irqbus attach args)
     "i8259 edge pin 5": ("bench0:pin=5:edge", {"pin": 5, "trigger": "edge"}),
     "IOAPIC edge pin 20": ("bench0:pin=20:edge", {"pin": 20, "trigger": "edge"}),
     "MSI-X": ("bench0:msi", {"msi": True}),
@@ -97,29 +102,22 @@ def relay_receiver(endpoint: str, ready: Any, stop: Any, results: Any) -> None:
     ctx.term()
 
 
-def relay_device(endpoint: str, samples: int, period: float, seconds: float, results: Any) -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.connect(endpoint)
-    time.sleep(0.3)
-    sent: dict[int, float] = {}
-    i = 0
-    start = time.monotonic()
-    for n in range(samples):  # latency: one at a time, spaced
-        i += 1
-        sent[i] = time.monotonic()  # before building the message, as the irqbus device's clock
-        sock.send(msgpack.packb({"i": i, "op": "raise"}))
-        sock.recv()
-        _sleep_until(start + (n + 1) * period)
-    throughput_from = i + 1
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:  # throughput: back to back
-        i += 1
-        sock.send(msgpack.packb({"i": i, "op": "raise"}))
-        sock.recv()
-    results.put((sent, throughput_from, i, time.monotonic() - t0))
-    sock.close(0)
-    ctx.term()
+class RelayDevice:
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.connect(endpoint)
+        self.i = 0
+
+    def raise_once(self) -> int:
+        self.i += 1
+        self.sock.send(msgpack.packb({"i": self.i, "op": "raise"}))
+        self.sock.recv()
+        return self.i
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
 
 
 # --- irqbus: the real bus, the real guest attachment ----------------------------------------------
@@ -158,31 +156,50 @@ def guest_process(endpoint: str, spec: str, ready: Any, stop: Any, results: Any)
     attachment.close()
 
 
-def irq_device(endpoint: str, attach: dict[str, Any], samples: int, period: float, seconds: float, results: Any) -> None:
-    from wire.client import RpcClient
+class IrqbusDevice:
+    def __init__(self, endpoint: str, attach: dict[str, Any]) -> None:
+        from wire.client import RpcClient
 
-    client = RpcClient(endpoint, timeout=5.0)
-    client.call("attach_device", {"guest": "bench", "device": "bench0", **attach})
-    target = {"guest": "bench", "device": "bench0"}
-    sock = client.socket
-    sent: dict[int, float] = {}
-    start = time.monotonic()
-    gen = 0
-    for n in range(samples):
-        t = time.monotonic()
-        gen = client.call("raise", target)["gen"]
-        sent[gen] = t
-        _sleep_until(start + (n + 1) * period)
-    throughput_from = gen + 1
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        gen = client.call("raise", target)["gen"]
-    results.put((sent, throughput_from, gen, time.monotonic() - t0))
-    del sock
-    client.close()
+        self.client = RpcClient(endpoint, timeout=5.0)
+        self.client.call("attach_device", {"guest": "bench", "device": "bench0", **attach})
+        self.target = {"guest": "bench", "device": "bench0"}
+
+    def raise_once(self) -> int:
+        return int(self.client.call("raise", self.target)["gen"])
+
+    def close(self) -> None:
+        self.client.close()
 
 
-# --- measuring ------------------------------------------------------------------------------------
+# --- the devices take turns -----------------------------------------------------------------------
+
+
+def device_process(endpoint: str, attach: dict[str, Any] | None, commands: Any, results: Any) -> None:
+    """Raise on command: ("latency", n, period) one at a time, spaced; ("throughput", seconds)
+    back to back; ("stop",)."""
+    device: RelayDevice | IrqbusDevice = RelayDevice(endpoint) if attach is None else IrqbusDevice(endpoint, attach)
+    time.sleep(0.3)
+    while True:
+        command = commands.get()
+        if command[0] == "latency":
+            _, n, period = command
+            sent: dict[int, float] = {}
+            start = time.monotonic()
+            for k in range(n):
+                t = time.monotonic()  # before building the message, on both sides
+                sent[device.raise_once()] = t
+                _sleep_until(start + (k + 1) * period)
+            results.put(sent)
+        elif command[0] == "throughput":
+            first = None
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < command[1]:
+                key = device.raise_once()
+                first = key if first is None else first
+            results.put((first, key, time.monotonic() - t0))
+        else:
+            break
+    device.close()
 
 
 def _sleep_until(deadline: float) -> None:
@@ -191,96 +208,128 @@ def _sleep_until(deadline: float) -> None:
         time.sleep(left)
 
 
+@dataclass
+class Side:
+    """One setup (relay or irqbus) with its device, and what its device sent so far."""
+
+    name: str
+    commands: Any
+    results: Any
+    device: Any
+    sent: dict[int, float] = field(default_factory=dict)
+    block_sent: list[dict[int, float]] = field(default_factory=list)
+    throughput: list[tuple[int, int, float]] = field(default_factory=list)
+
+    def latency_block(self, n: int, period: float) -> None:
+        self.commands.put(("latency", n, period))
+        block = self.results.get(timeout=600)
+        self.sent.update(block)
+        self.block_sent.append(block)
+
+    def throughput_block(self, seconds: float) -> None:
+        self.commands.put(("throughput", seconds))
+        self.throughput.append(self.results.get(timeout=600))
+
+
+# --- measuring ------------------------------------------------------------------------------------
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def summarise(sent: dict[int, float], seen: dict[int, float], throughput_from: int, last: int, took: float) -> dict[str, float]:
-    latencies = [(seen[i] - t) * 1e6 for i, t in sent.items() if i in seen]
-    delivered = sum(1 for i in range(throughput_from, last + 1) if i in seen)
+def latencies(sent: dict[int, float], seen: dict[int, float]) -> list[float]:
+    return [(seen[i] - t) * 1e6 for i, t in sent.items() if i in seen]
+
+
+def summarise(side: Side, seen: dict[int, float]) -> dict[str, float]:
+    values = latencies(side.sent, seen)
+    delivered = sum(sum(1 for i in range(first, last + 1) if i in seen) for first, last, _ in side.throughput)
     return {
-        "p50": statistics.median(latencies),
-        "p99": _percentile(latencies, 0.99),
-        "unseen": len(sent) - len(latencies),
-        "rate": delivered / took,
+        "p50": statistics.median(values),
+        "p99": _percentile(values, 0.99),
+        "unseen": len(side.sent) - len(values),
+        "rate": delivered / sum(took for _, _, took in side.throughput),
     }
 
 
-def run_relay(tmp: Path, args: argparse.Namespace) -> dict[str, float]:
-    ep = f"ipc://{tmp}/relay"
-    ready, rready, stop = mp.Event(), mp.Event(), mp.Event()
-    got, dev_q = mp.Queue(), mp.Queue()
-    r = mp.Process(target=relay, args=(ep, ready, stop))
-    r.start()
-    ready.wait(10)
-    rec = mp.Process(target=relay_receiver, args=(ep, rready, stop, got))
-    rec.start()
-    rready.wait(10)
-    dev = mp.Process(target=relay_device, args=(ep, args.samples, args.period_ms / 1000, args.seconds, dev_q))
-    dev.start()
-    sent, first, last, took = dev_q.get(timeout=600)
-    time.sleep(0.3)
-    stop.set()
-    seen = got.get(timeout=60)
-    for p in (dev, rec, r):
-        p.join(10)
-    return summarise(sent, seen, first, last, took)
-
-
-def run_irqbus(tmp: Path, args: argparse.Namespace, name: str) -> dict[str, float]:
+def measure(tmp: Path, args: argparse.Namespace, name: str) -> tuple[dict[str, float], dict[str, float], list[float]]:
     spec, attach = PATHS[name]
-    ep = f"ipc://{tmp}/irq-{len(name)}-{attach.get('pin', 'msi')}"
+    relay_ep = f"ipc://{tmp}/relay"
+    bus_ep = f"ipc://{tmp}/irqbus"
+    stop = mp.Event()
+    relay_seen, guest_seen = mp.Queue(), mp.Queue()
+    procs: list[mp.Process] = []
     bus = subprocess.Popen(
-        [sys.executable, "-m", "irqbus", "serve", "--endpoint", ep, "--log-level", "warning"],
+        [sys.executable, "-m", "irqbus", "serve", "--endpoint", bus_ep, "--log-level", "warning"],
         cwd=REPO, stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
     try:
-        time.sleep(0.8)
-        ready, stop = mp.Event(), mp.Event()
-        got, dev_q = mp.Queue(), mp.Queue()
-        guest = mp.Process(target=guest_process, args=(ep, spec, ready, stop, got))
-        guest.start()
-        ready.wait(20)
-        dev = mp.Process(target=irq_device, args=(ep, attach, args.samples, args.period_ms / 1000, args.seconds, dev_q))
-        dev.start()
-        sent, first, last, took = dev_q.get(timeout=600)
+        ready = [mp.Event() for _ in range(3)]
+        procs.append(mp.Process(target=relay, args=(relay_ep, ready[0], stop)))
+        procs[-1].start()
+        ready[0].wait(10)
+        procs.append(mp.Process(target=relay_receiver, args=(relay_ep, ready[1], stop, relay_seen)))
+        procs[-1].start()
+        time.sleep(0.8)  # irqbus is up
+        procs.append(mp.Process(target=guest_process, args=(bus_ep, spec, ready[2], stop, guest_seen)))
+        procs[-1].start()
+        for event in ready[1:]:
+            event.wait(20)
+        sides = []
+        for side_name, side_ep, side_attach in (("relay", relay_ep, None), ("irqbus", bus_ep, attach)):
+            commands, results = mp.Queue(), mp.Queue()
+            device = mp.Process(target=device_process, args=(side_ep, side_attach, commands, results))
+            device.start()
+            sides.append(Side(side_name, commands, results, device))
+        base, bus_side = sides
+        block = max(1, args.samples // args.rounds)
+        for r in range(args.rounds):
+            for side in sides if r % 2 == 0 else sides[::-1]:  # neither always goes first
+                side.latency_block(block, args.period_ms / 1000)
+        for r in range(args.rounds):
+            for side in sides if r % 2 == 0 else sides[::-1]:
+                side.throughput_block(args.seconds / args.rounds)
+        for side in sides:
+            side.commands.put(("stop",))
+            side.device.join(10)
         time.sleep(0.3)
         stop.set()
-        seen = got.get(timeout=60)
-        for p in (dev, guest):
-            p.join(10)
+        seen_relay, seen_guest = relay_seen.get(timeout=60), guest_seen.get(timeout=60)
+        block_ratios = [
+            statistics.median(latencies(b, seen_guest)) / statistics.median(latencies(a, seen_relay))
+            for a, b in zip(base.block_sent, bus_side.block_sent)
+            if latencies(a, seen_relay) and latencies(b, seen_guest)
+        ]
+        return summarise(base, seen_relay), summarise(bus_side, seen_guest), block_ratios
     finally:
+        stop.set()
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
         bus.terminate()
         bus.wait(10)
-    return summarise(sent, seen, first, last, took)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=2000, help="latency samples per path")
+    parser.add_argument("--samples", type=int, default=3000, help="latency samples per side and path")
+    parser.add_argument("--rounds", type=int, default=10, help="turns each side takes; samples and seconds are split among them")
     parser.add_argument("--period-ms", type=float, default=1.0, help="spacing of latency samples")
-    parser.add_argument("--seconds", type=float, default=2.0, help="throughput run per path")
+    parser.add_argument("--seconds", type=float, default=3.0, help="throughput run per side and path")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated: " + ", ".join(PATHS))
-    parser.add_argument("--repeat", type=int, default=1, help="relay/irqbus pairs per path; the ratios' medians are judged")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bn-ib-"))
-    print(f"{'path':<24} {'p50 us':>8} {'p99 us':>8} {'unseen':>6} {'irq/s':>8}   {'p50 x':>6} {'p99 x':>6} {'rate x':>6}")
+    print(f"{'path':<24} {'p50 us':>8} {'p99 us':>8} {'unseen':>6} {'irq/s':>8}   {'p50 x':>6} {'p99 x':>6} {'rate x':>6}   per-block p50 x")
     verdicts = []
     for name in [p.strip() for p in args.paths.split(",") if p.strip()]:
-        ratios = []
-        for _ in range(args.repeat):
-            # The relay is measured right before each irqbus run: the load on a shared machine
-            # drifts, and a ratio against a baseline taken a minute earlier measures the drift.
-            base = run_relay(tmp, args)
-            print(f"{'raw relay (baseline)':<24} {base['p50']:>8.0f} {base['p99']:>8.0f} {base['unseen']:>6.0f} {base['rate']:>8.0f}")
-            m = run_irqbus(tmp, args, name)
-            ratios.append((m["p50"] / base["p50"], m["p99"] / base["p99"], m["rate"] / base["rate"]))
-            r50, r99, rr = ratios[-1]
-            print(f"{'irqbus ' + name:<24} {m['p50']:>8.0f} {m['p99']:>8.0f} {m['unseen']:>6.0f} {m['rate']:>8.0f}   {r50:>6.2f} {r99:>6.2f} {rr:>6.2f}")
-        r50, r99, rr = (statistics.median(r[i] for r in ratios) for i in range(3))
-        if args.repeat > 1:
-            print(f"{'  median of ' + str(args.repeat):<24} {'':>8} {'':>8} {'':>6} {'':>8}   {r50:>6.2f} {r99:>6.2f} {rr:>6.2f}")
+        base, m, blocks = measure(tmp, args, name)
+        r50, r99, rr = m["p50"] / base["p50"], m["p99"] / base["p99"], m["rate"] / base["rate"]
+        spread = f"{min(blocks):.2f} / {statistics.median(blocks):.2f} / {max(blocks):.2f} (min/median/max)" if blocks else ""
+        print(f"{'raw relay (baseline)':<24} {base['p50']:>8.0f} {base['p99']:>8.0f} {base['unseen']:>6.0f} {base['rate']:>8.0f}")
+        print(f"{'irqbus ' + name:<24} {m['p50']:>8.0f} {m['p99']:>8.0f} {m['unseen']:>6.0f} {m['rate']:>8.0f}   {r50:>6.2f} {r99:>6.2f} {rr:>6.2f}   {spread}")
         verdicts.append(r50 <= 1.5 and r99 <= 2.0)
     print("goal: p50 within 1.5x and p99 within 2x of the relay:", "met" if all(verdicts) else "NOT met")
     return 0

@@ -73,15 +73,16 @@ class IrqbusAttachment:
         """Drain what irqbus sent. Each interrupt is stamped with the clock as it is handled:
         a batch can be long, and spurious detection judges the gaps between interrupts."""
         clock = self.clock
-        self._on_events(self._queued_events(), now)
+        if self.client.events:
+            self._on_events(self._queued_events(), now)
         sock = self.socket
         for _ in range(DRAIN_BUDGET):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frame = sock.recv(zmq.NOBLOCK)  # one frame per message; a stray part is malformed
             except zmq.Again:
                 break
             try:
-                body = envelope.decode_incoming(frames[-1])
+                body = envelope.decode_incoming(frame)
             except envelope.EnvelopeError:
                 self.link.malformed += 1
                 continue

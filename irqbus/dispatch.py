@@ -31,7 +31,7 @@ class Send:
 
 @dataclass(slots=True)
 class Outcome:
-    reply: bytes | None  # None: nothing to send the requester now (its query is open)
+    reply: bytes | None  # None: nothing to send the requester now (its query is open), or not committed yet
     op: str | None = None
     seq: int | None = None
     client: str | None = None
@@ -40,6 +40,7 @@ class Outcome:
     replayed: bool = False
     fields: dict[str, Any] = field(default_factory=dict)
     sends: list[Send] = field(default_factory=list)
+    result: dict[str, Any] | None = None  # executed, its reply not yet encoded and recorded
 
 
 @dataclass(slots=True)
@@ -84,6 +85,19 @@ class IrqBus:
     # -- the shell's entry points ------------------------------------------------------------------
 
     def handle(self, frame: bytes, now: float) -> Outcome:
+        """Execute a request and commit its reply."""
+        outcome = self.execute(frame, now)
+        self.commit(outcome)
+        return outcome
+
+    def execute(self, frame: bytes, now: float) -> Outcome:
+        """Execute a request: its events (`sends`) are ready to go, its reply is not.
+
+        Why two steps: a device's `raise` is waiting on the guest's interrupt, not on the
+        device's own reply, so the shell sends the events first and then calls `commit`.
+        Nothing may be executed in between: the replay record must hold the reply before the
+        next request is looked at.
+        """
         try:
             req = envelope.decode_request(frame)
         except envelope.EnvelopeError as err:
@@ -110,11 +124,16 @@ class IrqBus:
             done = handler(req.client, op.validate(req.args), now, req.seq)
         except WireError as err:
             return self._error(req, err.code, err.message)
-        if done.result is None:
-            return Outcome(None, req.op, req.seq, req.client, fields=done.fields, sends=done.sends)
-        reply = envelope.encode(envelope.ok_reply(req.seq, done.result))
-        self.record.remember(req.client, req.seq, req.op, reply)
-        return Outcome(reply, req.op, req.seq, req.client, fields=done.fields, sends=done.sends)
+        return Outcome(None, req.op, req.seq, req.client, fields=done.fields, sends=done.sends, result=done.result)
+
+    def commit(self, outcome: Outcome) -> None:
+        """Encode an executed request's reply and record it for retries."""
+        if outcome.result is None:
+            return
+        assert outcome.client is not None and outcome.op is not None and outcome.seq is not None
+        outcome.reply = envelope.encode(envelope.ok_reply(outcome.seq, outcome.result))
+        self.record.remember(outcome.client, outcome.seq, outcome.op, outcome.reply)
+        outcome.result = None
 
     def tick(self, now: float) -> list[Outcome]:
         """Queries whose guest did not answer in time: their askers get ETIMEDOUT."""

@@ -1,7 +1,7 @@
 """irqbus's ZeroMQ shell: one ROUTER socket; the core decides, this sends and logs.
 
-Events for a guest are sent before the reply to whoever caused them, so a device's raise
-reaches the guest's handler one hop after it reaches irqbus.
+Events for a guest are sent before the reply to whoever caused them is even encoded, so a
+device's raise reaches the guest's handler one hop after it reaches irqbus.
 """
 
 from __future__ import annotations
@@ -88,11 +88,12 @@ class IrqbusService:
             self.log.warning("request refused", error=str(ErrorCode.EPROTO), message=msg)
             self.socket.send_multipart([identity, *delimiter, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
             return
-        outcome = self.bus.handle(body[0], self.clock())
+        outcome = self.bus.execute(body[0], self.clock())
         client = outcome.client
         if client is not None and self.bus.wants_route(client):
             self._routes[client] = identity
-        self._push(outcome)
+        self._push(outcome)  # a guest's interrupt first; the device's reply can wait a little
+        self.bus.commit(outcome)
         if outcome.reply is not None:
             self.socket.send_multipart([identity, *delimiter, outcome.reply])
         self._log(outcome)
