@@ -67,7 +67,7 @@ class HandlerFault:
 def handle_interrupt(table: IrqTable, irq: int, now: float, cpu: int = 0) -> list[ChipOp]:
     """Deliver one interrupt on `irq` through its line's flow; return the chip operations."""
     desc = table.lookup(irq)
-    if not isinstance(cpu, int) or isinstance(cpu, bool) or not 0 <= cpu < MAX_CPUS:
+    if type(cpu) is not int or not 0 <= cpu < MAX_CPUS:
         raise IrqSetupError(IrqError.EINVAL, f"cpu {cpu!r} is not a CPU number")
     now = table.note_time(now)
     return _FLOWS[desc.flow](table, desc, now, cpu)

@@ -121,6 +121,9 @@ class IrqTable:
 
     def lookup(self, irq: int) -> IrqDesc:
         """The descriptor of `irq`: EINVAL if not an IRQ number at all, ENOENT if unallocated."""
+        desc = self._descs.get(irq) if type(irq) is int else None  # the common case: one lookup
+        if desc is not None:
+            return desc
         if not isinstance(irq, int) or isinstance(irq, bool) or irq < 0:
             raise IrqSetupError(IrqError.EINVAL, f"{irq!r} is not an IRQ number")
         desc = self._descs.get(irq)
@@ -209,6 +212,10 @@ class IrqTable:
 
     def note_time(self, now: float) -> float:
         """Remember the latest time seen, for operations that arrive without one."""
+        if type(now) is float and now == now:  # the common case, decided in one test
+            if now > self.last_now:
+                self.last_now = now
+            return now
         if not isinstance(now, (int, float)) or isinstance(now, bool) or now != now:
             raise IrqSetupError(IrqError.EINVAL, f"time {now!r} is not a number of seconds")
         now = float(now)
