@@ -261,6 +261,7 @@ def measure(tmp: Path, args: argparse.Namespace, name: str) -> tuple[dict[str, f
     stop = mp.Event()
     relay_seen, guest_seen = mp.Queue(), mp.Queue()
     procs: list[mp.Process] = []
+    sides: list[Side] = []
     bus = subprocess.Popen(
         [sys.executable, "-m", "irqbus", "serve", "--endpoint", bus_ep, "--log-level", "warning"],
         cwd=REPO, stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(REPO)),
@@ -277,11 +278,11 @@ def measure(tmp: Path, args: argparse.Namespace, name: str) -> tuple[dict[str, f
         procs[-1].start()
         for event in ready[1:]:
             event.wait(20)
-        sides = []
         for side_name, side_ep, side_attach in (("relay", relay_ep, None), ("irqbus", bus_ep, attach)):
             commands, results = mp.Queue(), mp.Queue()
             device = mp.Process(target=device_process, args=(side_ep, side_attach, commands, results))
             device.start()
+            procs.append(device)
             sides.append(Side(side_name, commands, results, device))
         base, bus_side = sides
         block = max(1, args.samples // args.rounds)
@@ -294,7 +295,7 @@ def measure(tmp: Path, args: argparse.Namespace, name: str) -> tuple[dict[str, f
         for side in sides:
             side.commands.put(("stop",))
             side.device.join(10)
-        time.sleep(0.3)
+        time.sleep(0.3)  # the last raises reach their handlers
         stop.set()
         seen_relay, seen_guest = relay_seen.get(timeout=60), guest_seen.get(timeout=60)
         block_ratios = [
@@ -305,6 +306,8 @@ def measure(tmp: Path, args: argparse.Namespace, name: str) -> tuple[dict[str, f
         return summarise(base, seen_relay), summarise(bus_side, seen_guest), block_ratios
     finally:
         stop.set()
+        for side in sides:
+            side.commands.put(("stop",))
         for p in procs:
             p.join(10)
             if p.is_alive():
