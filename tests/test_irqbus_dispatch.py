@@ -187,6 +187,14 @@ BAD_REQUESTS = [
     ("guest", "chip", {"ops": [{"kind": "mask", "pin": 5}], "clear": [["nic0"]]}, "EINVAL"),
     ("guest", "chip", {"ops": [{"kind": "mask", "pin": 5}], "clear": [["ghost", 1]]}, "ESRCH"),
     ("guest", "chip", {"ops": [{"kind": "mask", "pin": 5}, {"kind": "unmask", "pin": 20}]}, "EINVAL"),  # no vector
+    ("guest", "chip", {"ops": [{"kind": ["mask"], "pin": 5}]}, "EINVAL"),  # unhashable kind
+    ("guest", "chip", {"ops": [{"kind": "mask", "pin": True}]}, "EINVAL"),
+    ("guest", "chip", {"ops": [{"kind": "mask", "pin": 2}]}, "EINVAL"),  # the cascade
+    ("guest", "chip", {"ops": [{"kind": "mask", "pin": 5.0}]}, "EINVAL"),
+    ("guest", "chip", {"clear": [["nic0", True]]}, "EINVAL"),
+    ("guest", "chip", {"clear": [["nic0", 0]]}, "EINVAL"),
+    ("guest", "chip", {"clear": [[["nic0"], 1]]}, "EINVAL"),  # unhashable device name
+    ("guest", "chip", {"clear": [["nic 0", 1]]}, "EINVAL"),
     ("guest", "attach", {"name": "vm-other", "domid": 5}, "EEXIST"),  # one guest per client
     ("guest", "attach", {"name": "vm1", "domid": 0x8000}, "EINVAL"),
     ("guest", "answer", {"query": 0, "text": "x"}, "EINVAL"),

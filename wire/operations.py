@@ -181,6 +181,7 @@ def _pin(name: str, value: Any) -> int:
 
 
 _chip_kind = choice(*CHIP_KINDS)
+_CHIP_KIND_SET = frozenset(CHIP_KINDS)
 _generation = integer(1, MAX_SEQ)
 
 
@@ -190,6 +191,11 @@ def chip_commands(name: str, value: Any) -> list[ChipCommand]:
         raise _invalid(name, f"a list of at most {MAX_CHIP_OPS} chip operations", value)
     out = []
     for i, item in enumerate(value):
+        if type(item) is dict and len(item) == 2:  # the common case, checked without building messages
+            kind, pin = item.get("kind"), item.get("pin")
+            if type(kind) is str and kind in _CHIP_KIND_SET and type(pin) is int and 0 <= pin < IRQBUS_PINS and pin != CASCADE_PIN:
+                out.append(ChipCommand(kind, pin, None))
+                continue
         where = f"{name}[{i}]"
         if not isinstance(item, dict) or "kind" not in item or len(item) != 2 or ("pin" in item) == ("device" in item):
             raise _invalid(where, '{"kind": ..., "pin": N} or {"kind": ..., "device": NAME}', item)
@@ -207,6 +213,11 @@ def status_clears(name: str, value: Any) -> list[tuple[str, int]]:
         raise _invalid(name, f"a list of at most {MAX_CHIP_OPS} [device, generation] pairs", value)
     out = []
     for i, item in enumerate(value):
+        if type(item) is list and len(item) == 2:  # the common case, checked without building messages
+            device, gen = item
+            if type(device) is str and device in _GOOD_DEVICE_NAMES and type(gen) is int and 1 <= gen <= MAX_SEQ:
+                out.append((device, gen))
+                continue
         if not isinstance(item, list) or len(item) != 2:
             raise _invalid(f"{name}[{i}]", "[device, generation]", item)
         out.append((device_name(f"{name}[{i}][0]", item[0]), _generation(f"{name}[{i}][1]", item[1])))
