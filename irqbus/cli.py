@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         route.add_argument("--msi", action="store_true", help="the device signals by MSI-X message")
         cmd.add_argument("--level", action="store_true", help="level-triggered line (held until the driver clears it); default edge")
 
-    client_command("show", "guests, pins, devices, controller registers").add_argument("--json", action="store_true")
+    show = client_command("show", "guests, pins, devices, controller registers")
+    show.add_argument("guest", nargs="?", type=guest_arg, help="only this guest (name or domid)")
+    show.add_argument("--json", action="store_true")
     route_options(device_command("attach", "attach a device to a guest's pin or to MSI"), required=True)
     device_command("detach", "unplug a device")
     device_command("raise", "the device interrupts (level: holds its line; edge: pulses; MSI: a message)").add_argument(
@@ -158,12 +160,23 @@ def _device_process(args: argparse.Namespace, client: RpcClient) -> int:
     return 0
 
 
+def show_all(client: RpcClient, guest: int | str | None) -> dict[str, Any]:
+    """Every page of `show`, as one result."""
+    if guest is not None:
+        return client.call("show", {"guest": guest})
+    result = client.call("show")
+    while result["next"] is not None:
+        more = client.call("show", {"after": result["next"]})
+        result = {**more, "guests": result["guests"] + more["guests"]}
+    return result
+
+
 def run_client(args: argparse.Namespace) -> int:
     endpoint = endpoints.endpoint(args.endpoint, endpoints.IRQBUS_ENV)
     client = RpcClient(endpoint, timeout=args.timeout, retries=1)
     try:
         if args.command == "show":
-            result = client.call("show")
+            result = show_all(client, args.guest)
             print(json.dumps(result, indent=2) if args.json else format_show(result))
         elif args.command == "attach":
             if args.level and args.msi:

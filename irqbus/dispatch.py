@@ -17,6 +17,8 @@ from wire.errors import ErrorCode, WireError
 from wire.operations import Endpoint, lookup
 from wire.replay import Answered, ReplayRecord
 
+SHOW_PAGE_BYTES = 512 * 1024  # half the message limit: the envelope and one more guest always fit
+
 # Per-interrupt traffic is logged at debug level; everything else at info.
 QUIET_OPS = frozenset({"chip", "raise", "lower", "pulse", "msi", "show", "answer", "interrupts", "send_virq"})
 
@@ -326,8 +328,25 @@ class IrqBus:
     # -- inspection --------------------------------------------------------------------------------
 
     def _show(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
-        guests = [m.snapshot(now) for m in sorted(self.router.guests.values(), key=lambda m: m.domid)]
-        return _Result({"guests": guests, "open_queries": len(self.queries)})
+        """One page of guests by domid, from the first after `after`: a thousand guests with
+        their devices do not fit in one message. `next` is the cursor for the following page
+        (nil on the last); a cursor, unlike an offset, skips no guest when others come and go."""
+        if "guest" in args:
+            machines = [self.router.resolve(args["guest"])]
+        else:
+            after = args.get("after", -1)
+            machines = sorted((m for m in self.router.guests.values() if m.domid > after), key=lambda m: m.domid)
+        page: list[dict[str, Any]] = []
+        size = 0
+        for machine in machines:
+            snapshot = machine.snapshot(now)
+            size += len(envelope.encode(snapshot))
+            if page and size > SHOW_PAGE_BYTES:
+                break
+            page.append(snapshot)
+        more = len(page) < len(machines)
+        result = {"guests": page, "open_queries": len(self.queries), "next": page[-1]["domid"] if more else None}
+        return _Result(result, {"guests": len(page), "more": more})
 
     def _interrupts(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         """Forward to the guest; the reply goes out when it answers (or the query times out)."""

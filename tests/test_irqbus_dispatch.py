@@ -8,7 +8,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from irqbus.dispatch import IrqBus, Outcome
+from irqbus.dispatch import SHOW_PAGE_BYTES, IrqBus, Outcome
+from wire import envelope
 
 T = pytest.mark.timeout(5)
 
@@ -354,6 +355,24 @@ def test_show_lists_guests_by_domid(bus, guest):
     other = Peer(bus, "guest-vm0")
     other.call("attach", name="vm0", domid=0)
     assert [g["name"] for g in state(bus)["guests"]] == ["vm0", "vm1"]
+    assert state(bus)["next"] is None
+    assert [g["name"] for g in Peer(bus, "observer-2").call("show", guest=0)["guests"]] == ["vm0"]
+
+
+@T
+def test_show_pages_past_the_message_limit_without_skipping_a_guest(bus, tool):
+    """1,024 guests with a few devices each do not fit in one 1 MiB message: pages by domid."""
+    for domid in range(2, 402):
+        Peer(bus, f"guest-{domid}").call("attach", name=f"vm{domid}", domid=domid)
+        for n in range(8):
+            tool.call("attach_device", guest=domid, device=f"d{domid}-{n}", **({"msi": True} if n % 2 else {"pin": 5 + n}))
+    observer = Peer(bus, "pager")
+    pages = [observer.call("show")]
+    while pages[-1]["next"] is not None:
+        pages.append(observer.call("show", after=pages[-1]["next"]))
+    assert len(pages) > 1
+    assert all(len(envelope.encode(p)) <= SHOW_PAGE_BYTES + 64 * 1024 for p in pages)
+    assert [g["domid"] for p in pages for g in p["guests"]] == list(range(2, 402))
 
 
 @T

@@ -4,6 +4,7 @@ bad input on the wire, and clients that fail fast when nobody answers."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -172,7 +173,7 @@ def test_bad_input_is_answered_and_irqbus_keeps_serving(procs, bus):
         assert ask(req("attach_device", 2, guest="vm1", device="x", pin=24))["error"] == "EINVAL"
         assert ask(req("raise", 3, guest="nobody", device="x"))["error"] == "ESRCH"
         assert ask(req("chip", 4, ops=[{"kind": "mask", "pin": 5}]))["error"] == "ESRCH"
-        assert ask(req("show", 5)) == {"v": 1, "seq": 5, "ok": True, "result": {"guests": [], "open_queries": 0}}
+        assert ask(req("show", 5)) == {"v": 1, "seq": 5, "ok": True, "result": {"guests": [], "open_queries": 0, "next": None}}
     finally:
         sock.close()
         ctx.term()
@@ -181,6 +182,42 @@ def test_bad_input_is_answered_and_irqbus_keeps_serving(procs, bus):
     assert len(refusals) >= 6 and all(e["level"] == "warning" and e["error"] for e in refusals)
     assert procs.stop(bus.proc) == 0  # SIGTERM: a clean stop
     assert any(e.get("event") == "stopped" for e in procs.log_events("irqbus"))
+
+
+@pytest.mark.timeout(60)
+def test_show_reports_every_guest_when_they_do_not_fit_in_one_message(procs, bus):
+    """400 guest sessions with 8 devices each: more than one page of `show`; the CLI pages."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(bus.endpoint)
+    seqs: dict[str, int] = {}
+
+    def call(client: str, op: str, **args: Any) -> dict[str, Any]:
+        seqs[client] = seqs.get(client, 0) + 1
+        sock.send(msgpack.packb({"v": 1, "op": op, "seq": seqs[client], "client": client, "args": args}))
+        assert sock.poll(5000), "no reply"
+        reply = msgpack.unpackb(sock.recv())
+        assert reply["ok"], reply
+        return reply["result"]
+
+    try:
+        for domid in range(1, 401):
+            call(f"session-{domid}", "attach", name=f"vm{domid}", domid=domid)
+            for n in range(8):
+                route = {"msi": True} if n % 2 else {"pin": 5 + n}
+                call("tool", "attach_device", guest=domid, device=f"d{domid}-{n}", **route)
+        assert call("observer", "show")["next"] is not None  # one message does not hold them all
+        shown = bus.show()
+        assert sorted(g["domid"] for g in shown.values()) == list(range(1, 401))
+        assert all(len(g["devices"]) == 8 for g in shown.values())
+        one = bus.cmd("show", "vm7", "--json")
+        assert [g["name"] for g in json.loads(one.stdout)["guests"]] == ["vm7"]
+        text = bus.cmd("show").stdout
+        assert "guest vm1 (domid 1)" in text and "guest vm400 (domid 400)" in text
+    finally:
+        sock.close()
+        ctx.term()
 
 
 @pytest.mark.timeout(60)

@@ -361,7 +361,7 @@ OPERATIONS: dict[str, Operation] = {
         # irqbus, the hypervisor's virtual interrupts
         Operation("send_virq", Endpoint.IRQBUS, {"guest": domain_ref, "virq": choice(*VIRQS)}),
         # irqbus, inspection
-        Operation("show", Endpoint.IRQBUS),
+        Operation("show", Endpoint.IRQBUS, {}, {"guest": domain_ref, "after": integer(-1, MAX_DOMID)}),
         Operation("interrupts", Endpoint.IRQBUS, {"guest": domain_ref}, {"format": choice("text", "json")}),
     ]
 }
