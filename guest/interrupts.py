@@ -26,6 +26,8 @@ from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable
 from wire.operations import VIRQS
 
+_NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost per use
+
 ATTACH_RETRY_S = 2.0
 PING_S = 2.0  # an idle guest still notices within this long that irqbus restarted and forgot it
 RETRY_TIMEOUT_S = 0.2
@@ -78,7 +80,7 @@ class IrqbusAttachment:
         sock = self.socket
         for _ in range(DRAIN_BUDGET):
             try:
-                frame = sock.recv(zmq.NOBLOCK)  # one frame per message; a stray part is malformed
+                frame = sock.recv(_NOBLOCK)  # one frame per message; a stray part is malformed
             except zmq.Again:
                 break
             try:
