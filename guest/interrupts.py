@@ -22,11 +22,10 @@ from guest.drivers import Driver, DriverSpec
 from guest.irq import HandlerFault, IrqSetupError, NobodyCared, SpuriousPolicy
 from guest.irqlink import IrqLink, Request
 from wire import envelope
+from wire import multipart
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable
 from wire.operations import VIRQS
-
-_NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost per use
 
 ATTACH_RETRY_S = 2.0
 PING_S = 2.0  # an idle guest still notices within this long that irqbus restarted and forgot it
@@ -80,7 +79,7 @@ class IrqbusAttachment:
         sock = self.socket
         for _ in range(DRAIN_BUDGET):
             try:
-                frame = sock.recv(_NOBLOCK)  # one frame per message; a stray part is malformed
+                frame = sock.recv(multipart.NOBLOCK)  # one frame per message; a stray part is malformed
             except zmq.Again:
                 break
             try:

@@ -11,6 +11,7 @@ import zmq
 from hypervisor.dispatch import QUIET_OPS, Hypervisor, Outcome
 from hypervisor.virq import VirqSender
 from wire import envelope
+from wire import multipart
 from wire.errors import ErrorCode
 from wire.operations import Endpoint
 
@@ -69,7 +70,7 @@ class HypervisorService:
         """Serve what is queued without a poll per message; the budget keeps the sockets fair."""
         for _ in range(budget):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = multipart.receive(sock, multipart.NOBLOCK)
             except zmq.Again:
                 return
             self._serve_one(sock, frames)
@@ -81,11 +82,11 @@ class HypervisorService:
         if len(body) != 1:
             msg = f"expected one frame per message, got {len(body)}"
             self.log.warning("request refused", error=str(ErrorCode.EPROTO), message=msg)
-            sock.send_multipart([identity, *delimiter, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
+            multipart.send(sock, [identity, *delimiter, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
             return
         endpoint = self._endpoints[sock]
         outcome = self.hypervisor.handle(endpoint, body[0], self.clock())
-        sock.send_multipart([identity, *delimiter, outcome.reply])
+        multipart.send(sock, [identity, *delimiter, outcome.reply])
         if endpoint is Endpoint.GUEST and outcome.client is not None and outcome.error is None:
             self._routes[outcome.client] = identity
         self._log(endpoint, outcome)
@@ -97,7 +98,7 @@ class HypervisorService:
             route = self._routes.get(note.client)
             if route is not None:
                 try:
-                    self.guests.send_multipart([route, envelope.encode(note.event)], zmq.NOBLOCK)
+                    multipart.send(self.guests, [route, envelope.encode(note.event)], multipart.NOBLOCK)
                 except zmq.Again:  # the guest is not reading; its heartbeat carries the target too
                     self.log.warning("notification dropped", client=note.client, event=note.event.get("event"))
             if note.event.get("event") == "destroyed":

@@ -17,7 +17,7 @@ then returns the `Delivery` records (interrupts for the guest's CPU) it caused.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from irqbus.i8259 import CASCADE_PIN, ISA_IRQS, PINS_PER_PIC, SPURIOUS_PIN, CascadedPICs

@@ -14,12 +14,8 @@ import zmq
 
 from irqbus.dispatch import QUIET_OPS, IrqBus, Outcome
 from wire import envelope
+from wire import multipart
 from wire.errors import ErrorCode
-
-# pyzmq's flags are IntFlag members, and `SNDMORE | NOBLOCK` runs the enum machinery on every
-# message; send_multipart does that and more. Plain ints keep an interrupt's path to libzmq calls.
-_NOBLOCK = int(zmq.NOBLOCK)
-_MORE = int(zmq.SNDMORE)
 
 POLL_MS = 100
 HARD_FRAME_LIMIT = 64 << 20  # past this ZeroMQ drops the peer; up to it we answer EMSGSIZE
@@ -79,27 +75,10 @@ class IrqbusService:
         """Serve what is queued without a poll per message."""
         for _ in range(DRAIN_BUDGET):
             try:
-                frames = self._receive(_NOBLOCK)
+                frames = multipart.receive(self.socket, multipart.NOBLOCK)
             except zmq.Again:
                 return
             self._serve_one(frames)
-
-    def _receive(self, flags: int) -> list[bytes]:
-        """One multipart message; a frame's own `more` flag instead of a getsockopt per part."""
-        sock = self.socket
-        frame = sock.recv(flags, copy=False)
-        parts = [frame.bytes]
-        while frame.more:
-            frame = sock.recv(flags, copy=False)
-            parts.append(frame.bytes)
-        return parts
-
-    def _send(self, parts: list[bytes], flags: int = 0) -> None:
-        """One multipart message; with NOBLOCK, all of it or (zmq.Again) none of it."""
-        sock = self.socket
-        for part in parts[:-1]:
-            sock.send(part, flags | _MORE)
-        sock.send(parts[-1], flags)
 
     def _serve_one(self, frames: list[bytes]) -> None:
         identity, rest = frames[0], frames[1:]
@@ -108,7 +87,7 @@ class IrqbusService:
         if len(body) != 1:
             msg = f"expected one frame per message, got {len(body)}"
             self.log.warning("request refused", error=str(ErrorCode.EPROTO), message=msg)
-            self._send([identity, *delimiter, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
+            multipart.send(self.socket, [identity, *delimiter, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
             return
         outcome = self.bus.execute(body[0], self.clock())
         client = outcome.client
@@ -117,7 +96,7 @@ class IrqbusService:
         self._push(outcome)  # a guest's interrupt first; the device's reply can wait a little
         self.bus.commit(outcome)
         if outcome.reply is not None:
-            self._send([identity, *delimiter, outcome.reply])
+            multipart.send(self.socket, [identity, *delimiter, outcome.reply])
         self._log(outcome)
 
     def _push(self, outcome: Outcome) -> None:
@@ -127,7 +106,7 @@ class IrqbusService:
                 self._note_drop(send.client, "no route")
                 continue
             try:
-                self._send([route, send.frame], _NOBLOCK)
+                multipart.send(self.socket, [route, send.frame], multipart.NOBLOCK)
             except zmq.Again:  # the guest is not reading
                 self._note_drop(send.client, "queue full")
 

@@ -134,3 +134,29 @@ def test_bad_sizes(text):
 
 def test_sizes_round_up_to_pages():
     assert size_to_pages("1") == 1 and size_to_pages("4") == 1 and size_to_pages("5") == 2
+
+
+def test_multipart_send_and_receive_keep_a_message_whole():
+    import zmq
+
+    from wire import multipart
+
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        router.bind("inproc://multipart")
+        dealer.connect("inproc://multipart")
+        multipart.send(dealer, [b"", b"two", b"three"])
+        multipart.send(dealer, [b"single"])
+        assert router.poll(2000)
+        identity, *rest = multipart.receive(router, multipart.NOBLOCK)
+        assert rest == [b"", b"two", b"three"]
+        assert multipart.receive(router, multipart.NOBLOCK)[1:] == [b"single"]
+        with pytest.raises(zmq.Again):
+            multipart.receive(router, multipart.NOBLOCK)
+        multipart.send(router, [identity, b"back"], multipart.NOBLOCK)
+        assert dealer.poll(2000) and multipart.receive(dealer) == [b"back"]
+    finally:
+        router.close(0)
+        dealer.close(0)
+        ctx.term()

@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from wire import envelope
+from wire import multipart
 from wire.errors import RemoteError, Unreachable
 
 
@@ -98,7 +99,7 @@ class RpcClient:
 
     def _send(self, frame: bytes) -> None:
         try:
-            self.socket.send(frame, zmq.NOBLOCK)
+            self.socket.send(frame, multipart.NOBLOCK)
         except zmq.Again:  # queue full while the server is away; the retry will resend
             pass
 
@@ -111,7 +112,7 @@ class RpcClient:
                 return None
             self.socket.setsockopt(zmq.RCVTIMEO, max(1, int(left * 1000)))
             try:
-                frames = self.socket.recv_multipart()
+                frames = multipart.receive(self.socket)
             except zmq.Again:
                 return None
             body = self._decode(frames)
@@ -120,7 +121,7 @@ class RpcClient:
             # a late reply to an earlier attempt, or garbage: ignore it
 
     def _receive_one(self) -> dict[str, Any] | None:
-        return self._decode(self.socket.recv_multipart())
+        return self._decode(multipart.receive(self.socket))
 
     def _decode(self, frames: list[bytes]) -> dict[str, Any] | None:
         try:
