@@ -23,7 +23,7 @@ spread of the per-block ratios is printed to show how much one block alone can b
 interrupt (an i8259 pin holds one request while the previous one is in service, until the
 guest's ack comes back); the relay cannot merge, so any there are losses.
 
-    python bench/irq_bench.py [--samples 3000] [--rounds 30] [--period-ms 1] [--seconds 3]
+    python bench/irq_bench.py [--samples 3000] [--rounds 100] [--period-ms 1] [--seconds 3]
 """
 
 from __future__ import annotations
@@ -320,7 +320,7 @@ def measure(tmp: Path, args: argparse.Namespace, name: str) -> tuple[dict[str, f
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=3000, help="latency samples per side and path")
-    parser.add_argument("--rounds", type=int, default=30, help="turns each side takes; samples and seconds are split among them")
+    parser.add_argument("--rounds", type=int, default=100, help="turns each side takes; samples and seconds are split among them")
     parser.add_argument("--period-ms", type=float, default=1.0, help="spacing of latency samples")
     parser.add_argument("--seconds", type=float, default=3.0, help="throughput run per side and path")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated: " + ", ".join(PATHS))
