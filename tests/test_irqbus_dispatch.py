@@ -205,6 +205,12 @@ BAD_REQUESTS = [
     ("tool", "bind_virq", {"virq": "memory", "vector": 0x40}, "ESRCH"),  # not attached
     ("tool", "send_virq", {"guest": "vm9", "virq": "memory"}, "ESRCH"),
     ("tool", "send_virq", {"guest": "vm1", "virq": 3}, "EINVAL"),
+    ("tool", "show", {"after": -2}, "EINVAL"),
+    ("tool", "show", {"after": 1 << 40}, "EINVAL"),
+    ("tool", "show", {"after": "vm1"}, "EINVAL"),
+    ("tool", "show", {"guest": "vm9"}, "ESRCH"),
+    ("tool", "show", {"guest": [1]}, "EINVAL"),
+    ("tool", "show", {"page": 2}, "EINVAL"),
 ]
 
 
