@@ -192,12 +192,11 @@ def device_process(endpoint: str, attach: dict[str, Any] | None, commands: Any, 
                 _sleep_until(start + (k + 1) * period)
             results.put(sent)
         elif command[0] == "throughput":
-            first = None
             t0 = time.monotonic()
+            first = last = device.raise_once()
             while time.monotonic() - t0 < command[1]:
-                key = device.raise_once()
-                first = key if first is None else first
-            results.put((first, key, time.monotonic() - t0))
+                last = device.raise_once()
+            results.put((first, last, time.monotonic() - t0))
         else:
             break
     device.close()
