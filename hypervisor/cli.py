@@ -15,6 +15,7 @@ from hypervisor.domains import DEFAULT_LIVENESS_S
 from hypervisor.service import HypervisorService
 from hypervisor.toolstack import Toolstack, domain_arg, format_info, format_list
 from hypervisor.virq import VirqSender
+from irqbus.show import fetch_show
 from wire import endpoints, logsetup
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable, report_failure
@@ -130,7 +131,7 @@ def run_top(args: argparse.Namespace, tool: Toolstack) -> int:
         if irqbus is None:
             return None
         try:
-            return {g["name"]: g["delivered"] for g in irqbus.call("show")["guests"]}
+            return {g["name"]: g["delivered"] for g in fetch_show(irqbus)["guests"]}
         except (Unreachable, RemoteError):
             return None
 

@@ -13,7 +13,7 @@ from irqbus.device import Pacer, run_device
 from irqbus.dispatch import IrqBus
 from irqbus.queries import DEFAULT_QUERY_TIMEOUT_S
 from irqbus.service import IrqbusService
-from irqbus.show import format_show
+from irqbus.show import fetch_show, format_show
 from wire import endpoints, logsetup
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable, report_failure
@@ -160,23 +160,12 @@ def _device_process(args: argparse.Namespace, client: RpcClient) -> int:
     return 0
 
 
-def show_all(client: RpcClient, guest: int | str | None) -> dict[str, Any]:
-    """Every page of `show`, as one result."""
-    if guest is not None:
-        return client.call("show", {"guest": guest})
-    result = client.call("show")
-    while result["next"] is not None:
-        more = client.call("show", {"after": result["next"]})
-        result = {**more, "guests": result["guests"] + more["guests"]}
-    return result
-
-
 def run_client(args: argparse.Namespace) -> int:
     endpoint = endpoints.endpoint(args.endpoint, endpoints.IRQBUS_ENV)
     client = RpcClient(endpoint, timeout=args.timeout, retries=1)
     try:
         if args.command == "show":
-            result = show_all(client, args.guest)
+            result = fetch_show(client, args.guest)
             print(json.dumps(result, indent=2) if args.json else format_show(result))
         elif args.command == "attach":
             if args.level and args.msi:

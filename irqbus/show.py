@@ -1,8 +1,22 @@
-"""`irqbus show` as text: per guest, its controllers' registers, its pins and its devices."""
+"""`irqbus show` for its clients: every page of it, and as text: per guest, its controllers'
+registers, its pins and its devices."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from wire.client import RpcClient
+
+
+def fetch_show(client: RpcClient, guest: int | str | None = None) -> dict[str, Any]:
+    """Every page of `show` (or the one guest), as one result."""
+    if guest is not None:
+        return client.call("show", {"guest": guest})
+    result = client.call("show")
+    while result["next"] is not None:
+        more = client.call("show", {"after": result["next"]})
+        result = {**more, "guests": result["guests"] + more["guests"]}
+    return result
 
 
 def _names(names: list[str]) -> str:
