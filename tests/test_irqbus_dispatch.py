@@ -252,6 +252,23 @@ def test_a_retried_raise_is_answered_from_the_record_not_raised_twice(bus, guest
 
 
 @T
+def test_execute_hands_out_the_interrupt_before_the_reply_and_commit_records_it(bus, guest, tool):
+    """The shell's two steps: the guest's event first, then the device's reply, recorded."""
+    out = bus.execute(tool.frame("raise", {"guest": "vm1", "device": "nic0"}, seq=20), 1.0)
+    assert out.reply is None and out.error is None
+    assert [msgpack.unpackb(s.frame)["event"] for s in out.sends] == ["irq"]
+    bus.commit(out)
+    assert reply_of(out)["result"]["gen"] == 1
+    bus.commit(out)  # committing twice changes nothing
+    again = tool.send("raise", seq=20, guest="vm1", device="nic0")
+    assert again.replayed and again.reply == out.reply and again.sends == []
+    refused = bus.execute(tool.frame("raise", {"guest": "vm1", "device": "ghost"}, seq=21), 1.0)
+    assert reply_of(refused)["error"] == "ESRCH"  # a refusal's reply is there at once
+    bus.commit(refused)
+    assert reply_of(refused)["error"] == "ESRCH"
+
+
+@T
 def test_an_error_is_recorded_too(bus, guest, tool):
     first = tool.send("raise", seq=3, guest="vm1", device="ghost")
     tool.call("attach_device", guest="vm1", device="ghost", pin=6)
