@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from irqbus.backlog import Backlog
 from irqbus.machine import Delivery, Device, DeviceKind, GuestMachine, msi_message
 from irqbus.queries import DEFAULT_QUERY_TIMEOUT_S, PendingQueries, Query
 from irqbus.routing import Router
@@ -57,8 +58,11 @@ class _Result:
 
 
 def irq_events(machine: GuestMachine, deliveries: list[Delivery]) -> list[Send]:
-    """Each delivery becomes an `irq` event on the guest's own session, and nowhere else."""
+    """Each delivery becomes an `irq` event on the guest's own session, and nowhere else; once
+    events were dropped for it (irqbus.backlog), each carries the count so far."""
     client, encode, event = machine.client, envelope.encode, envelope.event
+    if machine.dropped:
+        return [Send(client, encode(event("irq", {**d.event_args(), "dropped": machine.dropped}))) for d in deliveries]
     return [Send(client, encode(event("irq", d.event_args()))) for d in deliveries]
 
 
@@ -67,6 +71,7 @@ class IrqBus:
         self.router = Router()
         self.queries = PendingQueries(query_timeout_s)
         self.record = ReplayRecord()
+        self.backlog = Backlog()
         self._handlers: dict[str, Callable[[str, dict[str, Any], float, int], _Result]] = {
             "attach": self._attach,
             "detach": self._detach,
@@ -192,9 +197,16 @@ class IrqBus:
     def _fail_queries_of(self, machine: GuestMachine, why: str) -> list[Send]:
         return [s for q in self.queries.of_guest(machine.client) for s in self._fail_query(q, ErrorCode.ESRCH, why).sends]
 
+    def _events(self, machine: GuestMachine, deliveries: list[Delivery]) -> list[Send]:
+        """The guest's `irq` events, as many as its unread budget allows (irqbus.backlog)."""
+        allowed = self.backlog.admit(machine, len(deliveries))
+        return irq_events(machine, deliveries if allowed == len(deliveries) else deliveries[:allowed])
+
     def _session(self, client: str, now: float) -> GuestMachine:
         machine = self.router.session(client)
         machine.last_seen = now
+        if self.backlog.total:
+            self.backlog.heard_from(client)
         return machine
 
     @staticmethod
@@ -209,6 +221,7 @@ class IrqBus:
         for old in replaced:
             sends += self._fail_queries_of(old, f"guest {old.name} re-attached")
             self.record.release(old.client, now)
+            self.backlog.heard_from(old.client)
         self.record.bind(client)  # its record now lives as long as its session
         fields = self._guest_fields(machine, replaced=[f"{m.name}/{m.domid}" for m in replaced])
         return _Result({"domid": machine.domid, "name": machine.name, "replaced": len(replaced)}, fields, sends)
@@ -218,13 +231,14 @@ class IrqBus:
         sends = self._fail_queries_of(machine, f"guest {machine.name} detached")
         devices = self.router.detach(machine)
         self.record.release(client, now)
+        self.backlog.heard_from(client)
         return _Result({"domid": machine.domid, "devices": devices}, self._guest_fields(machine, devices=devices), sends)
 
     def _program_pin(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self._session(client, now)
         deliveries = machine.program_pin(args["pin"], args["trigger"], args.get("vector"))
         fields = self._guest_fields(machine, pin=args["pin"], trigger=args["trigger"], vector=args.get("vector"))
-        return _Result({"delivered": len(deliveries)}, fields, irq_events(machine, deliveries))
+        return _Result({"delivered": len(deliveries)}, fields, self._events(machine, deliveries))
 
     def _program_msi(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         """A driver programs its device's MSI-X entry; the device need not have been attached
@@ -241,7 +255,7 @@ class IrqBus:
             device = machine.devices[args["device"]]
         deliveries = machine.program_msi(device, args["address"], args["data"])
         fields = self._guest_fields(machine, device=device.name, vector=message.vector)
-        return _Result({"vector": message.vector}, fields, irq_events(machine, deliveries))
+        return _Result({"vector": message.vector}, fields, self._events(machine, deliveries))
 
     def _chip(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self._session(client, now)
@@ -253,7 +267,7 @@ class IrqBus:
                 router.device(machine, cmd.device)
         deliveries = machine.chip(commands, clears)
         fields = self._guest_fields(machine, ops=len(commands), cleared=len(clears), delivered=len(deliveries))
-        return _Result({}, fields, irq_events(machine, deliveries))
+        return _Result({}, fields, self._events(machine, deliveries))
 
     def _bind_virq(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self._session(client, now)
@@ -266,7 +280,7 @@ class IrqBus:
         machine = self.router.resolve(args["guest"])
         deliveries = machine.send_virq(args["virq"])
         fields = self._guest_fields(machine, virq=args["virq"], delivered=len(deliveries))
-        return _Result({"delivered": len(deliveries)}, fields, irq_events(machine, deliveries))
+        return _Result({"delivered": len(deliveries)}, fields, self._events(machine, deliveries))
 
     def _answer(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self._session(client, now)
@@ -303,7 +317,7 @@ class IrqBus:
     def _detach_device(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine, device = self._device(args)
         deliveries = self.router.unplug(machine, device)
-        return _Result({"device": device.name}, self._guest_fields(machine, device=device.name), irq_events(machine, deliveries))
+        return _Result({"device": device.name}, self._guest_fields(machine, device=device.name), self._events(machine, deliveries))
 
     def _raise(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine, device = self._device(args)
@@ -318,12 +332,12 @@ class IrqBus:
     def _raised(self, machine: GuestMachine, device: Device, deliveries: list[Delivery], merged: int) -> _Result:
         result = {"gen": device.gen, "merged": merged, "delivered": len(deliveries)}
         fields = {"domid": machine.domid, "guest": machine.name, "device": device.name, **result}
-        return _Result(result, fields, irq_events(machine, deliveries))
+        return _Result(result, fields, self._events(machine, deliveries))
 
     def _lower(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine, device = self._device(args)
         deliveries = machine.lower_device(device)
-        return _Result({"gen": device.gen}, self._guest_fields(machine, device=device.name), irq_events(machine, deliveries))
+        return _Result({"gen": device.gen}, self._guest_fields(machine, device=device.name), self._events(machine, deliveries))
 
     def _msi(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self.router.resolve(args["guest"])
@@ -343,7 +357,7 @@ class IrqBus:
         vector = args["data"] & 0xFF
         result = {"vector": vector, "delivered": len(deliveries), "gen": device.gen if device else None}
         fields = self._guest_fields(machine, device=device.name if device else None, vector=vector, delivered=len(deliveries))
-        return _Result(result, fields, irq_events(machine, deliveries))
+        return _Result(result, fields, self._events(machine, deliveries))
 
     # -- inspection --------------------------------------------------------------------------------
 

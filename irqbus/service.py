@@ -12,6 +12,7 @@ from collections.abc import Callable
 import structlog
 import zmq
 
+from irqbus.backlog import MAX_UNREAD_PER_GUEST
 from irqbus.dispatch import QUIET_OPS, IrqBus, Outcome
 from wire import envelope
 from wire import multipart
@@ -20,7 +21,7 @@ from wire.errors import ErrorCode
 POLL_MS = 100
 HARD_FRAME_LIMIT = 64 << 20  # past this ZeroMQ drops the peer; up to it we answer EMSGSIZE
 DRAIN_BUDGET = 256
-SEND_QUEUE = 200_000  # events queued per guest before any is dropped: a burst of raises must fit
+SEND_QUEUE = MAX_UNREAD_PER_GUEST + 1024  # libzmq's own bound per peer, behind irqbus.backlog's
 PRUNE_EVERY_S = 1.0
 DROP_REPORT_EVERY_S = 1.0
 
@@ -47,6 +48,7 @@ class IrqbusService:
         self.socket.bind(endpoint)
         self._routes: dict[str, list[bytes]] = {}  # client id -> its reply envelope, for events and held replies
         self._dropped = 0
+        self._dropped_seen: dict[str, int] = {}  # guest client -> its dropped count when last logged
         self._next_drop_report = 0.0
         self._next_prune = 0.0
 
@@ -119,9 +121,17 @@ class IrqbusService:
             self._next_drop_report = now + DROP_REPORT_EVERY_S
 
     def _prune(self, now: float) -> None:
-        """Forget routes of clients that are neither guests nor waiting for a query."""
+        """Forget routes of clients that are neither guests nor waiting for a query; say which
+        guests had events dropped since the last look (irqbus.backlog)."""
         for client in [c for c in self._routes if not self.bus.wants_route(c)]:
             del self._routes[client]
+        for machine in self.bus.router.guests.values():
+            if machine.dropped != self._dropped_seen.get(machine.client, 0):
+                self._dropped_seen[machine.client] = machine.dropped
+                self.log.warning("events dropped: the guest is not reading", domid=machine.domid, guest=machine.name,
+                                 dropped=machine.dropped, unread=self.bus.backlog.unread(machine.client))
+        for client in [c for c in self._dropped_seen if not self.bus.router.is_guest(c)]:
+            del self._dropped_seen[client]
         self._next_prune = now + PRUNE_EVERY_S
 
     def _log(self, outcome: Outcome) -> None:
