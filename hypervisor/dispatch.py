@@ -15,6 +15,9 @@ from wire.errors import ErrorCode, WireError
 from wire.extent import Extent
 from wire.operations import Endpoint, lookup
 
+# A page of `list`: half the message limit, so the envelope and one more domain always fit.
+LIST_PAGE_BYTES = 512 * 1024
+
 # Routine operations are logged at debug level; a short grant is always worth a line.
 QUIET_OPS = frozenset({"get_target", "status", "list", "info", "increase_reservation", "decrease_reservation"})
 
@@ -173,8 +176,15 @@ class Hypervisor:
     # --- admin endpoint --------------------------------------------------------------------
 
     def _list(self, client: str, args: dict[str, Any], now: float) -> _Result:
-        rows = [
-            {
+        """A page of domains after the cursor, as many as fit in LIST_PAGE_BYTES (at least one)."""
+        after = args.get("after", -1)
+        rows: list[dict[str, Any]] = []
+        size = 0
+        more = False
+        for d in self.table.domains():
+            if d.domid <= after:
+                continue
+            row = {
                 "domid": d.domid,
                 "name": d.name,
                 "current_pages": self.table.current_pages(d),
@@ -184,9 +194,13 @@ class Hypervisor:
                 "last_seen_s": round(now - d.last_seen, 3),
                 "balloon": d.balloon,
             }
-            for d in self.table.domains()
-        ]
-        return _Result({"domains": rows})
+            size += len(envelope.encode(row))
+            if rows and size > LIST_PAGE_BYTES:
+                more = True
+                break
+            rows.append(row)
+        result = {"domains": rows, "next": rows[-1]["domid"] if more else None}
+        return _Result(result, {"domains": len(rows), "more": more})
 
     def _info(self, client: str, args: dict[str, Any], now: float) -> _Result:
         pool = self.pool

@@ -6,6 +6,7 @@ from typing import Any
 
 from wire.client import RpcClient
 from wire.extent import PAGE_KIB
+from wire.pages import every_page
 from wire.sizes import pages_to_mib
 
 
@@ -17,7 +18,8 @@ class Toolstack:
         self.client.close()
 
     def list(self) -> list[dict[str, Any]]:
-        return self.client.call("list")["domains"]
+        """Every domain, read page by page."""
+        return every_page(self.client.call, "list", "domains")["domains"]
 
     def info(self) -> dict[str, Any]:
         return self.client.call("info")

@@ -6,17 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from wire.client import RpcClient
+from wire.pages import every_page
 
 
 def fetch_show(client: RpcClient, guest: int | str | None = None) -> dict[str, Any]:
     """Every page of `show` (or the one guest), as one result."""
     if guest is not None:
         return client.call("show", {"guest": guest})
-    result = client.call("show")
-    while result["next"] is not None:
-        more = client.call("show", {"after": result["next"]})
-        result = {**more, "guests": result["guests"] + more["guests"]}
-    return result
+    return every_page(client.call, "show", "guests")
 
 
 def _names(names: list[str]) -> str:

@@ -313,7 +313,7 @@ OPERATIONS: dict[str, Operation] = {
         Operation("status", Endpoint.GUEST, {}, {"balloon": scalar_map}),
         Operation("shutdown", Endpoint.GUEST),
         # admin endpoint: the toolstack
-        Operation("list", Endpoint.ADMIN),
+        Operation("list", Endpoint.ADMIN, {}, {"after": integer(-1, MAX_DOMID)}),
         Operation("info", Endpoint.ADMIN),
         Operation("mem_set", Endpoint.ADMIN, {"domain": domain_ref, "target_pages": integer(0, MAX_DOMAIN_PAGES)}),
         Operation("mem_max", Endpoint.ADMIN, {"domain": domain_ref, "max_pages": _pages}),
