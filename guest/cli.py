@@ -14,6 +14,7 @@ from guest.pace import parse_pace
 from guest.service import DEFAULT_HEARTBEAT_S, GuestService, GuestSettings
 from wire import endpoints, logsetup
 from wire.errors import RemoteError
+from wire.shown import for_terminal
 from wire.signals import stop_on_signals
 from wire.sizes import size_to_pages
 
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         service.run(stop.is_set)
     except RemoteError as err:
         log.error("refused by the hypervisor", error=err.code, message=err.message)
-        print(f"guest {args.name}: {err.code}: {err.message}", file=sys.stderr)
+        print(f"guest {for_terminal(args.name)}: {for_terminal(err.code)}: {for_terminal(err.message)}", file=sys.stderr)
         return 1
     finally:
         service.close()

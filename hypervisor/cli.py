@@ -19,6 +19,7 @@ from irqbus.show import fetch_show
 from wire import endpoints, logsetup
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable, report_failure
+from wire.shown import for_terminal
 from wire.signals import stop_on_signals
 from wire.sizes import size_to_pages
 
@@ -106,7 +107,7 @@ def run_client(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(report, indent=2))
             else:
-                print("books balance" if report["ok"] else "\n".join(report["problems"]))
+                print("books balance" if report["ok"] else "\n".join(for_terminal(p) for p in report["problems"]))
             return 0 if report["ok"] else 1
         elif args.command == "mem-set":
             tool.mem_set(domain_arg(args.domain), args.size)

@@ -18,6 +18,7 @@ from wire import endpoints, logsetup
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable, report_failure
 from wire.operations import MAX_BURST
+from wire.shown import for_terminal
 from wire.signals import stop_on_signals
 
 
@@ -173,7 +174,7 @@ def run_client(args: argparse.Namespace) -> int:
                 return 2
             r = client.call("attach_device", _attach_args(args))
             where = "MSI" if r["kind"] == "msi" else f"pin {r['pin']} ({r['trigger']})"
-            print(f"{r['device']} {'attached to' if r['created'] else 'already on'} {r['guest']} (domid {r['domid']}) {where}")
+            print(f"{for_terminal(r['device'])} {'attached to' if r['created'] else 'already on'} {for_terminal(r['guest'])} (domid {r['domid']}) {where}")
         elif args.command == "detach":
             client.call("detach_device", {"guest": args.guest, "device": args.device})
         elif args.command in ("raise", "pulse"):
