@@ -74,12 +74,11 @@ def lines_for_terminal(text: str) -> str:
 
 def show_interrupts(args: argparse.Namespace) -> int:
     endpoint = endpoints.endpoint(args.irqbus, endpoints.IRQBUS_ENV)
-    guest: int | str = int(args.name) if args.name.isdigit() else args.name
     client = RpcClient(endpoint, timeout=args.timeout, retries=2)
     try:
-        result = client.call("interrupts", {"guest": guest, "format": "json" if args.json else "text"})
+        result = client.call("interrupts", {"guest": args.name, "format": "json" if args.json else "text"})
     except (Unreachable, RemoteError) as err:
-        return report_failure(err, f"guest interrupts {args.name}", "irqbus", endpoint)
+        return report_failure(err, f"guest interrupts {for_terminal(args.name)}", "irqbus", endpoint)
     finally:
         client.close()
     if args.json:

@@ -39,11 +39,6 @@ class Toolstack:
         return self.client.call("audit")
 
 
-def domain_arg(text: str) -> int | str:
-    """xl takes a domid or a name; a string of digits is a domid."""
-    return int(text) if text.isdigit() else text
-
-
 def figure(value: Any) -> str:
     """A driver statistic as printed: '-' when not reported, '?' when not a number."""
     if value is None:
