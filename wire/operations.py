@@ -297,6 +297,7 @@ OPERATIONS: dict[str, Operation] = {
         Operation("increase_reservation", Endpoint.GUEST, {"nr_pages": integer(1, MAX_BATCH_PAGES)}),
         Operation("decrease_reservation", Endpoint.GUEST, {"extents": extents(MAX_BATCH_PAGES)}),
         Operation("get_target", Endpoint.GUEST),
+        Operation("memory_map", Endpoint.GUEST, {}, {"after": integer(-1, MAX_DOMAIN_PAGES)}),
         Operation("status", Endpoint.GUEST, {}, {"balloon": balloon_stats}),
         Operation("shutdown", Endpoint.GUEST),
         # admin endpoint: the toolstack

@@ -16,14 +16,17 @@ from wire.errors import RemoteError
 Call = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
-def every_page(call: Call, op: str, key: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+def every_page(
+    call: Call, op: str, key: str, args: dict[str, Any] | None = None, first: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """All pages of `op` as one result: the `key` lists joined, the other fields of the last page.
+    `first`: the first page, when another operation's reply carried it (`register`).
 
     Pages are read at different moments: an item that exists throughout is listed exactly
     once; one that comes or goes meanwhile may or may not be.
     """
     args = dict(args or {})
-    result = call(op, args)
+    result = call(op, args) if first is None else first
     items = list(result[key])
     after = -1
     while result.get("next") is not None:
