@@ -112,3 +112,43 @@ def test_guest_interrupts_escapes_what_the_guest_answers(procs):
             asker.wait(5)
         sock.close()
         ctx.term()
+
+
+@pytest.mark.timeout(60)
+def test_a_server_logging_to_a_terminal_escapes_what_clients_wrote(procs):
+    """On a terminal the log is structlog's console format, which wrote a client id or an
+    unknown operation's name raw."""
+    import os
+    import pty
+    import select
+    import time
+
+    primary, secondary = pty.openpty()
+    endpoint = procs.ipc("hv-tty")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hypervisor", "serve", "--memory", "64m", "--guest-endpoint", endpoint, "--admin-endpoint", procs.ipc("admin-tty")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=secondary, cwd=REPO, env=procs.env,
+    )
+    os.close(secondary)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    out = b""
+    try:
+        sock.send(msgpack.packb({"v": 1, "op": "nuke" + ESC, "seq": 1, "client": "c" + ESC, "args": {}}))
+        assert sock.poll(15_000), "no reply"
+        assert msgpack.unpackb(sock.recv())["error"] == "ENOSYS"
+        deadline = time.monotonic() + 10
+        while b"request refused" not in out or not out.endswith(b"\n"):
+            assert time.monotonic() < deadline, out
+            if select.select([primary], [], [], 0.2)[0]:
+                out += os.read(primary, 65536)
+    finally:
+        sock.close()
+        ctx.term()
+        server.terminate()
+        server.wait(10)
+        os.close(primary)
+    line = next(line for line in out.decode(errors="replace").splitlines() if "request refused" in line)
+    assert "\\x1b]0;owned" in line and "\x1b]0;owned" not in line and "\x07" not in line
