@@ -146,7 +146,12 @@ class Hypervisor:
         more = len(extents) > REGISTER_EXTENTS
         if more:  # the first page of its memory map; memory_map has the rest
             extents = self.pool.extents_after(domain.domid, -1, REGISTER_EXTENTS)
-        result = {"domid": domain.domid, "extents": _wire_extents(extents), "next": extents[-1].start if more else None, **_target(domain)}
+        result = {
+            "domid": domain.domid,
+            "extents": _wire_extents(extents),
+            "next": extents[-1].start if more else None,
+            **_target(domain),
+        }
         return _Result(result, {"domid": domain.domid, "name": domain.name, "pages": args["memory_pages"], "free_pages": self.pool.free_pages})
 
     def _guest(self, client: str, now: float) -> Domain:
