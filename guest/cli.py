@@ -13,7 +13,10 @@ from guest.interrupts_cli import interrupt_attachments, interrupts_options, show
 from guest.pace import parse_pace
 from guest.service import DEFAULT_HEARTBEAT_S, GuestService, GuestSettings
 from wire import endpoints, logsetup
+from wire.arguments import domain, positive_number, seconds, whole_number
 from wire.errors import RemoteError
+from wire.heartbeat import MAX_COUNT, MAX_DELAY_S
+from wire.shown import for_terminal
 from wire.signals import stop_on_signals
 from wire.sizes import size_to_pages
 
@@ -35,20 +38,8 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return int(text)
+_retry_delay = positive_number("a positive number of seconds", MAX_DELAY_S)  # what a heartbeat may report
+_count = whole_number(0, MAX_COUNT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,23 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workload", type=_size, default=0, help="memory the guest itself uses and cannot give back")
     run.add_argument("--hypervisor", help=f"hypervisor guest endpoint (env {endpoints.HYPERVISOR_ENV}, default {endpoints.DEFAULT_HYPERVISOR})")
     timing = run.add_argument_group("retry timer (Linux xen-balloon defaults)")
-    timing.add_argument("--retry-delay", type=_seconds, default=1.0, help="first retry delay, seconds (default 1)")
-    timing.add_argument("--max-retry-delay", type=_seconds, default=32.0, help="retry delay cap, seconds (default 32)")
+    timing.add_argument("--retry-delay", type=_retry_delay, default=1.0, help="first retry delay, seconds (default 1)")
+    timing.add_argument("--max-retry-delay", type=_retry_delay, default=32.0, help="retry delay cap, seconds (default 32)")
     timing.add_argument("--max-retries", type=_count, default=0, help="cancel after this many retries until the target changes (0 = unlimited)")
-    timing.add_argument("--heartbeat", type=_seconds, default=DEFAULT_HEARTBEAT_S, help="seconds between status reports")
+    timing.add_argument("--heartbeat", type=seconds, default=DEFAULT_HEARTBEAT_S, help="seconds between status reports")
     behaviour = run.add_argument_group("behaviour")
     behaviour.add_argument("--legacy-hard-limit", action="store_true", help="the driver before 'try harder': give up at a hard limit")
-    behaviour.add_argument("--balloon-rate", type=_seconds, metavar="PAGES_PER_S", help="a slow driver: move at most this many pages per second")
+    behaviour.add_argument("--balloon-rate", type=positive_number("a positive rate"), metavar="PAGES_PER_S", help="a slow driver: move at most this many pages per second")
     behaviour.add_argument("--stuck", action="store_true", help="a stuck driver: never moves")
-    behaviour.add_argument("--stuck-every", type=_seconds, metavar="SECONDS", help="alternately moving and stuck, SECONDS each (combines with --balloon-rate)")
+    behaviour.add_argument("--stuck-every", type=seconds, metavar="SECONDS", help="alternately moving and stuck, SECONDS each (combines with --balloon-rate)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     interrupts_options(run)
 
     show = sub.add_parser("interrupts", help="print a running guest's /proc/interrupts (asked through irqbus)")
-    show.add_argument("name", help="guest name or domid")
+    show.add_argument("name", type=domain, help="guest name or domid")
     show.add_argument("--json", action="store_true", help="the rows as JSON, with per-action counts")
     show.add_argument("--irqbus", help=f"irqbus endpoint (env {endpoints.IRQBUS_ENV}, default {endpoints.DEFAULT_IRQBUS})")
-    show.add_argument("--timeout", type=_seconds, default=1.0, help="seconds to wait for each of 3 attempts")
+    show.add_argument("--timeout", type=seconds, default=1.0, help="seconds to wait for each of 3 attempts")
     return parser
 
 
@@ -120,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         service.run(stop.is_set)
     except RemoteError as err:
         log.error("refused by the hypervisor", error=err.code, message=err.message)
-        print(f"guest {args.name}: {err.code}: {err.message}", file=sys.stderr)
+        print(f"guest {for_terminal(args.name)}: {for_terminal(err.code)}: {for_terminal(err.message)}", file=sys.stderr)
         return 1
     finally:
         service.close()

@@ -12,6 +12,7 @@ The status registers are what irqbus's `irq` event reports for the devices behin
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,9 @@ class DriverSpec:
         return f"{self.name}:pin={self.pin}" + (f":{self.trigger}" if self.trigger else "")
 
 
+_PIN = re.compile(r"[0-9]{1,2}")  # ASCII: "²".isdigit() is true, and int() fails on it
+
+
 def parse_device(text: str) -> DriverSpec:
     """NAME:pin=N[:level|:edge] or NAME:msi; ValueError says what is wrong."""
     parts = text.split(":")
@@ -55,7 +59,7 @@ def parse_device(text: str) -> DriverSpec:
     if not rest or not rest[0].startswith("pin=") or len(rest) > 2:
         raise ValueError(f"invalid device {text!r}: expected NAME:pin=N[:level|:edge] or NAME:msi")
     pin_text = rest[0][4:]
-    if not pin_text.isdigit() or not 0 <= int(pin_text) < IRQBUS_PINS or int(pin_text) == CASCADE_PIN:
+    if _PIN.fullmatch(pin_text) is None or not 0 <= int(pin_text) < IRQBUS_PINS or int(pin_text) == CASCADE_PIN:
         raise ValueError(f"invalid device {text!r}: pin must be 0..{IRQBUS_PINS - 1} and not {CASCADE_PIN} (the cascade)")
     trigger = None
     if len(rest) == 2:

@@ -20,6 +20,7 @@ from wire import endpoints
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable, report_failure
 from wire.operations import VIRQS
+from wire.shown import for_terminal
 
 
 def _device(text: str) -> DriverSpec:
@@ -65,18 +66,23 @@ def interrupt_attachments(args: argparse.Namespace, log: structlog.typing.Filter
     return [IrqbusAttachment(endpoint, args.device, log, virqs=virqs)], None
 
 
+def lines_for_terminal(text: str) -> str:
+    """The guest's /proc/interrupts as it wrote it, but for control characters: a guest
+    answers with whatever it likes, and only its line breaks reach the terminal as such."""
+    return "\n".join(for_terminal(line) for line in str(text).split("\n"))
+
+
 def show_interrupts(args: argparse.Namespace) -> int:
     endpoint = endpoints.endpoint(args.irqbus, endpoints.IRQBUS_ENV)
-    guest: int | str = int(args.name) if args.name.isdigit() else args.name
     client = RpcClient(endpoint, timeout=args.timeout, retries=2)
     try:
-        result = client.call("interrupts", {"guest": guest, "format": "json" if args.json else "text"})
+        result = client.call("interrupts", {"guest": args.name, "format": "json" if args.json else "text"})
     except (Unreachable, RemoteError) as err:
-        return report_failure(err, f"guest interrupts {args.name}", "irqbus", endpoint)
+        return report_failure(err, f"guest interrupts {for_terminal(args.name)}", "irqbus", endpoint)
     finally:
         client.close()
     if args.json:
         print(json.dumps(result.get("rows", []), indent=2))
     else:
-        sys.stdout.write(result.get("text", ""))
+        sys.stdout.write(lines_for_terminal(result.get("text", "")))
     return 0

@@ -7,6 +7,7 @@ carries the target too, as the fallback when a push is lost.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from guest.pace import Pace, Unlimited
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable
 from wire.extent import Extent
+from wire.pages import every_page
 
 DEFAULT_HEARTBEAT_S = 1.0
 MAX_IDLE_WAIT_S = 0.25  # how often the loop looks at the stop flag when nothing is due
@@ -102,6 +104,9 @@ class GuestService:
             retries=-1,
             should_stop=should_stop,
         )
+        if result.get("next") is not None:  # a fragmented host: the rest of the memory map
+            call = functools.partial(self.client.call, retries=-1, should_stop=should_stop)
+            result["extents"] = every_page(call, "memory_map", "extents", first=result)["extents"]
         now = self.clock()
         self.domid = result["domid"]
         self.log = self.log.bind(domid=self.domid)

@@ -13,12 +13,14 @@ from hypervisor import top
 from hypervisor.dispatch import Hypervisor
 from hypervisor.domains import DEFAULT_LIVENESS_S
 from hypervisor.service import HypervisorService
-from hypervisor.toolstack import Toolstack, domain_arg, format_info, format_list
+from hypervisor.toolstack import Toolstack, format_info, format_list
 from hypervisor.virq import VirqSender
 from irqbus.show import fetch_show
 from wire import endpoints, logsetup
+from wire.arguments import domain, seconds, whole_number
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable, report_failure
+from wire.shown import for_terminal
 from wire.signals import stop_on_signals
 from wire.sizes import size_to_pages
 
@@ -30,16 +32,6 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hypervisor", description="ballonet's hypervisor and its toolstack")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,25 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--guest-endpoint", help=f"where guests connect (env {endpoints.HYPERVISOR_ENV}, default {endpoints.DEFAULT_HYPERVISOR})")
     serve.add_argument("--admin-endpoint", help=f"where the toolstack connects (env {endpoints.ADMIN_ENV}, default {endpoints.DEFAULT_ADMIN})")
     serve.add_argument("--irqbus", help=f"irqbus endpoint for guests' virtual interrupts (env {endpoints.IRQBUS_ENV}; without either, none are sent)")
-    serve.add_argument("--liveness", type=_positive, default=DEFAULT_LIVENESS_S, help="seconds of silence before a domain shows unresponsive")
+    serve.add_argument("--liveness", type=seconds, default=DEFAULT_LIVENESS_S, help="seconds of silence before a domain shows unresponsive")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--admin-endpoint", help=f"the hypervisor's admin endpoint (env {endpoints.ADMIN_ENV})")
-        cmd.add_argument("--timeout", type=_positive, default=1.0, help="seconds to wait for each of 3 attempts")
+        cmd.add_argument("--timeout", type=seconds, default=1.0, help="seconds to wait for each of 3 attempts")
         return cmd
 
     for name, help_text in [("list", "list domains"), ("info", "host memory"), ("audit", "check that the books balance")]:
         client_command(name, help_text).add_argument("--json", action="store_true", help="machine-readable output")
     for name, help_text in [("mem-set", "set a domain's balloon target"), ("mem-max", "set a domain's maxmem")]:
         cmd = client_command(name, help_text)
-        cmd.add_argument("domain", help="domain name or id")
+        cmd.add_argument("domain", type=domain, help="domain name or id")
         cmd.add_argument("size", type=_size, help="size; a bare number is KiB, suffixes b k m g t")
-    client_command("destroy", "destroy a domain and return its pages").add_argument("domain", help="domain name or id")
+    client_command("destroy", "destroy a domain and return its pages").add_argument("domain", type=domain, help="domain name or id")
     top = client_command("top", "a live view of the host, like xentop")
-    top.add_argument("-d", "--delay", type=_positive, default=1.0, help="seconds between frames (default 1)")
-    top.add_argument("-i", "--iterations", type=int, help="stop after this many frames (default: until Ctrl-C)")
+    top.add_argument("-d", "--delay", type=seconds, default=1.0, help="seconds between frames (default 1)")
+    top.add_argument("-i", "--iterations", type=whole_number(1, 10**9), help="stop after this many frames (default: until Ctrl-C)")
     top.add_argument("--irqbus", help=f"irqbus endpoint, for interrupt rates (env {endpoints.IRQBUS_ENV})")
     return parser
 
@@ -106,14 +98,14 @@ def run_client(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(report, indent=2))
             else:
-                print("books balance" if report["ok"] else "\n".join(report["problems"]))
+                print("books balance" if report["ok"] else "\n".join(for_terminal(p) for p in report["problems"]))
             return 0 if report["ok"] else 1
         elif args.command == "mem-set":
-            tool.mem_set(domain_arg(args.domain), args.size)
+            tool.mem_set(args.domain, args.size)
         elif args.command == "mem-max":
-            tool.mem_max(domain_arg(args.domain), args.size)
+            tool.mem_max(args.domain, args.size)
         elif args.command == "destroy":
-            tool.destroy(domain_arg(args.domain))
+            tool.destroy(args.domain)
     except (Unreachable, RemoteError) as err:
         return report_failure(err, f"hypervisor {args.command}", "hypervisor", endpoint)
     finally:

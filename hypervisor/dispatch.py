@@ -16,8 +16,17 @@ from wire.errors import ErrorCode, WireError
 from wire.extent import Extent
 from wire.operations import Endpoint, lookup
 
+# A page of `list`: half the message limit, so the envelope and one more domain always fit.
+LIST_PAGE_BYTES = 512 * 1024
+
+# A domain's memory map: `register` carries up to REGISTER_EXTENTS of it (a fragmented host can
+# make one domain's initial pages hundreds of thousands of extents), `memory_map` the rest in
+# pages of MAP_PAGE_EXTENTS (at most 11 bytes each: ~352 KiB).
+REGISTER_EXTENTS = 1024
+MAP_PAGE_EXTENTS = 32768
+
 # Routine operations are logged at debug level; a short grant is always worth a line.
-QUIET_OPS = frozenset({"get_target", "status", "list", "info", "increase_reservation", "decrease_reservation"})
+QUIET_OPS = frozenset({"get_target", "memory_map", "status", "list", "info", "increase_reservation", "decrease_reservation"})
 
 
 @dataclass
@@ -85,6 +94,7 @@ class Hypervisor:
             "increase_reservation": self._increase,
             "decrease_reservation": self._decrease,
             "get_target": self._get_target,
+            "memory_map": self._memory_map,
             "shutdown": self._shutdown,
             "status": self._status,
             "list": self._list,
@@ -139,7 +149,15 @@ class Hypervisor:
     def _register(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain, extents = self.table.create(args["name"], args["memory_pages"], args["max_pages"], client, now)
         self.record.bind(client)  # its record now lives as long as the domain
-        result = {"domid": domain.domid, "extents": _wire_extents(extents), **_target(domain)}
+        more = len(extents) > REGISTER_EXTENTS
+        if more:  # the first page of its memory map; memory_map has the rest
+            extents = self.pool.extents_after(domain.domid, -1, REGISTER_EXTENTS)
+        result = {
+            "domid": domain.domid,
+            "extents": _wire_extents(extents),
+            "next": extents[-1].start if more else None,
+            **_target(domain),
+        }
         return _Result(result, {"domid": domain.domid, "name": domain.name, "pages": args["memory_pages"], "free_pages": self.pool.free_pages})
 
     def _guest(self, client: str, now: float) -> Domain:
@@ -159,6 +177,15 @@ class Hypervisor:
         released = self.table.decrease_reservation(domain, args["extents"])
         fields = {"domid": domain.domid, "released": released, "free_pages": self.pool.free_pages}
         return _Result({"released": released}, fields, _memory_news(self.table.waiting_for_memory(domain)))
+
+    def _memory_map(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        """A page of the caller's holdings after page `after`, as `register` pages them."""
+        domain = self._guest(client, now)
+        extents = self.pool.extents_after(domain.domid, args.get("after", -1), MAP_PAGE_EXTENTS + 1)
+        more = len(extents) > MAP_PAGE_EXTENTS
+        page = extents[:MAP_PAGE_EXTENTS]
+        result = {"extents": _wire_extents(page), "next": page[-1].start if more else None}
+        return _Result(result, {"domid": domain.domid, "extents": len(page), "more": more})
 
     def _get_target(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self._guest(client, now)
@@ -180,8 +207,15 @@ class Hypervisor:
     # --- admin endpoint --------------------------------------------------------------------
 
     def _list(self, client: str, args: dict[str, Any], now: float) -> _Result:
-        rows = [
-            {
+        """A page of domains after the cursor, as many as fit in LIST_PAGE_BYTES (at least one)."""
+        after = args.get("after", -1)
+        rows: list[dict[str, Any]] = []
+        size = 0
+        more = False
+        for d in self.table.domains():
+            if d.domid <= after:
+                continue
+            row = {
                 "domid": d.domid,
                 "name": d.name,
                 "current_pages": self.table.current_pages(d),
@@ -191,9 +225,13 @@ class Hypervisor:
                 "last_seen_s": round(now - d.last_seen, 3),
                 "balloon": d.balloon,
             }
-            for d in self.table.domains()
-        ]
-        return _Result({"domains": rows})
+            size += len(envelope.encode(row))
+            if rows and size > LIST_PAGE_BYTES:
+                more = True
+                break
+            rows.append(row)
+        result = {"domains": rows, "next": rows[-1]["domid"] if more else None}
+        return _Result(result, {"domains": len(rows), "more": more})
 
     def _info(self, client: str, args: dict[str, Any], now: float) -> _Result:
         pool = self.pool

@@ -272,6 +272,11 @@ class _Holdings:
     def extents(self) -> list[Extent]:
         return list(map(_extent, zip(self.starts, self.counts)))
 
+    def after(self, start: int, limit: int) -> list[Extent]:
+        """Up to `limit` extents that begin above page `start`, ascending."""
+        i = bisect_right(self.starts, start)
+        return list(map(_extent, zip(self.starts[i : i + limit], self.counts[i : i + limit])))
+
     def overlap(self, start: int, count: int) -> int:
         """How many pages of [start, start+count) the set holds (used for error messages)."""
         starts, counts, end = self.starts, self.counts, start + count
@@ -411,6 +416,12 @@ class PagePool:
         """The owner's holdings, sorted and maximal (adjacent runs merged)."""
         held = self._owned.get(owner)
         return held.extents() if held is not None else []
+
+    def extents_after(self, owner: int, after: int, limit: int) -> list[Extent]:
+        """A page of the owner's holdings: up to `limit` extents beginning above page `after`,
+        sorted and maximal; costs only the extents returned."""
+        held = self._owned.get(owner)
+        return held.after(after, limit) if held is not None else []
 
     def highest_extents(self, owner: int, max_pages: int) -> list[Extent]:
         """The owner's highest-addressed pages, up to `max_pages`, ascending; read-only.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from wire.client import RpcClient
 from wire.extent import PAGE_KIB
+from wire.pages import every_page
+from wire.shown import for_terminal
 from wire.sizes import pages_to_mib
 
 
@@ -17,7 +20,8 @@ class Toolstack:
         self.client.close()
 
     def list(self) -> list[dict[str, Any]]:
-        return self.client.call("list")["domains"]
+        """Every domain, read page by page."""
+        return every_page(self.client.call, "list", "domains")["domains"]
 
     def info(self) -> dict[str, Any]:
         return self.client.call("info")
@@ -35,23 +39,28 @@ class Toolstack:
         return self.client.call("audit")
 
 
-def domain_arg(text: str) -> int | str:
-    """xl takes a domid or a name; a string of digits is a domid."""
-    return int(text) if text.isdigit() else text
+def figure(value: Any) -> str:
+    """A driver statistic as printed: '-' when not reported, '?' when not a number."""
+    if value is None:
+        return "-"
+    if type(value) is int:
+        return str(value)
+    if type(value) is float and math.isfinite(value):
+        return f"{value:g}"
+    return "?"
 
 
 def format_list(domains: list[dict[str, Any]]) -> str:
+    """xl list's table; every peer's text escaped for the terminal."""
     header = f"{'Name':<20} {'ID':>5} {'Mem':>7} {'Target':>7} {'MaxMem':>7} {'State':<12} {'Balloon':<13} {'Delay':>5} {'Retry':>5}"
     lines = [header]
     for d in domains:
         balloon = d.get("balloon") or {}
-        delay = balloon.get("schedule_delay")
-        retries = balloon.get("retry_count")
         lines.append(
-            f"{d['name'][:20]:<20} {d['domid']:>5} {pages_to_mib(d['current_pages']):>7} "
-            f"{pages_to_mib(d['target_pages']):>7} {pages_to_mib(d['max_pages']):>7} {d['state']:<12} "
-            f"{str(balloon.get('state', '-')):<13} {'-' if delay is None else f'{delay:g}':>5} "
-            f"{'-' if retries is None else retries:>5}"
+            f"{for_terminal(d['name'])[:20]:<20} {d['domid']:>5} {pages_to_mib(d['current_pages']):>7} "
+            f"{pages_to_mib(d['target_pages']):>7} {pages_to_mib(d['max_pages']):>7} {for_terminal(d['state']):<12} "
+            f"{for_terminal(balloon.get('state', '-')):<13} {figure(balloon.get('schedule_delay')):>5} "
+            f"{figure(balloon.get('retry_count')):>5}"
         )
     return "\n".join(lines)
 

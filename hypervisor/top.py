@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from hypervisor.toolstack import figure
+from wire.shown import for_terminal
 from wire.sizes import pages_to_mib
 
 CLEAR = "\x1b[H\x1b[J"
@@ -60,12 +62,11 @@ def render(now: Frame, before: Frame | None) -> str:
         b = d.get("balloon") or {}
         moving = _rate(now, before, d["name"], _pages)
         irq = _rate(now, before, d["name"], _irqs)
-        delay = b.get("schedule_delay")
         lines.append(
-            f"{d['name'][:16]:<16} {d['domid']:>4} {d['state']:<12} {pages_to_mib(d['current_pages']):>9} "
+            f"{for_terminal(d['name'])[:16]:<16} {d['domid']:>4} {for_terminal(d['state']):<12} {pages_to_mib(d['current_pages']):>9} "
             f"{pages_to_mib(d['target_pages']):>7} {pages_to_mib(d['max_pages']):>7} "
-            f"{'-' if moving is None else f'{moving * 4 / 1024:+.1f}':>7} {str(b.get('state', '-')):<12} "
-            f"{'-' if delay is None else f'{delay:g}':>6} {b.get('retry_count', '-'):>5} "
+            f"{'-' if moving is None else f'{moving * 4 / 1024:+.1f}':>7} {for_terminal(b.get('state', '-')):<12} "
+            f"{figure(b.get('schedule_delay')):>6} {figure(b.get('retry_count')):>5} "
             f"{'-' if irq is None else f'{irq:.0f}':>7}"
         )
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -17,53 +18,29 @@ from irqbus.show import fetch_show, format_show
 from wire import endpoints, logsetup
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable, report_failure
-from wire.operations import MAX_BURST
+from wire.arguments import domain, positive_number, seconds, whole_number
+from wire.operations import CASCADE_PIN, IRQBUS_PINS, MAX_BURST
+from wire.shown import for_terminal, shown
 from wire.signals import stop_on_signals
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 10**12:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
-
-
-def _burst(text: str) -> int:
-    value = _count(text)
-    if value > MAX_BURST:
-        raise argparse.ArgumentTypeError(f"at most {MAX_BURST}, got {text!r}")
-    return value
+_count = whole_number(1, 10**12)
+_burst = whole_number(1, MAX_BURST)
+_HEX_OR_DECIMAL = re.compile(r"0[xX][0-9a-fA-F]{1,16}|[0-9]{1,20}")
 
 
 def _int(text: str) -> int:
-    """Decimal or 0x-prefixed hex, as MSI addresses are written."""
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer (0x for hex), got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
-    return value
+    """Decimal or 0x-prefixed hex, as MSI addresses are written (ASCII, at most 64 bits)."""
+    if _HEX_OR_DECIMAL.fullmatch(text) is None or int(text, 0) >= 1 << 64:
+        raise argparse.ArgumentTypeError(f"expected an integer 0..2^64-1 in ASCII digits (0x for hex), got {shown(text)}")
+    return int(text, 0)
 
 
 def _pin(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 23 or int(text) == 2:
-        raise argparse.ArgumentTypeError(f"expected a pin 0..23 other than 2 (the cascade), got {text!r}")
-    return int(text)
-
-
-def guest_arg(text: str) -> int | str:
-    """A guest by domid (digits) or by name, as xl takes domains."""
-    return int(text) if text.isdigit() else text
+    pin = whole_number(0, IRQBUS_PINS - 1, "a pin")(text)
+    if pin == CASCADE_PIN:
+        raise argparse.ArgumentTypeError(f"pin {CASCADE_PIN} is the i8259 cascade, not a device line")
+    return pin
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,18 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run irqbus: every guest's interrupt controllers")
     serve.add_argument("--endpoint", help=ep_help)
-    serve.add_argument("--query-timeout", type=_positive, default=DEFAULT_QUERY_TIMEOUT_S, help="seconds a guest has to answer a forwarded query")
+    serve.add_argument("--query-timeout", type=seconds, default=DEFAULT_QUERY_TIMEOUT_S, help="seconds a guest has to answer a forwarded query")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--endpoint", help=ep_help)
-        cmd.add_argument("--timeout", type=_positive, default=1.0, help="seconds to wait for each of 2 attempts")
+        cmd.add_argument("--timeout", type=seconds, default=1.0, help="seconds to wait for each of 2 attempts")
         return cmd
 
     def device_command(name: str, help_text: str) -> argparse.ArgumentParser:
         cmd = client_command(name, help_text)
-        cmd.add_argument("guest", type=guest_arg, help="guest name or domid")
+        cmd.add_argument("guest", type=domain, help="guest name or domid")
         cmd.add_argument("device", help="device name")
         return cmd
 
@@ -95,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--level", action="store_true", help="level-triggered line (held until the driver clears it); default edge")
 
     show = client_command("show", "guests, pins, devices, controller registers")
-    show.add_argument("guest", nargs="?", type=guest_arg, help="only this guest (name or domid)")
+    show.add_argument("guest", nargs="?", type=domain, help="only this guest (name or domid)")
     show.add_argument("--json", action="store_true")
     route_options(device_command("attach", "attach a device to a guest's pin or to MSI"), required=True)
     device_command("detach", "unplug a device")
@@ -104,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     device_command("lower", "the device deasserts its line and clears its status")
     device_command("pulse", "an edge from the device, whatever its trigger").add_argument("--count", type=_burst, default=1)
     msi = client_command("msi", "write an MSI message: the device's MSI-X entry, or raw --address/--data")
-    msi.add_argument("guest", type=guest_arg, help="guest name or domid")
+    msi.add_argument("guest", type=domain, help="guest name or domid")
     msi.add_argument("device", nargs="?", help="device name (optional with --address/--data)")
     msi.add_argument("--address", type=_int, help="raw message address, e.g. 0xfee00000")
     msi.add_argument("--data", type=_int, help="raw message data, e.g. 0x41 (vector 0x41, fixed, edge)")
@@ -112,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = device_command("device", "run an emulated device raising interrupts at a rate")
     route_options(dev, required=False)
-    dev.add_argument("--rate", type=_positive, required=True, metavar="HZ", help="interrupts per second")
+    dev.add_argument("--rate", type=positive_number("a positive rate"), required=True, metavar="HZ", help="interrupts per second")
     dev.add_argument("--count", type=_count, help="stop after this many interrupts (default: until stopped)")
     dev.add_argument("--burst", type=_burst, default=1, help="at most this many interrupts per request when behind (fast devices)")
     dev.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -173,7 +150,7 @@ def run_client(args: argparse.Namespace) -> int:
                 return 2
             r = client.call("attach_device", _attach_args(args))
             where = "MSI" if r["kind"] == "msi" else f"pin {r['pin']} ({r['trigger']})"
-            print(f"{r['device']} {'attached to' if r['created'] else 'already on'} {r['guest']} (domid {r['domid']}) {where}")
+            print(f"{for_terminal(r['device'])} {'attached to' if r['created'] else 'already on'} {for_terminal(r['guest'])} (domid {r['domid']}) {where}")
         elif args.command == "detach":
             client.call("detach_device", {"guest": args.guest, "device": args.device})
         elif args.command in ("raise", "pulse"):

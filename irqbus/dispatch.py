@@ -291,9 +291,14 @@ class IrqBus:
         key = "rows" if query.format == "json" else "text"
         if key not in args or len(args) != 2:
             raise WireError(ErrorCode.EINVAL, f"answer to query {query.id}: exactly '{key}' is expected with 'query'")
-        self.queries.close(query)
         result = {"guest": machine.name, "domid": machine.domid, key: args[key]}
         reply = envelope.encode(envelope.ok_reply(query.seq, result))
+        if len(reply) > envelope.MAX_MESSAGE_BYTES:  # the asker's reply adds the name and its seq to the answer
+            raise WireError(
+                ErrorCode.EINVAL,
+                f"answer to query {query.id}: the reply would be {len(reply)} bytes, over the limit of {envelope.MAX_MESSAGE_BYTES}",
+            )
+        self.queries.close(query)
         fields = self._guest_fields(machine, query=query.id, asker=query.asker)
         return _Result({}, fields, [Send(query.asker, reply)])
 

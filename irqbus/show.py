@@ -1,26 +1,24 @@
 """`irqbus show` for its clients: every page of it, and as text: per guest, its controllers'
-registers, its pins and its devices."""
+registers, its pins and its devices (names escaped for the terminal)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from wire.client import RpcClient
+from wire.pages import every_page
+from wire.shown import for_terminal
 
 
 def fetch_show(client: RpcClient, guest: int | str | None = None) -> dict[str, Any]:
     """Every page of `show` (or the one guest), as one result."""
     if guest is not None:
         return client.call("show", {"guest": guest})
-    result = client.call("show")
-    while result["next"] is not None:
-        more = client.call("show", {"after": result["next"]})
-        result = {**more, "guests": result["guests"] + more["guests"]}
-    return result
+    return every_page(client.call, "show", "guests")
 
 
 def _names(names: list[str]) -> str:
-    return ", ".join(names) if names else "-"
+    return ", ".join(for_terminal(n) for n in names) if names else "-"
 
 
 def _yes(flag: bool) -> str:
@@ -30,7 +28,7 @@ def _yes(flag: bool) -> str:
 def format_guest(g: dict[str, Any]) -> list[str]:
     pic = g["pic"]
     lines = [
-        f"guest {g['name']} (domid {g['domid']}): {g['delivered']} interrupts delivered, {g['spurious']} spurious, "
+        f"guest {for_terminal(g['name'])} (domid {g['domid']}): {g['delivered']} interrupts delivered, {g['spurious']} spurious, "
         f"last heard {g['last_seen_s']:g} s ago",
         f"  i8259 pair   IRR {pic['irr']:#06x}  ISR {pic['isr']:#06x}  IMR {pic['imr']:#06x}  "
         f"ELCR {pic['elcr']:#06x}  lines {pic['lines']:#06x}   (bit n = ISA IRQ n)",
@@ -40,14 +38,14 @@ def format_guest(g: dict[str, Any]) -> list[str]:
         lines.append(f"  {'IOAPIC pin':<12} {'vector':>6} {'trigger':<8} {'masked':<6} {'remote_irr':<10} asserted")
         for e in programmed:
             lines.append(
-                f"  {e['pin']:>10}   {e['vector']:#6x} {e['trigger']:<8} {_yes(e['masked']):<6} "
+                f"  {e['pin']:>10}   {e['vector']:#6x} {for_terminal(e['trigger']):<8} {_yes(e['masked']):<6} "
                 f"{_yes(e['remote_irr']):<10} {_yes(e['asserted'])}"
             )
     if g["pins"]:
         lines.append(f"  {'pin':>4} {'controller':<10} {'level':<5} {'masked':<6} {'devices':<24} asserting")
         for p in g["pins"]:
             lines.append(
-                f"  {p['pin']:>4} {p['controller']:<10} {'high' if p['level'] else 'low':<5} {_yes(p['masked']):<6} "
+                f"  {p['pin']:>4} {for_terminal(p['controller']):<10} {'high' if p['level'] else 'low':<5} {_yes(p['masked']):<6} "
                 f"{_names(p['devices']):<24} {_names(p['asserting'])}"
             )
     if g["devices"]:
@@ -59,10 +57,10 @@ def format_guest(g: dict[str, Any]) -> list[str]:
                 flags = ("masked" if msi["masked"] else "") + (" pending" if msi["pending"] else "")
                 route = f"MSI-X {vector} {flags}".strip()
             else:
-                route = f"pin {d['pin']} {d['trigger']}"
-            lines.append(f"  {d['name']:<16} {route:<22} {'set' if d['status'] else 'clear':<6} {d['gen']:>8} {d['merged']:>7}")
+                route = f"pin {d['pin']} {for_terminal(d['trigger'])}"
+            lines.append(f"  {for_terminal(d['name']):<16} {route:<22} {'set' if d['status'] else 'clear':<6} {d['gen']:>8} {d['merged']:>7}")
     if g.get("virqs"):
-        bound = ", ".join(f"{name} on vector {v['vector']:#x} ({v['sent']} sent)" for name, v in g["virqs"].items())
+        bound = ", ".join(f"{for_terminal(name)} on vector {v['vector']:#x} ({v['sent']} sent)" for name, v in g["virqs"].items())
         lines.append(f"  virtual interrupts: {bound}")
     return lines
 

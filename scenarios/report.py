@@ -9,6 +9,7 @@ from typing import TextIO
 from scenarios.plot import write_svg
 from scenarios.recording import Sample
 from scenarios.runner import Run
+from wire.shown import for_terminal
 from wire.sizes import pages_to_mib
 
 
@@ -26,13 +27,14 @@ class Progress:
             f"{n} {pages_to_mib(d['current_pages'])}/{pages_to_mib(d['target_pages'])} {d['balloon'].get('state', '-')}"
             for n, d in sample.domains.items()
         )
-        print(f"t={sample.t:6.1f}s  free {pages_to_mib(sample.free_pages):>5} MiB  {guests}", file=self.out, flush=True)
+        print(for_terminal(f"t={sample.t:6.1f}s  free {pages_to_mib(sample.free_pages):>5} MiB  {guests}"), file=self.out, flush=True)
 
     def step(self, t: float, label: str) -> None:
-        print(f"t={t:6.1f}s  >> {label}", file=self.out, flush=True)
+        print(for_terminal(f"t={t:6.1f}s  >> {label}"), file=self.out, flush=True)
 
 
 def text(run: Run) -> str:
+    """The report; what guests and servers said (names, states, messages) escaped for a terminal."""
     s, rec = run.scenario, run.recording
     lines = [f"scenario {s.name}: {'PASSED' if run.passed else 'FAILED'}", f"  {s.description}" if s.description else ""]
     if rec.samples:
@@ -53,7 +55,7 @@ def text(run: Run) -> str:
         e = o.expectation
         what = f"{e.check}" + (f" by {e.by:g} s" if e.by is not None else "") + (f" within {e.pages} pages" if e.pages else "")
         lines.append(f"    [{'ok' if o.passed else 'FAIL'}] {what} {list(e.guests) or ''}: {o.detail}")
-    return "\n".join(line for line in lines if line)
+    return "\n".join(for_terminal(line) for line in lines if line)
 
 
 def write(run: Run, out_dir: Path) -> list[Path]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 import sys
 
+from wire.shown import for_terminal
+
 
 class ErrorCode(enum.StrEnum):
     EINVAL = "EINVAL"  # a field has the wrong type or is out of range
@@ -45,9 +47,9 @@ class Unreachable(Exception):
 
 def report_failure(err: RemoteError | Unreachable, command: str, server: str, endpoint: str) -> int:
     """How every client command tells its user that the server refused it or never answered;
-    the exit status is 1 either way."""
+    the exit status is 1 either way. The server's words are escaped for the terminal."""
     if isinstance(err, Unreachable):
         print(f"{command}: no {server} answered at {endpoint} (is `{server} serve` running?)", file=sys.stderr)
     else:
-        print(f"{command}: {err.code}: {err.message}", file=sys.stderr)
+        print(f"{command}: {for_terminal(err.code)}: {for_terminal(err.message)}", file=sys.stderr)
     return 1

@@ -13,12 +13,12 @@ from wire.errors import ErrorCode, WireError
 from wire.extent import Extent
 from wire.names import numeric_name
 from wire.shown import shown
+from wire.heartbeat import balloon_stats
 
 MAX_BATCH_PAGES = 512  # one page of frame list, as Linux's balloon driver batches
 MAX_DOMAIN_PAGES = 1 << 32  # 16 TiB: anything larger is a typo, not a domain
 MAX_NAME = 64
 MAX_DOMID = 0x7FEF  # Xen reserves 0x7FF0 and above (DOMID_FIRST_RESERVED)
-MAX_STATS_KEYS = 32
 
 Validator = Callable[[str, Any], Any]
 
@@ -107,19 +107,6 @@ def extents(max_pages: int) -> Validator:
         return out
 
     return check
-
-
-def scalar_map(name: str, value: Any) -> dict[str, Any]:
-    """Balloon statistics: a flat map of short keys to numbers, strings or nil."""
-    if not isinstance(value, dict) or len(value) > MAX_STATS_KEYS:
-        raise _invalid(name, f"a map of at most {MAX_STATS_KEYS} entries", value)
-    for key, item in value.items():
-        if not isinstance(key, str) or len(key) > 32:
-            raise _invalid(f"{name} key", "a string of at most 32 characters", key)
-        ok = item is None or isinstance(item, (int, float, str)) and not isinstance(item, bool)
-        if not ok or (isinstance(item, str) and len(item) > 64):
-            raise _invalid(f"{name}.{key}", "a number, a short string or nil", item)
-    return dict(value)
 
 
 # --- irqbus ---------------------------------------------------------------------------------
@@ -321,11 +308,12 @@ OPERATIONS: dict[str, Operation] = {
         Operation("increase_reservation", Endpoint.GUEST, {"nr_pages": integer(1, MAX_BATCH_PAGES)}),
         Operation("decrease_reservation", Endpoint.GUEST, {"extents": extents(MAX_BATCH_PAGES)}),
         Operation("get_target", Endpoint.GUEST, read_only=True),
+        Operation("memory_map", Endpoint.GUEST, {}, {"after": integer(-1, MAX_DOMAIN_PAGES)}, read_only=True),
         # the heartbeat: it stores the driver's statistics, but the same ones again change nothing
-        Operation("status", Endpoint.GUEST, {}, {"balloon": scalar_map}, read_only=True),
+        Operation("status", Endpoint.GUEST, {}, {"balloon": balloon_stats}, read_only=True),
         Operation("shutdown", Endpoint.GUEST),
         # admin endpoint: the toolstack
-        Operation("list", Endpoint.ADMIN, read_only=True),
+        Operation("list", Endpoint.ADMIN, {}, {"after": integer(-1, MAX_DOMID)}, read_only=True),
         Operation("info", Endpoint.ADMIN, read_only=True),
         Operation("mem_set", Endpoint.ADMIN, {"domain": domain_ref, "target_pages": integer(0, MAX_DOMAIN_PAGES)}),
         Operation("mem_max", Endpoint.ADMIN, {"domain": domain_ref, "max_pages": _pages}),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from wire.extent import PAGE_SIZE
 
+_NUMBER = re.compile(r"[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30}")
 _UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -18,12 +21,9 @@ def parse_size(text: str) -> int:
     if s and s[-1] in _UNITS:
         unit = _UNITS[s[-1]]
         s = s[:-1]
-    try:
-        value = float(s) if "." in s else int(s)
-    except ValueError:
-        raise ValueError(f"invalid size {text!r}: expected a number with an optional suffix b, k, m, g or t") from None
-    if value < 0:
-        raise ValueError(f"invalid size {text!r}: must not be negative")
+    if _NUMBER.fullmatch(s) is None:  # ASCII digits only: float() would read "١٢" as 12
+        raise ValueError(f"invalid size {text!r}: expected a non-negative number in ASCII digits with an optional suffix b, k, m, g or t")
+    value = float(s) if "." in s else int(s)
     return int(value * unit)
 
 
