@@ -137,7 +137,7 @@ class IrqBus:
             args = op.validate(req.args)
             if req_peer and op.name == "attach":
                 raise WireError(ErrorCode.EPROTO, "a guest must connect a DEALER socket: irqbus sends it events, which a REQ socket cannot take")
-            if latest is None and not op.read_only and op.name != "attach" and not self.record.admit(req.client, now):
+            if latest is None and not (op.read_only or op.binds) and not self.record.admit(req.client, now):
                 raise WireError(ErrorCode.EAGAIN, "irqbus is recording as many recent requests as it can hold; retry later")
             done = handler(req.client, args, now, req.seq)
         except WireError as err:

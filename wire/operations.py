@@ -276,6 +276,9 @@ class Operation:
     optional: dict[str, Validator] = field(default_factory=dict)
     # Changes nothing a retry could double: its reply is not recorded, a retry runs it again.
     read_only: bool = False
+    # Creates what the caller's record is then bound to (a domain, an irqbus session), so it
+    # needs no room among the records of unbound clients (wire.replay).
+    binds: bool = False
     known: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -304,7 +307,7 @@ OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in [
         # guest endpoint: a balloon driver's view of its own domain (DOMID_SELF)
-        Operation("register", Endpoint.GUEST, {"name": domain_name, "memory_pages": _pages, "max_pages": _pages}),
+        Operation("register", Endpoint.GUEST, {"name": domain_name, "memory_pages": _pages, "max_pages": _pages}, binds=True),
         Operation("increase_reservation", Endpoint.GUEST, {"nr_pages": integer(1, MAX_BATCH_PAGES)}),
         Operation("decrease_reservation", Endpoint.GUEST, {"extents": extents(MAX_BATCH_PAGES)}),
         Operation("get_target", Endpoint.GUEST, read_only=True),
@@ -320,7 +323,7 @@ OPERATIONS: dict[str, Operation] = {
         Operation("destroy", Endpoint.ADMIN, {"domain": domain_ref}),
         Operation("audit", Endpoint.ADMIN, read_only=True),
         # irqbus, a guest's own session (the client that attached it)
-        Operation("attach", Endpoint.IRQBUS, {"name": domain_name, "domid": integer(0, MAX_DOMID)}),
+        Operation("attach", Endpoint.IRQBUS, {"name": domain_name, "domid": integer(0, MAX_DOMID)}, binds=True),
         Operation("detach", Endpoint.IRQBUS),
         Operation(
             "program_pin",
