@@ -1,0 +1,117 @@
+"""The per-request fast paths answer exactly as the general code they skip.
+
+Each fast path is a shortcut for the common well-formed input; these tests hold it to a
+reference: the general code as it was before the shortcut (kept here), on inputs that are
+mostly well-formed and often just not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wire.errors import ErrorCode, WireError
+from wire.extent import Extent
+from wire.operations import MAX_BATCH_PAGES, extents, integer
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def reference_extents(name: str, value: Any, max_pages: int) -> list[Extent]:
+    """wire.operations.extents before its fast pass."""
+    if not isinstance(value, list) or not 1 <= len(value) <= max_pages:
+        raise WireError(ErrorCode.EINVAL, "list")
+    out = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2 or not _is_int(item[0]) or not _is_int(item[1]) or item[0] < 0 or item[1] < 1:
+            raise WireError(ErrorCode.EINVAL, "item")
+        out.append(Extent(item[0], item[1]))
+    if sum(e.count for e in out) > max_pages:
+        raise WireError(ErrorCode.EINVAL, "total")
+    return out
+
+
+def outcome(check: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        return "ok", check(*args)
+    except WireError as err:
+        return "refused", err.code
+
+
+class Flag(int):
+    """An int subclass: no decoder makes one, so the fast paths leave it to the general code."""
+
+
+odd = st.one_of(
+    st.integers(-5, 0),
+    st.integers(),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.integers(0, 600).map(Flag),
+    st.text(max_size=3),
+    st.none(),
+    st.lists(st.integers(0, 9), max_size=3),
+)
+well_formed = st.lists(st.lists(st.integers(0, 2**40), min_size=2, max_size=2).map(lambda p: [p[0], p[1] % 64 + 1]), min_size=1, max_size=10)
+
+
+@st.composite
+def extent_lists(draw: st.DrawFn) -> Any:
+    """A well-formed list, or one with one thing wrong in it: a pair, a start, a count."""
+    value = draw(st.one_of(well_formed, st.integers(500, 520).map(lambda n: [[0, 1]] * n)))
+    where = draw(st.sampled_from(["nowhere", "pair", "start", "count", "list", "tuple"]))
+    i = draw(st.integers(0, len(value) - 1))
+    if where == "pair":
+        value[i] = draw(odd)
+    elif where in ("start", "count"):
+        value[i] = list(value[i])
+        value[i][where == "count"] = draw(odd)
+    elif where == "list":
+        value = draw(st.one_of(odd, st.just([])))
+    elif where == "tuple":
+        value[i] = tuple(value[i])  # a tuple is not what a decoder gives
+    return value
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=500, deadline=None)
+@given(extent_lists(), st.sampled_from([8, 64, MAX_BATCH_PAGES]))
+def test_extents_validator_answers_as_the_general_checks(value: Any, max_pages: int) -> None:
+    got = outcome(extents(max_pages), "extents", value)
+    assert got == outcome(reference_extents, "extents", value, max_pages)
+    if got[0] == "ok":
+        assert all(type(e) is Extent for e in got[1])  # records, as the handlers expect
+
+
+@pytest.mark.timeout(30)
+def test_extents_validator_says_what_is_wrong() -> None:
+    check = extents(MAX_BATCH_PAGES)
+    for value, words in [
+        ([[0, 400], [1000, 200]], "600 pages exceed the batch limit of 512"),
+        ([[0, 4], [5, True]], "'extents[1]': expected [start >= 0, count >= 1]"),
+        ([[0, 4], (5, 1)], "'extents[1]'"),
+        ([], "a list of 1..512"),
+    ]:
+        with pytest.raises(WireError) as err:
+            check("extents", value)
+        assert err.value.code is ErrorCode.EINVAL and words in err.value.message
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(odd, st.integers(1, 512)))
+def test_integer_validator_answers_as_before(value: Any) -> None:
+    def reference(name: str, v: Any) -> int:
+        if not _is_int(v) or not 1 <= v <= 512:
+            raise WireError(ErrorCode.EINVAL, "int")
+        return v
+
+    got = outcome(integer(1, 512), "n", value)
+    assert got == outcome(reference, "n", value)
+    if got[0] == "ok":
+        assert got[1] is value
