@@ -3,7 +3,7 @@ frame, the notifications to push and the figures to log come out."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,7 @@ from wire import envelope, replay
 from wire.replay import ReplayRecord, Verdict, replay_refusal
 from wire.shown import clip
 from wire.errors import ErrorCode, WireError
-from wire.extent import Extent
+from wire.extent import total_pages
 from wire.operations import Endpoint, lookup
 
 # Routine operations are logged at debug level; a short grant is always worth a line.
@@ -33,30 +33,34 @@ class Notification:
 
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
+    """What handling one frame came to: the reply, and what the shell logs and pushes.
+
+    One per request, so it is cheap to build: slots, the success path's fields first (built
+    positionally), and no fresh list for the notifications most requests do not have."""
+
     reply: bytes
     op: str | None = None
     seq: int | None = None
     client: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    notifications: Sequence[Notification] = ()
+    notable: bool = False  # worth an info line even for a routine operation
     error: ErrorCode | None = None
     message: str = ""
     replayed: bool = False
-    fields: dict[str, Any] = field(default_factory=dict)
-    notifications: list[Notification] = field(default_factory=list)
-    notable: bool = False  # worth an info line even for a routine operation
 
 
-@dataclass
+@dataclass(slots=True)
 class _Result:
+    """A handler's answer. Extents go into `result` as the pool's records: msgpack packs a
+    tuple as an array, so each is the wire's [start, count] without a copy."""
+
     result: dict[str, Any]
     fields: dict[str, Any] = field(default_factory=dict)
-    notifications: list[Notification] = field(default_factory=list)
+    notifications: Sequence[Notification] = ()
     notable: bool = False
-
-
-def _wire_extents(extents: list[Extent]) -> list[list[int]]:
-    return [[e.start, e.count] for e in extents]
 
 
 def _target(domain: Domain) -> dict[str, int]:
@@ -126,20 +130,20 @@ class Hypervisor:
             return outcome
         reply = envelope.encode(envelope.ok_reply(req.seq, done.result))
         self.record.remember(req.client, req.seq, frame_digest, None if op.read_only else reply, now, changed=not op.read_only)
-        return Outcome(reply, req.op, req.seq, req.client, fields=done.fields, notifications=done.notifications, notable=done.notable)
+        return Outcome(reply, req.op, req.seq, req.client, done.fields, done.notifications, done.notable)
 
     def _error(self, req: envelope.Request, code: ErrorCode, message: str) -> Outcome:
         reply = envelope.encode(envelope.error_reply(req.seq, code, message))
         domain = self.table.find_client(req.client)
         fields: dict[str, Any] = {"domid": domain.domid} if domain else {}
-        return Outcome(reply, clip(req.op, 40), req.seq, req.client, error=code, message=message, fields=fields)
+        return Outcome(reply, clip(req.op, 40), req.seq, req.client, fields, error=code, message=message)
 
     # --- guest endpoint --------------------------------------------------------------------
 
     def _register(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain, extents = self.table.create(args["name"], args["memory_pages"], args["max_pages"], client, now)
         self.record.bind(client)  # its record now lives as long as the domain
-        result = {"domid": domain.domid, "extents": _wire_extents(extents), **_target(domain)}
+        result = {"domid": domain.domid, "extents": extents, **_target(domain)}
         return _Result(result, {"domid": domain.domid, "name": domain.name, "pages": args["memory_pages"], "free_pages": self.pool.free_pages})
 
     def _guest(self, client: str, now: float) -> Domain:
@@ -150,9 +154,9 @@ class Hypervisor:
     def _increase(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self._guest(client, now)
         extents = self.table.increase_reservation(domain, args["nr_pages"])
-        granted = sum(e.count for e in extents)
+        granted = total_pages(extents)
         fields = {"domid": domain.domid, "asked": args["nr_pages"], "granted": granted, "free_pages": self.pool.free_pages}
-        return _Result({"extents": _wire_extents(extents), "granted": granted}, fields, notable=granted < args["nr_pages"])
+        return _Result({"extents": extents, "granted": granted}, fields, notable=granted < args["nr_pages"])
 
     def _decrease(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self._guest(client, now)
