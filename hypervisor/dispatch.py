@@ -13,7 +13,6 @@ from wire import envelope, replay
 from wire.replay import ReplayRecord, Verdict, replay_refusal
 from wire.shown import clip
 from wire.errors import ErrorCode, WireError
-from wire.extent import total_pages
 from wire.operations import Endpoint, lookup
 
 # Routine operations are logged at debug level; a short grant is always worth a line.
@@ -146,26 +145,21 @@ class Hypervisor:
         result = {"domid": domain.domid, "extents": extents, **_target(domain)}
         return _Result(result, {"domid": domain.domid, "name": domain.name, "pages": args["memory_pages"], "free_pages": self.pool.free_pages})
 
-    def _guest(self, client: str, now: float) -> Domain:
-        domain = self.table.by_client(client)
-        self.table.heard_from(domain, now)
-        return domain
-
     def _increase(self, client: str, args: dict[str, Any], now: float) -> _Result:
-        domain = self._guest(client, now)
-        extents = self.table.increase_reservation(domain, args["nr_pages"])
-        granted = total_pages(extents)
-        fields = {"domid": domain.domid, "asked": args["nr_pages"], "granted": granted, "free_pages": self.pool.free_pages}
+        domain = self.table.guest(client, now)
+        extents, granted = self.table.increase_reservation(domain, args["nr_pages"])
+        fields = {"domid": domain.domid, "asked": args["nr_pages"], "granted": granted, "free_pages": self.table.pool.free_pages}
         return _Result({"extents": extents, "granted": granted}, fields, notable=granted < args["nr_pages"])
 
     def _decrease(self, client: str, args: dict[str, Any], now: float) -> _Result:
-        domain = self._guest(client, now)
+        domain = self.table.guest(client, now)
         released = self.table.decrease_reservation(domain, args["extents"])
-        fields = {"domid": domain.domid, "released": released, "free_pages": self.pool.free_pages}
-        return _Result({"released": released}, fields, _memory_news(self.table.waiting_for_memory(domain)))
+        fields = {"domid": domain.domid, "released": released, "free_pages": self.table.pool.free_pages}
+        waiting = self.table.waiting_for_memory(domain)
+        return _Result({"released": released}, fields, _memory_news(waiting) if waiting else [])
 
     def _get_target(self, client: str, args: dict[str, Any], now: float) -> _Result:
-        domain = self._guest(client, now)
+        domain = self.table.guest(client, now)
         return _Result(_target(domain), {"domid": domain.domid})
 
     def _status(self, client: str, args: dict[str, Any], now: float) -> _Result:

@@ -70,6 +70,14 @@ class DomainTable:
     def find_client(self, client: str) -> Domain | None:
         return self._by_client.get(client)
 
+    def guest(self, client: str, now: float) -> Domain:
+        """The domain of the guest behind `client` (its DOMID_SELF), which was just heard from."""
+        domain = self._by_client.get(client)
+        if domain is None:
+            return self.by_client(client)  # raises ESRCH
+        domain.last_seen = now
+        return domain
+
     def by_client(self, client: str) -> Domain:
         domain = self._by_client.get(client)
         if domain is None:
@@ -126,16 +134,18 @@ class DomainTable:
 
     # --- reservation (Xen's memory_op, as seen from the guest) ----------------------------
 
-    def increase_reservation(self, domain: Domain, nr_pages: int) -> list[Extent]:
-        """Grant min(nr, free, max - current): a partial or empty grant is a normal answer."""
-        want = min(nr_pages, max(0, domain.max_pages - self.current_pages(domain)))
+    def increase_reservation(self, domain: Domain, nr_pages: int) -> tuple[list[Extent], int]:
+        """Grant min(nr, free, max - current): a partial or empty grant is a normal answer.
+        Returns the new extents and how many pages they hold."""
+        want = min(nr_pages, max(0, domain.max_pages - self.pool.owned_pages(domain.domid)))
         extents = self.pool.allocate(domain.domid, want)
+        granted = total_pages(extents)
         # short because the host is: worth a memory-available notification later (not maxmem)
-        if total_pages(extents) < want:
+        if granted < want:
             self._short[domain.domid] = domain
         elif self._short:
             self._short.pop(domain.domid, None)
-        return extents
+        return extents, granted
 
     def decrease_reservation(self, domain: Domain, extents: list[Extent]) -> int:
         """Take back exactly these pages, which must all be the caller's; else change nothing."""
