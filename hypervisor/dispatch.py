@@ -127,7 +127,7 @@ class Hypervisor:
             outcome = self._error(req, err.code, err.message)
             self.record.remember(req.client, req.seq, frame_digest, outcome.reply, now, changed=False)
             return outcome
-        reply = envelope.encode(envelope.ok_reply(req.seq, done.result))
+        reply = envelope.encode_ok(req.seq, done.result)
         self.record.remember(req.client, req.seq, frame_digest, None if op.read_only else reply, now, changed=not op.read_only)
         return Outcome(reply, req.op, req.seq, req.client, done.fields, done.notifications, done.notable)
 

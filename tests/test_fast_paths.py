@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wire import envelope
 from wire.errors import ErrorCode, WireError
 from wire.extent import Extent
 from wire.operations import MAX_BATCH_PAGES, extents, integer
@@ -115,3 +116,17 @@ def test_integer_validator_answers_as_before(value: Any) -> None:
     assert got == outcome(reference, "n", value)
     if got[0] == "ok":
         assert got[1] is value
+
+
+results = st.dictionaries(
+    st.text(max_size=8),
+    st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=40), lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4), max_leaves=12),
+    max_size=6,
+)
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.integers(0, envelope.MAX_SEQ)), results)
+def test_ok_reply_packed_from_its_fixed_parts_is_the_same_bytes(seq: int | None, result: dict[str, Any]) -> None:
+    assert envelope.encode_ok(seq, result) == envelope.encode(envelope.ok_reply(seq, result))
