@@ -45,7 +45,7 @@ class Outcome:
     client: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     notifications: Sequence[Notification] = ()
-    notable: bool = False  # worth an info line even for a routine operation
+    routine: bool = False  # a success of a QUIET_OPS operation that was not notable: a debug line
     error: ErrorCode | None = None
     message: str = ""
     replayed: bool = False
@@ -59,7 +59,7 @@ class _Result:
     result: dict[str, Any]
     fields: dict[str, Any] = field(default_factory=dict)
     notifications: Sequence[Notification] = ()
-    notable: bool = False
+    notable: bool = False  # worth an info line even for a routine operation
 
 
 def _target(domain: Domain) -> dict[str, int]:
@@ -129,7 +129,8 @@ class Hypervisor:
             return outcome
         reply = envelope.encode_ok(req.seq, done.result)
         self.record.remember(req.client, req.seq, frame_digest, None if op.read_only else reply, now, changed=not op.read_only)
-        return Outcome(reply, req.op, req.seq, req.client, done.fields, done.notifications, done.notable)
+        routine = op.name in QUIET_OPS and not done.notable
+        return Outcome(reply, req.op, req.seq, req.client, done.fields, done.notifications, routine)
 
     def _error(self, req: envelope.Request, code: ErrorCode, message: str) -> Outcome:
         reply = envelope.encode(envelope.error_reply(req.seq, code, message))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import structlog
 import zmq
 
-from hypervisor.dispatch import QUIET_OPS, Hypervisor, Outcome
+from hypervisor.dispatch import Hypervisor, Outcome
 from hypervisor.virq import VirqSender
 from wire import envelope
 from wire import multipart
@@ -94,7 +94,8 @@ class HypervisorService:
                 self._routes.pop(outcome.client, None)  # a REQ peer takes no events; a shut-down one needs none
             else:
                 self._routes[outcome.client] = identity
-        self._log(endpoint, outcome)
+        if not outcome.routine or self._routine_logged:
+            self._log(endpoint, outcome)
         for note in outcome.notifications:
             if note.virq is not None:
                 if self.virqs is not None:
@@ -110,15 +111,12 @@ class HypervisorService:
                 self._routes.pop(note.client, None)
 
     def _log(self, endpoint: Endpoint, outcome: Outcome) -> None:
-        routine = outcome.error is None and not outcome.replayed and not outcome.notable and outcome.op in QUIET_OPS
-        if routine and not self._routine_logged:
-            return
         fields = dict(outcome.fields, op=outcome.op, seq=outcome.seq, client=outcome.client, endpoint=str(endpoint))
         if outcome.error is not None:
             self.log.warning("request refused", error=str(outcome.error), message=outcome.message, **fields)
         elif outcome.replayed:
             self.log.info("request answered from record", **fields)
-        elif routine:
+        elif outcome.routine:
             self.log.debug(outcome.op, **fields)
         else:
             self.log.info(outcome.op, **fields)

@@ -7,12 +7,16 @@ mostly well-formed and often just not.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
+import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hypervisor.dispatch import Hypervisor
+from hypervisor.service import HypervisorService
 from wire import envelope
 from wire.errors import ErrorCode, WireError
 from wire.extent import Extent
@@ -130,3 +134,40 @@ results = st.dictionaries(
 @given(st.one_of(st.none(), st.integers(0, envelope.MAX_SEQ)), results)
 def test_ok_reply_packed_from_its_fixed_parts_is_the_same_bytes(seq: int | None, result: dict[str, Any]) -> None:
     assert envelope.encode_ok(seq, result) == envelope.encode(envelope.ok_reply(seq, result))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO])
+def test_routine_successes_are_debug_lines_and_notable_ones_info(tmp_path, level: int) -> None:
+    """The shell skips building a routine success's log line when debug lines are filtered
+    out; what is logged, and at which level, must not change."""
+    lines: list[tuple[str, str]] = []
+
+    def collect(logger: Any, method: str, event: dict[str, Any]) -> Any:
+        lines.append((method, event["event"]))
+        raise structlog.DropEvent
+
+    log = structlog.wrap_logger(None, processors=[collect], wrapper_class=structlog.make_filtering_bound_logger(level))
+    service = HypervisorService(Hypervisor(2048), f"ipc://{tmp_path}/g", f"ipc://{tmp_path}/a", log)
+    try:
+        def send(seq: int, op: str, args: dict[str, Any]) -> None:
+            frame = envelope.encode(envelope.request(op, seq, "guest-1", args))
+            service._serve_one(service.guests, b"peer", [frame], False)  # the reply goes nowhere
+
+        send(1, "register", {"name": "g1", "memory_pages": 1024, "max_pages": 4096})
+        send(2, "increase_reservation", {"nr_pages": 512})  # granted in full: routine
+        send(3, "increase_reservation", {"nr_pages": 512})  # 512 left, asked 512: routine
+        send(4, "increase_reservation", {"nr_pages": 8})  # the host is out: notable
+        send(4, "increase_reservation", {"nr_pages": 8})  # a retry, from the record
+        send(5, "decrease_reservation", {"extents": [[0, 1 << 40]]})  # refused
+    finally:
+        service.close()
+    expected = [
+        ("info", "register"),
+        ("debug", "increase_reservation"),
+        ("debug", "increase_reservation"),
+        ("info", "increase_reservation"),
+        ("info", "request answered from record"),
+        ("warning", "request refused"),
+    ]
+    assert lines == [line for line in expected if level == logging.DEBUG or line[0] != "debug"]
