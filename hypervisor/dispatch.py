@@ -3,7 +3,7 @@ frame, the notifications to push and the figures to log come out."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,6 @@ from wire import envelope, replay
 from wire.replay import ReplayRecord, Verdict, replay_refusal
 from wire.shown import clip
 from wire.errors import ErrorCode, WireError
-from wire.extent import Extent
 from wire.operations import Endpoint, lookup
 
 # A page of `list`: half the message limit, so the envelope and one more domain always fit.
@@ -42,30 +41,34 @@ class Notification:
 
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
+    """What handling one frame came to: the reply, and what the shell logs and pushes.
+
+    One per request, so it is cheap to build: slots, the success path's fields first (built
+    positionally), and no fresh list for the notifications most requests do not have."""
+
     reply: bytes
     op: str | None = None
     seq: int | None = None
     client: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    notifications: Sequence[Notification] = ()
+    routine: bool = False  # a success of a QUIET_OPS operation that was not notable: a debug line
     error: ErrorCode | None = None
     message: str = ""
     replayed: bool = False
-    fields: dict[str, Any] = field(default_factory=dict)
-    notifications: list[Notification] = field(default_factory=list)
-    notable: bool = False  # worth an info line even for a routine operation
 
 
-@dataclass
+@dataclass(slots=True)
 class _Result:
+    """A handler's answer. Extents go into `result` as the pool's records: msgpack packs a
+    tuple as an array, so each is the wire's [start, count] without a copy."""
+
     result: dict[str, Any]
     fields: dict[str, Any] = field(default_factory=dict)
-    notifications: list[Notification] = field(default_factory=list)
-    notable: bool = False
-
-
-def _wire_extents(extents: list[Extent]) -> list[list[int]]:
-    return [[e.start, e.count] for e in extents]
+    notifications: Sequence[Notification] = ()
+    notable: bool = False  # worth an info line even for a routine operation
 
 
 def _target(domain: Domain) -> dict[str, int]:
@@ -134,15 +137,16 @@ class Hypervisor:
             outcome = self._error(req, err.code, err.message)
             self.record.remember(req.client, req.seq, frame_digest, outcome.reply, now, changed=False)
             return outcome
-        reply = envelope.encode(envelope.ok_reply(req.seq, done.result))
+        reply = envelope.encode_ok(req.seq, done.result)
         self.record.remember(req.client, req.seq, frame_digest, None if op.read_only else reply, now, changed=not op.read_only)
-        return Outcome(reply, req.op, req.seq, req.client, fields=done.fields, notifications=done.notifications, notable=done.notable)
+        routine = op.name in QUIET_OPS and not done.notable
+        return Outcome(reply, req.op, req.seq, req.client, done.fields, done.notifications, routine)
 
     def _error(self, req: envelope.Request, code: ErrorCode, message: str) -> Outcome:
         reply = envelope.encode(envelope.error_reply(req.seq, code, message))
         domain = self.table.find_client(req.client)
         fields: dict[str, Any] = {"domid": domain.domid} if domain else {}
-        return Outcome(reply, clip(req.op, 40), req.seq, req.client, error=code, message=message, fields=fields)
+        return Outcome(reply, clip(req.op, 40), req.seq, req.client, fields, error=code, message=message)
 
     # --- guest endpoint --------------------------------------------------------------------
 
@@ -154,41 +158,36 @@ class Hypervisor:
             extents = self.pool.extents_after(domain.domid, -1, REGISTER_EXTENTS)
         result = {
             "domid": domain.domid,
-            "extents": _wire_extents(extents),
+            "extents": extents,  # Extent records pack as [start, count]
             "next": extents[-1].start if more else None,
             **_target(domain),
         }
         return _Result(result, {"domid": domain.domid, "name": domain.name, "pages": args["memory_pages"], "free_pages": self.pool.free_pages})
 
-    def _guest(self, client: str, now: float) -> Domain:
-        domain = self.table.by_client(client)
-        self.table.heard_from(domain, now)
-        return domain
-
     def _increase(self, client: str, args: dict[str, Any], now: float) -> _Result:
-        domain = self._guest(client, now)
-        extents = self.table.increase_reservation(domain, args["nr_pages"])
-        granted = sum(e.count for e in extents)
-        fields = {"domid": domain.domid, "asked": args["nr_pages"], "granted": granted, "free_pages": self.pool.free_pages}
-        return _Result({"extents": _wire_extents(extents), "granted": granted}, fields, notable=granted < args["nr_pages"])
+        domain = self.table.guest(client, now)
+        extents, granted = self.table.increase_reservation(domain, args["nr_pages"])
+        fields = {"domid": domain.domid, "asked": args["nr_pages"], "granted": granted, "free_pages": self.table.pool.free_pages}
+        return _Result({"extents": extents, "granted": granted}, fields, notable=granted < args["nr_pages"])
 
     def _decrease(self, client: str, args: dict[str, Any], now: float) -> _Result:
-        domain = self._guest(client, now)
+        domain = self.table.guest(client, now)
         released = self.table.decrease_reservation(domain, args["extents"])
-        fields = {"domid": domain.domid, "released": released, "free_pages": self.pool.free_pages}
-        return _Result({"released": released}, fields, _memory_news(self.table.waiting_for_memory(domain)))
+        fields = {"domid": domain.domid, "released": released, "free_pages": self.table.pool.free_pages}
+        waiting = self.table.waiting_for_memory(domain)
+        return _Result({"released": released}, fields, _memory_news(waiting) if waiting else [])
 
     def _memory_map(self, client: str, args: dict[str, Any], now: float) -> _Result:
         """A page of the caller's holdings after page `after`, as `register` pages them."""
-        domain = self._guest(client, now)
+        domain = self.table.guest(client, now)
         extents = self.pool.extents_after(domain.domid, args.get("after", -1), MAP_PAGE_EXTENTS + 1)
         more = len(extents) > MAP_PAGE_EXTENTS
         page = extents[:MAP_PAGE_EXTENTS]
-        result = {"extents": _wire_extents(page), "next": page[-1].start if more else None}
+        result = {"extents": page, "next": page[-1].start if more else None}
         return _Result(result, {"domid": domain.domid, "extents": len(page), "more": more})
 
     def _get_target(self, client: str, args: dict[str, Any], now: float) -> _Result:
-        domain = self._guest(client, now)
+        domain = self.table.guest(client, now)
         return _Result(_target(domain), {"domid": domain.domid})
 
     def _status(self, client: str, args: dict[str, Any], now: float) -> _Result:

@@ -12,7 +12,7 @@ from typing import Any
 
 from hypervisor.pool import PagePool, PoolError, PoolErrorReason
 from wire.errors import ErrorCode, WireError
-from wire.extent import Extent
+from wire.extent import Extent, total_pages
 from wire.names import domain_ref_text
 from wire.operations import MAX_DOMID
 from wire.sizes import pages_to_mib
@@ -36,7 +36,6 @@ class Domain:
     last_seen: float
     balloon: dict[str, Any] = field(default_factory=dict)
     target_writes: int = 0  # counts mem-set calls, so a guest sees a write of the same value
-    wants_memory: bool = False  # its last increase was granted short: tell it when pages free up
 
 
 class DomainTable:
@@ -46,6 +45,10 @@ class DomainTable:
         self._by_id: dict[int, Domain] = {}
         self._by_name: dict[str, Domain] = {}
         self._by_client: dict[str, Domain] = {}
+        # Domains whose last increase was granted short (not for maxmem), in the order they
+        # came short: told when pages free up. Kept apart so a release looks at them only,
+        # not at every domain.
+        self._short: dict[int, Domain] = {}
         self._next_domid = 1
 
     def __len__(self) -> int:
@@ -66,6 +69,14 @@ class DomainTable:
 
     def find_client(self, client: str) -> Domain | None:
         return self._by_client.get(client)
+
+    def guest(self, client: str, now: float) -> Domain:
+        """The domain of the guest behind `client` (its DOMID_SELF), which was just heard from."""
+        domain = self._by_client.get(client)
+        if domain is None:
+            return self.by_client(client)  # raises ESRCH
+        domain.last_seen = now
+        return domain
 
     def by_client(self, client: str) -> Domain:
         domain = self._by_client.get(client)
@@ -110,6 +121,7 @@ class DomainTable:
         del self._by_id[domain.domid]
         del self._by_name[domain.name]
         del self._by_client[domain.client]
+        self._short.pop(domain.domid, None)
         return self.pool.release_all(domain.domid)
 
     def _allocate_domid(self) -> int:
@@ -122,13 +134,18 @@ class DomainTable:
 
     # --- reservation (Xen's memory_op, as seen from the guest) ----------------------------
 
-    def increase_reservation(self, domain: Domain, nr_pages: int) -> list[Extent]:
-        """Grant min(nr, free, max - current): a partial or empty grant is a normal answer."""
-        room = max(0, domain.max_pages - self.current_pages(domain))
-        extents = self.pool.allocate(domain.domid, min(nr_pages, room))
+    def increase_reservation(self, domain: Domain, nr_pages: int) -> tuple[list[Extent], int]:
+        """Grant min(nr, free, max - current): a partial or empty grant is a normal answer.
+        Returns the new extents and how many pages they hold."""
+        want = min(nr_pages, max(0, domain.max_pages - self.pool.owned_pages(domain.domid)))
+        extents = self.pool.allocate(domain.domid, want)
+        granted = total_pages(extents)
         # short because the host is: worth a memory-available notification later (not maxmem)
-        domain.wants_memory = sum(e.count for e in extents) < min(nr_pages, room)
-        return extents
+        if granted < want:
+            self._short[domain.domid] = domain
+        elif self._short:
+            self._short.pop(domain.domid, None)
+        return extents, granted
 
     def decrease_reservation(self, domain: Domain, extents: list[Extent]) -> int:
         """Take back exactly these pages, which must all be the caller's; else change nothing."""
@@ -140,11 +157,11 @@ class DomainTable:
 
     def waiting_for_memory(self, freed_by: Domain | None) -> list[Domain]:
         """Pages were just freed: the domains that were granted short, told once per shortage."""
-        if self.pool.free_pages == 0:
+        if not self._short or self.pool.free_pages == 0:
             return []
-        waiting = [d for d in self._by_id.values() if d.wants_memory and d is not freed_by]
+        waiting = [d for d in self._short.values() if d is not freed_by]
         for domain in waiting:
-            domain.wants_memory = False
+            del self._short[domain.domid]
         return waiting
 
     # --- toolstack -----------------------------------------------------------------------

@@ -20,4 +20,6 @@ class Extent(NamedTuple):
 
 
 def total_pages(extents: "list[Extent] | tuple[Extent, ...]") -> int:
+    if len(extents) == 1:  # most grants and releases: no generator for those
+        return extents[0][1]
     return sum(e.count for e in extents)

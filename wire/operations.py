@@ -20,6 +20,8 @@ MAX_DOMAIN_PAGES = 1 << 32  # 16 TiB: anything larger is a typo, not a domain
 MAX_NAME = 64
 MAX_DOMID = 0x7FEF  # Xen reserves 0x7FF0 and above (DOMID_FIRST_RESERVED)
 
+_new_extent = tuple.__new__  # _new_extent(Extent, pair): a record without NamedTuple's Python-level __new__
+
 Validator = Callable[[str, Any], Any]
 
 
@@ -39,6 +41,8 @@ def _is_int(value: Any) -> bool:
 
 def integer(lo: int, hi: int) -> Validator:
     def check(name: str, value: Any) -> int:
+        if type(value) is int and lo <= value <= hi:  # what a decoder gives; bool is not int here
+            return value
         if not _is_int(value) or not lo <= value <= hi:
             raise _invalid(name, f"an integer {lo}..{hi}", value)
         return value
@@ -86,7 +90,30 @@ def domain_ref(name: str, value: Any) -> int | str:
 
 
 def extents(max_pages: int) -> Validator:
+    """[[start, count], ...]: a decrease_reservation's pages, at most `max_pages` of them.
+
+    Every decrease sends one, so the well-formed list is taken in one pass of type tests
+    that builds the records as it goes; anything else is walked again by `explain`, which
+    says what is wrong (or accepts what the fast pass left to it, such as int subclasses)."""
+
     def check(name: str, value: Any) -> list[Extent]:
+        if type(value) is list and 0 < len(value) <= max_pages:
+            out = []
+            total = 0
+            for item in value:
+                if type(item) is not list or len(item) != 2:
+                    break
+                start, count = item
+                if type(start) is not int or type(count) is not int or start < 0 or count < 1:
+                    break
+                total += count
+                out.append(_new_extent(Extent, item))
+            else:
+                if total <= max_pages:
+                    return out
+        return explain(name, value)
+
+    def explain(name: str, value: Any) -> list[Extent]:
         if not isinstance(value, list) or not 1 <= len(value) <= max_pages:
             raise _invalid(name, f"a list of 1..{max_pages} [start, count] pairs", value)
         out = []
