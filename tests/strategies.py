@@ -693,3 +693,16 @@ def host_requests(draw: Any, world: HostWorld) -> Draft:
 def bus_requests(draw: Any, world: BusWorld) -> Draft:
     """Anything a client may send irqbus."""
     return _anything(draw, _bus_draft(draw, world), Endpoint.IRQBUS)
+
+
+@st.composite
+def host_broken(draw: Any, world: HostWorld) -> Draft:
+    """A mangled request or garbage, for the hypervisor: nearly always refused."""
+    draft = _host_draft(draw, world)
+    return _garbage(draw, draft.endpoint) if _chance(draw, 20) else _mutate(draw, draft)
+
+
+@st.composite
+def bus_broken(draw: Any, world: BusWorld) -> Draft:
+    """A mangled request or garbage, for irqbus: nearly always refused."""
+    return _garbage(draw, Endpoint.IRQBUS) if _chance(draw, 20) else _mutate(draw, _bus_draft(draw, world))
