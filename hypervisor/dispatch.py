@@ -9,8 +9,9 @@ from typing import Any
 
 from hypervisor.domains import DEFAULT_LIVENESS_S, Domain, DomainTable
 from hypervisor.pool import PagePool
-from wire.replay import Answered, ReplayRecord
-from wire import envelope
+from wire import envelope, replay
+from wire.replay import ReplayRecord, Verdict, replay_refusal
+from wire.shown import clip
 from wire.errors import ErrorCode, WireError
 from wire.extent import Extent
 from wire.operations import Endpoint, lookup
@@ -105,34 +106,39 @@ class Hypervisor:
             reply = envelope.encode(envelope.error_reply(err.seq, err.code, err.message))
             return Outcome(reply, seq=err.seq, error=err.code, message=err.message)
 
-        verdict = self.record.verdict(req.client, req.seq, req.op)
-        if isinstance(verdict, Answered):
-            return Outcome(verdict.reply, req.op, req.seq, req.client, replayed=True)
-        if verdict is not None:
-            return self._error(req, ErrorCode.EPROTO, verdict, remember=False)
+        frame_digest = replay.digest(frame)
+        verdict, latest = self.record.verdict(req.client, req.seq, frame_digest)
+        if verdict is Verdict.REPLAY:
+            assert latest is not None and latest.reply is not None
+            return Outcome(latest.reply, req.op, req.seq, req.client, replayed=True)
+        if verdict is Verdict.STALE or verdict is Verdict.REUSED:
+            return self._error(req, ErrorCode.EPROTO, replay_refusal(verdict, req.seq))
 
         try:
             op = lookup(req.op, endpoint)
             args = op.validate(req.args)
+            if not op.read_only and op.name != "register" and not self.record.admit(req.client, now):
+                raise WireError(ErrorCode.EAGAIN, "the server is recording as many recent requests as it can hold; retry later")
             done = self._handlers[op.name](req.client, args, now)
         except WireError as err:
-            return self._error(req, err.code, err.message)
+            outcome = self._error(req, err.code, err.message)
+            self.record.remember(req.client, req.seq, frame_digest, outcome.reply, now, changed=False)
+            return outcome
         reply = envelope.encode(envelope.ok_reply(req.seq, done.result))
-        self.record.remember(req.client, req.seq, req.op, reply)
+        self.record.remember(req.client, req.seq, frame_digest, None if op.read_only else reply, now, changed=not op.read_only)
         return Outcome(reply, req.op, req.seq, req.client, fields=done.fields, notifications=done.notifications, notable=done.notable)
 
-    def _error(self, req: envelope.Request, code: ErrorCode, message: str, remember: bool = True) -> Outcome:
+    def _error(self, req: envelope.Request, code: ErrorCode, message: str) -> Outcome:
         reply = envelope.encode(envelope.error_reply(req.seq, code, message))
-        if remember:
-            self.record.remember(req.client, req.seq, req.op, reply)
         domain = self.table.find_client(req.client)
         fields: dict[str, Any] = {"domid": domain.domid} if domain else {}
-        return Outcome(reply, req.op[:40], req.seq, req.client, error=code, message=message, fields=fields)
+        return Outcome(reply, clip(req.op, 40), req.seq, req.client, error=code, message=message, fields=fields)
 
     # --- guest endpoint --------------------------------------------------------------------
 
     def _register(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain, extents = self.table.create(args["name"], args["memory_pages"], args["max_pages"], client, now)
+        self.record.bind(client)  # its record now lives as long as the domain
         result = {"domid": domain.domid, "extents": _wire_extents(extents), **_target(domain)}
         return _Result(result, {"domid": domain.domid, "name": domain.name, "pages": args["memory_pages"], "free_pages": self.pool.free_pages})
 
@@ -167,6 +173,7 @@ class Hypervisor:
         """The guest is going away cleanly: its domain is destroyed and its pages return."""
         domain = self.table.by_client(client)
         released = self.table.destroy(domain)
+        self.record.release(client, now)
         fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages}
         return _Result({"domid": domain.domid, "released": released}, fields, _memory_news(self.table.waiting_for_memory(domain)))
 
@@ -214,7 +221,7 @@ class Hypervisor:
     def _destroy(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self.table.resolve(args["domain"])
         released = self.table.destroy(domain)
-        self.record.forget(domain.client)
+        self.record.release(domain.client, now)
         notes = [Notification(domain.client, domain.domid, event=envelope.event("destroyed", {"domid": domain.domid}))]
         notes += _memory_news(self.table.waiting_for_memory(domain))
         fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages}

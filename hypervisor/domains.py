@@ -13,6 +13,7 @@ from typing import Any
 from hypervisor.pool import PagePool, PoolError, PoolErrorReason
 from wire.errors import ErrorCode, WireError
 from wire.extent import Extent
+from wire.names import domain_ref_text
 from wire.operations import MAX_DOMID
 from wire.sizes import pages_to_mib
 
@@ -73,9 +74,9 @@ class DomainTable:
         return domain
 
     def resolve(self, ref: int | str) -> Domain:
-        """A domain by domid or name, as xl takes either; a numeric string is a domid."""
-        if isinstance(ref, str) and ref.isdigit():
-            ref = int(ref)
+        """A domain by domid or name, as xl takes either; ASCII digits are a domid."""
+        if isinstance(ref, str):
+            ref = domain_ref_text(ref)
         domain = self._by_id.get(ref) if isinstance(ref, int) else self._by_name.get(ref)
         if domain is None:
             raise WireError(ErrorCode.ESRCH, f"no domain {ref!r}")

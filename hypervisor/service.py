@@ -70,25 +70,26 @@ class HypervisorService:
         """Serve what is queued without a poll per message; the budget keeps the sockets fair."""
         for _ in range(budget):
             try:
-                frames = multipart.receive(sock, multipart.NOBLOCK)
+                identity, body, req = multipart.receive_routed(sock, multipart.NOBLOCK)
             except zmq.Again:
                 return
-            self._serve_one(sock, frames)
+            self._serve_one(sock, identity, body, req)
 
-    def _serve_one(self, sock: zmq.Socket, frames: list[bytes]) -> None:
-        identity, rest = frames[0], frames[1:]
-        delimiter = [b""] if len(rest) > 1 and rest[0] == b"" else []  # a REQ peer's envelope
-        body = rest[len(delimiter):]
+    def _serve_one(self, sock: zmq.Socket, identity: bytes, body: list[bytes], req: bool) -> None:
+        route = multipart.envelope_of(identity, req)
         if len(body) != 1:
             msg = f"expected one frame per message, got {len(body)}"
-            self.log.warning("request refused", error=str(ErrorCode.EPROTO), message=msg)
-            multipart.send(sock, [identity, *delimiter, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
+            self.log.warning("request refused", error=str(ErrorCode.EPROTO), message=msg, req_peer=req)
+            multipart.send(sock, [*route, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
             return
         endpoint = self._endpoints[sock]
         outcome = self.hypervisor.handle(endpoint, body[0], self.clock())
-        multipart.send(sock, [identity, *delimiter, outcome.reply])
+        multipart.send(sock, [*route, outcome.reply])
         if endpoint is Endpoint.GUEST and outcome.client is not None and outcome.error is None:
-            self._routes[outcome.client] = identity
+            if req or self.hypervisor.table.find_client(outcome.client) is None:
+                self._routes.pop(outcome.client, None)  # a REQ peer takes no events; a shut-down one needs none
+            else:
+                self._routes[outcome.client] = identity
         self._log(endpoint, outcome)
         for note in outcome.notifications:
             if note.virq is not None:

@@ -9,13 +9,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from irqbus.backlog import Backlog
 from irqbus.machine import Delivery, Device, DeviceKind, GuestMachine, msi_message
 from irqbus.queries import DEFAULT_QUERY_TIMEOUT_S, PendingQueries, Query
 from irqbus.routing import Router
 from wire import envelope
 from wire.errors import ErrorCode, WireError
 from wire.operations import Endpoint, lookup
-from wire.replay import Answered, ReplayRecord
+from wire import replay
+from wire.replay import ReplayRecord, Verdict, replay_refusal
+from wire.shown import clip
 
 SHOW_PAGE_BYTES = 512 * 1024  # half the message limit: the envelope and one more guest always fit
 
@@ -43,6 +46,8 @@ class Outcome:
     fields: dict[str, Any] = field(default_factory=dict)
     sends: list[Send] = field(default_factory=list)
     result: dict[str, Any] | None = None  # executed, its reply not yet encoded and recorded
+    digest: bytes = b""  # the request frame's, for the replay record
+    read_only: bool = False
 
 
 @dataclass(slots=True)
@@ -53,8 +58,11 @@ class _Result:
 
 
 def irq_events(machine: GuestMachine, deliveries: list[Delivery]) -> list[Send]:
-    """Each delivery becomes an `irq` event on the guest's own session, and nowhere else."""
+    """Each delivery becomes an `irq` event on the guest's own session, and nowhere else; once
+    events were dropped for it (irqbus.backlog), each carries the count so far."""
     client, encode, event = machine.client, envelope.encode, envelope.event
+    if machine.dropped:
+        return [Send(client, encode(event("irq", {**d.event_args(), "dropped": machine.dropped}))) for d in deliveries]
     return [Send(client, encode(event("irq", d.event_args()))) for d in deliveries]
 
 
@@ -63,6 +71,7 @@ class IrqBus:
         self.router = Router()
         self.queries = PendingQueries(query_timeout_s)
         self.record = ReplayRecord()
+        self.backlog = Backlog()
         self._handlers: dict[str, Callable[[str, dict[str, Any], float, int], _Result]] = {
             "attach": self._attach,
             "detach": self._detach,
@@ -86,13 +95,13 @@ class IrqBus:
 
     # -- the shell's entry points ------------------------------------------------------------------
 
-    def handle(self, frame: bytes, now: float) -> Outcome:
+    def handle(self, frame: bytes, now: float, req_peer: bool = False) -> Outcome:
         """Execute a request and commit its reply."""
-        outcome = self.execute(frame, now)
-        self.commit(outcome)
+        outcome = self.execute(frame, now, req_peer)
+        self.commit(outcome, now)
         return outcome
 
-    def execute(self, frame: bytes, now: float) -> Outcome:
+    def execute(self, frame: bytes, now: float, req_peer: bool = False) -> Outcome:
         """Execute a request: its events (`sends`) are ready to go, its reply is not.
 
         Why two steps: a device's `raise` is waiting on the guest's interrupt, not on the
@@ -106,36 +115,52 @@ class IrqBus:
             reply = envelope.encode(envelope.error_reply(err.seq, err.code, err.message))
             return Outcome(reply, seq=err.seq, error=err.code, message=err.message)
 
-        verdict = self.record.verdict(req.client, req.seq, req.op)
-        if isinstance(verdict, Answered):
-            return Outcome(verdict.reply, req.op, req.seq, req.client, replayed=True)
-        if verdict is not None:
-            return self._error(req, ErrorCode.EPROTO, verdict, remember=False)
+        frame_digest = replay.digest(frame)
+        verdict, latest = self.record.verdict(req.client, req.seq, frame_digest)
+        if verdict is Verdict.REPLAY:
+            assert latest is not None
+            return Outcome(latest.reply, req.op, req.seq, req.client, replayed=True)
+        if verdict is Verdict.STALE or verdict is Verdict.REUSED:
+            return self._error(req, ErrorCode.EPROTO, replay_refusal(verdict, req.seq))
         waiting = self.queries.waiting(req.client, req.seq) if len(self.queries) else None
         if waiting is not None:  # a retried question whose guest has not answered yet: keep waiting
             if waiting.op != req.op:
-                return self._error(req, ErrorCode.EPROTO, f"sequence {req.seq} was already used for {waiting.op!r}", remember=False)
+                return self._error(req, ErrorCode.EPROTO, replay_refusal(Verdict.REUSED, req.seq))
             return Outcome(None, req.op, req.seq, req.client, replayed=True, fields={"query": waiting.id})
 
         try:
             served = self._served.get(req.op)
             if served is None:
                 lookup(req.op, Endpoint.IRQBUS)  # raises ENOSYS or EPERM, saying which
-                raise WireError(ErrorCode.ENOSYS, f"operation {req.op!r} is not served by irqbus")
+                raise WireError(ErrorCode.ENOSYS, f"operation {clip(req.op, 60)!r} is not served by irqbus")
             op, handler = served
-            done = handler(req.client, op.validate(req.args), now, req.seq)
+            args = op.validate(req.args)
+            if req_peer and op.name == "attach":
+                raise WireError(ErrorCode.EPROTO, "a guest must connect a DEALER socket: irqbus sends it events, which a REQ socket cannot take")
+            if not op.read_only and op.name != "attach" and not self.record.admit(req.client, now):
+                raise WireError(ErrorCode.EAGAIN, "irqbus is recording as many recent requests as it can hold; retry later")
+            done = handler(req.client, args, now, req.seq)
         except WireError as err:
-            return self._error(req, err.code, err.message)
-        return Outcome(None, req.op, req.seq, req.client, fields=done.fields, sends=done.sends, result=done.result)
+            outcome = self._error(req, err.code, err.message)
+            self.record.remember(req.client, req.seq, frame_digest, outcome.reply, now, changed=False)
+            return outcome
+        return Outcome(None, req.op, req.seq, req.client, fields=done.fields, sends=done.sends, result=done.result,
+                       digest=frame_digest, read_only=op.read_only)
 
-    def commit(self, outcome: Outcome) -> None:
+    def commit(self, outcome: Outcome, now: float) -> None:
         """Encode an executed request's reply and record it for retries."""
         if outcome.result is None:
+            if outcome.digest and outcome.client is not None and outcome.seq is not None:
+                # a forwarded query: its seq is the client's latest; the reply comes later
+                self.record.remember(outcome.client, outcome.seq, outcome.digest, None, now, changed=False)
+                outcome.digest = b""
             return
         assert outcome.client is not None and outcome.op is not None and outcome.seq is not None
         outcome.reply = envelope.encode(envelope.ok_reply(outcome.seq, outcome.result))
-        self.record.remember(outcome.client, outcome.seq, outcome.op, outcome.reply)
+        kept = None if outcome.read_only else outcome.reply
+        self.record.remember(outcome.client, outcome.seq, outcome.digest, kept, now, changed=not outcome.read_only)
         outcome.result = None
+        outcome.digest = b""
 
     def tick(self, now: float) -> list[Outcome]:
         """Queries whose guest did not answer in time: their askers get ETIMEDOUT."""
@@ -155,28 +180,33 @@ class IrqBus:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _error(self, req: envelope.Request, code: ErrorCode, message: str, remember: bool = True) -> Outcome:
+    def _error(self, req: envelope.Request, code: ErrorCode, message: str) -> Outcome:
         reply = envelope.encode(envelope.error_reply(req.seq, code, message))
-        if remember:
-            self.record.remember(req.client, req.seq, req.op, reply)
         fields: dict[str, Any] = {}
         if self.router.is_guest(req.client):
             machine = self.router.session(req.client)
             fields = {"domid": machine.domid, "guest": machine.name}
-        return Outcome(reply, req.op[:40], req.seq, req.client, error=code, message=message, fields=fields)
+        return Outcome(reply, clip(req.op, 40), req.seq, req.client, error=code, message=message, fields=fields)
 
     def _fail_query(self, query: Query, code: ErrorCode, message: str) -> Outcome:
+        """A query's asker gets its error; `interrupts` is read-only, so nothing is recorded."""
         reply = envelope.encode(envelope.error_reply(query.seq, code, message))
-        self.record.remember(query.asker, query.seq, query.op, reply)
         fields = {"query": query.id, "guest": query.guest_name}
         return Outcome(None, query.op, query.seq, query.asker, error=code, message=message, fields=fields, sends=[Send(query.asker, reply)])
 
     def _fail_queries_of(self, machine: GuestMachine, why: str) -> list[Send]:
         return [s for q in self.queries.of_guest(machine.client) for s in self._fail_query(q, ErrorCode.ESRCH, why).sends]
 
+    def _events(self, machine: GuestMachine, deliveries: list[Delivery]) -> list[Send]:
+        """The guest's `irq` events, as many as its unread budget allows (irqbus.backlog)."""
+        allowed = self.backlog.admit(machine, len(deliveries))
+        return irq_events(machine, deliveries if allowed == len(deliveries) else deliveries[:allowed])
+
     def _session(self, client: str, now: float) -> GuestMachine:
         machine = self.router.session(client)
         machine.last_seen = now
+        if self.backlog.total:
+            self.backlog.heard_from(client)
         return machine
 
     @staticmethod
@@ -190,6 +220,9 @@ class IrqBus:
         sends: list[Send] = []
         for old in replaced:
             sends += self._fail_queries_of(old, f"guest {old.name} re-attached")
+            self.record.release(old.client, now)
+            self.backlog.heard_from(old.client)
+        self.record.bind(client)  # its record now lives as long as its session
         fields = self._guest_fields(machine, replaced=[f"{m.name}/{m.domid}" for m in replaced])
         return _Result({"domid": machine.domid, "name": machine.name, "replaced": len(replaced)}, fields, sends)
 
@@ -197,13 +230,15 @@ class IrqBus:
         machine = self.router.session(client)
         sends = self._fail_queries_of(machine, f"guest {machine.name} detached")
         devices = self.router.detach(machine)
+        self.record.release(client, now)
+        self.backlog.heard_from(client)
         return _Result({"domid": machine.domid, "devices": devices}, self._guest_fields(machine, devices=devices), sends)
 
     def _program_pin(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self._session(client, now)
         deliveries = machine.program_pin(args["pin"], args["trigger"], args.get("vector"))
         fields = self._guest_fields(machine, pin=args["pin"], trigger=args["trigger"], vector=args.get("vector"))
-        return _Result({"delivered": len(deliveries)}, fields, irq_events(machine, deliveries))
+        return _Result({"delivered": len(deliveries)}, fields, self._events(machine, deliveries))
 
     def _program_msi(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         """A driver programs its device's MSI-X entry; the device need not have been attached
@@ -220,7 +255,7 @@ class IrqBus:
             device = machine.devices[args["device"]]
         deliveries = machine.program_msi(device, args["address"], args["data"])
         fields = self._guest_fields(machine, device=device.name, vector=message.vector)
-        return _Result({"vector": message.vector}, fields, irq_events(machine, deliveries))
+        return _Result({"vector": message.vector}, fields, self._events(machine, deliveries))
 
     def _chip(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self._session(client, now)
@@ -232,7 +267,7 @@ class IrqBus:
                 router.device(machine, cmd.device)
         deliveries = machine.chip(commands, clears)
         fields = self._guest_fields(machine, ops=len(commands), cleared=len(clears), delivered=len(deliveries))
-        return _Result({}, fields, irq_events(machine, deliveries))
+        return _Result({}, fields, self._events(machine, deliveries))
 
     def _bind_virq(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self._session(client, now)
@@ -245,7 +280,7 @@ class IrqBus:
         machine = self.router.resolve(args["guest"])
         deliveries = machine.send_virq(args["virq"])
         fields = self._guest_fields(machine, virq=args["virq"], delivered=len(deliveries))
-        return _Result({"delivered": len(deliveries)}, fields, irq_events(machine, deliveries))
+        return _Result({"delivered": len(deliveries)}, fields, self._events(machine, deliveries))
 
     def _answer(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self._session(client, now)
@@ -256,7 +291,6 @@ class IrqBus:
         self.queries.close(query)
         result = {"guest": machine.name, "domid": machine.domid, key: args[key]}
         reply = envelope.encode(envelope.ok_reply(query.seq, result))
-        self.record.remember(query.asker, query.seq, query.op, reply)
         fields = self._guest_fields(machine, query=query.id, asker=query.asker)
         return _Result({}, fields, [Send(query.asker, reply)])
 
@@ -283,7 +317,7 @@ class IrqBus:
     def _detach_device(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine, device = self._device(args)
         deliveries = self.router.unplug(machine, device)
-        return _Result({"device": device.name}, self._guest_fields(machine, device=device.name), irq_events(machine, deliveries))
+        return _Result({"device": device.name}, self._guest_fields(machine, device=device.name), self._events(machine, deliveries))
 
     def _raise(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine, device = self._device(args)
@@ -298,12 +332,12 @@ class IrqBus:
     def _raised(self, machine: GuestMachine, device: Device, deliveries: list[Delivery], merged: int) -> _Result:
         result = {"gen": device.gen, "merged": merged, "delivered": len(deliveries)}
         fields = {"domid": machine.domid, "guest": machine.name, "device": device.name, **result}
-        return _Result(result, fields, irq_events(machine, deliveries))
+        return _Result(result, fields, self._events(machine, deliveries))
 
     def _lower(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine, device = self._device(args)
         deliveries = machine.lower_device(device)
-        return _Result({"gen": device.gen}, self._guest_fields(machine, device=device.name), irq_events(machine, deliveries))
+        return _Result({"gen": device.gen}, self._guest_fields(machine, device=device.name), self._events(machine, deliveries))
 
     def _msi(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self.router.resolve(args["guest"])
@@ -323,7 +357,7 @@ class IrqBus:
         vector = args["data"] & 0xFF
         result = {"vector": vector, "delivered": len(deliveries), "gen": device.gen if device else None}
         fields = self._guest_fields(machine, device=device.name if device else None, vector=vector, delivered=len(deliveries))
-        return _Result(result, fields, irq_events(machine, deliveries))
+        return _Result(result, fields, self._events(machine, deliveries))
 
     # -- inspection --------------------------------------------------------------------------------
 

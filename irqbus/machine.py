@@ -138,6 +138,7 @@ class GuestMachine:
         self._on_pin: dict[int, list[Device]] = {}
         self._free_sources = list(range(MAX_PIN_DEVICES - 1, -1, -1))
         self.delivered = 0
+        self.dropped = 0  # events irqbus did not send: the guest was not reading (irqbus.backlog)
         self.spurious = 0  # INTA cycles that found nothing (IRQ7 / IRQ15)
         self.virqs: dict[str, int] = {}  # virtual interrupt name -> the vector the guest bound it to
         self.virqs_sent: dict[str, int] = {}
@@ -465,6 +466,7 @@ class GuestMachine:
             "domid": self.domid,
             "last_seen_s": round(now - self.last_seen, 3),
             "delivered": self.delivered,
+            "dropped": self.dropped,
             "spurious": self.spurious,
             "pic": {"irr": pic.irr, "isr": pic.isr, "imr": pic.imr, "elcr": pic.elcr, "lines": pic.lines},
             "ioapic": ioapic,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from irqbus.machine import Delivery, Device, DeviceKind, GuestMachine
 from wire.errors import ErrorCode, WireError
+from wire.names import domain_ref_text
 
 MAX_GUESTS = 1024
 MAX_DEVICES = 4096
@@ -61,7 +62,9 @@ class Router:
         return names
 
     def resolve(self, ref: int | str) -> GuestMachine:
-        """A guest by name or domid, as the CLI names it."""
+        """A guest by name or domid, as the CLI names it; ASCII digits are a domid."""
+        if isinstance(ref, str):
+            ref = domain_ref_text(ref)
         if isinstance(ref, str):
             machine = self.guests.get(ref)
         else:

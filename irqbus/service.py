@@ -12,6 +12,7 @@ from collections.abc import Callable
 import structlog
 import zmq
 
+from irqbus.backlog import MAX_UNREAD_PER_GUEST
 from irqbus.dispatch import QUIET_OPS, IrqBus, Outcome
 from wire import envelope
 from wire import multipart
@@ -20,7 +21,7 @@ from wire.errors import ErrorCode
 POLL_MS = 100
 HARD_FRAME_LIMIT = 64 << 20  # past this ZeroMQ drops the peer; up to it we answer EMSGSIZE
 DRAIN_BUDGET = 256
-SEND_QUEUE = 200_000  # events queued per guest before any is dropped: a burst of raises must fit
+SEND_QUEUE = MAX_UNREAD_PER_GUEST + 1024  # libzmq's own bound per peer, behind irqbus.backlog's
 PRUNE_EVERY_S = 1.0
 DROP_REPORT_EVERY_S = 1.0
 
@@ -45,8 +46,9 @@ class IrqbusService:
         self.socket.setsockopt(zmq.MAXMSGSIZE, HARD_FRAME_LIMIT)
         self.socket.setsockopt(zmq.SNDHWM, SEND_QUEUE)
         self.socket.bind(endpoint)
-        self._routes: dict[str, bytes] = {}  # client id -> ROUTER identity, for events and held replies
+        self._routes: dict[str, list[bytes]] = {}  # client id -> its reply envelope, for events and held replies
         self._dropped = 0
+        self._dropped_seen: dict[str, int] = {}  # guest client -> its dropped count when last logged
         self._next_drop_report = 0.0
         self._next_prune = 0.0
 
@@ -75,38 +77,39 @@ class IrqbusService:
         """Serve what is queued without a poll per message."""
         for _ in range(DRAIN_BUDGET):
             try:
-                frames = multipart.receive(self.socket, multipart.NOBLOCK)
+                identity, body, req = multipart.receive_routed(self.socket, multipart.NOBLOCK)
             except zmq.Again:
                 return
-            self._serve_one(frames)
+            self._serve_one(identity, body, req)
 
-    def _serve_one(self, frames: list[bytes]) -> None:
-        identity, rest = frames[0], frames[1:]
-        delimiter = [b""] if len(rest) > 1 and rest[0] == b"" else []  # a REQ peer's envelope
-        body = rest[len(delimiter):]
+    def _serve_one(self, identity: bytes, body: list[bytes], req: bool) -> None:
+        route = multipart.envelope_of(identity, req)
         if len(body) != 1:
             msg = f"expected one frame per message, got {len(body)}"
-            self.log.warning("request refused", error=str(ErrorCode.EPROTO), message=msg)
-            multipart.send(self.socket, [identity, *delimiter, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
+            self.log.warning("request refused", error=str(ErrorCode.EPROTO), message=msg, req_peer=req)
+            multipart.send(self.socket, [*route, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
             return
-        outcome = self.bus.execute(body[0], self.clock())
+        now = self.clock()
+        outcome = self.bus.execute(body[0], now, req_peer=req)
         client = outcome.client
         if client is not None and self.bus.wants_route(client):
-            self._routes[client] = identity
+            self._routes[client] = route
         self._push(outcome)  # a guest's interrupt first; the device's reply can wait a little
-        self.bus.commit(outcome)
+        self.bus.commit(outcome, now)
         if outcome.reply is not None:
-            multipart.send(self.socket, [identity, *delimiter, outcome.reply])
+            multipart.send(self.socket, [*route, outcome.reply])
         self._log(outcome)
 
     def _push(self, outcome: Outcome) -> None:
+        """Events go to DEALER guests only (a REQ asker gets its held reply, never an event:
+        irqbus refuses a REQ guest's attach)."""
         for send in outcome.sends:
             route = self._routes.get(send.client)
             if route is None:
                 self._note_drop(send.client, "no route")
                 continue
             try:
-                multipart.send(self.socket, [route, send.frame], multipart.NOBLOCK)
+                multipart.send(self.socket, [*route, send.frame], multipart.NOBLOCK)
             except zmq.Again:  # the guest is not reading
                 self._note_drop(send.client, "queue full")
 
@@ -118,9 +121,17 @@ class IrqbusService:
             self._next_drop_report = now + DROP_REPORT_EVERY_S
 
     def _prune(self, now: float) -> None:
-        """Forget routes of clients that are neither guests nor waiting for a query."""
+        """Forget routes of clients that are neither guests nor waiting for a query; say which
+        guests had events dropped since the last look (irqbus.backlog)."""
         for client in [c for c in self._routes if not self.bus.wants_route(c)]:
             del self._routes[client]
+        for machine in self.bus.router.guests.values():
+            if machine.dropped != self._dropped_seen.get(machine.client, 0):
+                self._dropped_seen[machine.client] = machine.dropped
+                self.log.warning("events dropped: the guest is not reading", domid=machine.domid, guest=machine.name,
+                                 dropped=machine.dropped, unread=self.bus.backlog.unread(machine.client))
+        for client in [c for c in self._dropped_seen if not self.bus.router.is_guest(c)]:
+            del self._dropped_seen[client]
         self._next_prune = now + PRUNE_EVERY_S
 
     def _log(self, outcome: Outcome) -> None:

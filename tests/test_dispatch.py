@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import msgpack
 import pytest
 
@@ -53,8 +55,12 @@ def admin(hv):
     return Peer(hv, A, "toolstack")
 
 
+_instances = itertools.count(1)
+
+
 def guest(hv, name="g1", memory=1000, maxmem=2000) -> Peer:
-    peer = Peer(hv, G, f"client-{name}")
+    """A new guest instance: its client id is unique, as the protocol asks."""
+    peer = Peer(hv, G, f"client-{name}-{next(_instances)}")
     peer.result = peer.ok("register", name=name, memory_pages=memory, max_pages=maxmem)
     return peer
 

@@ -160,3 +160,76 @@ def test_multipart_send_and_receive_keep_a_message_whole():
         router.close(0)
         dealer.close(0)
         ctx.term()
+
+
+def test_receive_routed_tells_req_from_a_dealers_two_frames(tmp_path):
+    """The peer type comes from the connection (ZMTP metadata), not from the frames' shape."""
+    import zmq
+
+    from wire import multipart
+
+    ctx = zmq.Context()
+    endpoint = f"ipc://{tmp_path}/routed"
+    router, req, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.REQ), ctx.socket(zmq.DEALER)
+    try:
+        router.bind(endpoint)
+        req.connect(endpoint)
+        dealer.connect(endpoint)
+        req.send(b"from req")
+        assert router.poll(2000)
+        identity, frames, is_req = multipart.receive_routed(router)
+        assert (frames, is_req) == ([b"from req"], True)
+        multipart.send(router, [*multipart.envelope_of(identity, is_req), b"answer"])
+        assert req.poll(2000) and req.recv() == b"answer"
+        dealer.send_multipart([b"", b"payload"])
+        assert router.poll(2000)
+        _, frames, is_req = multipart.receive_routed(router)
+        assert (frames, is_req) == ([b"", b"payload"], False)
+    finally:
+        for sock in (router, req, dealer):
+            sock.close(0)
+        ctx.term()
+
+
+@pytest.mark.timeout(20)
+def test_the_client_resends_a_request_the_server_could_not_take_yet(tmp_path):
+    """EAGAIN means "not executed": the same frame goes again after a pause, within the budget."""
+    import threading
+
+    import zmq
+
+    from wire import multipart
+    from wire.client import RpcClient
+    from wire.errors import RemoteError
+
+    ctx = zmq.Context()
+    endpoint = f"ipc://{tmp_path}/eagain"
+    server = ctx.socket(zmq.ROUTER)
+    server.bind(endpoint)
+    seen: list[bytes] = []
+
+    def serve(answers: list[dict]) -> None:
+        for answer in answers:
+            assert server.poll(5000)
+            identity, frames, _ = multipart.receive_routed(server)
+            seen.append(frames[0])
+            seq = msgpack.unpackb(frames[0])["seq"]
+            multipart.send(server, [identity, envelope.encode({"v": 1, "seq": seq, **answer})])
+
+    busy = {"ok": False, "error": "EAGAIN", "message": "full"}
+    try:
+        thread = threading.Thread(target=serve, args=([busy, busy, {"ok": True, "result": {"x": 1}}],))
+        thread.start()
+        with RpcClient(endpoint, context=ctx, timeout=1.0, retries=3) as client:
+            assert client.call("mem_set", {"domain": "a", "target_pages": 1}) == {"x": 1}
+        thread.join(5)
+        assert len(seen) == 3 and len(set(seen)) == 1  # the very same frame, three times
+        thread = threading.Thread(target=serve, args=([busy, busy],))
+        thread.start()
+        with RpcClient(endpoint, context=ctx, timeout=1.0, retries=1) as client, pytest.raises(RemoteError) as err:
+            client.call("mem_set", {"domain": "a", "target_pages": 1})
+        assert err.value.code == "EAGAIN"
+        thread.join(5)
+    finally:
+        server.close(0)
+        ctx.term()

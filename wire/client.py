@@ -19,6 +19,8 @@ from wire import envelope
 from wire import multipart
 from wire.errors import RemoteError, Unreachable
 
+EAGAIN_PAUSE_S = 0.25  # before resending a request the server could not take yet
+
 
 class RpcClient:
     def __init__(
@@ -66,7 +68,8 @@ class RpcClient:
         """Send `op` and return its result; raise RemoteError on an error reply.
 
         retries=-1 retries until answered or until should_stop() says so; either way the
-        caller gets Unreachable when it gives up.
+        caller gets Unreachable when it gives up. An EAGAIN (the server did not execute the
+        request: no room to record it yet) is retried the same way, after a short pause.
         """
         self._seq += 1
         seq = self._seq
@@ -79,7 +82,10 @@ class RpcClient:
             if reply is not None:
                 if reply["ok"]:
                     return reply.get("result") or {}
-                raise RemoteError(str(reply.get("error")), str(reply.get("message")))
+                busy = reply.get("error") == "EAGAIN"  # not executed: the same frame may go again
+                if not busy or (budget >= 0 and attempt >= budget) or (should_stop is not None and should_stop()):
+                    raise RemoteError(str(reply.get("error")), str(reply.get("message")))
+                time.sleep(min(self.timeout, EAGAIN_PAUSE_S))
             attempt += 1
             if (budget >= 0 and attempt > budget) or (should_stop is not None and should_stop()):
                 raise Unreachable(f"no reply from {self.endpoint} to {op!r} after {attempt} attempt(s) of {self.timeout:g} s")

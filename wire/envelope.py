@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 
 from wire.errors import ErrorCode, WireError
+from wire.shown import clip, shown
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20
@@ -61,10 +62,26 @@ def _unpack(frame: bytes) -> Any:
         raise EnvelopeError(ErrorCode.EMSGSIZE, f"message of {len(frame)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
     try:
         # msgpack's defaults are what the protocol wants (str keys only, str for text, lists
-        # for arrays); naming them costs a keyword parse per message.
+        # for arrays, nesting at most 1,024 deep); naming them costs a keyword parse per message.
         return msgpack.unpackb(frame)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
-        raise EnvelopeError(ErrorCode.EPROTO, f"not a msgpack message: {type(exc).__name__}") from None
+        raise EnvelopeError(ErrorCode.EPROTO, f"not a msgpack message: {_unpack_failure(exc)}") from None
+
+
+def _unpack_failure(exc: Exception) -> str:
+    """What was wrong with a frame msgpack refused, in the protocol's words."""
+    if isinstance(exc, msgpack.StackError):
+        return "nested deeper than 1,024 levels"
+    if isinstance(exc, msgpack.ExtraData):
+        return "bytes after the end of the message"
+    if isinstance(exc, msgpack.FormatError):
+        return "a byte that starts no msgpack value"
+    text = str(exc)
+    if "map key" in text:
+        return "map keys must be strings"
+    if "incomplete" in text:
+        return "the message is truncated"
+    return clip(f"{type(exc).__name__}: {text}", 120)
 
 
 def _is_int(value: Any) -> bool:
@@ -75,9 +92,10 @@ def decode_request(frame: bytes) -> Request:
     """Check the envelope only; the operation's arguments are checked by wire.operations."""
     body = _unpack(frame)
     if type(body) is dict and len(body) == 5:  # every key present: the one test per key below
-        seq, client, op, args = body.get("seq"), body.get("client"), body.get("op"), body.get("args")
+        seq, client, op, args, v = body.get("seq"), body.get("client"), body.get("op"), body.get("args"), body.get("v")
         if (
-            body.get("v") == PROTOCOL_VERSION
+            type(v) is int
+            and v == PROTOCOL_VERSION
             and type(seq) is int
             and 0 <= seq <= MAX_SEQ
             and type(client) is str
@@ -91,25 +109,29 @@ def decode_request(frame: bytes) -> Request:
 
 def _refuse_request(body: Any) -> Request:
     """The slow path: say what is wrong, or accept what the fast path's shape test skipped
-    (an absent 'args' is an empty map)."""
+    (an absent or nil 'args' is an empty map: JavaScript encoders write nil for undefined).
+    Every value quoted back is bounded (wire.shown): the request may be a megabyte."""
     if not isinstance(body, dict):
         raise EnvelopeError(ErrorCode.EPROTO, f"a request must be a map, got {type(body).__name__}")
     seq = body.get("seq")
     seq = seq if _is_int(seq) and 0 <= seq <= MAX_SEQ else None
-    if body.get("v") != PROTOCOL_VERSION:
-        raise EnvelopeError(ErrorCode.EPROTO, f"unsupported protocol version {body.get('v')!r}; this server speaks {PROTOCOL_VERSION}", seq)
+    v = body.get("v")
+    if not _is_int(v) or v != PROTOCOL_VERSION:  # true and 1.0 equal 1 in Python, not on the wire
+        raise EnvelopeError(ErrorCode.EPROTO, f"unsupported protocol version {shown(v)}; this server speaks {PROTOCOL_VERSION}", seq)
     if not _REQUEST_KEYS.issuperset(body):
-        unknown = set(body) - _REQUEST_KEYS
-        raise EnvelopeError(ErrorCode.EPROTO, f"unknown envelope keys {sorted(map(str, unknown))}", seq)
+        unknown = sorted(set(body) - _REQUEST_KEYS, key=repr)  # keys may be str or bytes
+        raise EnvelopeError(ErrorCode.EPROTO, f"{len(unknown)} unknown envelope key(s): {shown(unknown)}", seq)
     if seq is None:
-        raise EnvelopeError(ErrorCode.EPROTO, f"'seq' must be an integer 0..{MAX_SEQ}, got {body.get('seq')!r}")
+        raise EnvelopeError(ErrorCode.EPROTO, f"'seq' must be an integer 0..{MAX_SEQ}, got {shown(body.get('seq'))}")
     client = body.get("client")
     if not isinstance(client, str) or not 1 <= len(client) <= MAX_CLIENT_ID:
         raise EnvelopeError(ErrorCode.EPROTO, f"'client' must be a string of 1..{MAX_CLIENT_ID} characters", seq)
     op = body.get("op")
     if not isinstance(op, str):
         raise EnvelopeError(ErrorCode.EPROTO, "'op' must be a string", seq)
-    args = body.get("args", {})
+    args = body.get("args")
+    if args is None:
+        args = {}
     if not isinstance(args, dict):
         raise EnvelopeError(ErrorCode.EPROTO, "'args' must be a map", seq)
     return Request(op=op, seq=seq, client=client, args=args)

@@ -18,6 +18,7 @@ class ErrorCode(enum.StrEnum):
     EBUSY = "EBUSY"  # the resource is in use (interrupt lines)
     ENOSPC = "ENOSPC"  # (irqbus) no free line source left on a guest
     ETIMEDOUT = "ETIMEDOUT"  # (irqbus) a guest did not answer a forwarded query in time
+    EAGAIN = "EAGAIN"  # not executed: the server has no room to record it now; retry later
 
 
 class WireError(Exception):

@@ -30,3 +30,31 @@ def send(sock: zmq.Socket, parts: list[bytes], flags: int = 0) -> None:
     for part in parts[:-1]:
         sock.send(part, flags | _SNDMORE)
     sock.send(parts[-1], flags)
+
+
+def receive_routed(sock: zmq.Socket, flags: int = 0) -> tuple[bytes, list[bytes], bool]:
+    """A ROUTER's message: the peer's identity, the message's frames, and whether the peer is
+    a REQ socket. A REQ peer's empty delimiter frame is removed here; the peer type comes from
+    the connection's ZMTP metadata ("Socket-Type"), so a DEALER that sends ["", payload] is
+    not mistaken for REQ (its message has two frames), and no event is pushed to a REQ peer,
+    which would drop the connection on an unsolicited message."""
+    frame = sock.recv(flags, copy=False)
+    identity = frame.bytes
+    frames = []
+    while frame.more:
+        frame = sock.recv(flags, copy=False)
+        frames.append(frame)
+    req = False
+    if len(frames) > 1 and not frames[0].bytes:
+        try:
+            req = frames[0].get("Socket-Type") == "REQ"
+        except zmq.ZMQError:  # no metadata (inproc): a leading empty frame can only be REQ's
+            req = True
+        if req:
+            del frames[0]
+    return identity, [f.bytes for f in frames], req
+
+
+def envelope_of(identity: bytes, req: bool) -> list[bytes]:
+    """The frames that route a reply back to a peer: its identity, and REQ's delimiter."""
+    return [identity, b""] if req else [identity]

@@ -11,6 +11,8 @@ from typing import Any, NamedTuple
 from wire.envelope import MAX_SEQ
 from wire.errors import ErrorCode, WireError
 from wire.extent import Extent
+from wire.names import numeric_name
+from wire.shown import shown
 
 MAX_BATCH_PAGES = 512  # one page of frame list, as Linux's balloon driver batches
 MAX_DOMAIN_PAGES = 1 << 32  # 16 TiB: anything larger is a typo, not a domain
@@ -28,10 +30,7 @@ class Endpoint(enum.StrEnum):
 
 
 def _invalid(name: str, expected: str, value: Any) -> WireError:
-    shown = repr(value)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return WireError(ErrorCode.EINVAL, f"'{name}': expected {expected}, got {shown}")
+    return WireError(ErrorCode.EINVAL, f"'{name}': expected {expected}, got {shown(value, 60)}")
 
 
 def _is_int(value: Any) -> bool:
@@ -66,14 +65,24 @@ def text(max_len: int) -> Validator:
 
 
 _domid = integer(0, MAX_DOMID)
-_domain_name = text(MAX_NAME)
+_printable_name = text(MAX_NAME)
+
+
+def domain_name(name: str, value: Any) -> str:
+    """A new domain's (or guest's) name: printable, and never readable as a number, so that
+    a name and a domid can never be confused (wire.names)."""
+    value = _printable_name(name, value)
+    if numeric_name(value):
+        raise _invalid(name, "a name that is not a number (a number names a domid)", value)
+    return value
 
 
 def domain_ref(name: str, value: Any) -> int | str:
-    """A domain named by domid or by name, as xl accepts either."""
+    """A domain named by domid or by name, as xl accepts either; a string of ASCII digits is
+    resolved as a domid by the table (wire.names.domid_text)."""
     if _is_int(value):
         return _domid(name, value)
-    return _domain_name(name, value)
+    return _printable_name(name, value)
 
 
 def extents(max_pages: int) -> Validator:
@@ -278,6 +287,8 @@ class Operation:
     endpoint: Endpoint
     required: dict[str, Validator] = field(default_factory=dict)
     optional: dict[str, Validator] = field(default_factory=dict)
+    # Changes nothing a retry could double: its reply is not recorded, a retry runs it again.
+    read_only: bool = False
     known: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -286,8 +297,8 @@ class Operation:
     def validate(self, args: dict[str, Any]) -> dict[str, Any]:
         """Return the checked arguments, or raise WireError(EINVAL) naming the first bad field."""
         if not self.known.issuperset(args):
-            unknown = set(args) - self.known
-            raise WireError(ErrorCode.EINVAL, f"{self.name}: unknown argument(s) {sorted(map(str, unknown))}")
+            unknown = sorted(set(args) - self.known, key=repr)  # keys may be str or bytes
+            raise WireError(ErrorCode.EINVAL, f"{self.name}: {len(unknown)} unknown argument(s): {shown(unknown)}")
         checked: dict[str, Any] = {}
         for name, check in self.required.items():
             if name not in args:
@@ -306,21 +317,22 @@ OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in [
         # guest endpoint: a balloon driver's view of its own domain (DOMID_SELF)
-        Operation("register", Endpoint.GUEST, {"name": text(MAX_NAME), "memory_pages": _pages, "max_pages": _pages}),
+        Operation("register", Endpoint.GUEST, {"name": domain_name, "memory_pages": _pages, "max_pages": _pages}),
         Operation("increase_reservation", Endpoint.GUEST, {"nr_pages": integer(1, MAX_BATCH_PAGES)}),
         Operation("decrease_reservation", Endpoint.GUEST, {"extents": extents(MAX_BATCH_PAGES)}),
-        Operation("get_target", Endpoint.GUEST),
-        Operation("status", Endpoint.GUEST, {}, {"balloon": scalar_map}),
+        Operation("get_target", Endpoint.GUEST, read_only=True),
+        # the heartbeat: it stores the driver's statistics, but the same ones again change nothing
+        Operation("status", Endpoint.GUEST, {}, {"balloon": scalar_map}, read_only=True),
         Operation("shutdown", Endpoint.GUEST),
         # admin endpoint: the toolstack
-        Operation("list", Endpoint.ADMIN),
-        Operation("info", Endpoint.ADMIN),
+        Operation("list", Endpoint.ADMIN, read_only=True),
+        Operation("info", Endpoint.ADMIN, read_only=True),
         Operation("mem_set", Endpoint.ADMIN, {"domain": domain_ref, "target_pages": integer(0, MAX_DOMAIN_PAGES)}),
         Operation("mem_max", Endpoint.ADMIN, {"domain": domain_ref, "max_pages": _pages}),
         Operation("destroy", Endpoint.ADMIN, {"domain": domain_ref}),
-        Operation("audit", Endpoint.ADMIN),
+        Operation("audit", Endpoint.ADMIN, read_only=True),
         # irqbus, a guest's own session (the client that attached it)
-        Operation("attach", Endpoint.IRQBUS, {"name": text(MAX_NAME), "domid": integer(0, MAX_DOMID)}),
+        Operation("attach", Endpoint.IRQBUS, {"name": domain_name, "domid": integer(0, MAX_DOMID)}),
         Operation("detach", Endpoint.IRQBUS),
         Operation(
             "program_pin",
@@ -361,8 +373,8 @@ OPERATIONS: dict[str, Operation] = {
         # irqbus, the hypervisor's virtual interrupts
         Operation("send_virq", Endpoint.IRQBUS, {"guest": domain_ref, "virq": choice(*VIRQS)}),
         # irqbus, inspection
-        Operation("show", Endpoint.IRQBUS, {}, {"guest": domain_ref, "after": integer(-1, MAX_DOMID)}),
-        Operation("interrupts", Endpoint.IRQBUS, {"guest": domain_ref}, {"format": choice("text", "json")}),
+        Operation("show", Endpoint.IRQBUS, {}, {"guest": domain_ref, "after": integer(-1, MAX_DOMID)}, read_only=True),
+        Operation("interrupts", Endpoint.IRQBUS, {"guest": domain_ref}, {"format": choice("text", "json")}, read_only=True),
     ]
 }
 
@@ -371,7 +383,7 @@ def lookup(name: str, endpoint: Endpoint) -> Operation:
     """Unknown operations are ENOSYS; an operation of another endpoint is EPERM."""
     op = OPERATIONS.get(name)
     if op is None:
-        raise WireError(ErrorCode.ENOSYS, f"unknown operation {name[:40]!r}")
+        raise WireError(ErrorCode.ENOSYS, f"unknown operation {shown(name, 60)}")
     if op.endpoint is not endpoint:
         raise WireError(ErrorCode.EPERM, f"operation {name!r} is served on the {op.endpoint} endpoint, not the {endpoint} endpoint")
     return op

@@ -1,58 +1,155 @@
-"""The record of answered requests, so a retried request is answered, never executed twice.
+"""The record of answered requests: a retried request is answered, never executed twice.
 
-Shared by every server (hypervisor, irqbus): the sequence rule is part of the wire contract."""
+Shared by every server (hypervisor, irqbus): the sequence rule is part of the wire contract
+(docs/protocol.md, "Retries"). The rule does not depend on how many other clients there are:
+
+- A client has one request in flight, so the server keeps only each client's *latest* request:
+  its seq, a digest of its frame and its reply. A lower seq is stale (EPROTO); the same seq
+  with the same frame is a retry, answered from the record; the same seq with another frame
+  is a reuse (EPROTO); a higher seq is new.
+- Replies to read-only operations are not kept (answering again is safe), only their seq and
+  digest, so a `list` of a thousand domains costs the record nothing.
+- A client bound to something that lives on the server (a guest's domain, an irqbus session)
+  keeps its record for that thing's life: one record each, bounded by the things themselves.
+- Any other client's record is created only by a request that changed something (a refusal
+  changed nothing, so executing it again is safe). These records are kept at least `horizon_s`
+  after their last use, which outlasts any client's retries; they are forgotten, oldest first,
+  only past that age and when their bytes exceed `max_bytes`. When every record is younger and
+  there is no room, a new client's change is refused (EAGAIN) *before* it is executed: the
+  server never forgets a record a retry might still need.
+"""
 
 from __future__ import annotations
 
 import collections
+import enum
+import hashlib
 from dataclasses import dataclass
 
-DEFAULT_PER_CLIENT = 16
-DEFAULT_MAX_CLIENTS = 65536
+DEFAULT_MAX_BYTES = 16 << 20
+DEFAULT_HORIZON_S = 60.0  # longer than any client retries one request (docs/protocol.md)
+RECORD_OVERHEAD = 240  # bytes a record costs besides its reply: the objects, the dict slot
+
+
+def digest(frame: bytes) -> bytes:
+    """What tells a retry (the same frame again) from a reuse of its seq for another request."""
+    return hashlib.blake2b(frame, digest_size=16).digest()
+
+
+class Verdict(enum.Enum):
+    NEW = "new"  # execute it
+    REPLAY = "replay"  # a retry: send the recorded reply
+    AGAIN = "again"  # a retry of a read-only request: execute it again
+    STALE = "stale"  # refuse (EPROTO): older than the client's latest request
+    REUSED = "reused"  # refuse (EPROTO): the latest seq, but another request
 
 
 @dataclass(slots=True)  # not frozen: one per request, and a frozen init costs 3x
-class Answered:
-    op: str
-    reply: bytes
+class Latest:
+    seq: int
+    digest: bytes
+    reply: bytes | None  # None: a read-only request, or nothing answered yet
+    used: float  # when it was last written or read: the horizon counts from here
+
+    @property
+    def size(self) -> int:
+        return RECORD_OVERHEAD + (len(self.reply) if self.reply is not None else 0)
 
 
 class ReplayRecord:
-    """Keeps the last few replies of each client, and forgets the least recently heard clients.
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, horizon_s: float = DEFAULT_HORIZON_S) -> None:
+        self.max_bytes = max_bytes
+        self.horizon_s = horizon_s
+        self._bound: dict[str, Latest | None] = {}  # clients bound to a domain or a session
+        self._other: collections.OrderedDict[str, Latest] = collections.OrderedDict()  # least recently used first
+        self._other_bytes = 0
 
-    A client has one request in flight at a time, so a short window per client covers every
-    retry; a sequence number older than the window is refused, not re-executed.
-    """
+    def __len__(self) -> int:
+        return len(self._bound) + len(self._other)
 
-    def __init__(self, per_client: int = DEFAULT_PER_CLIENT, max_clients: int = DEFAULT_MAX_CLIENTS) -> None:
-        self.per_client = per_client
-        self.max_clients = max_clients
-        self._clients: collections.OrderedDict[str, collections.OrderedDict[int, Answered]] = collections.OrderedDict()
+    @property
+    def unbound_bytes(self) -> int:
+        """What the records of unbound clients hold, the part `max_bytes` bounds."""
+        return self._other_bytes
 
-    def verdict(self, client: str, seq: int, op: str) -> Answered | str | None:
-        """Before executing a request: None, it is new; Answered, reply from the record; a
-        message, refuse it (EPROTO): its seq was used for another op, or is older than the record."""
-        window = self._clients.get(client)
-        if window is None:
-            return None
-        answered = window.get(seq)
-        if answered is not None:
-            self._clients.move_to_end(client)
-            return answered if answered.op == op else f"sequence {seq} was already used for {answered.op!r}"
-        if len(window) >= self.per_client and seq < next(iter(window)):
-            return f"sequence {seq} is older than this client's remembered requests"
-        return None
+    def latest(self, client: str) -> Latest | None:
+        latest = self._bound.get(client)
+        return latest if latest is not None else self._other.get(client)
 
-    def remember(self, client: str, seq: int, op: str, reply: bytes) -> None:
-        window = self._clients.get(client)
-        if window is None:
-            window = self._clients[client] = collections.OrderedDict()
-            if len(self._clients) > self.max_clients:
-                self._clients.popitem(last=False)
-        self._clients.move_to_end(client)
-        window[seq] = Answered(op, reply)
-        while len(window) > self.per_client:
-            window.popitem(last=False)
+    def verdict(self, client: str, seq: int, frame_digest: bytes) -> tuple[Verdict, Latest | None]:
+        """Before executing a request: what to do with it, and the record that says so."""
+        latest = self._bound.get(client)
+        if latest is None:
+            latest = self._other.get(client)
+            if latest is None:
+                return Verdict.NEW, None
+        if seq > latest.seq:
+            return Verdict.NEW, latest
+        if seq < latest.seq:
+            return Verdict.STALE, latest
+        if frame_digest != latest.digest:
+            return Verdict.REUSED, latest
+        return (Verdict.AGAIN if latest.reply is None else Verdict.REPLAY), latest
 
-    def forget(self, client: str) -> None:
-        self._clients.pop(client, None)
+    def admit(self, client: str, now: float) -> bool:
+        """Whether a change by `client` can be recorded: always for a client with a record;
+        for a new one, if the unbound records have room once those past the horizon go."""
+        if client in self._bound or client in self._other:
+            return True
+        self._expire(now, self.max_bytes - RECORD_OVERHEAD)
+        return self._other_bytes + RECORD_OVERHEAD <= self.max_bytes
+
+    def remember(self, client: str, seq: int, frame_digest: bytes, reply: bytes | None, now: float, changed: bool) -> None:
+        """After executing: the client's latest request. `reply` None for a read-only one.
+        A client without a record gets one only if the request `changed` something."""
+        if client in self._bound:
+            self._bound[client] = Latest(seq, frame_digest, reply, now)
+            return
+        old = self._other.pop(client, None)
+        if old is not None:
+            self._other_bytes -= old.size
+        elif not changed:
+            return
+        latest = self._other[client] = Latest(seq, frame_digest, reply, now)
+        self._other_bytes += latest.size
+
+    def bind(self, client: str) -> None:
+        """`client` now owns something on the server: keep its record until `release`."""
+        if client in self._bound:
+            return
+        old = self._other.pop(client, None)
+        if old is not None:
+            self._other_bytes -= old.size
+        self._bound[client] = old
+
+    def release(self, client: str, now: float) -> None:
+        """What `client` owned is gone: its record ages like any other from now on (a retry
+        of the request that ended it is still answered from the record)."""
+        if client not in self._bound:
+            return
+        latest = self._bound.pop(client)
+        if latest is not None:
+            latest.used = now
+            self._other[client] = latest
+            self._other_bytes += latest.size
+
+    def is_bound(self, client: str) -> bool:
+        return client in self._bound
+
+    def _expire(self, now: float, budget: int) -> None:
+        """Forget unbound records past the horizon, oldest first, until they fit `budget`."""
+        cutoff = now - self.horizon_s
+        other = self._other
+        while other and self._other_bytes > budget:
+            client, latest = next(iter(other.items()))
+            if latest.used > cutoff:
+                return
+            del other[client]
+            self._other_bytes -= latest.size
+
+
+def replay_refusal(verdict: Verdict, seq: int) -> str:
+    """The EPROTO message for a request the record refuses."""
+    if verdict is Verdict.STALE:
+        return f"sequence {seq} is older than this client's latest request; it was not executed"
+    return f"sequence {seq} was already used for another request; it was not executed"
