@@ -85,6 +85,10 @@ def populated_host() -> tuple[Hypervisor, HostWorld, Sender]:
 
 
 HOST_WORLD = populated_host()[1]
+# Clients whose latest request the record keeps whatever it was: bound to a domain, or having
+# changed something (docs/protocol.md: a client that only ever read or was refused has no record,
+# and needs none: executing its request again changes nothing).
+HOST_RECORDED = ("guest-web", "guest-db", "guest-idle", "toolstack")
 
 
 def host_fingerprint(hv: Hypervisor) -> bytes:
@@ -149,6 +153,7 @@ def populated_bus() -> tuple[IrqBus, BusWorld, Sender]:
 
 
 BUS_WORLD = populated_bus()[1]
+BUS_RECORDED = ("irq-vm1", "irq-vm2", "tool")  # two sessions, and a client that attached devices
 
 
 def bus_fingerprint(bus: IrqBus, now: float = NOW) -> bytes:

@@ -12,10 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.populated import HOST_WORLD, NOW, host_fingerprint, populated_host
+from tests.populated import HOST_RECORDED, HOST_WORLD, NOW, host_fingerprint, populated_host
 from tests.replies import check_pushed, check_reply
 from tests.strategies import (
     FUZZ_SETTINGS,
+    FUZZ_SETTINGS_SMALL,
     MANY_KEYS,
     NO_REQUIRED_ARGS,
     SEQ,
@@ -104,9 +105,10 @@ def test_a_retry_is_answered_as_the_first_time_and_changes_nothing(draft):
 
 
 @FUZZ_SETTINGS
-@given(readable, st.data())
-def test_a_seq_reused_for_another_frame_is_refused_and_changes_nothing(first, data):
+@given(readable, st.sampled_from(HOST_RECORDED), st.data())
+def test_a_seq_reused_for_another_frame_is_refused_and_changes_nothing(first, client, data):
     hv, _, sender = populated_host()
+    first = _on_client(first, client)
     out, seq = sender.send(first)
     if msgpack.unpackb(out.reply)["seq"] != seq:
         return  # too large, or a value the decoder refuses: the server never read its seq
@@ -123,9 +125,10 @@ def test_a_seq_reused_for_another_frame_is_refused_and_changes_nothing(first, da
 
 
 @FUZZ_SETTINGS
-@given(readable, readable, st.integers(1, 100))
-def test_an_older_seq_is_refused_and_changes_nothing(first, second, back):
+@given(readable, st.sampled_from(HOST_RECORDED), readable, st.integers(1, 100))
+def test_an_older_seq_is_refused_and_changes_nothing(first, client, second, back):
     hv, _, sender = populated_host()
+    first = _on_client(first, client)
     out, seq = sender.send(first)
     if msgpack.unpackb(out.reply)["seq"] != seq:
         return  # too large, or a value the decoder refuses: the server never read its seq
@@ -141,7 +144,7 @@ def test_an_older_seq_is_refused_and_changes_nothing(first, second, back):
 # --- the envelope's edges (issue 11 item 8), for every operation ------------------------------
 
 
-@FUZZ_SETTINGS
+@FUZZ_SETTINGS_SMALL
 @given(well_formed, st.sampled_from([True, 1.0, False, 0.0]))
 def test_version_is_the_integer_1_not_true_nor_1_0(draft, v):
     hv, _, sender = populated_host()
@@ -152,7 +155,7 @@ def test_version_is_the_integer_1_not_true_nor_1_0(draft, v):
     assert host_fingerprint(hv) == before
 
 
-@FUZZ_SETTINGS
+@FUZZ_SETTINGS_SMALL
 @given(host_well_formed(HOST_WORLD, NO_REQUIRED_ARGS), st.sampled_from(["nil", "absent"]))
 def test_args_nil_or_absent_is_the_empty_map(draft, how):
     """docs/protocol.md: args "may be omitted when empty"; an encoder may write nil for it."""
@@ -168,7 +171,7 @@ def test_args_nil_or_absent_is_the_empty_map(draft, how):
     assert host_fingerprint(hv_b) == host_fingerprint(hv_a)
 
 
-@FUZZ_SETTINGS
+@FUZZ_SETTINGS_SMALL
 @given(well_formed, st.sampled_from([1, -1, None, 1.5, True, b"args", (1, 2)]), st.booleans())
 def test_a_map_key_that_is_not_a_string_is_refused_saying_so(draft, key, in_envelope):
     hv, _, sender = populated_host()
@@ -181,11 +184,11 @@ def test_a_map_key_that_is_not_a_string_is_refused_saying_so(draft, key, in_enve
     reply = check_reply(out.reply)
     assert not reply["ok"] and reply["error"] in ("EPROTO", "EINVAL"), reply
     if not isinstance(key, bytes):  # msgpack-python lets bytes keys through as bytes; they are then unknown keys
-        assert "key" in reply["message"] and "not a msgpack message" not in reply["message"], reply["message"]
+        assert "key" in reply["message"], reply["message"]  # not just "not a msgpack message"
     assert host_fingerprint(hv) == before
 
 
-@FUZZ_SETTINGS
+@FUZZ_SETTINGS_SMALL
 @given(st.sampled_from(["mem_set", "mem_max", "destroy"]), st.sampled_from(UNICODE_DIGITS), st.sampled_from(["toolstack", "xl-2"]))
 def test_a_domain_is_never_found_by_digits_that_are_not_ascii(op, text, client):
     """Domains 1..3 exist and none is named `text`: "٣" or "²" is not domid 3 or 2."""
