@@ -18,26 +18,27 @@ MAX_UNREAD_TOTAL = 65_536  # about 25 MiB of queued frames in ZeroMQ, whoever th
 
 
 class Backlog:
+    """The budget for all guests together; each guest's own count is `GuestMachine.unread`."""
+
     def __init__(self, per_guest: int = MAX_UNREAD_PER_GUEST, total: int = MAX_UNREAD_TOTAL) -> None:
         self.per_guest = per_guest
         self.limit = total
         self.total = 0
-        self._unread: dict[str, int] = {}
 
     def admit(self, machine: GuestMachine, count: int) -> int:
         """How many of `count` events for `machine` may be sent; the rest are counted dropped."""
-        unread = self._unread.get(machine.client, 0)
+        unread = machine.unread
+        if unread + count <= self.per_guest and self.total + count <= self.limit:  # the usual case
+            machine.unread = unread + count
+            self.total += count
+            return count
         allowed = max(0, min(count, self.per_guest - unread, self.limit - self.total))
-        if allowed:
-            self._unread[machine.client] = unread + allowed
-            self.total += allowed
+        machine.unread = unread + allowed
+        self.total += allowed
         machine.dropped += count - allowed
         return allowed
 
-    def heard_from(self, client: str) -> None:
-        """The guest's session sent a request: it is reading again."""
-        unread = self._unread.pop(client, 0)
-        self.total -= unread
-
-    def unread(self, client: str) -> int:
-        return self._unread.get(client, 0)
+    def heard_from(self, machine: GuestMachine) -> None:
+        """The guest's session sent a request (or is gone): it has read what it was sent."""
+        self.total -= machine.unread
+        machine.unread = 0

@@ -46,7 +46,7 @@ class Outcome:
     fields: dict[str, Any] = field(default_factory=dict)
     sends: list[Send] = field(default_factory=list)
     result: dict[str, Any] | None = None  # executed, its reply not yet encoded and recorded
-    digest: bytes = b""  # the request frame's, for the replay record
+    digest: int | None = None  # the request frame's, for the replay record
     read_only: bool = False
 
 
@@ -137,7 +137,7 @@ class IrqBus:
             args = op.validate(req.args)
             if req_peer and op.name == "attach":
                 raise WireError(ErrorCode.EPROTO, "a guest must connect a DEALER socket: irqbus sends it events, which a REQ socket cannot take")
-            if not op.read_only and op.name != "attach" and not self.record.admit(req.client, now):
+            if latest is None and not op.read_only and op.name != "attach" and not self.record.admit(req.client, now):
                 raise WireError(ErrorCode.EAGAIN, "irqbus is recording as many recent requests as it can hold; retry later")
             done = handler(req.client, args, now, req.seq)
         except WireError as err:
@@ -150,17 +150,17 @@ class IrqBus:
     def commit(self, outcome: Outcome, now: float) -> None:
         """Encode an executed request's reply and record it for retries."""
         if outcome.result is None:
-            if outcome.digest and outcome.client is not None and outcome.seq is not None:
+            if outcome.digest is not None and outcome.client is not None and outcome.seq is not None:
                 # a forwarded query: its seq is the client's latest; the reply comes later
                 self.record.remember(outcome.client, outcome.seq, outcome.digest, None, now, changed=False)
-                outcome.digest = b""
+                outcome.digest = None
             return
         assert outcome.client is not None and outcome.op is not None and outcome.seq is not None
         outcome.reply = envelope.encode(envelope.ok_reply(outcome.seq, outcome.result))
         kept = None if outcome.read_only else outcome.reply
         self.record.remember(outcome.client, outcome.seq, outcome.digest, kept, now, changed=not outcome.read_only)
         outcome.result = None
-        outcome.digest = b""
+        outcome.digest = None
 
     def tick(self, now: float) -> list[Outcome]:
         """Queries whose guest did not answer in time: their askers get ETIMEDOUT."""
@@ -199,14 +199,17 @@ class IrqBus:
 
     def _events(self, machine: GuestMachine, deliveries: list[Delivery]) -> list[Send]:
         """The guest's `irq` events, as many as its unread budget allows (irqbus.backlog)."""
+        if not deliveries:
+            return []
         allowed = self.backlog.admit(machine, len(deliveries))
         return irq_events(machine, deliveries if allowed == len(deliveries) else deliveries[:allowed])
 
     def _session(self, client: str, now: float) -> GuestMachine:
         machine = self.router.session(client)
         machine.last_seen = now
-        if self.backlog.total:
-            self.backlog.heard_from(client)
+        if machine.unread:  # Backlog.heard_from, inline: it runs once per interrupt
+            self.backlog.total -= machine.unread
+            machine.unread = 0
         return machine
 
     @staticmethod
@@ -221,7 +224,7 @@ class IrqBus:
         for old in replaced:
             sends += self._fail_queries_of(old, f"guest {old.name} re-attached")
             self.record.release(old.client, now)
-            self.backlog.heard_from(old.client)
+            self.backlog.heard_from(old)
         self.record.bind(client)  # its record now lives as long as its session
         fields = self._guest_fields(machine, replaced=[f"{m.name}/{m.domid}" for m in replaced])
         return _Result({"domid": machine.domid, "name": machine.name, "replaced": len(replaced)}, fields, sends)
@@ -231,7 +234,7 @@ class IrqBus:
         sends = self._fail_queries_of(machine, f"guest {machine.name} detached")
         devices = self.router.detach(machine)
         self.record.release(client, now)
-        self.backlog.heard_from(client)
+        self.backlog.heard_from(machine)
         return _Result({"domid": machine.domid, "devices": devices}, self._guest_fields(machine, devices=devices), sends)
 
     def _program_pin(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:

@@ -138,7 +138,8 @@ class GuestMachine:
         self._on_pin: dict[int, list[Device]] = {}
         self._free_sources = list(range(MAX_PIN_DEVICES - 1, -1, -1))
         self.delivered = 0
-        self.dropped = 0  # events irqbus did not send: the guest was not reading (irqbus.backlog)
+        self.unread = 0  # events sent since the guest's session last made a request (irqbus.backlog)
+        self.dropped = 0  # events irqbus did not send: the guest was not reading
         self.spurious = 0  # INTA cycles that found nothing (IRQ7 / IRQ15)
         self.virqs: dict[str, int] = {}  # virtual interrupt name -> the vector the guest bound it to
         self.virqs_sent: dict[str, int] = {}

@@ -62,13 +62,13 @@ class Router:
         return names
 
     def resolve(self, ref: int | str) -> GuestMachine:
-        """A guest by name or domid, as the CLI names it; ASCII digits are a domid."""
-        if isinstance(ref, str):
-            ref = domain_ref_text(ref)
-        if isinstance(ref, str):
-            machine = self.guests.get(ref)
-        else:
-            machine = next((m for m in self.guests.values() if m.domid == ref), None)
+        """A guest by name or domid, as the CLI names it; ASCII digits are a domid (no guest's
+        name is a number, so a name is looked up first)."""
+        machine = self.guests.get(ref) if isinstance(ref, str) else None
+        if machine is None:
+            domid = domain_ref_text(ref) if isinstance(ref, str) else ref
+            if isinstance(domid, int):
+                machine = next((m for m in self.guests.values() if m.domid == domid), None)
         if machine is None:
             raise WireError(ErrorCode.ESRCH, f"no guest {ref!r} is attached to irqbus")
         return machine

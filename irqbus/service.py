@@ -129,7 +129,7 @@ class IrqbusService:
             if machine.dropped != self._dropped_seen.get(machine.client, 0):
                 self._dropped_seen[machine.client] = machine.dropped
                 self.log.warning("events dropped: the guest is not reading", domid=machine.domid, guest=machine.name,
-                                 dropped=machine.dropped, unread=self.bus.backlog.unread(machine.client))
+                                 dropped=machine.dropped, unread=machine.unread)
         for client in [c for c in self._dropped_seen if not self.bus.router.is_guest(c)]:
             del self._dropped_seen[client]
         self._next_prune = now + PRUNE_EVERY_S

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import hashlib
 from dataclasses import dataclass
 
 DEFAULT_MAX_BYTES = 16 << 20
@@ -31,9 +30,13 @@ DEFAULT_HORIZON_S = 60.0  # longer than any client retries one request (docs/pro
 RECORD_OVERHEAD = 240  # bytes a record costs besides its reply: the objects, the dict slot
 
 
-def digest(frame: bytes) -> bytes:
-    """What tells a retry (the same frame again) from a reuse of its seq for another request."""
-    return hashlib.blake2b(frame, digest_size=16).digest()
+def digest(frame: bytes) -> int:
+    """What tells a retry (the same frame again) from a reuse of its seq for another request.
+
+    Python's keyed SipHash of the frame: a tenth of the cost of a cryptographic digest, and a
+    peer cannot aim a collision at a key it does not know (nor would one help it: a collision
+    only makes its own reused seq look like a retry, answered from its own record)."""
+    return hash(frame)
 
 
 class Verdict(enum.Enum):
@@ -47,7 +50,7 @@ class Verdict(enum.Enum):
 @dataclass(slots=True)  # not frozen: one per request, and a frozen init costs 3x
 class Latest:
     seq: int
-    digest: bytes
+    digest: int
     reply: bytes | None  # None: a read-only request, or nothing answered yet
     used: float  # when it was last written or read: the horizon counts from here
 
@@ -76,7 +79,7 @@ class ReplayRecord:
         latest = self._bound.get(client)
         return latest if latest is not None else self._other.get(client)
 
-    def verdict(self, client: str, seq: int, frame_digest: bytes) -> tuple[Verdict, Latest | None]:
+    def verdict(self, client: str, seq: int, frame_digest: int) -> tuple[Verdict, Latest | None]:
         """Before executing a request: what to do with it, and the record that says so."""
         latest = self._bound.get(client)
         if latest is None:
@@ -99,19 +102,27 @@ class ReplayRecord:
         self._expire(now, self.max_bytes - RECORD_OVERHEAD)
         return self._other_bytes + RECORD_OVERHEAD <= self.max_bytes
 
-    def remember(self, client: str, seq: int, frame_digest: bytes, reply: bytes | None, now: float, changed: bool) -> None:
+    def remember(self, client: str, seq: int, frame_digest: int, reply: bytes | None, now: float, changed: bool) -> None:
         """After executing: the client's latest request. `reply` None for a read-only one.
         A client without a record gets one only if the request `changed` something."""
-        if client in self._bound:
+        latest = self._bound.get(client)
+        if latest is not None:  # the common case, a guest: update in place
+            latest.seq, latest.digest, latest.reply, latest.used = seq, frame_digest, reply, now
+            return
+        if client in self._bound:  # bound, nothing answered yet
             self._bound[client] = Latest(seq, frame_digest, reply, now)
             return
-        old = self._other.pop(client, None)
-        if old is not None:
-            self._other_bytes -= old.size
-        elif not changed:
+        latest = self._other.get(client)
+        if latest is None:
+            if not changed:
+                return
+            latest = self._other[client] = Latest(seq, frame_digest, reply, now)
+            self._other_bytes += latest.size
             return
-        latest = self._other[client] = Latest(seq, frame_digest, reply, now)
-        self._other_bytes += latest.size
+        old_reply = latest.reply
+        self._other_bytes += (len(reply) if reply is not None else 0) - (len(old_reply) if old_reply is not None else 0)
+        latest.seq, latest.digest, latest.reply, latest.used = seq, frame_digest, reply, now
+        self._other.move_to_end(client)
 
     def bind(self, client: str) -> None:
         """`client` now owns something on the server: keep its record until `release`."""
