@@ -549,10 +549,11 @@ def _with(body: dict[str, Any], key: Any, value: Any) -> dict[str, Any]:
 # client and seq (the replay properties need that); the others break the envelope or the frame.
 ARG_MUTATIONS = ("arg-value", "arg-missing", "arg-unknown", "arg-many-unknown", "domain-digits", "bytes-for-str", "deep-arg")
 ENVELOPE_MUTATIONS = (
-    "arg-odd-key", "args-shape", "v", "seq", "client", "op", "envelope-unknown", "envelope-odd-key", "envelope-missing",
+    "arg-odd-key", "args-shape", "args-nil", "v", "seq", "client", "op", "envelope-unknown", "envelope-odd-key", "envelope-missing",
     "body", "truncate", "tail", "endpoint",
 )
 MUTATIONS = ARG_MUTATIONS + ENVELOPE_MUTATIONS
+BROKEN_MUTATIONS = tuple(k for k in MUTATIONS if k != "args-nil")  # nearly always refused
 
 
 def _mutate(draw: Any, draft: Draft, kinds: tuple[str, ...] = MUTATIONS) -> Draft:
@@ -592,11 +593,11 @@ def _mutate(draw: Any, draft: Draft, kinds: tuple[str, ...] = MUTATIONS) -> Draf
         return with_arg(some_arg("x"), Deep(depth, _pick(draw, ("list", "map"))))
     if kind == "arg-odd-key":  # the server's decoder refuses non-string keys
         return out(_with(body, "args", Pairs((*args.items(), (draw(odd_keys), draw(scalars))))))
+    if kind == "args-nil":  # args nil or left out: the empty map (docs/protocol.md), whatever op needs
+        return out(_with(body, "args", None) if draw(st.booleans()) else {k: v for k, v in body.items() if k != "args"})
     if kind == "args-shape":
-        shape = _pick(draw, ("nil", "absent", "list", "text", "int", "deep", "true"))
-        if shape == "absent":
-            return out({k: v for k, v in body.items() if k != "args"})
-        value = {"nil": None, "list": [args], "text": "{}", "int": 0, "deep": Deep(MSGPACK_MAX_DEPTH - 2), "true": True}[shape]
+        shape = _pick(draw, ("list", "text", "int", "deep", "true"))
+        value = {"list": [args], "text": "{}", "int": 0, "deep": Deep(MSGPACK_MAX_DEPTH - 2), "true": True}[shape]
         return out(_with(body, "args", value))
     if kind == "v":
         return out(_with(body, "v", draw(_BAD_V)))
@@ -700,10 +701,10 @@ def bus_requests(draw: Any, world: BusWorld) -> Draft:
 def host_broken(draw: Any, world: HostWorld) -> Draft:
     """A mangled request or garbage, for the hypervisor: nearly always refused."""
     draft = _host_draft(draw, world)
-    return _garbage(draw, draft.endpoint) if _chance(draw, 20) else _mutate(draw, draft)
+    return _garbage(draw, draft.endpoint) if _chance(draw, 20) else _mutate(draw, draft, BROKEN_MUTATIONS)
 
 
 @st.composite
 def bus_broken(draw: Any, world: BusWorld) -> Draft:
     """A mangled request or garbage, for irqbus: nearly always refused."""
-    return _garbage(draw, Endpoint.IRQBUS) if _chance(draw, 20) else _mutate(draw, _bus_draft(draw, world))
+    return _garbage(draw, Endpoint.IRQBUS) if _chance(draw, 20) else _mutate(draw, _bus_draft(draw, world), BROKEN_MUTATIONS)
