@@ -20,7 +20,7 @@ only). After every batch:
 RSS (VmRSS) of each server is read before the first batch and after the last. The goal:
 100,000 messages, 0 crashes, 0 hangs, 0 state changes, RSS growth under 64 MiB each.
 
-    python bench/fuzz.py [--count 20000 | --seconds S] [--batch 40] [--seed N] [--timeout 2]
+    python bench/fuzz.py [--count 20000 | --seconds S] [--batch 50] [--seed N] [--timeout 2]
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 import msgpack
 import zmq
@@ -65,7 +65,6 @@ GOAL_MESSAGES = 100_000
 GOAL_RSS_MIB = 64
 PROGRESS_EVERY = 10_000  # messages between progress lines (with the servers' RSS) on stderr
 READ_ONLY = frozenset({"list", "info", "audit", "get_target", "status", "show", "interrupts"})
-MIB = 1 << 20
 HOST_MEMORY = "512m"
 PAGES = 512 * 256  # HOST_MEMORY in 4 KiB pages
 GUESTS = {  # the real guests: name -> (guest run flags, devices the bench plugs in)
@@ -154,7 +153,7 @@ class Slot:
             return frame
 
 
-class Host:
+class FuzzedHost:
     """The processes under test and the bench's own clients of them."""
 
     def __init__(self, procs: Processes, ctx: zmq.Context, timeout: float, generation: int) -> None:
@@ -235,6 +234,9 @@ class Host:
         restarted = 0
         for name, proc in self.guests.items():
             if proc.poll() is not None:
+                # a fuzzed register may have taken the name meanwhile: the guest would exit
+                # again at once (EEXIST); and if it died without a word, its domain is stale
+                self.call(Endpoint.ADMIN, "bench", "destroy", domain=name)
                 self.start_guest(name)
                 restarted += 1
         self.ready = self.real_guests_ready()
@@ -367,7 +369,12 @@ class Campaign:
         self.procs = Processes()
         self.ctx = zmq.Context()
         self.generation = 0
-        self.host = Host(self.procs, self.ctx, args.timeout, self.generation)
+        try:
+            self.host = FuzzedHost(self.procs, self.ctx, args.timeout, self.generation)
+        except BaseException:  # the processes started so far must not outlive a failed setup
+            self.procs.stop_all()
+            self.ctx.destroy(linger=0)
+            raise
         self.rss_before = self.host.rss()
         self.started = time.monotonic()
         self.batch: list[tuple[Draft, bool]] = []
@@ -469,6 +476,7 @@ class Campaign:
         self.last_reply = frame = slot.exchange(parts, seq, self.args.timeout)
         if frame is None:
             t.unanswered += 1
+            t.examples.setdefault(f"unanswered {t.unanswered}", f"{draft.op} ({draft.mutation}, {way}, {'REQ' if slot.kind == zmq.REQ else 'DEALER'}, {len(parts[-1]):,} bytes)")
             self.broken_host = self.broken_host or bool(self.host.dead())
             return None
         try:
@@ -543,7 +551,7 @@ class Campaign:
         self.procs.stop_all()
         self.procs = Processes()
         self.generation += 1
-        self.host = Host(self.procs, self.ctx, self.args.timeout, self.generation)
+        self.host = FuzzedHost(self.procs, self.ctx, self.args.timeout, self.generation)
         self.rss_before = self.host.rss()  # growth is measured on the last host
 
     # -- the report -------------------------------------------------------------------------------
@@ -560,6 +568,8 @@ class Campaign:
         print(f"  accepted         {t.accepted:>9,}")
         print(f"  clean errors     {t.clean_errors:>9,}  ({', '.join(f'{k} {v:,}' for k, v in t.errors.most_common())})")
         print(f"  unanswered       {t.unanswered:>9,}  (no reply within {self.args.timeout:g} s; the socket is replaced)")
+        for i in range(1, min(t.unanswered, 5) + 1):
+            print(f"    {t.examples[f'unanswered {i}']}")
         print(f"  crashes          {len(t.crashes):>9,}")
         for line in t.crashes[:5]:
             print(f"    {line}")
@@ -600,7 +610,7 @@ class Campaign:
             self.host.close()
         finally:
             self.procs.stop_all()
-            self.ctx.term()
+            self.ctx.destroy(linger=0)
 
 
 def drawer(seed_value: int) -> Callable[[st.SearchStrategy[Draft]], Draft]:
@@ -629,7 +639,7 @@ def drawer(seed_value: int) -> Callable[[st.SearchStrategy[Draft]], Draft]:
 
         draw(st.none())
         return draw
-    except (ImportError, TypeError):
+    except Exception:  # the internals moved
         import warnings
 
         from hypothesis.errors import NonInteractiveExampleWarning
@@ -638,22 +648,31 @@ def drawer(seed_value: int) -> Callable[[st.SearchStrategy[Draft]], Draft]:
         return lambda strategy: strategy.example()
 
 
+class StopRequest:
+    """SIGTERM, SIGINT or SIGHUP ask the campaign to stop after the message in flight. The
+    handler only sets a flag: an exception raised from a handler can land in a callback that
+    swallows it (a garbage-collector hook did, here)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._note)
+
+    def _note(self, signum: int, _frame: Any) -> None:
+        self.signal = signum
+
+
 def run(args: argparse.Namespace) -> int:
     campaign: Campaign | None = None
-
-    def stop(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, stop)
+    stop = StopRequest()
     try:
         campaign = Campaign(args)
         atexit.register(campaign.close)
         draw = drawer(args.seed)
-        try:
-            while not campaign.done():
-                campaign.step(draw(campaign.next_strategy()))
-        except KeyboardInterrupt:
-            print("fuzz: interrupted; figures so far:", file=sys.stderr)
+        while not campaign.done() and stop.signal is None:
+            campaign.step(draw(campaign.next_strategy()))
+        if stop.signal is not None:
+            print(f"fuzz: stopped by signal {stop.signal}; the figures so far:", file=sys.stderr)
         return 0 if campaign.report() else 1
     finally:
         if campaign is not None:
