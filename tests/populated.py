@@ -1,0 +1,167 @@
+"""The two sans-I/O cores with some life in them, for the fuzz properties: domains registered
+with pages moved around; irqbus guests with pin and MSI devices, an interrupt in service, a
+masked MSI pending and a forwarded query open. Each built through the wire, as clients would,
+so each client's latest seq is known; and the fingerprint of each core's state, which a
+refused request must leave as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from hypervisor.dispatch import Hypervisor
+from irqbus.dispatch import IrqBus
+from tests.strategies import BusDevice, BusGuest, BusWorld, Draft, HostDomain, HostWorld, envelope_draft
+from wire.operations import Endpoint
+
+NOW = 100.0  # every fuzzed request arrives at this time; the setup happens earlier
+FIRST_SEQ = 100  # where a client unknown so far starts numbering: room below for stale seqs
+
+
+@dataclass
+class Sender:
+    """Numbers each client's requests as a client does (increasing from FIRST_SEQ) and sends
+    drafts to a core; `deliver(endpoint, frame, now)` returns the core's outcome."""
+
+    deliver: Callable[[Endpoint, bytes, float], Any]
+    seqs: dict[str, int] = field(default_factory=dict)
+
+    def next_seq(self, client: str | None) -> int:
+        if client is None:
+            return FIRST_SEQ
+        self.seqs[client] = self.seqs.get(client, FIRST_SEQ - 1) + 1
+        return self.seqs[client]
+
+    def send(self, draft: Draft, now: float = NOW) -> tuple[Any, int]:
+        seq = self.next_seq(draft.client)
+        return self.deliver(draft.endpoint, draft.frame(seq), now), seq
+
+    def resend(self, draft: Draft, seq: int, now: float = NOW) -> Any:
+        return self.deliver(draft.endpoint, draft.frame(seq), now)
+
+    def call(self, endpoint: Endpoint, client: str, op: str, now: float, **args: Any) -> dict[str, Any] | None:
+        """A setup request that must succeed; its result (None: a held reply)."""
+        out, _ = self.send(envelope_draft(endpoint, client, op, args), now)
+        if out.reply is None:
+            return None
+        reply = msgpack.unpackb(out.reply)
+        assert reply["ok"], (op, args, reply)
+        return reply["result"]
+
+
+# --- the hypervisor ----------------------------------------------------------------------------
+
+HOST_PAGES = 16_384
+
+
+def populated_host() -> tuple[Hypervisor, HostWorld, Sender]:
+    """Three domains whose pages were granted, given back from the middle and granted again
+    (so they are fragmented and interleaved), targets written, statistics reported."""
+    hv = Hypervisor(total_pages=HOST_PAGES)
+    s = Sender(lambda ep, frame, now: hv.handle(ep, frame, now))
+    G, A = Endpoint.GUEST, Endpoint.ADMIN
+    web = s.call(G, "guest-web", "register", 10.0, name="web", memory_pages=2048, max_pages=4096)
+    db = s.call(G, "guest-db", "register", 10.0, name="db", memory_pages=3000, max_pages=3000)
+    s.call(G, "guest-idle", "register", 10.0, name="idle", memory_pages=1024, max_pages=8192)
+    s.call(G, "guest-web", "increase_reservation", 11.0, nr_pages=512)
+    start, count = db["extents"][0]
+    s.call(G, "guest-db", "decrease_reservation", 12.0, extents=[[start + 100, 200], [start + count - 50, 50]])
+    s.call(G, "guest-web", "increase_reservation", 13.0, nr_pages=300)
+    start, _ = web["extents"][0]
+    s.call(G, "guest-web", "decrease_reservation", 14.0, extents=[[start + 7, 1], [start + 9, 30]])
+    s.call(A, "toolstack", "mem_set", 15.0, domain="web", target_pages=3000)
+    s.call(A, "toolstack", "mem_max", 15.0, domain="idle", max_pages=4096)
+    s.call(G, "guest-db", "status", 16.0, balloon={"target_kb": 10_000, "current_kb": 11_000, "state": "eagain", "schedule_delay": 4})
+    domains = tuple(
+        HostDomain(d.name, d.domid, d.client, tuple((e.start, e.count) for e in hv.pool.extents_of(d.domid)), d.max_pages)
+        for d in hv.table.domains()
+    )
+    world = HostWorld(domains, admin_clients=("toolstack", "xl-2"), fresh_clients=("fresh-1", "fresh-2"), total_pages=HOST_PAGES)
+    return hv, world, s
+
+
+HOST_WORLD = populated_host()[1]
+# Clients whose latest request the record keeps whatever it was: bound to a domain, or having
+# changed something (docs/protocol.md: a client that only ever read or was refused has no record,
+# and needs none: executing its request again changes nothing).
+HOST_RECORDED = ("guest-web", "guest-db", "guest-idle", "toolstack")
+
+
+def host_fingerprint(hv: Hypervisor) -> bytes:
+    """Everything a request can change but the replay record and when a guest was last heard
+    from (any guest request counts as a sign of life, refused or not)."""
+    pool = hv.pool
+    domains = [
+        [d.domid, d.name, d.client, d.target_pages, d.max_pages, d.target_writes, d.wants_memory, d.balloon,
+         [[e.start, e.count] for e in pool.extents_of(d.domid)]]
+        for d in hv.table.domains()
+    ]
+    free = [[e.start, e.count] for e in pool.free_extents()]
+    next_domid = getattr(hv.table, "_next_domid", None)
+    return msgpack.packb([pool.total_pages, pool.free_pages, free, hv.table.audit(), next_domid, domains])
+
+
+# --- irqbus ------------------------------------------------------------------------------------
+
+
+def populated_bus() -> tuple[IrqBus, BusWorld, Sender]:
+    """vm1: a level pin 5 shared by nic0 and disk0 (nic0's interrupt in service), an edge pin
+    1, a level IOAPIC pin 20, an MSI device programmed and unmasked, the target virq bound.
+    vm2: an edge pin 10 and a masked MSI device with an interrupt pending. An `interrupts`
+    query to vm1 waits for its answer."""
+    bus = IrqBus(query_timeout_s=2.0)
+    s = Sender(lambda ep, frame, now: bus.handle(frame, now))
+    B = Endpoint.IRQBUS
+
+    def call(client: str, op: str, **args: Any) -> dict[str, Any] | None:
+        return s.call(B, client, op, 20.0, **args)
+
+    call("irq-vm1", "attach", name="vm1", domid=1)
+    call("irq-vm1", "program_pin", pin=5, trigger="level")
+    call("irq-vm1", "program_pin", pin=20, trigger="level", vector=0x50)
+    call("irq-vm1", "program_msi", device="net1", address=0xFEE00000, data=0x41)
+    call("irq-vm1", "chip", ops=[{"kind": "unmask", "pin": 5}, {"kind": "unmask", "pin": 20}, {"kind": "unmask", "pin": 1}, {"kind": "unmask", "device": "net1"}])
+    call("irq-vm1", "bind_virq", virq="target", vector=0x60)
+    call("tool", "attach_device", guest="vm1", device="nic0", pin=5, trigger="level")
+    call("tool", "attach_device", guest="vm1", device="disk0", pin=5, trigger="level")
+    call("tool", "attach_device", guest="vm1", device="kbd", pin=1)
+    call("tool", "attach_device", guest="vm1", device="ioa0", pin=20, trigger="level")
+    call("irq-vm2", "attach", name="vm2", domid=2)
+    call("irq-vm2", "program_pin", pin=10, trigger="edge")
+    call("irq-vm2", "chip", ops=[{"kind": "unmask", "pin": 10}])
+    call("irq-vm2", "program_msi", device="net2", address=0xFEE01000, data=0x52)
+    call("tool", "attach_device", guest="vm2", device="ser0", pin=10)
+    call("tool", "raise", guest="vm1", device="nic0")
+    call("tool", "raise", guest="vm2", device="net2")
+    call("tool", "pulse", guest="vm2", device="ser0", count=3)
+    call("asker", "interrupts", guest="vm1")
+    world = BusWorld(
+        guests=(
+            BusGuest("vm1", 1, "irq-vm1", (BusDevice("nic0", "pin", 5, "level"), BusDevice("disk0", "pin", 5, "level"),
+                                           BusDevice("kbd", "pin", 1), BusDevice("ioa0", "pin", 20, "level"), BusDevice("net1", "msi"))),
+            BusGuest("vm2", 2, "irq-vm2", (BusDevice("ser0", "pin", 10), BusDevice("net2", "msi"))),
+        ),
+        tool_clients=("tool", "asker"),
+        fresh_clients=("fresh-1", "fresh-2", "fresh-3"),
+        open_queries=((1, "irq-vm1", "text"),),
+    )
+    return bus, world, s
+
+
+BUS_WORLD = populated_bus()[1]
+BUS_RECORDED = ("irq-vm1", "irq-vm2", "tool")  # two sessions, and a client that attached devices
+
+
+def bus_fingerprint(bus: IrqBus, now: float = NOW) -> bytes:
+    """Every guest as `show` reports it (but when it was last heard from), whose session it
+    is, and the open queries."""
+    guests = []
+    for machine in sorted(bus.router.guests.values(), key=lambda m: m.domid):
+        snapshot = machine.snapshot(now)
+        snapshot.pop("last_seen_s", None)
+        guests.append([machine.client, snapshot])
+    return msgpack.packb([guests, len(bus.router), len(bus.queries), bus.queries.next_deadline()])
