@@ -155,6 +155,10 @@ class DomainTable:
             code = ErrorCode.EPERM if err.reason is PoolErrorReason.NOT_OWNED else ErrorCode.EINVAL
             raise WireError(code, str(err)) from None
 
+    def short_of_memory(self, domain: Domain) -> bool:
+        """Whether the domain's last increase was granted short because the host was full."""
+        return domain.domid in self._short
+
     def waiting_for_memory(self, freed_by: Domain | None) -> list[Domain]:
         """Pages were just freed: the domains that were granted short, told once per shortage."""
         if not self._short or self.pool.free_pages == 0:
