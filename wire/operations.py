@@ -314,7 +314,7 @@ class Operation:
     def validate(self, args: dict[str, Any]) -> dict[str, Any]:
         """Return the checked arguments, or raise WireError(EINVAL) naming the first bad field."""
         if not self.known.issuperset(args):
-            unknown = sorted(set(args) - self.known, key=repr)  # keys may be str or bytes
+            unknown = [key for key in args if key not in self.known]  # in message order: no sort of 100,000 keys
             raise WireError(ErrorCode.EINVAL, f"{self.name}: {len(unknown)} unknown argument(s): {shown(unknown)}")
         checked: dict[str, Any] = {}
         for name, check in self.required.items():
