@@ -7,7 +7,6 @@ request per interrupt.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import structlog
 
 from wire.client import RpcClient
 from wire.operations import MAX_BURST
+from wire.signals import StopFlag
 
 
 @dataclass
@@ -57,7 +57,7 @@ def run_device(
     guest: int | str,
     device: str,
     pacer: Pacer,
-    stop: threading.Event,
+    stop: StopFlag,
     log: structlog.typing.FilteringBoundLogger,
     clock: Callable[[], float] = time.monotonic,
 ) -> DeviceTotals:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
 from scenarios import report
 from scenarios.runner import Runner
 from scenarios.spec import ScenarioError, load
+from wire.signals import unwind_on_signals
 
 SHIPPED = Path(__file__).resolve().parent
 
@@ -23,8 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="no live progress")
     sub.add_parser("list", help="the scenarios shipped with ballonet")
     args = parser.parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the runner's `finally` stops every process it started.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # SIGTERM and Ctrl-C unwind, so the runner's `finally` stops every process it started; a
+    # second one cannot cut that short.
+    unwind_on_signals()
 
     if args.command == "list":
         for path in sorted(SHIPPED.glob("*.toml")):
@@ -45,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         progress = report.Progress()
         runner = Runner(scenario, None if args.quiet else progress.sample, None if args.quiet else progress.step)
         out_dir = args.out / scenario.name
-        result = runner.run(out_dir)
+        try:
+            result = runner.run(out_dir)
+        finally:
+            runner.procs.stop_all()  # none left after a whole run; some if a signal came during its cleanup
         paths = report.write(result, out_dir)
         print(report.text(result))
         print(f"  wrote {', '.join(str(p) for p in paths)} and logs/ there")
