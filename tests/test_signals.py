@@ -1,15 +1,18 @@
-"""wire.signals in this process: the first signal sets the flag (or unwinds) and holds off the
-next ones; a sleeping `wait` wakes when the flag is set."""
+"""wire.signals in this process: the first signal sets the flag (or unwinds) and makes the next
+ones no-ops in every thread; a sleeping `wait` wakes when the flag is set."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
+import sys
 import threading
 import time
 
 import pytest
 
+from wire import signals
 from wire.signals import STOP_SIGNALS, StopFlag, stop_on_signals, unwind_on_signals
 
 
@@ -20,6 +23,8 @@ def restored_signals():
     handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     yield
+    atexit.unregister(signals._ignore_at_exit)
+    signals._exiting = StopFlag()
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -28,6 +33,7 @@ def restored_signals():
 
 
 def held_off() -> set[int]:
+    """The stop signals blocked in this (the main) thread."""
     return set(signal.pthread_sigmask(signal.SIG_BLOCK, [])) & STOP_SIGNALS
 
 
@@ -38,9 +44,30 @@ def test_the_first_signal_sets_the_flag_and_holds_off_the_next(restored_signals:
     os.kill(os.getpid(), first)
     assert stop.is_set()
     assert held_off() == STOP_SIGNALS
-    os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt, no handler: it waits, and dies with the process
+    os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: it stays pending and dies with the process
     os.kill(os.getpid(), signal.SIGTERM)
     assert set(signal.sigpending()) == STOP_SIGNALS
+
+
+def test_signals_that_arrive_together_each_find_the_handler(restored_signals: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python runs their handlers in one pass; had the first one ignored the signals, the
+    second would be reported as "Signal 15 ignored due to race condition"."""
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    stop = stop_on_signals()
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # both delivered at once
+    assert stop.is_set() and held_off() == STOP_SIGNALS
+    assert not unraisable
+
+
+def test_at_exit_the_signals_are_ignored_in_every_thread(restored_signals: None) -> None:
+    """Finalizing, the interpreter would put SIG_DFL back; another thread could then take one."""
+    stop_on_signals()
+    signals._ignore_at_exit()
+    assert all(signal.getsignal(sig) == signal.SIG_IGN for sig in STOP_SIGNALS)
 
 
 def test_unwinding_raises_once_with_the_signals_exit_status(restored_signals: None) -> None:
@@ -51,7 +78,8 @@ def test_unwinding_raises_once_with_the_signals_exit_status(restored_signals: No
     assert exit_.value.code == 128 + signal.SIGTERM
     assert held_off() == STOP_SIGNALS
     os.kill(os.getpid(), signal.SIGINT)  # the `finally` blocks on the way out are not cut short
-    assert signal.SIGINT in signal.sigpending()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert set(signal.sigpending()) == STOP_SIGNALS
 
 
 def test_wait_sleeps_its_timeout_when_nobody_stops() -> None:

@@ -7,14 +7,25 @@ another signal arrives meanwhile; `threading.Event.set()` takes the Event's lock
 SIGTERM during the first handler's `set()` waited forever for a lock its own thread held
 (issue 11: three SIGTERMs back to back hung the hypervisor twice in 35 tries).
 
-The first signal also blocks SIGTERM and SIGINT in the main thread (`pthread_sigmask`). Later
-ones stay pending and are discarded at exit, so none can interrupt the shutdown (closing
-sockets, the last log lines) nor meet the default action: while finalizing, the interpreter
-puts SIG_DFL back for every signal it handled, and a SIGTERM in those last milliseconds ended
-the process with status -15 after it had logged "stopped". libzmq's threads block every signal,
-so no other thread takes them instead. Consequences: a second Ctrl-C cannot cut a slow shutdown
-short (SIGKILL can), and a child started after the stop would inherit the mask; no user starts
-one.
+Later signals are held off in two steps, because each alone leaves a way for one to end the
+process with status -15 or -2 after its "stopped" line:
+- The first signal blocks SIGTERM and SIGINT in the main thread, so none can interrupt the
+  shutdown. Python's handler stays installed: a thread that does not block them (below) still
+  only trips it.
+- At exit (atexit, before the interpreter's own teardown) both are set to SIG_IGN. Finalizing,
+  the interpreter puts SIG_DFL back for every signal that has a Python handler, and blocking in
+  the main thread does not cover other threads: a thread starts with its creator's mask, and
+  libzmq's I/O threads block every signal only once they first run. Under load one was created
+  just before a burst and first ran ~190 ms later, after SIG_DFL was back; the kernel handed it
+  a pending SIGTERM (seen with perf's signal tracepoints, about 1 round in 200 at load 10).
+  SIG_IGN holds in every thread, and the interpreter leaves it in place.
+SIG_IGN is not set in the handler itself: Python runs the handlers of all signals that arrived
+together in one pass, and one that finds SIG_IGN where its handler was reports "Signal N
+ignored due to race condition" on stderr (54 bursts in 75 that mixed SIGTERM and SIGINT did).
+At exit, `signal.signal` first runs the handlers of what has arrived; what a not-yet-running
+thread takes in the microsecond before SIG_IGN is in place can still be reported so, on stderr
+only. Consequences: a second Ctrl-C cannot cut a slow shutdown short (SIGKILL can), and a
+process started after the stop would inherit the blocked mask; no user starts one.
 
 Sleeping: `StopFlag.wait(timeout)` sleeps in slices of at most `WAKE_S`, looking at the flag
 between them; `time.sleep` and `select` resume after a handler has run (PEP 475), so one long
@@ -27,9 +38,11 @@ at the flag after every poll (at most 100 ms), the guest after every poll or RPC
 
 from __future__ import annotations
 
+import atexit
 import signal
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
@@ -61,32 +74,51 @@ class StopFlag:
         return self._set
 
 
-def _hold_further_signals() -> None:
-    """Block SIGTERM and SIGINT in this (the main) thread for the rest of the process's life."""
+_exiting = StopFlag()  # set by the atexit hook: from then on a handler does nothing
+
+
+def _hold_off() -> None:
+    """Later SIGTERM and SIGINT stay pending in the main thread, and die with the process."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
+def _ignore_at_exit() -> None:
+    _exiting.set()
+    _hold_off()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _install(handler: Callable[[int, FrameType | None], None]) -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+    atexit.unregister(_ignore_at_exit)
+    atexit.register(_ignore_at_exit)
+
+
 def stop_on_signals() -> StopFlag:
-    """SIGTERM and SIGINT set the returned flag; from the first on, both are held off."""
+    """SIGTERM and SIGINT set the returned flag; after the first, both are held off."""
     stop = StopFlag()
 
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
-        _hold_further_signals()
+        _hold_off()
 
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, handler)
+    _install(handler)
     return stop
 
 
 def unwind_on_signals() -> None:
     """For a program that blocks in many places (the scenario runner): the first SIGTERM or
-    SIGINT raises SystemExit(128 + signal), so every `finally` on the way out runs, and holds
-    off any later one, so that none cuts those `finally` blocks short."""
+    SIGINT raises SystemExit(128 + signal), so every `finally` on the way out runs; later ones
+    are held off, so that none cuts those `finally` blocks short."""
+    unwinding = StopFlag()
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        _hold_further_signals()
+        if unwinding.is_set() or _exiting.is_set():  # Python runs the handler of each that came together
+            return
+        unwinding.set()
+        _hold_off()
         sys.exit(128 + signum)
 
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, handler)
+    _install(handler)
