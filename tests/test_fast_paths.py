@@ -20,7 +20,8 @@ from hypervisor.service import HypervisorService
 from wire import envelope
 from wire.errors import ErrorCode, WireError
 from wire.extent import Extent
-from wire.operations import MAX_BATCH_PAGES, extents, integer
+from wire.operations import MAX_BATCH_PAGES, OPERATIONS, Operation, extents, integer
+from wire.shown import shown
 
 
 def _is_int(value: Any) -> bool:
@@ -120,6 +121,46 @@ def test_integer_validator_answers_as_before(value: Any) -> None:
     assert got == outcome(reference, "n", value)
     if got[0] == "ok":
         assert got[1] is value
+
+
+def reference_validate(op: Operation, args: dict[str, Any]) -> dict[str, Any]:
+    """Operation.validate before its one-argument shortcut."""
+    if not op.known.issuperset(args):
+        unknown = sorted(set(args) - op.known, key=repr)
+        raise WireError(ErrorCode.EINVAL, f"{op.name}: {len(unknown)} unknown argument(s): {shown(unknown)}")
+    checked: dict[str, Any] = {}
+    for name, check in op.required.items():
+        if name not in args:
+            raise WireError(ErrorCode.EINVAL, f"{op.name}: missing argument '{name}'")
+        checked[name] = check(name, args[name])
+    if len(checked) < len(args):
+        for name, check in op.optional.items():
+            if name in args:
+                checked[name] = check(name, args[name])
+    return checked
+
+
+def refusal_or_result(validate: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        return "ok", validate(*args)
+    except WireError as err:
+        return "refused", (err.code, err.message)
+
+
+@st.composite
+def operation_args(draw: st.DrawFn) -> tuple[Operation, dict[str, Any]]:
+    op = draw(st.sampled_from(sorted(OPERATIONS.values(), key=lambda o: o.name)))
+    names = sorted(op.known) + ["nr_pages", "extents", "bogus"]
+    values = st.one_of(odd, st.integers(1, 600), well_formed, st.text(min_size=1, max_size=12))
+    return op, draw(st.dictionaries(st.sampled_from(names), values, max_size=3))
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=500, deadline=None)
+@given(operation_args())
+def test_validate_answers_as_the_general_walk(case: tuple[Operation, dict[str, Any]]) -> None:
+    op, args = case
+    assert refusal_or_result(op.validate, args) == refusal_or_result(reference_validate, op, args)
 
 
 results = st.dictionaries(
