@@ -76,11 +76,11 @@ def run(mode: str, requests: int, profile: bool = False) -> float:
     log = logsetup.configure("info", "hypervisor")  # as `hypervisor serve` in rpc_bench: debug filtered
     with tempfile.TemporaryDirectory(prefix="bn-handle-") as tmp:
         service = HypervisorService(Hypervisor(size_to_pages("4g")), f"ipc://{tmp}/g", f"ipc://{tmp}/a", log)
+        sock = _Socket()  # the loop's stand-in for the guest socket
+        guests, service.guests, service._endpoints = service.guests, sock, {sock: Endpoint.GUEST}
         try:
-            sock = _Socket()
-            service._endpoints = {sock: Endpoint.GUEST}  # the loop's stand-in for the guest socket
-            guests = [_Guest(i) for i in range(CLIENTS)]
-            for i, g in enumerate(guests):
+            clients = [_Guest(i) for i in range(CLIENTS)]
+            for i, g in enumerate(clients):
                 service._serve_one(sock, g.identity, [g.frame("register", {"name": f"bench{i}", "memory_pages": 1024, "max_pages": 1 << 20})], False)
                 if not msgpack.unpackb(sock.last)["ok"]:
                     raise SystemExit(f"register refused: {msgpack.unpackb(sock.last)}")
@@ -91,7 +91,7 @@ def run(mode: str, requests: int, profile: bool = False) -> float:
                 profiler.enable()
             t0 = time.perf_counter()
             for k in range(requests):
-                g = guests[k % CLIENTS]
+                g = clients[k % CLIENTS]
                 frame = g.next_frame()
                 if hypervisor:
                     serve_one(sock, g.identity, [frame], False)
@@ -110,6 +110,7 @@ def run(mode: str, requests: int, profile: bool = False) -> float:
                 if problems:
                     raise SystemExit(f"the books do not balance: {problems[:3]}")
         finally:
+            service.guests = guests
             service.close()
     return took / requests
 

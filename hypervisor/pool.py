@@ -25,7 +25,10 @@ to grow above it (`_place`).
 
 That balloon step, both ways, is most of the traffic, so `allocate` and `_give_back` do it
 inline, in a few dict and set operations, and hand everything else to the general code
-(`_place`, `_FreeSpace.add`...). Every release is validated in full before anything
+(`_place`, `_FreeSpace.add`...). So is a guest bouncing just above the size it booted with:
+its first grant is a new region (its boot extent is blocked above), which it gives back
+whole, so `allocate` carves regions inline too and `_give_back` drops a whole extent without
+the general split. Every release is validated in full before anything
 changes; a one-pair request gets a quicker check that falls back to the general one, which
 is the one that explains refusals.
 """
@@ -485,6 +488,20 @@ class PagePool:
                 return [_new_tuple(Extent, (start, count))]
             if room:
                 by_start[start] = room  # too small: put it back for the general path
+            elif start >= 0 and (region := free.carve(count, _ROOM)) is not None:
+                # Blocked: another owner grew at the frontier, or the owner gave back a whole
+                # region and its frontier went down to the bottom of a shared free run. A new
+                # region, as _place makes one, inlined because a guest that balloons around
+                # the size it booted with does this on every grant. Carved runs have free
+                # pages on both sides, so the region joins none of the owner's extents.
+                starts, counts = held.starts, held.counts
+                i = bisect_left(starts, region)
+                starts.insert(i, region)
+                counts.insert(i, count)
+                held.pages += count
+                held.frontier = region + count
+                self._allocated += count
+                return [_new_tuple(Extent, (region, count))]
         if type(count) is not int:
             n = _as_int(count)
             if n is None:
@@ -617,7 +634,12 @@ class PagePool:
             elif i + 1 < len(starts) and starts[i + 1] == end + right:
                 self._note_hole(held, start)
             return
-        held.remove(start, count)
+        if start == base and end == base + counts[i]:
+            # A whole extent (a region given back entire): nothing to split.
+            del starts[i], counts[i]
+            held.pages -= count
+        else:
+            held.remove(start, count)
         merged = free.add(start, count)
         self._allocated -= count
         if end == held.frontier:

@@ -89,7 +89,8 @@ class HypervisorService:
         endpoint = self._endpoints[sock]
         outcome = self.hypervisor.handle(endpoint, body[0], self.clock())
         multipart.send(sock, [*route, outcome.reply])
-        if endpoint is Endpoint.GUEST and outcome.client is not None and outcome.error is None:
+        # the guest endpoint (`sock is`, as reading Endpoint.GUEST costs an Enum class lookup)
+        if sock is self.guests and outcome.client is not None and outcome.error is None:
             if req or self.hypervisor.table.find_client(outcome.client) is None:
                 self._routes.pop(outcome.client, None)  # a REQ peer takes no events; a shut-down one needs none
             else:

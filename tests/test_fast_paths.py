@@ -15,12 +15,16 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import random
+
 from hypervisor.dispatch import Hypervisor
+from hypervisor.pool import PagePool
 from hypervisor.service import HypervisorService
 from wire import envelope
 from wire.errors import ErrorCode, WireError
 from wire.extent import Extent
-from wire.operations import MAX_BATCH_PAGES, extents, integer
+from wire.operations import MAX_BATCH_PAGES, OPERATIONS, Operation, extents, integer
+from wire.shown import shown
 
 
 def _is_int(value: Any) -> bool:
@@ -122,6 +126,46 @@ def test_integer_validator_answers_as_before(value: Any) -> None:
         assert got[1] is value
 
 
+def reference_validate(op: Operation, args: dict[str, Any]) -> dict[str, Any]:
+    """Operation.validate before its one-argument shortcut."""
+    if not op.known.issuperset(args):
+        unknown = sorted(set(args) - op.known, key=repr)
+        raise WireError(ErrorCode.EINVAL, f"{op.name}: {len(unknown)} unknown argument(s): {shown(unknown)}")
+    checked: dict[str, Any] = {}
+    for name, check in op.required.items():
+        if name not in args:
+            raise WireError(ErrorCode.EINVAL, f"{op.name}: missing argument '{name}'")
+        checked[name] = check(name, args[name])
+    if len(checked) < len(args):
+        for name, check in op.optional.items():
+            if name in args:
+                checked[name] = check(name, args[name])
+    return checked
+
+
+def refusal_or_result(validate: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        return "ok", validate(*args)
+    except WireError as err:
+        return "refused", (err.code, err.message)
+
+
+@st.composite
+def operation_args(draw: st.DrawFn) -> tuple[Operation, dict[str, Any]]:
+    op = draw(st.sampled_from(sorted(OPERATIONS.values(), key=lambda o: o.name)))
+    names = sorted(op.known) + ["nr_pages", "extents", "bogus"]
+    values = st.one_of(odd, st.integers(1, 600), well_formed, st.text(min_size=1, max_size=12))
+    return op, draw(st.dictionaries(st.sampled_from(names), values, max_size=3))
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=500, deadline=None)
+@given(operation_args())
+def test_validate_answers_as_the_general_walk(case: tuple[Operation, dict[str, Any]]) -> None:
+    op, args = case
+    assert refusal_or_result(op.validate, args) == refusal_or_result(reference_validate, op, args)
+
+
 results = st.dictionaries(
     st.text(max_size=8),
     st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=40), lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4), max_leaves=12),
@@ -171,3 +215,64 @@ def test_routine_successes_are_debug_lines_and_notable_ones_info(tmp_path, level
         ("warning", "request refused"),
     ]
     assert lines == [line for line in expected if level == logging.DEBUG or line[0] != "debug"]
+
+
+def general_allocate(pool: PagePool, owner: int, count: int) -> list[Extent]:
+    """PagePool.allocate without its inline balloon steps: an empty holes list (which _place
+    treats as none) turns them off."""
+    held = pool._owned.get(owner) or pool._parked.get(owner)
+    if held is not None and held.holes is None:
+        held.holes = []
+    return pool.allocate(owner, count)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_pool_grants_as_the_general_placement(seed: int) -> None:
+    """Balloon traffic -- mostly newest pages back, sometimes a whole grant, sometimes pages
+    from anywhere -- on two pools: every grant lands where the general placement puts it."""
+    rng = random.Random(seed)
+    pools = [PagePool(40_000), PagePool(40_000)]
+    grants: dict[int, list[Extent]] = {owner: [] for owner in range(6)}
+    for owner in grants:
+        first = [pools[0].allocate(owner, 1024), general_allocate(pools[1], owner, 1024)]
+        assert first[0] == first[1]
+        grants[owner] += first[0]
+    for _ in range(3000):
+        owner = rng.randrange(6)
+        held = grants[owner]
+        if held and rng.random() < 0.5:
+            start, count = held.pop() if rng.random() < 0.7 else held.pop(rng.randrange(len(held)))
+            n = rng.randint(1, count) if rng.random() < 0.5 else count
+            back = [(start + count - n, n)]
+            if n < count:
+                held.append(Extent(start, count - n))
+            assert pools[0].release(owner, back) == pools[1].release(owner, list(back)) == n
+        else:
+            n = rng.choice([64, 64, 512, rng.randint(1, 512)])
+            got = pools[0].allocate(owner, n)
+            assert got == general_allocate(pools[1], owner, n)
+            held += got
+    assert pools[0].audit() == pools[1].audit() == []
+    assert pools[0].free_extents() == pools[1].free_extents()
+
+
+@pytest.mark.timeout(30)
+def test_guests_bouncing_above_their_boot_size_keep_the_books() -> None:
+    """rpc_bench's traffic: each guest grows by 64 pages (a new region: its boot extent is
+    blocked above) and gives them back whole; the others do the same in between."""
+    pool = PagePool(1 << 20)
+    boot = {owner: pool.allocate(owner, 1024) for owner in (1, 2, 3, 4)}
+    steady = None
+    for round_ in range(50):
+        grants = {owner: pool.allocate(owner, 64) for owner in boot}
+        for owner, (region,) in grants.items():
+            assert region.count == 64 and all(abs(region.start - b.start) > 2048 for b in boot[owner])
+        for owner, granted in grants.items():
+            assert pool.release(owner, granted) == 64
+        assert all(pool.extents_of(owner) == boot[owner] for owner in boot)
+        assert pool.free_extent_count == 1 and pool.audit() == []
+        if round_ == 1:
+            steady = grants
+        elif round_ > 1:
+            assert grants == steady  # the same regions every round: nothing drifts or fragments

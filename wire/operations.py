@@ -307,12 +307,22 @@ class Operation:
     # needs no room among the records of unbound clients (wire.replay).
     binds: bool = False
     known: frozenset[str] = field(init=False, repr=False, compare=False)
+    # (name, check) of an operation's one argument, when it takes exactly one: the shape of
+    # the hot requests (increase, decrease), checked without the general walk below.
+    _only: tuple[str, Validator] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "known", frozenset(self.required) | frozenset(self.optional))
+        only = next(iter(self.required.items())) if len(self.required) == 1 and not self.optional else None
+        object.__setattr__(self, "_only", only)
 
     def validate(self, args: dict[str, Any]) -> dict[str, Any]:
         """Return the checked arguments, or raise WireError(EINVAL) naming the first bad field."""
+        only = self._only
+        if only is not None and len(args) == 1:
+            name, check = only
+            if name in args:
+                return {name: check(name, args[name])}
         if not self.known.issuperset(args):
             unknown = [key for key in args if key not in self.known]  # in message order: no sort of 100,000 keys
             raise WireError(ErrorCode.EINVAL, f"{self.name}: {len(unknown)} unknown argument(s): {shown(unknown)}")

@@ -1,0 +1,52 @@
+"""The benchmarks still run: each with tiny settings, end to end, so none can rot unnoticed.
+
+Only that they complete and that their own checks pass; their figures are for people (a
+timed assertion on a shared machine would only measure the machine).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.processes import REPO
+
+
+def run_bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a bench script in its own process group, and end the whole group whatever happens:
+    a bench starts servers and clients of its own."""
+    proc = subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)), start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever it left behind
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.timeout(120)
+def test_rpc_bench_runs_and_the_books_balance() -> None:
+    result = run_bench("bench/rpc_bench.py", "--clients", "2", "--seconds", "0.3", "--rounds", "6", "--samples", "12", timeout=100)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("raw echo (baseline)") for line in lines), result.stdout
+    assert any(line.startswith("hypervisor reservation") for line in lines), result.stdout
+    assert "audit after the run        books balance" in lines, result.stdout
+    assert any(line.startswith("goal: throughput at least 0.8x") for line in lines), result.stdout
+
+
+@pytest.mark.timeout(120)
+def test_handle_cost_runs_and_the_books_balance() -> None:
+    result = run_bench("bench/handle_cost.py", "--requests", "400", timeout=100)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "handling cost" in result.stdout, result.stdout
