@@ -75,7 +75,7 @@ def populated_host() -> tuple[Hypervisor, HostWorld, Sender]:
     s.call(G, "guest-web", "decrease_reservation", 14.0, extents=[[start + 7, 1], [start + 9, 30]])
     s.call(A, "toolstack", "mem_set", 15.0, domain="web", target_pages=3000)
     s.call(A, "toolstack", "mem_max", 15.0, domain="idle", max_pages=4096)
-    s.call(G, "guest-db", "status", 16.0, balloon={"target_kb": 10_000, "current_kb": 11_000, "state": "eagain", "schedule_delay": 4})
+    s.call(G, "guest-db", "status", 16.0, balloon={"target_kb": 10_000, "current_kb": 11_000, "state": "retrying", "schedule_delay": 4})
     domains = tuple(
         HostDomain(d.name, d.domid, d.client, tuple((e.start, e.count) for e in hv.pool.extents_of(d.domid)), d.max_pages)
         for d in hv.table.domains()
@@ -94,15 +94,16 @@ HOST_RECORDED = ("guest-web", "guest-db", "guest-idle", "toolstack")
 def host_fingerprint(hv: Hypervisor) -> bytes:
     """Everything a request can change but the replay record and when a guest was last heard
     from (any guest request counts as a sign of life, refused or not)."""
-    pool = hv.pool
+    pool, table = hv.pool, hv.table
     domains = [
-        [d.domid, d.name, d.client, d.target_pages, d.max_pages, d.target_writes, d.wants_memory, d.balloon,
+        [d.domid, d.name, d.client, d.target_pages, d.max_pages, d.target_writes, d.balloon,
          [[e.start, e.count] for e in pool.extents_of(d.domid)]]
-        for d in hv.table.domains()
+        for d in table.domains()
     ]
     free = [[e.start, e.count] for e in pool.free_extents()]
-    next_domid = getattr(hv.table, "_next_domid", None)
-    return msgpack.packb([pool.total_pages, pool.free_pages, free, hv.table.audit(), next_domid, domains])
+    # two private parts of the table: the next domid, and who waits for freed memory
+    hidden = [getattr(table, "_next_domid", None), sorted(getattr(table, "_short", {}))]
+    return msgpack.packb([pool.total_pages, pool.free_pages, free, table.audit(), hidden, domains])
 
 
 # --- irqbus ------------------------------------------------------------------------------------
