@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import random
 import signal
 import subprocess
@@ -59,12 +60,12 @@ from tests.strategies import (  # noqa: E402
     host_broken,
     host_requests,
 )
-from wire.operations import Endpoint  # noqa: E402
+from wire.operations import OPERATIONS, Endpoint  # noqa: E402
 
 GOAL_MESSAGES = 100_000
 GOAL_RSS_MIB = 64
 PROGRESS_EVERY = 10_000  # messages between progress lines (with the servers' RSS) on stderr
-READ_ONLY = frozenset({"list", "info", "audit", "get_target", "status", "show", "interrupts"})
+READ_ONLY = frozenset(name for name, op in OPERATIONS.items() if op.read_only)  # replies not kept: a retry runs again
 HOST_MEMORY = "512m"
 PAGES = 512 * 256  # HOST_MEMORY in 4 KiB pages
 GUESTS = {  # the real guests: name -> (guest run flags, devices the bench plugs in)
@@ -171,6 +172,8 @@ class FuzzedHost:
         self.own = {ep: Slot(ctx, a, zmq.DEALER) for ep, a in self.addr.items()}  # the bench's probes
         self.seqs: dict[str, int] = {}
         self.guests: dict[str, subprocess.Popen] = {}
+        self.guest_logs: dict[str, str] = {}
+        self.exits: Counter = Counter()  # why real guests ended, as their logs say
         self.puppets: dict[str, tuple[str, int, tuple[tuple[int, int], ...]]] = {}  # name -> client, domid, extents
         self.sessions: dict[str, tuple[str, int]] = {}  # puppet irqbus guest name -> client, domid
         self.made = 0
@@ -201,15 +204,20 @@ class FuzzedHost:
         return reply["result"]
 
     def domains(self) -> list[dict[str, Any]]:
-        return self.ok(Endpoint.ADMIN, "bench", "list")["domains"]
+        return self._every_page(Endpoint.ADMIN, "list", "domains")
 
     def show(self) -> list[dict[str, Any]]:
-        guests, after = [], -1
+        return self._every_page(Endpoint.IRQBUS, "show", "guests")
+
+    def _every_page(self, endpoint: Endpoint, op: str, key: str) -> list[dict[str, Any]]:
+        items, after = [], -1
         while after is not None:
-            page = self.ok(Endpoint.IRQBUS, "bench", "show", after=after)
-            guests += page["guests"]
-            after = page["next"]
-        return guests
+            page = self.ok(endpoint, "bench", op, after=after)
+            items += page[key]
+            if page.get("next") is not None and page["next"] <= after:
+                raise RuntimeError(f"{op}: the cursor does not move past {after}")
+            after = page.get("next")
+        return items
 
     def plug(self, guest: str, d: BusDevice) -> None:
         where = {"msi": True} if d.kind == "msi" else {"pin": d.pin, "trigger": d.trigger}
@@ -219,12 +227,22 @@ class FuzzedHost:
 
     def start_guest(self, name: str) -> None:
         flags, _ = GUESTS[name]
+        log = self.guest_logs[name] = f"{name}.{self.tag}.{self.made}"
         self.guests[name] = self.procs.start(
-            f"{name}.{self.tag}.{self.made}", "guest", "run", "--name", name, "--hypervisor", self.addr[Endpoint.GUEST],
+            log, "guest", "run", "--name", name, "--hypervisor", self.addr[Endpoint.GUEST],
             "--irqbus", self.addr[Endpoint.IRQBUS], "--heartbeat", "0.5", "--retry-delay", "0.2", "--max-retry-delay", "1",
-            "--log-level", "error", *flags,
+            "--log-level", "info", *flags,
         )
         self.made += 1
+
+    def exit_reason(self, name: str) -> str:
+        """Why a real guest ended, from its log's last line."""
+        lines = self.procs.log(self.guest_logs[name]).strip().splitlines()
+        try:
+            last = json.loads(lines[-1])
+            return f"{last.get('event')}: {last.get('message') or last.get('error') or ''}".strip(": ")[:120]
+        except (IndexError, ValueError):
+            return (lines[-1] if lines else f"exit status {self.guests[name].returncode}, nothing logged")[:120]
 
     def restock(self) -> int:
         """Restart real guests that exited (a fuzzed destroy ends them; they come up while
@@ -234,6 +252,7 @@ class FuzzedHost:
         restarted = 0
         for name, proc in self.guests.items():
             if proc.poll() is not None:
+                self.exits[self.exit_reason(name)] += 1
                 # a fuzzed register may have taken the name meanwhile: the guest would exit
                 # again at once (EEXIST); and if it died without a word, its domain is stale
                 self.call(Endpoint.ADMIN, "bench", "destroy", domain=name)
@@ -584,7 +603,9 @@ class Campaign:
         print(f"  protocol         {sum(t.violations.values()):>9,}")
         for kind, n in t.violations.most_common():
             print(f"    {kind}: {n:,}; first: {t.examples[kind]}")
-        print(f"  guests restarted {t.guest_restarts:>9,}  (a fuzzed destroy or shutdown ends a real guest)")
+        print(f"  guests restarted {t.guest_restarts:>9,}  (a fuzzed destroy ends a real guest)")
+        for why, n in self.host.exits.most_common(4):
+            print(f"    {n:,} x {why}")
         growth = {}
         for name in ("hypervisor", "irqbus"):
             before, after = self.rss_before.get(name, 0.0), rss_after.get(name, 0.0)

@@ -94,15 +94,16 @@ HOST_RECORDED = ("guest-web", "guest-db", "guest-idle", "toolstack")
 def host_fingerprint(hv: Hypervisor) -> bytes:
     """Everything a request can change but the replay record and when a guest was last heard
     from (any guest request counts as a sign of life, refused or not)."""
-    pool = hv.pool
+    pool, table = hv.pool, hv.table
     domains = [
-        [d.domid, d.name, d.client, d.target_pages, d.max_pages, d.target_writes, hv.table.short_of_memory(d), d.balloon,
+        [d.domid, d.name, d.client, d.target_pages, d.max_pages, d.target_writes, table.short_of_memory(d), d.balloon,
          [[e.start, e.count] for e in pool.extents_of(d.domid)]]
-        for d in hv.table.domains()
+        for d in table.domains()
     ]
     free = [[e.start, e.count] for e in pool.free_extents()]
-    next_domid = getattr(hv.table, "_next_domid", None)
-    return msgpack.packb([pool.total_pages, pool.free_pages, free, hv.table.audit(), next_domid, domains])
+    # a private part of the table: the next domid
+    hidden = [getattr(table, "_next_domid", None)]
+    return msgpack.packb([pool.total_pages, pool.free_pages, free, table.audit(), hidden, domains])
 
 
 # --- irqbus ------------------------------------------------------------------------------------

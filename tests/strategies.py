@@ -24,6 +24,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from wire.envelope import MAX_CLIENT_ID, MAX_MESSAGE_BYTES, MAX_SEQ
+from wire.heartbeat import DRIVER_STATES
+from wire.heartbeat import FIELDS as HEARTBEAT_FIELDS
 from wire.operations import (
     CHIP_KINDS,
     IRQBUS_PINS,
@@ -346,15 +348,21 @@ def _extents(draw: Any, domain: HostDomain | None, total_pages: int) -> list[lis
     return out
 
 
-BALLOON_KEYS = ("target_kb", "current_kb", "low_kb", "high_kb", "schedule_delay", "max_schedule_delay", "retry_count", "max_retry_count")
-BALLOON_STATES = ("done", "eagain", "ecanceled", "stuck")
-
-
 def _balloon(draw: Any) -> dict[str, Any]:
-    """Statistics as Linux's xen-balloon sysfs has them, some of them."""
-    stats: dict[str, Any] = {key: draw(st.integers(0, 1 << 40)) for key in BALLOON_KEYS if draw(st.booleans())}
-    if draw(st.booleans()):
-        stats["state"] = _pick(draw, BALLOON_STATES)
+    """Some of the statistics wire/heartbeat.py knows, each of its kind: KiB (nil for the hard
+    limit too), seconds (int or float), counts, a driver state."""
+    stats: dict[str, Any] = {}
+    for key in HEARTBEAT_FIELDS:
+        if not draw(st.booleans()):
+            continue
+        if key == "state":
+            stats[key] = _pick(draw, sorted(DRIVER_STATES))
+        elif key.endswith("_kb"):
+            stats[key] = None if key == "hard_limit_kb" and draw(st.booleans()) else draw(st.integers(0, 1 << 34))
+        elif "delay" in key:
+            stats[key] = draw(st.integers(0, 86_400) | st.floats(0, 86_400))
+        else:
+            stats[key] = draw(st.integers(0, MAX_SEQ))
     return stats
 
 
@@ -370,12 +378,22 @@ def _host_call(draw: Any, world: HostWorld, op: str) -> tuple[str, dict[str, Any
             return client, {"nr_pages": draw(st.integers(1, MAX_BATCH_PAGES))}
         if op == "decrease_reservation":
             return client, {"extents": _extents(draw, domain, world.total_pages)}
-        if op == "status" and draw(st.booleans()):
-            return client, {"balloon": _balloon(draw)}
-        return client, {}
+        if op == "status":
+            return client, {"balloon": _balloon(draw)} if draw(st.booleans()) else {}
+        if op == "memory_map":  # the caller's pages, from the first or after one of them
+            starts = [start for start, _ in domain.extents] if domain else []
+            return client, {"after": draw(st.sampled_from((-1, *starts)) | st.integers(-1, world.total_pages))} if draw(st.booleans()) else {}
+        if op in ("get_target", "shutdown"):
+            return client, {}
+        raise AssertionError(f"no strategy for guest operation {op!r}")
     client = _pick(draw, world.admin_clients)
-    if op in ("list", "info", "audit"):
+    if op == "list":  # a page: from the first domain, or after one
+        after = draw(st.sampled_from((-1, *(d.domid for d in world.domains))) | st.integers(-1, MAX_DOMID))
+        return client, {"after": after} if draw(st.booleans()) else {}
+    if op in ("info", "audit"):
         return client, {}
+    if op not in ("mem_set", "mem_max", "destroy"):
+        raise AssertionError(f"no strategy for admin operation {op!r}")
     args: dict[str, Any] = {"domain": _domain_ref(draw, world)}
     top = _pick(draw, world.domains).max_pages if world.domains else 4096
     if op == "mem_set":

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
 from tests.populated import HOST_RECORDED, HOST_WORLD, NOW, host_fingerprint, populated_host
@@ -17,6 +17,7 @@ from tests.replies import check_pushed, check_reply
 from tests.strategies import (
     FUZZ_SETTINGS,
     FUZZ_SETTINGS_SMALL,
+    HOST_OPS,
     MANY_KEYS,
     NO_REQUIRED_ARGS,
     SEQ,
@@ -139,6 +140,19 @@ def test_an_older_seq_is_refused_and_changes_nothing(first, client, second, back
     assert (reply["ok"], reply.get("error")) == (False, "EPROTO"), reply
     assert host_fingerprint(hv) == before
     assert not again.notifications
+
+
+@pytest.mark.parametrize("op", HOST_OPS)
+def test_the_strategies_reach_every_operation_and_get_it_accepted(op):
+    """A well-formed draw of each operation is accepted at least once in a few hundred: the
+    strategies follow the schemas, so the properties above see acceptances, not only refusals."""
+
+    def accepted(draft: Draft) -> bool:
+        hv, _, sender = populated_host()
+        out, _ = sender.send(draft)
+        return msgpack.unpackb(out.reply)["ok"]
+
+    find(host_well_formed(HOST_WORLD, (op,)), accepted, settings=settings(FUZZ_SETTINGS, max_examples=300, phases=[Phase.generate]))  # found is enough: no shrinking
 
 
 # --- the envelope's edges (issue 11 item 8), for every operation ------------------------------
