@@ -129,7 +129,7 @@ def test_integer_validator_answers_as_before(value: Any) -> None:
 def reference_validate(op: Operation, args: dict[str, Any]) -> dict[str, Any]:
     """Operation.validate before its one-argument shortcut."""
     if not op.known.issuperset(args):
-        unknown = sorted(set(args) - op.known, key=repr)
+        unknown = [key for key in args if key not in op.known]
         raise WireError(ErrorCode.EINVAL, f"{op.name}: {len(unknown)} unknown argument(s): {shown(unknown)}")
     checked: dict[str, Any] = {}
     for name, check in op.required.items():
