@@ -92,7 +92,9 @@ class IrqbusService:
         now = self.clock()
         outcome = self.bus.execute(body[0], now, req_peer=req)
         client = outcome.client
-        if client is not None and self.bus.wants_route(client):
+        # An attached guest's events go to its DEALER: a REQ peer using the same client id
+        # (which the protocol forbids) must not take them over.
+        if client is not None and self.bus.wants_route(client) and not (req and self.bus.router.is_guest(client)):
             self._routes[client] = route
         self._push(outcome)  # a guest's interrupt first; the device's reply can wait a little
         self.bus.commit(outcome, now)

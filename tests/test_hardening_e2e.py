@@ -202,3 +202,19 @@ def test_a_hundred_thousand_clients_and_sessions_that_never_read_keep_rss_bounde
     for g, b in silent:
         g.sock.close(linger=0)
         b.sock.close(linger=0)
+
+
+@pytest.mark.timeout(60)
+def test_a_req_peer_reusing_a_guests_client_id_does_not_take_its_events(procs: Processes, ctx):
+    bus = Irqbus(procs)
+    guest = Socket(ctx, zmq.DEALER, bus.endpoint)
+    assert guest.call("c1", 1, "attach", name="g1", domid=1)["ok"]
+    assert guest.call("c1", 2, "program_pin", pin=5, trigger="edge")["ok"]
+    assert guest.call("c1", 3, "chip", ops=[{"kind": "unmask", "pin": 5}])["ok"]
+    imposter = Socket(ctx, zmq.REQ, bus.endpoint)
+    assert imposter.call("c1", 4, "show", guest="g1")["ok"]
+    dev = Socket(ctx, zmq.DEALER, bus.endpoint)
+    assert dev.call("d1", 1, "attach_device", guest="g1", device="nic0", pin=5)["ok"]
+    assert dev.call("d1", 2, "raise", guest="g1", device="nic0")["ok"]
+    event = guest.receive()
+    assert event.get("event") == "irq" and event["args"]["pin"] == 5
