@@ -31,6 +31,7 @@ from tests.strategies import (
     envelope_draft,
     many_keys,
 )
+from wire.envelope import MAX_MESSAGE_BYTES
 from wire.operations import Endpoint
 
 pytestmark = pytest.mark.timeout(120)
@@ -116,7 +117,7 @@ def test_a_seq_reused_for_another_frame_is_refused_and_changes_nothing(first, cl
         return  # too large, or a value the decoder refuses: the server never read its seq
     second = _on_client(data.draw(readable, "second"), first.client)
     frame = second.frame(seq)
-    if frame == first.frame(seq):
+    if frame == first.frame(seq) or len(frame) > MAX_MESSAGE_BYTES:
         return
     before = bus_fingerprint(bus)
     again = bus.handle(frame, NOW)
@@ -127,9 +128,6 @@ def test_a_seq_reused_for_another_frame_is_refused_and_changes_nothing(first, cl
     assert not again.sends
 
 
-# Failed twice in full-suite runs and never alone (the file, six hash seeds): some state shared
-# with earlier test modules changes what it draws. Not strict until that is found (closing note).
-@pytest.mark.xfail(strict=False, reason="fails only after other modules in the same process; under investigation")
 @FUZZ_SETTINGS
 @given(readable, st.sampled_from(BUS_RECORDED), readable, st.integers(1, 100))
 def test_an_older_seq_is_refused_and_changes_nothing(first, client, second, back):
@@ -139,8 +137,11 @@ def test_an_older_seq_is_refused_and_changes_nothing(first, client, second, back
     if not _seq_read(out, seq):
         return
     second = _on_client(second, first.client)
+    frame = second.frame(seq - back)
+    if len(frame) > MAX_MESSAGE_BYTES:
+        return  # moved to another client and seq, a frame near the limit can go over it
     before = bus_fingerprint(bus)
-    again = bus.handle(second.frame(seq - back), NOW)
+    again = bus.handle(frame, NOW)
     assert again.reply is not None, "an older seq was taken for a retry of an open query"
     reply = check_reply(again.reply, seq - back)
     assert (reply["ok"], reply.get("error")) == (False, "EPROTO"), reply
