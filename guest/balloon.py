@@ -429,6 +429,8 @@ class Balloon:
             if remaining != 0:
                 self._schedule(now if result is StepResult.DONE else now + self.config.retry_delay)
             return
+        if self.rules.cancels_at_growth_cap:  # current_credit() is target - current: no cap in it
+            remaining = min(self._target, self._maxmem) - self.memory.current_pages
         result = self._update_schedule(result)
         self._state = result
         self._wait_credit = self._target - self.memory.current_pages  # current_credit()
