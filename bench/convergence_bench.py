@@ -1,14 +1,42 @@
-"""Convergence of the seed patch's scenario with Linux's timings (retry 1 s doubling to 32 s),
-in three modes: the pre-patch driver (legacy hard limit), the retrying driver on its timer
-alone, and the retrying driver woken by the hypervisor's memory-available interrupt.
+"""Convergence of the seed patch's scenario, driver generation by generation, with Linux's timings.
 
-For each run: the time from the targets being set to every guest at target, and how long the
-guests ballooning up still waited after the memory they needed was free. That moment is the
-baseline measured in the same run: a driver that retried at once would be done then. Two
-timelines: the patch's (everyone's target set at once), and a late release, where the guests
-ballooning down are told to only after the others have backed off for a while.
+Modes: the pre-patch driver (a hard limit), and seed, 3.1 and current, each on its retry timer
+alone and woken by the hypervisor's memory-available interrupt (which no Linux has). For each
+run: the time from the targets being set to every guest at target, and how long the guests
+ballooning up still waited after the memory they needed was free -- the baseline measured in
+the same run: a driver that retried at once would be done then. The ratio column compares each
+mode's convergence time with the seed driver's on its timer. Two timelines: the patch's
+(every target set at once), and a late release, where the guests ballooning down are told only
+after the others have met the shortage and backed off for a while (default 40 s: 3.1 waits
+out a 32 s backoff, current has cancelled after its 4th failed step).
 
-    python bench/convergence_bench.py [--runs 3] [--late 9]
+Every guest runs at `--speed` (guest run's time scale) and the timeline is compressed alike,
+so the figures are in Linux seconds: real seconds times the speed. The runner's own latency
+(an RPC, a sample) is scaled up with them, so a figure carries about speed x 0.05 s of noise.
+
+    python bench/convergence_bench.py [--runs 1] [--late 40] [--speed 4] [--quick]
+
+Measured (one run, --speed 4, a loaded 2026 CI-class machine; Linux seconds):
+
+    patch                converged  waited after free   ratio to seed
+      seed                   3.93 s      0.50 s          1.00
+      seed + interrupt       3.06 s      0.16 s          0.78
+      3.1                    2.43 s      0.08 s          0.62
+      3.1 + interrupt        4.31 s      0.16 s          1.10
+      current                4.51 s      2.01 s          1.15
+      current + interrupt    never (up2 cancelled: early wakes used up its 4 retries)
+      pre-patch              never (both up guests hard-limited, memory free)
+    patch-late (release at 40 s)
+      seed                  42.54 s      0.16 s          1.00
+      seed + interrupt      43.01 s      0.08 s          1.01
+      3.1                   62.38 s     19.46 s          1.47   (failed at 0, 2, 6, 14, 30; next try 62)
+      3.1 + interrupt       42.58 s      0.08 s          1.00
+      current               never (cancelled at its 4th failure, 14 s, before the release)
+      current + interrupt   never (cancelled likewise)
+      pre-patch             never (hard-limited)
+
+The patch timeline's small figures move by about a second from run to run (the RPC latency
+is scaled up four times); the late release's are the rules' own.
 """
 
 from __future__ import annotations
@@ -27,6 +55,7 @@ from scenarios.spec import Scenario, load  # noqa: E402
 from wire.sizes import size_to_pages  # noqa: E402
 
 LINUX_TIMINGS = {"retry_delay": 1.0, "max_retry_delay": 32.0}
+BASELINE = "seed"
 
 
 def ballooning(s: Scenario, up: bool) -> tuple[str, ...]:
@@ -34,15 +63,22 @@ def ballooning(s: Scenario, up: bool) -> tuple[str, ...]:
     return tuple(g.name for g in s.guests if g.name in sets and (size_to_pages(sets[g.name]) > size_to_pages(g.memory)) == up)
 
 
-def modes(base: Scenario) -> dict[str, Scenario]:
-    linux = replace(base.with_guests(**LINUX_TIMINGS), sample_interval=0.02, duration=60)
-    up = ballooning(base, up=True)
-    legacy = replace(linux, guests=tuple(replace(g, legacy=g.name in up) for g in linux.guests), duration=15, expectations=())
-    return {
-        "legacy": legacy,
-        "timer only": replace(linux, irqbus=False),
-        "timer + interrupt": replace(linux, irqbus=True),
-    }
+def at_speed(s: Scenario, speed: float, duration: float) -> Scenario:
+    """The scenario with its guests at `speed` and its timeline (Linux seconds) compressed alike."""
+    guests = tuple(replace(g, args=(*g.args, "--speed", f"{speed:g}")) for g in s.guests)
+    timeline = tuple(replace(st, at=st.at / speed) for st in s.timeline)
+    return replace(s, guests=guests, timeline=timeline, duration=duration / speed, sample_interval=0.02, expectations=())
+
+
+def modes(base: Scenario, quick: bool) -> dict[str, Scenario]:
+    linux = base.with_guests(**LINUX_TIMINGS)
+    out = {}
+    for driver in ("seed",) if quick else ("seed", "3.1", "current"):
+        out[driver] = replace(linux.with_guests(driver=driver), irqbus=False)
+        if not quick:
+            out[f"{driver} + interrupt"] = replace(linux.with_guests(driver=driver, memory_interrupt=True), irqbus=True)
+    out["pre-patch"] = replace(linux.with_guests(driver="pre-patch"), irqbus=False)
+    return out
 
 
 def late_release(base: Scenario, delay: float) -> Scenario:
@@ -51,40 +87,47 @@ def late_release(base: Scenario, delay: float) -> Scenario:
     return replace(base, name=base.name + "-late", timeline=tuple(sorted(steps, key=lambda st: st.at)))
 
 
-def measure(s: Scenario, up: tuple[str, ...], runs: int) -> tuple[float | None, float | None, list[str]]:
+def measure(s: Scenario, up: tuple[str, ...], runs: int, speed: float) -> tuple[float | None, float | None, list[str]]:
+    """Median convergence and wait after the memory was free, in Linux seconds."""
     done, waited, notes = [], [], []
     for _ in range(runs):
         rec = Runner(s).run().recording
         d, f = rec.converged_at(), rec.memory_free_at(up)
         if d is None:
             last = rec.samples[-1]
-            notes.append(", ".join(f"{n} {last.domains[n]['target_pages'] - last.domains[n]['current_pages']} pages short" for n in up))
+            short = [f"{n} {last.domains[n]['target_pages'] - last.domains[n]['current_pages']} pages short ({last.domains[n].get('balloon', {}).get('state', '?')})" for n in up]
+            notes.append(", ".join(short))
             continue
-        done.append(d)
-        waited.append(d - f if f is not None else float("nan"))
+        done.append(d * speed)
+        waited.append((d - f) * speed if f is not None else float("nan"))
     if not done:
         return None, None, notes
     return statistics.median(done), statistics.median(waited), notes
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--late", type=float, default=9.0, help="seconds before the late release")
-    args = parser.parse_args()
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--late", type=float, default=40.0, help="Linux seconds before the late release")
+    parser.add_argument("--speed", type=float, default=4.0, help="guest run --speed for every guest")
+    parser.add_argument("--quick", action="store_true", help="seed and pre-patch only, 20 Linux seconds of the patch timeline (a smoke test)")
+    args = parser.parse_args(argv)
     base = load(REPO / "scenarios" / "patch.toml")
     up = ballooning(base, up=True)
-    for timeline in (base, late_release(base, args.late)):
-        print(f"{timeline.name}: {len(timeline.guests)} guests, Linux timings, median of {args.runs} runs")
-        print(f"  {'mode':<20} {'converged':>10} {'waited after free':>18}   ratio to timer only")
-        figures = {}
-        for mode, scenario in modes(timeline).items():
-            done, waited, notes = measure(scenario, up, 1 if mode == "legacy" else args.runs)
+    timelines = [(base, 20.0)] if args.quick else [(base, 40.0), (late_release(base, args.late), args.late + 50.0)]
+    for timeline, duration in timelines:
+        print(f"{timeline.name}: {len(timeline.guests)} guests, Linux timings at --speed {args.speed:g}, "
+              f"median of {args.runs} run(s), Linux seconds")
+        print(f"  {'mode':<20} {'converged':>10} {'waited after free':>18}   ratio to {BASELINE}")
+        figures: dict[str, float | None] = {}
+        for mode, scenario in modes(timeline, args.quick).items():
+            runs = 1 if mode == "pre-patch" else args.runs
+            done, waited, notes = measure(at_speed(scenario, args.speed, duration), up, runs, args.speed)
             figures[mode] = done
             if done is None:
-                print(f"  {mode:<20} {'never':>10} {'-':>18}   ({'; '.join(notes[:1])} after {scenario.duration:g} s)")
+                print(f"  {mode:<20} {'never':>10} {'-':>18}   ({'; '.join(notes[:1])} after {duration:g} s)")
                 continue
-            ratio = f"{done / figures['timer only']:.2f}" if figures.get("timer only") else "-"
+            ratio = f"{done / figures[BASELINE]:.2f}" if figures.get(BASELINE) else "-"
             print(f"  {mode:<20} {done:>9.2f}s {waited:>17.2f}s   {ratio}")
         print()
     return 0

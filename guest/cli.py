@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from guest.balloon import BalloonConfig
+from guest.generations import DEFAULT_GENERATION, RULES, DriverGeneration, parse_generation
 from guest.interrupts_cli import interrupt_attachments, interrupts_options, show_interrupts
 from guest.pace import parse_pace
 from guest.service import DEFAULT_HEARTBEAT_S, GuestService, GuestSettings
@@ -40,6 +41,23 @@ def _size(text: str) -> int:
 
 _retry_delay = positive_number("a positive number of seconds", MAX_DELAY_S)  # what a heartbeat may report
 _count = whole_number(0, MAX_COUNT)
+_speed = positive_number("a positive time-scale factor", 10_000.0)
+
+
+def _generation(text: str) -> DriverGeneration:
+    try:
+        return parse_generation(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _kernel_floor(text: str) -> int | None:
+    """SIZE, `none` (0: no floor) or `auto` (None: guest/floor.py's function of the boot maxmem)."""
+    if text == "auto":
+        return None
+    if text == "none":
+        return 0
+    return _size(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,13 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--maxmem", type=_size, help="maximum memory (default: --memory)")
     run.add_argument("--workload", type=_size, default=0, help="memory the guest itself uses and cannot give back")
     run.add_argument("--hypervisor", help=f"hypervisor guest endpoint (env {endpoints.HYPERVISOR_ENV}, default {endpoints.DEFAULT_HYPERVISOR})")
+    driver = run.add_argument_group("the balloon driver (Linux's, by generation)")
+    driver.add_argument(
+        "--driver", type=_generation, default=DEFAULT_GENERATION,
+        metavar="GEN", help=f"which Linux driver: {', '.join(g.value for g in DriverGeneration)} (default {DEFAULT_GENERATION})",
+    )
+    driver.add_argument(
+        "--legacy-hard-limit", dest="driver", action="store_const", const=DriverGeneration.PRE_PATCH,
+        help="an alias of --driver pre-patch (kept for old command lines)",
+    )
+    driver.add_argument("--speed", type=_speed, default=1.0, metavar="FACTOR", help="run the driver's timers and pace FACTOR times faster (figures stay in Linux seconds; default 1)")
+    driver.add_argument("--kernel-floor", type=_kernel_floor, default=None, metavar="SIZE|none|auto", help="memory the guest's kernel keeps and never balloons out (default auto: classic XenLinux's minimum_target() of the boot maxmem)")
+    driver.add_argument("--hotplug", action="store_true", help="memory hotplug: the guest may grow past the balloon it sized at boot (up to maxmem)")
     timing = run.add_argument_group("retry timer (Linux xen-balloon defaults)")
-    timing.add_argument("--retry-delay", type=_retry_delay, default=1.0, help="first retry delay, seconds (default 1)")
-    timing.add_argument("--max-retry-delay", type=_retry_delay, default=32.0, help="retry delay cap, seconds (default 32)")
-    timing.add_argument("--max-retries", type=_count, default=0, help="cancel after this many retries until the target changes (0 = unlimited)")
-    timing.add_argument("--heartbeat", type=seconds, default=DEFAULT_HEARTBEAT_S, help="seconds between status reports")
+    timing.add_argument("--retry-delay", type=_retry_delay, default=1.0, help="schedule_delay's reset value, and the seed/pre-patch timer, seconds (default 1)")
+    timing.add_argument("--max-retry-delay", type=_retry_delay, default=32.0, help="max_schedule_delay, seconds (3.1, current; default 32)")
+    timing.add_argument("--max-retries", type=_count, default=None, help="max_retry_count (3.1, current): cancel after this many failed steps; 0 = unlimited (default: 0 for 3.1, 4 for current)")
+    timing.add_argument("--heartbeat", type=seconds, default=DEFAULT_HEARTBEAT_S, help="seconds between status reports (real time)")
     behaviour = run.add_argument_group("behaviour")
-    behaviour.add_argument("--legacy-hard-limit", action="store_true", help="the driver before 'try harder': give up at a hard limit")
     behaviour.add_argument("--balloon-rate", type=positive_number("a positive rate"), metavar="PAGES_PER_S", help="a slow driver: move at most this many pages per second")
     behaviour.add_argument("--stuck", action="store_true", help="a stuck driver: never moves")
     behaviour.add_argument("--stuck-every", type=seconds, metavar="SECONDS", help="alternately moving and stuck, SECONDS each (combines with --balloon-rate)")
@@ -83,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_retry_delay < args.retry_delay:
         print("guest run: --max-retry-delay must not be below --retry-delay", file=sys.stderr)
         return 2
+    if args.max_retries is not None and not RULES[args.driver].backoff:
+        print(f"guest run: the {args.driver} driver has no retry count; --max-retries needs --driver 3.1 or current", file=sys.stderr)
+        return 2
     if args.stuck and (args.balloon_rate or args.stuck_every):
         print("guest run: --stuck never moves; it does not combine with --balloon-rate or --stuck-every", file=sys.stderr)
         return 2
@@ -97,9 +129,12 @@ def run(args: argparse.Namespace) -> int:
         max_pages=max_pages,
         hypervisor=endpoints.endpoint(args.hypervisor, endpoints.HYPERVISOR_ENV),
         workload_pages=args.workload,
-        balloon=BalloonConfig(args.retry_delay, args.max_retry_delay, args.max_retries, args.legacy_hard_limit),
+        balloon=BalloonConfig(args.driver, args.retry_delay, args.max_retry_delay, args.max_retries),
         pace=lambda now: parse_pace(spec, now),
         heartbeat_s=args.heartbeat,
+        speed=args.speed,
+        kernel_floor_pages=args.kernel_floor,
+        hotplug=args.hotplug,
     )
     attachments, problem = interrupt_attachments(args, log)
     if problem:

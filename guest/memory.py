@@ -4,7 +4,9 @@
 extents in the order they were granted (contiguous neighbours merge), plus `workload_pages`:
 the pages the guest's own kernel and processes are using. Those cannot be ballooned out —
 Linux's balloon driver gets them only by `alloc_page()`, which fails when the guest is out of
-free memory; squeezed calls the same quantity a guest's "hidden floor".
+free memory; squeezed calls the same quantity a guest's "hidden floor". `kernel_floor_pages`
+is what the guest's kernel keeps however idle it is (guest/floor.py): the driver can take
+pages only above max(workload, kernel floor) -- the workload counts the kernel's own use too.
 
 Ballooning down takes the most recently granted pages first (LIFO), splitting an extent when
 only part of it is needed, as Linux's balloon hands back the pages it populated last.
@@ -34,10 +36,13 @@ def checked_extents(extents: Iterable[Extent]) -> list[Extent]:
 
 
 class GuestMemory:
-    def __init__(self, extents: Iterable[Extent] = (), workload_pages: int = 0) -> None:
+    def __init__(self, extents: Iterable[Extent] = (), workload_pages: int = 0, kernel_floor_pages: int = 0) -> None:
         self._extents: list[Extent] = []
         self._pages = 0
         self.workload_pages = workload_pages
+        if not isinstance(kernel_floor_pages, int) or isinstance(kernel_floor_pages, bool) or kernel_floor_pages < 0:
+            raise ValueError(f"kernel_floor_pages must be an integer >= 0, not {kernel_floor_pages!r}")
+        self.kernel_floor_pages = kernel_floor_pages
         self.add(extents)
 
     # -- what the guest holds ----------------------------------------------------------------
@@ -59,8 +64,8 @@ class GuestMemory:
 
     @property
     def freeable_pages(self) -> int:
-        """Pages the driver could balloon out right now (the rest is the workload)."""
-        return max(0, self._pages - self._workload)
+        """Pages the driver could balloon out right now (the rest is the workload or the kernel's)."""
+        return max(0, self._pages - max(self._workload, self.kernel_floor_pages))
 
     @property
     def extents(self) -> list[Extent]:

@@ -1,8 +1,14 @@
 """The guest's ZeroMQ shell: registers its domain, then carries out what the balloon core decides.
 
 The loop has one socket to the hypervisor. Replies drive the balloon; `target` events (a push
-when the toolstack writes the target) wake it at once; a heartbeat reports statistics and
-carries the target too, as the fallback when a push is lost.
+when the toolstack writes the target) reach the driver at once (what it does with one is its
+generation's rule); a heartbeat reports statistics and carries the target too, as the fallback
+when a push is lost.
+
+Time scale: the balloon core runs on the driver clock, the real clock times `speed` (`guest
+run --speed`), so every driver timer and the pace run `speed` times faster while the figures
+(schedule_delay, max_schedule_delay) stay in Linux seconds. Heartbeats, RPC timeouts and the
+interrupt attachments stay in real time.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import structlog
 import zmq
 
 from guest.balloon import Balloon, BalloonConfig, Decrease, DriverState, Increase
+from guest.floor import minimum_target_pages
 from guest.memory import GuestMemory
 from guest.pace import Pace, Unlimited
 from wire.client import RpcClient
@@ -55,6 +62,9 @@ class GuestSettings:
     pace: Callable[[float], Pace] = lambda now: Unlimited()
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
     rpc_timeout_s: float = 0.5
+    speed: float = 1.0  # the driver clock runs this many times faster than the real one
+    kernel_floor_pages: int | None = None  # None: guest/floor.py's function of the boot maxmem
+    hotplug: bool = False  # memory hotplug: no growth cap from the boot balloon
 
 
 class GuestService:
@@ -69,10 +79,12 @@ class GuestService:
         self.attachments = attachments or []
         self.log = log.bind(name=settings.name)
         self.clock = clock
+        self.speed = settings.speed
         self.client = RpcClient(settings.hypervisor, timeout=settings.rpc_timeout_s)
         self.balloon: Balloon | None = None
         self.domid: int | None = None
         self._target_writes = 0
+        self._failed_steps = 0
         self._reported_state: DriverState | None = None
         self._report_now = False  # the driver changed state: tell the hypervisor at once
         self._destroyed = False
@@ -91,8 +103,12 @@ class GuestService:
         if name == "target":
             self._report_now = True
         elif name == "memory":
-            self.balloon.wake(self.clock())
+            self.balloon.wake(self.driver_clock())
             self.log.info("memory available", current_pages=self.balloon.current_pages, target_pages=self.balloon.target_pages)
+
+    def driver_clock(self) -> float:
+        """The balloon core's clock: real seconds times `speed`."""
+        return self.clock() * self.speed
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -107,13 +123,20 @@ class GuestService:
         if result.get("next") is not None:  # a fragmented host: the rest of the memory map
             call = functools.partial(self.client.call, retries=-1, should_stop=should_stop)
             result["extents"] = every_page(call, "memory_map", "extents", first=result)["extents"]
-        now = self.clock()
+        now = self.driver_clock()
         self.domid = result["domid"]
         self.log = self.log.bind(domid=self.domid)
-        memory = GuestMemory([Extent(a, b) for a, b in result["extents"]], s.workload_pages)
+        floor = minimum_target_pages(result["max_pages"]) if s.kernel_floor_pages is None else s.kernel_floor_pages
+        memory = GuestMemory([Extent(a, b) for a, b in result["extents"]], s.workload_pages, kernel_floor_pages=floor)
         self.balloon = Balloon(memory, result["max_pages"], target_pages=result["target_pages"], config=s.balloon, pace=s.pace(now))
+        if s.hotplug:
+            self.balloon.set_growth_cap(None, now)
         self._target_writes = result["target_writes"]
-        self.log.info("registered", pages=memory.current_pages, max_pages=result["max_pages"], workload_pages=s.workload_pages)
+        self._failed_steps = 0
+        self.log.info(
+            "registered", pages=memory.current_pages, max_pages=result["max_pages"], workload_pages=s.workload_pages,
+            driver=str(s.balloon.generation), kernel_floor_pages=floor, growth_cap=self.balloon.growth_cap, speed=self.speed,
+        )
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         """Register, then balloon until stopped or destroyed; a clean stop shuts the domain down."""
@@ -133,7 +156,8 @@ class GuestService:
                 next_heartbeat = now + self.settings.heartbeat_s
             for attachment in self.attachments:
                 attachment.tick(now)
-            wakeups = [self.balloon.next_wakeup(), *(a.next_wakeup() for a in self.attachments)]
+            driver_due = self.balloon.next_wakeup()
+            wakeups = [None if driver_due is None else driver_due / self.speed, *(a.next_wakeup() for a in self.attachments)]
             due = min([next_heartbeat, *(w for w in wakeups if w is not None)])
             wait_ms = int(1000 * min(MAX_IDLE_WAIT_S, max(0.0, due - self.clock())))
             ready = dict(poller.poll(wait_ms))
@@ -162,29 +186,46 @@ class GuestService:
         while not should_stop():
             for event in self._drain_events():
                 self._on_event(event)
-            action = balloon.poll(self.clock())
+            action = balloon.poll(self.driver_clock())
+            self._log_failed_steps()
             if action is None:
                 break
             try:
                 if isinstance(action, Increase):
                     result = self.client.call("increase_reservation", {"nr_pages": action.nr}, retries=-1, should_stop=should_stop)
                     granted = [Extent(a, b) for a, b in result["extents"]]
-                    balloon.increase_done(granted, self.clock())
+                    balloon.increase_done(granted, self.driver_clock())
                     self.log.debug("increase", seq=self.client.last_seq, asked=action.nr, granted=result["granted"], current_pages=balloon.current_pages)
                 elif isinstance(action, Decrease):
                     self.client.call("decrease_reservation", {"extents": [list(e) for e in action.extents]}, retries=-1, should_stop=should_stop)
-                    balloon.decrease_done(self.clock())
+                    balloon.decrease_done(self.driver_clock())
                     self.log.debug("decrease", seq=self.client.last_seq, released=action.nr, current_pages=balloon.current_pages)
             except RemoteError as err:
-                balloon.request_failed(self.clock())
+                balloon.request_failed(self.driver_clock())
                 self.log.error("request refused", seq=self.client.last_seq, error=err.code, message=err.message)
                 if err.code == "ESRCH":
                     self._destroyed = True
                     return
             except Unreachable:  # only when stopping: retries are unlimited
-                balloon.request_failed(self.clock())
+                balloon.request_failed(self.driver_clock())
                 return
+            self._log_failed_steps()
             self._report_state()
+
+    def _log_failed_steps(self) -> None:
+        """One line per failed step: the retry timeline, in driver seconds."""
+        balloon = self.balloon
+        if balloon.failed_steps == self._failed_steps:
+            return
+        self._failed_steps = balloon.failed_steps
+        now = self.driver_clock()
+        due = balloon.next_wakeup()
+        stats = balloon.stats()
+        self.log.info(
+            "step failed", driver_time=round(now, 6), retry_in=None if due is None else round(due - now, 6),
+            retry_count=stats.retry_count, schedule_delay=stats.schedule_delay, state=stats.state,
+            current_pages=balloon.current_pages, target_pages=balloon.target_pages,
+        )
 
     def _report_state(self) -> None:
         balloon = self.balloon
@@ -217,8 +258,8 @@ class GuestService:
             self._destroyed = True
 
     def _apply_target(self, info: dict[str, Any], pushed: bool) -> None:
-        """A target write (seen by its counter, so a write of the same value counts) wakes the driver."""
-        now = self.clock()
+        """A target write (seen by its counter, so a write of the same value counts) reaches the driver."""
+        now = self.driver_clock()
         try:
             max_pages, target, writes = int(info["max_pages"]), int(info["target_pages"]), int(info["target_writes"])
         except (KeyError, TypeError, ValueError):

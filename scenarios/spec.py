@@ -45,8 +45,8 @@ class GuestSpec:
     maxmem: str | None = None
     workload: str | None = None
     behaviour: str = "normal"  # normal | slow:PAGES_PER_S | stuck | stuck-every:SECONDS | slow:N+stuck-every:S
-    legacy: bool = False
-    max_retries: int = 0
+    driver: str | None = None  # pre-patch | seed | 3.1 | current (None: guest run's default, current)
+    max_retries: int | None = None  # None: the driver's own default (3.1: 0, current: 4)
     retry_delay: float = 1.0
     max_retry_delay: float = 32.0
     heartbeat: float = 0.2
@@ -61,8 +61,9 @@ class GuestSpec:
         for part in self.behaviour.split("+"):
             kind, _, value = part.partition(":")
             out += {"normal": [], "stuck": ["--stuck"], "slow": ["--balloon-rate", value], "stuck-every": ["--stuck-every", value]}[kind]
-        out += ["--legacy-hard-limit"] if self.legacy else []
-        out += ["--max-retries", str(self.max_retries), "--retry-delay", str(self.retry_delay)]
+        out += ["--driver", self.driver] if self.driver else []
+        out += ["--max-retries", str(self.max_retries)] if self.max_retries is not None else []
+        out += ["--retry-delay", str(self.retry_delay)]
         out += ["--max-retry-delay", str(self.max_retry_delay), "--heartbeat", str(self.heartbeat)]
         if irqbus:
             out += ["--irqbus", irqbus]
@@ -129,7 +130,7 @@ class Scenario:
         return next(g for g in self.guests if g.name == name)
 
     def with_guests(self, **changes: Any) -> Scenario:
-        """The same scenario with every guest changed alike (e.g. legacy=True, Linux timings)."""
+        """The same scenario with every guest changed alike (e.g. driver="3.1", Linux timings)."""
         return replace(self, guests=tuple(replace(g, **changes) for g in self.guests))
 
 
@@ -161,8 +162,9 @@ def _size(value: str, where: str) -> str:
 
 
 _NUM = (int, float)
+DRIVERS = ("pre-patch", "seed", "3.1", "current")  # guest/generations.py DriverGeneration
 _GUEST_KEYS = {
-    "name": str, "memory": str, "maxmem": str, "workload": str, "behaviour": str, "legacy": bool,
+    "name": str, "memory": str, "maxmem": str, "workload": str, "behaviour": str, "driver": str,
     "max_retries": int, "retry_delay": _NUM, "max_retry_delay": _NUM, "heartbeat": _NUM, "devices": list, "args": list,
     "memory_interrupt": bool,
 }
@@ -180,6 +182,8 @@ def _guest(data: dict[str, Any], where: str, defaults: dict[str, Any]) -> GuestS
             raise ScenarioError(
                 f"{where}.behaviour: expected normal, stuck, slow:PAGES_PER_S, stuck-every:SECONDS, or slow:N+stuck-every:S"
             )
+    if "driver" in merged and merged["driver"] not in DRIVERS:
+        raise ScenarioError(f"{where}.driver: expected one of {', '.join(DRIVERS)}, got {merged['driver']!r}")
     for key in ("devices", "args"):
         if not all(isinstance(x, str) for x in merged.get(key, [])):
             raise ScenarioError(f"{where}.{key}: expected a list of strings")

@@ -11,7 +11,9 @@ from scenarios.launch import Host as _Host
 
 __all__ = ["REPO", "Host", "Irqbus", "Processes", "wait_for"]
 
-TEST_TIMERS = {"--retry-delay": "0.1", "--max-retry-delay": "0.8", "--heartbeat": "0.2"}
+# test-speed timers, and no kernel floor: the tests' guests are a few MiB, below any kernel's
+# minimum_target() (a test of the floor passes --kernel-floor itself)
+TEST_TIMERS = {"--retry-delay": "0.1", "--max-retry-delay": "0.8", "--heartbeat": "0.2", "--kernel-floor": "none"}
 
 
 class Host(_Host):

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from wire.envelope import MAX_CLIENT_ID, MAX_MESSAGE_BYTES, MAX_SEQ
-from wire.heartbeat import DRIVER_STATES
+from wire.heartbeat import DRIVER_GENERATIONS, DRIVER_STATES
 from wire.heartbeat import FIELDS as HEARTBEAT_FIELDS
 from wire.operations import (
     CHIP_KINDS,
@@ -357,6 +357,8 @@ def _balloon(draw: Any) -> dict[str, Any]:
             continue
         if key == "state":
             stats[key] = _pick(draw, sorted(DRIVER_STATES))
+        elif key == "driver":
+            stats[key] = _pick(draw, sorted(DRIVER_GENERATIONS))
         elif key.endswith("_kb"):
             stats[key] = None if key == "hard_limit_kb" and draw(st.booleans()) else draw(st.integers(0, 1 << 34))
         elif "delay" in key:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 import pytest
 
+from guest.generations import DriverGeneration
 from guest.balloon import (
     Balloon,
     BalloonConfig,
@@ -148,7 +149,9 @@ def fresh(count: int) -> list[Extent]:
 
 
 def make(current: int = 1000, maxmem: int = 100_000, workload: int = 0, pace=None, **config) -> Balloon:
+    """A driver; the 3.1 generation (Kiper's backoff, unlimited retries) unless `generation` says."""
     memory = GuestMemory(fresh(current), workload_pages=workload)
+    config.setdefault("generation", DriverGeneration.V3_1)
     return Balloon(memory, maxmem, config=BalloonConfig(**config), pace=pace)
 
 
@@ -176,7 +179,9 @@ def blocked_decrease(b: Balloon, now: float) -> None:
     assert b.in_flight is None
 
 
-BACKOFF = [1, 2, 4, 8, 16, 32, 32]
+# update_schedule() doubles schedule_delay (reset to 1) before the wait it arms, capped at
+# max_schedule_delay = 32 (balloon_init)
+BACKOFF = [2, 4, 8, 16, 32, 32, 32]
 
 # -- the retry schedule ------------------------------------------------------------------------
 
@@ -215,7 +220,7 @@ def test_backoff_with_other_settings():
     b = make(current=10, retry_delay=0.25, max_retry_delay=3.0)
     b.set_target(20, 0.0)
     waits, _ = waits_of_consecutive_failures(b, zero_grant, 7)
-    assert waits == [0.25, 0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+    assert waits == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0, 3.0]
 
 
 @pytest.mark.timeout(5)
@@ -224,9 +229,9 @@ def test_stats_schedule_delay_is_the_pending_wait():
     assert b.stats().schedule_delay == 1.0 and b.stats().retry_count == 1
     b.set_target(20, 0.0)
     zero_grant(b, 0.0)
-    assert (b.stats().schedule_delay, b.stats().retry_count) == (1.0, 2)
-    zero_grant(b, 1.0)
-    assert (b.stats().schedule_delay, b.stats().retry_count) == (2.0, 3)
+    assert (b.stats().schedule_delay, b.stats().retry_count) == (2.0, 2)  # sysfs reads 2 after the first failure
+    zero_grant(b, 2.0)
+    assert (b.stats().schedule_delay, b.stats().retry_count) == (4.0, 3)
 
 
 @pytest.mark.timeout(5)
@@ -237,7 +242,7 @@ def test_decrease_partly_blocked_gives_back_what_it_can_and_retries():
     assert isinstance(action, Decrease) and action.nr == 50
     assert b.current_pages == 950  # taken out of the guest already
     b.decrease_done(0.0)
-    assert b.next_wakeup() == 1.0  # a short decrease is EAGAIN
+    assert b.next_wakeup() == 2.0  # a short decrease is EAGAIN
     assert b.poll(0.0) is None
     assert b.stats().retry_count == 2
 
@@ -246,15 +251,15 @@ def test_decrease_partly_blocked_gives_back_what_it_can_and_retries():
 def test_progress_resets_the_backoff():
     b = make(current=1000)
     b.set_target(1300, 0.0)
-    _, now = waits_of_consecutive_failures(b, zero_grant, 4)  # waits 1, 2, 4, 8
-    assert now == 15.0
+    _, now = waits_of_consecutive_failures(b, zero_grant, 4)  # waits 2, 4, 8, 16
+    assert now == 30.0
     action = b.poll(now)
     assert action == Increase(300)
     b.increase_done(fresh(100), now)  # some progress: DONE
     assert (b.stats().retry_count, b.stats().schedule_delay) == (1, 1.0)
     assert b.next_wakeup() == now  # loop continues at once
     waits, _ = waits_of_consecutive_failures(b, zero_grant, 3, now)
-    assert waits == [1, 2, 4]
+    assert waits == [2, 4, 8]
 
 
 @pytest.mark.timeout(5)
@@ -283,9 +288,9 @@ def test_partial_grant_is_kept_and_the_loop_continues():
     assert b.poll(0.0) == Increase(250)  # at once
     b.increase_done([], 0.0)  # now nothing: EAGAIN
     assert b.current_pages == 1150
-    assert b.next_wakeup() == 1.0
+    assert b.next_wakeup() == 2.0
     assert b.stats().retry_count == 2
-    assert b.poll(1.0) == Increase(250)
+    assert b.poll(2.0) == Increase(250)
 
 
 @pytest.mark.timeout(5)
@@ -346,7 +351,7 @@ def test_decrease_stops_at_the_workload_floor():
     hv = FakeHypervisor(5000)
     memory = hv.create(1, 1000, 5000)
     memory.workload_pages = 700
-    b = Balloon(memory, 5000)
+    b = Balloon(memory, 5000, config=BalloonConfig(generation=DriverGeneration.V3_1))
     b.set_target(0, 0.0)
     now = simulate(hv, {1: b}, until=10.0)
     assert b.current_pages == 700
@@ -393,7 +398,7 @@ def test_max_retries_cancels_and_set_target_resumes():
     b = make(current=1000, max_retries=4)
     b.set_target(1100, 0.0)
     waits, now = waits_of_consecutive_failures(b, zero_grant, 3)
-    assert waits == [1, 2, 4]
+    assert waits == [2, 4, 8]
     assert b.stats().retry_count == 4
     zero_grant(b, now)
     assert b.state is DriverState.CANCELLED
@@ -404,7 +409,7 @@ def test_max_retries_cancels_and_set_target_resumes():
     assert b.state is DriverState.RETRYING
     assert b.poll(now + 10_000) == Increase(100)
     b.increase_done([], now + 10_000)
-    assert b.next_wakeup() == now + 10_001  # a fresh backoff
+    assert b.next_wakeup() == now + 10_002  # a fresh backoff
 
 
 @pytest.mark.timeout(5)
@@ -412,8 +417,8 @@ def test_max_retries_cancels_decreases_too():
     b = make(current=1000, workload=1000, max_retries=2)
     b.set_target(500, 0.0)
     blocked_decrease(b, 0.0)
-    assert b.next_wakeup() == 1.0
-    blocked_decrease(b, 1.0)
+    assert b.next_wakeup() == 2.0
+    blocked_decrease(b, 2.0)
     assert b.state is DriverState.CANCELLED and b.next_wakeup() is None
     b.memory.workload_pages = 0
     assert b.poll(1000.0) is None  # freeing memory does not resume a cancelled driver
@@ -449,20 +454,31 @@ def test_set_target_during_the_cancelling_request_still_runs():
 
 
 @pytest.mark.timeout(5)
-def test_set_target_during_backoff_acts_immediately_without_resetting_backoff():
+def test_balloon_set_new_target_does_not_preempt_a_pending_backoff():
+    # 3.1: balloon_set_new_target() calls schedule_delayed_work(&balloon_worker, 0), a no-op
+    # while the delayed work is pending: the new target waits for the armed backoff.
     b = make(current=1000)
     b.set_target(1100, 0.0)
-    _, now = waits_of_consecutive_failures(b, zero_grant, 3)  # waits 1, 2, 4; next at 7+8
-    assert now == 7.0
+    _, now = waits_of_consecutive_failures(b, zero_grant, 3)  # waits 2, 4, 8
+    assert now == 14.0
     zero_grant(b, now)
-    assert b.next_wakeup() == 15.0
-    assert b.poll(9.0) is None
-    b.set_target(1200, 9.0)
-    assert b.next_wakeup() == 9.0
-    assert b.poll(9.0) == Increase(200)
-    b.increase_done([], 9.0)
-    assert b.next_wakeup() == 9.0 + 16  # the counters carried on
+    assert b.next_wakeup() == 30.0  # schedule_delay 16
+    b.set_target(1200, 20.0)
+    assert b.next_wakeup() == 30.0 and b.poll(20.0) is None
+    assert b.poll(30.0) == Increase(200)
+    b.increase_done([], 30.0)
+    assert b.next_wakeup() == 30.0 + 32  # the counters carried on
     assert b.stats().retry_count == 6
+
+
+@pytest.mark.timeout(5)
+def test_balloon_set_new_target_runs_an_idle_worker_at_once():
+    b = make(current=1000, max_retries=1)  # 3.1 with max_retry_count written: a cancel
+    b.set_target(1100, 0.0)
+    zero_grant(b, 0.0)
+    assert b.state is DriverState.CANCELLED and b.next_wakeup() is None  # no work pending
+    b.set_target(1100, 5.0)  # nothing pending: schedule_delayed_work(.., 0) queues it now
+    assert b.poll(5.0) == Increase(100)
 
 
 @pytest.mark.timeout(5)
@@ -515,9 +531,9 @@ def test_failed_decrease_puts_the_pages_back():
     b.request_failed(0.0)
     assert b.current_pages == 1000
     assert b.memory.extents == before
-    assert b.next_wakeup() == 1.0  # EAGAIN
+    assert b.next_wakeup() == 2.0  # EAGAIN
     assert b.stats().retry_count == 2
-    assert b.poll(1.0) == action  # the same pages, offered again
+    assert b.poll(2.0) == action  # the same pages, offered again
 
 
 @pytest.mark.timeout(5)
@@ -527,10 +543,10 @@ def test_failed_increase_is_eagain():
     b.poll(0.0)
     b.request_failed(0.0)
     assert b.current_pages == 1000
-    assert b.next_wakeup() == 1.0
-    b.poll(1.0)
-    b.request_failed(1.0)
-    assert b.next_wakeup() == 3.0
+    assert b.next_wakeup() == 2.0
+    b.poll(2.0)
+    b.request_failed(2.0)
+    assert b.next_wakeup() == 6.0
 
 
 @pytest.mark.timeout(5)
@@ -568,8 +584,11 @@ def test_bad_grants_are_refused_without_change(granted):
 
 
 @pytest.mark.timeout(5)
-def test_legacy_partial_grant_is_returned_and_a_hard_limit_recorded():
-    b = make(current=1000, legacy_hard_limit=True)
+def test_increase_reservation_hard_limit_is_returned_and_reprobed_in_the_same_pass():
+    # classic increase_reservation(): rc < nr_pages hands the rc pages back, sets hard_limit =
+    # current + rc and returns 0, so balloon_process()'s loop re-probes at once (credit =
+    # current_target() - current = rc); at the limit current_target() == current: no timer.
+    b = make(current=1000, generation=DriverGeneration.PRE_PATCH)
     b.set_target(1600, 0.0)
     assert b.poll(0.0) == Increase(512)
     granted = fresh(100)
@@ -579,13 +598,13 @@ def test_legacy_partial_grant_is_returned_and_a_hard_limit_recorded():
     assert b.effective_target == 1100
     assert b.next_wakeup() == 0.0
     assert b.poll(0.0) == Decrease(tuple(granted))  # handed straight back
-    assert b.stats().retry_count == 1  # the old driver kept no such count
+    assert b.stats().retry_count is None  # the old driver kept no such count
     b.decrease_done(0.0)
     assert b.current_pages == 1000
-    # it re-probes up to the hard limit after the fixed delay, never above it
-    assert b.next_wakeup() == 1.0
-    assert b.poll(1.0) == Increase(100)
-    b.increase_done(fresh(100), 1.0)
+    # it re-probes up to the hard limit in the same pass, never above it
+    assert b.next_wakeup() == 0.0
+    assert b.poll(0.0) == Increase(100)
+    b.increase_done(fresh(100), 0.0)
     assert b.current_pages == 1100
     assert b.state is DriverState.HARD_LIMITED
     assert b.stats().hard_limit_kb == 1100 * 4
@@ -598,7 +617,7 @@ def test_legacy_partial_grant_is_returned_and_a_hard_limit_recorded():
 
 @pytest.mark.timeout(5)
 def test_legacy_zero_grant_is_a_hard_limit_at_current():
-    b = make(current=1000, legacy_hard_limit=True)
+    b = make(current=1000, generation=DriverGeneration.PRE_PATCH)
     b.set_target(1600, 0.0)
     b.poll(0.0)
     b.increase_done([], 0.0)
@@ -610,7 +629,7 @@ def test_legacy_zero_grant_is_a_hard_limit_at_current():
 
 @pytest.mark.timeout(5)
 def test_legacy_full_grants_behave_normally():
-    b = make(current=1000, legacy_hard_limit=True)
+    b = make(current=1000, generation=DriverGeneration.PRE_PATCH)
     b.set_target(2000, 0.0)
     asked = []
     while (a := b.poll(0.0)) is not None:
@@ -622,11 +641,11 @@ def test_legacy_full_grants_behave_normally():
 
 @pytest.mark.timeout(5)
 def test_legacy_retries_on_a_fixed_delay():
-    b = make(current=1000, workload=1000, legacy_hard_limit=True)
+    b = make(current=1000, workload=1000, generation=DriverGeneration.PRE_PATCH)
     b.set_target(500, 0.0)
     waits, _ = waits_of_consecutive_failures(b, blocked_decrease, 6)
     assert waits == [1, 1, 1, 1, 1, 1]
-    b2 = make(current=1000, legacy_hard_limit=True, retry_delay=0.5)
+    b2 = make(current=1000, generation=DriverGeneration.PRE_PATCH, retry_delay=0.5)
     b2.set_target(1100, 0.0)
     b2.poll(0.0)
     b2.request_failed(0.0)  # a failed RPC is not a hard limit
@@ -636,15 +655,16 @@ def test_legacy_retries_on_a_fixed_delay():
 
 @pytest.mark.timeout(5)
 def test_legacy_never_cancels():
-    b = make(current=1000, workload=1000, legacy_hard_limit=True, max_retries=2)
+    b = make(current=1000, workload=1000, generation=DriverGeneration.PRE_PATCH)
     b.set_target(500, 0.0)
     waits, _ = waits_of_consecutive_failures(b, blocked_decrease, 5)
     assert waits == [1] * 5
+    assert b.state is DriverState.RETRYING
 
 
 @pytest.mark.timeout(5)
 def test_legacy_failed_handback_keeps_the_pages():
-    b = make(current=1000, legacy_hard_limit=True)
+    b = make(current=1000, generation=DriverGeneration.PRE_PATCH)
     b.set_target(1600, 0.0)
     b.poll(0.0)
     b.increase_done(fresh(100), 0.0)
@@ -743,26 +763,29 @@ def test_stats_figures():
         retry_count=1,
         max_retry_count=7,
         state="done",
+        driver="3.1",
         hard_limit_kb=None,
     )
     b.set_target(1500, 0.0)
     b.poll(0.0)
     b.increase_done(fresh(200), 0.0)
     zero_grant(b, 0.0)
-    zero_grant(b, 1.0)
+    zero_grant(b, 2.0)
     s = b.stats()
     assert (s.target_kb, s.current_kb, s.low_kb) == (6000, 4800, (4096 - 1200) * 4)
-    assert (s.schedule_delay, s.retry_count, s.state) == (2.0, 3, "retrying")
+    assert (s.schedule_delay, s.retry_count, s.state) == (4.0, 3, "retrying")
 
 
 @pytest.mark.timeout(5)
 def test_stats_to_dict_is_plain():
-    b = make(current=10, legacy_hard_limit=True)
+    b = make(current=10, generation=DriverGeneration.PRE_PATCH)
     b.set_target(20, 0.0)
     b.poll(0.0)
     b.increase_done(fresh(3), 0.0)
     d = b.stats().to_dict()
-    assert set(d) == {f.name for f in dataclasses.fields(BalloonStats)}
+    # the pre-patch driver has no schedule_delay/retry files: those figures are left out
+    lacking = {"schedule_delay", "max_schedule_delay", "retry_count", "max_retry_count"}
+    assert set(d) == {f.name for f in dataclasses.fields(BalloonStats)} - lacking
     assert d["hard_limit_kb"] == 13 * 4
     for value in d.values():
         assert value is None or type(value) in (int, float, str)
@@ -791,7 +814,8 @@ def test_enums():
         {"max_retries": True},
         {"batch_pages": 0},
         {"batch_pages": 2.0},
-        {"legacy_hard_limit": 1},
+        {"generation": "3.1"},
+        {"generation": DriverGeneration.SEED, "max_retries": 2},  # seed has no retry count
     ],
 )
 def test_config_validation(bad):
@@ -802,8 +826,8 @@ def test_config_validation(bad):
 @pytest.mark.timeout(5)
 def test_config_defaults():
     c = BalloonConfig()
-    assert (c.retry_delay, c.max_retry_delay, c.max_retries, c.legacy_hard_limit, c.batch_pages) == (
-        1.0, 32.0, 0, False, 512,
+    assert (c.generation, c.retry_delay, c.max_retry_delay, c.max_retries, c.batch_pages) == (
+        DriverGeneration.CURRENT, 1.0, 32.0, None, 512,
     )
     BalloonConfig(retry_delay=2.0, max_retry_delay=2.0)  # max == initial is fine
 
@@ -811,7 +835,7 @@ def test_config_defaults():
 # -- the scenario of the patch -----------------------------------------------------------------
 
 
-def patch_scenario(legacy: bool):
+def patch_scenario(generation: DriverGeneration):
     """Host nearly full; A and B balloon down slowly while C and D balloon up.
 
     8192 pages; A and B hold 3000 each, C and D 1000 each: 192 free. The toolstack sets A to
@@ -819,7 +843,7 @@ def patch_scenario(legacy: bool):
     once A and B are done (192 + 3000 = 3000 + 192).
     """
     hv = FakeHypervisor(8192)
-    config = BalloonConfig(legacy_hard_limit=legacy)
+    config = BalloonConfig(generation=generation)
     b = {
         1: Balloon(hv.create(1, 3000, 4000), 4000, config=config, pace=Slow(200, created=0.0)),
         2: Balloon(hv.create(2, 3000, 4000), 4000, config=config, pace=Slow(100, created=0.0)),
@@ -833,11 +857,12 @@ def patch_scenario(legacy: bool):
 
 
 @pytest.mark.timeout(5)
-def test_patch_scenario_retrying_driver_reaches_every_target():
-    hv, b, targets = patch_scenario(legacy=False)
+@pytest.mark.parametrize("generation", [DriverGeneration.SEED, DriverGeneration.V3_1])
+def test_patch_scenario_retrying_driver_reaches_every_target(generation):
+    hv, b, targets = patch_scenario(generation)
     now = simulate(hv, b, until=2.5)
     assert b[3].current_pages < 2500 and b[4].current_pages < 2500  # the up-ballooners wait
-    assert all(x.stats().retry_count > 1 for x in (b[3], b[4]))
+    assert all(x.failed_steps >= 1 for x in (b[3], b[4]))
     # with short grants KEPT along the way
     assert any(0 < granted < asked for _, asked, granted in hv.populate_calls)
     end = simulate(hv, b, until=1000.0, start=now)
@@ -845,7 +870,7 @@ def test_patch_scenario_retrying_driver_reaches_every_target():
     for domid, t in targets.items():
         assert b[domid].current_pages == t
         assert b[domid].state is DriverState.DONE
-        assert b[domid].stats().retry_count == 1
+        assert b[domid].stats().retry_count in (1, None)
     assert end < 10 + 32 + 1  # reached on the backoff timer soon after memory freed
     assert len(hv.free) == 192
     hv.audit(b)
@@ -853,7 +878,7 @@ def test_patch_scenario_retrying_driver_reaches_every_target():
 
 @pytest.mark.timeout(5)
 def test_patch_scenario_legacy_driver_stays_below_target():
-    hv, b, targets = patch_scenario(legacy=True)
+    hv, b, targets = patch_scenario(DriverGeneration.PRE_PATCH)
     simulate(hv, b, until=1000.0)
     assert b[1].current_pages == 1000 and b[2].current_pages == 2000
     limited = [d for d in (3, 4) if b[d].current_pages < targets[d]]

@@ -84,6 +84,10 @@ COMMANDS = [
     (guest_cli, ["run", "--memory", "١m"], "--memory"),
     (guest_cli, ["run", "--memory", "1m", "--retry-delay", "inf"], "--retry-delay"),
     (guest_cli, ["run", "--memory", "1m", "--max-retry-delay", "100000"], "--max-retry-delay"),
+    (guest_cli, ["run", "--memory", "1m", "--speed", "٣"], "--speed"),
+    (guest_cli, ["run", "--memory", "1m", "--speed", "0"], "--speed"),
+    (guest_cli, ["run", "--memory", "1m", "--kernel-floor", "٣m"], "--kernel-floor"),
+    (guest_cli, ["run", "--memory", "1m", "--driver", "2.6"], "--driver"),
 ]
 
 
@@ -108,3 +112,15 @@ def test_the_installed_commands_exit_2_without_a_traceback(argv):
         procs.stop_all()
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "ASCII digits" in result.stderr
+
+
+def test_guest_run_refuses_a_retry_count_for_a_driver_without_one(capsys, monkeypatch):
+    monkeypatch.setenv("BALLONET_HYPERVISOR", NOWHERE)
+    assert guest_cli.main(["run", "--memory", "1m", "--driver", "seed", "--max-retries", "4"]) == 2
+    assert "no retry count" in capsys.readouterr().err
+
+
+def test_legacy_hard_limit_is_an_alias_of_the_pre_patch_driver():
+    args = guest_cli.build_parser().parse_args(["run", "--memory", "1m", "--legacy-hard-limit"])
+    assert str(args.driver) == "pre-patch"
+    assert str(guest_cli.build_parser().parse_args(["run", "--memory", "1m"]).driver) == "current"

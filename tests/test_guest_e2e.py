@@ -21,7 +21,7 @@ def host(procs):
 
 def start_patch_scenario(host: Host, legacy: bool) -> None:
     """A nearly full host (60 of 64 MiB given out); two guests balloon down slowly, two balloon up."""
-    extra = ("--legacy-hard-limit",) if legacy else ()
+    extra = ("--driver", "pre-patch" if legacy else "seed")
     for name in ("down1", "down2"):
         host.guest(name, "--memory", "24m", "--maxmem", "32m", "--balloon-rate", "1500")
     for name in ("up1", "up2"):
@@ -89,7 +89,7 @@ def test_a_guest_that_stops_cleanly_returns_its_domain(host):
 
 
 def test_hidden_floor_is_approached_but_not_crossed(host):
-    host.guest("floor", "--memory", "16m", "--workload", "10m")
+    host.guest("floor", "--memory", "16m", "--workload", "10m", "--driver", "3.1")  # unlimited retries
     host.wait_registered("floor")
     assert host.tool("mem-set", "floor", "4m").returncode == 0
 
@@ -114,7 +114,8 @@ def test_stuck_guest_never_moves_while_others_do(host):
 
 def test_max_retries_cancels_until_the_target_is_written_again(host):
     host.guest("hog", "--memory", "56m", "--maxmem", "60m")
-    host.guest("wants", "--memory", "4m", "--maxmem", "16m", "--max-retries", "3")
+    # 3.1 with max_retry_count written: a write of the same target runs a cancelled worker
+    host.guest("wants", "--memory", "4m", "--maxmem", "16m", "--driver", "3.1", "--max-retries", "3")
     host.wait_registered("hog", "wants")
     assert host.tool("mem-set", "wants", "12m").returncode == 0
     wait_for(lambda: host.domains()["wants"]["balloon"].get("state") == "cancelled", 15, "the driver to cancel")

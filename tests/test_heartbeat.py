@@ -14,7 +14,8 @@ from hypervisor.top import Frame, render
 from tests.processes import Host
 from wire import envelope
 from wire.extent import Extent
-from wire.heartbeat import DRIVER_STATES, FIELDS, MAX_DELAY_S, MAX_KIB
+from guest.generations import DriverGeneration
+from wire.heartbeat import DRIVER_GENERATIONS, DRIVER_STATES, FIELDS, MAX_DELAY_S, MAX_KIB
 from wire.operations import Endpoint
 from wire.shown import shown
 
@@ -52,7 +53,7 @@ def listed(hv: Hypervisor) -> dict:
 
 def driver(legacy: bool) -> Balloon:
     memory = GuestMemory([Extent(0, 1024)], 0)
-    return Balloon(memory, 2048, target_pages=2048, config=BalloonConfig(legacy_hard_limit=legacy))
+    return Balloon(memory, 2048, target_pages=2048, config=BalloonConfig(generation=DriverGeneration.PRE_PATCH if legacy else DriverGeneration.CURRENT))
 
 
 @pytest.mark.parametrize("legacy", [False, True])
@@ -71,7 +72,10 @@ def test_what_the_guest_driver_sends_is_stored_and_listed(legacy):
 
 def test_every_driver_state_is_in_the_schema_and_every_figure_the_driver_reports():
     assert {str(s) for s in DriverState} <= DRIVER_STATES
+    assert {str(g) for g in DriverGeneration} == DRIVER_GENERATIONS
     assert set(driver(False).stats().to_dict()) == set(FIELDS)
+    # the pre-patch driver has no schedule_delay/retry sysfs files: it sends a subset
+    assert set(driver(True).stats().to_dict()) < set(FIELDS)
 
 
 def test_every_statistic_may_be_left_out():

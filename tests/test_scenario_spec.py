@@ -19,7 +19,7 @@ GOOD = {
     "memory": "1g",
     "duration": 5,
     "defaults": {"retry_delay": 0.5},
-    "guest": [{"name": "a", "memory": "64m", "behaviour": "slow:100"}, {"name": "b", "memory": "64m", "legacy": True}],
+    "guest": [{"name": "a", "memory": "64m", "behaviour": "slow:100"}, {"name": "b", "memory": "64m", "driver": "pre-patch"}],
     "timeline": [{"at": 1, "action": "mem-set", "target": "a", "size": "32m"}, {"at": 0, "action": "kill", "target": "b"}],
     "expect": [{"check": "at-target", "by": 3, "guests": ["a"]}, {"check": "audit"}],
 }
@@ -41,6 +41,13 @@ def with_change(path: tuple, value) -> dict:
 def test_every_shipped_scenario_loads(path):
     s = load(path)
     assert s.guests and s.expectations and s.description
+    assert all(g.driver for g in s.guests), "every shipped scenario names its driver"
+
+
+def test_the_patch_scenarios_show_the_seed_commit_against_the_driver_before_it():
+    directory = SHIPPED[0].parent
+    assert {g.driver for g in load(directory / "patch.toml").guests} == {"seed"}
+    assert {g.driver for g in load(directory / "patch-legacy.toml").guests} == {"pre-patch"}
 
 
 def test_a_good_scenario_parses_with_defaults_and_sorted_timeline():
@@ -49,7 +56,10 @@ def test_a_good_scenario_parses_with_defaults_and_sorted_timeline():
     assert [st.action for st in s.timeline] == [Action.KILL, Action.MEM_SET]
     assert s.expectations[0] == Expectation(Check.AT_TARGET, ("a",), 3.0, 0)
     assert "--balloon-rate" in s.guests[0].cli_args("ipc://x", None)
-    assert "--legacy-hard-limit" in s.guests[1].cli_args("ipc://x", None)
+    args_b = s.guests[1].cli_args("ipc://x", None)
+    assert args_b[args_b.index("--driver") + 1] == "pre-patch"
+    assert "--driver" not in s.guests[0].cli_args("ipc://x", None)  # guest run's default
+    assert "--max-retries" not in args_b  # the driver's own default
     assert s.with_guests(retry_delay=1.0).guests[0].retry_delay == 1.0
 
 
@@ -63,7 +73,9 @@ def test_a_good_scenario_parses_with_defaults_and_sorted_timeline():
         (("guest", 0, "memory"), 64, "guest[0].memory"),
         (("guest", 0, "behaviour"), "sleepy", "behaviour"),
         (("guest", 0, "behaviour"), "slow", "behaviour"),
-        (("guest", 0, "legacy"), "yes", "legacy"),
+        (("guest", 0, "driver"), "2.6", "guest[0].driver"),
+        (("guest", 0, "driver"), True, "driver"),
+        (("defaults", "driver"), "newest", "driver"),
         (("guest", 0, "max_retries"), True, "max_retries"),
         (("guest", 1, "name"), "a", "unique"),
         (("timeline", 0, "action"), "explode", "action"),

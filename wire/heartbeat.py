@@ -32,6 +32,9 @@ DRIVER_STATES = frozenset({
     "hard-limited",  # the driver before "try harder": stopped at a hard limit below the target
 })
 
+# Which Linux driver generation the guest runs (guest/generations.py DriverGeneration).
+DRIVER_GENERATIONS = frozenset({"pre-patch", "seed", "3.1", "current"})
+
 Check = Callable[[str, Any], Any]
 
 
@@ -61,6 +64,12 @@ def _count(name: str, value: Any) -> int:
     return value
 
 
+def _generation(name: str, value: Any) -> str:
+    if type(value) is not str or value not in DRIVER_GENERATIONS:
+        raise _refuse(name, "one of " + ", ".join(sorted(DRIVER_GENERATIONS)), value)
+    return value
+
+
 def _state(name: str, value: Any) -> str:
     if type(value) is not str or value not in DRIVER_STATES:
         raise _refuse(name, "one of " + ", ".join(sorted(DRIVER_STATES)), value)
@@ -72,11 +81,12 @@ FIELDS: dict[str, Check] = {
     "current_kb": _kib,  # what the domain holds
     "low_kb": _kib,  # ballooned out: maxmem - current
     "high_kb": _kib,  # ballooned-out highmem (always 0 here)
-    "schedule_delay": _seconds,  # what the pending (or next) retry waits
+    "schedule_delay": _seconds,  # what the pending (or next) retry waits (3.1, current only)
     "max_schedule_delay": _seconds,  # the cap of the doubling
     "retry_count": _count,  # consecutive failed steps
     "max_retry_count": _count,  # give up after this many (0: never)
     "state": _state,
+    "driver": _generation,  # the generation; seed and pre-patch send no schedule_delay/retry figures
     "hard_limit_kb": _kib_or_nil,  # the driver before "try harder" only; nil otherwise
 }
 
