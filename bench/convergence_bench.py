@@ -16,25 +16,28 @@ so the figures are in Linux seconds: real seconds times the speed. The runner's 
 
     python bench/convergence_bench.py [--runs 1] [--late 40] [--speed 4] [--quick]
 
-Measured (one run, --speed 4, a loaded 2026 CI-class machine; Linux seconds):
+Measured (one run, --speed 4, a loaded 2026 CI-class machine; Linux seconds; after the
+memory-available interrupt's early steps stopped counting as failures):
 
     patch                converged  waited after free   ratio to seed
-      seed                   3.93 s      0.50 s          1.00
-      seed + interrupt       3.06 s      0.16 s          0.78
-      3.1                    2.43 s      0.08 s          0.62
-      3.1 + interrupt        4.31 s      0.16 s          1.10
-      current                4.51 s      2.01 s          1.15
-      current + interrupt    never (up2 cancelled: early wakes used up its 4 retries)
+      seed                   3.38 s      0.80 s          1.00
+      seed + interrupt       2.82 s      0.08 s          0.83
+      3.1                    2.86 s      0.18 s          0.85
+      3.1 + interrupt        2.60 s      0.08 s          0.77
+      current                9.56 s      0.00 s          2.83
+      current + interrupt    4.04 s      0.08 s          1.19
       pre-patch              never (both up guests hard-limited, memory free)
     patch-late (release at 40 s)
-      seed                  42.54 s      0.16 s          1.00
-      seed + interrupt      43.01 s      0.08 s          1.01
-      3.1                   62.38 s     19.46 s          1.47   (failed at 0, 2, 6, 14, 30; next try 62)
-      3.1 + interrupt       42.58 s      0.08 s          1.00
+      seed                  42.62 s      0.24 s          1.00
+      seed + interrupt      42.70 s      0.10 s          1.00
+      3.1                   62.35 s     19.38 s          1.46   (failed at 0, 2, 6, 14, 30; next try 62)
+      3.1 + interrupt       42.83 s      0.12 s          1.00
       current               never (cancelled at its 4th failure, 14 s, before the release)
-      current + interrupt   never (cancelled likewise)
+      current + interrupt   never (cancelled likewise: the interrupt does not revive it)
       pre-patch             never (hard-limited)
 
+Before that change, `current + interrupt` never converged on the patch timeline: each early
+wake that found too little memory was a failed step, and four of them cancelled up2.
 The patch timeline's small figures move by about a second from run to run (the RPC latency
 is scaled up four times); the late release's are the rules' own.
 """

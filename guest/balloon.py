@@ -175,6 +175,16 @@ class BalloonStats:
         return {k: v for k, v in asdict(self).items() if v is not None or k == "hard_limit_kb"}
 
 
+@dataclass(frozen=True)
+class _PendingRetry:
+    """The Linux retry an interrupt's early step ran ahead of, restored if that step fails."""
+
+    wake_at: float
+    backoff_pending: bool
+    state: StepResult
+    wait_credit: int
+
+
 def _page_count(name: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{name} must be an integer >= 0, not {value!r}")
@@ -217,6 +227,8 @@ class Balloon:
         self._wait_credit = 0  # current: current_credit() when its wait began
         self._cancelled = False  # last step ended in ECANCELED
         self._failed_steps = 0
+        self._early: _PendingRetry | None = None  # the retry an interrupt's early step stands in for
+        self._early_misses = 0  # early steps that got nothing (not counted as failures)
         self._cancel_timeout_at: float | None = None  # current: the 3600 s timeout of a cancelled thread
         self._inflight: Action | None = None  # the request the shell is carrying out
         self._inflight_is_handback = False
@@ -235,6 +247,7 @@ class Balloon:
             # minimum_target() is computed with the old target: min(floor, current_target())
             pages = max(pages, min(self.memory.kernel_floor_pages, self.effective_target))
         self._target = pages
+        self._early = None  # the step after a write counts, whatever woke it
         wake = self.rules.target_wake
         if wake is TargetWake.AT_ONCE:  # schedule_work()
             self._schedule(now)
@@ -291,10 +304,17 @@ class Balloon:
         """Memory became available: a worker waiting out its retry timer runs now instead.
 
         Not in Linux (its timer is the only retry); the emulation's memory-available
-        interrupt calls it. A cancelled or idle driver stays as it is.
+        interrupt calls it. A cancelled or idle driver stays as it is. The interrupt can only
+        bring a success forward, never change what Linux's rules do: if the early step fails
+        (another guest took the memory first), it is not counted -- retry_count,
+        schedule_delay and the pending retry stay as they were -- so a driver with
+        max_retry_count 4 is not cancelled by a burst of interrupts it could not use.
         """
-        if not self._cancelled and self._wake_at is not None:
-            self._wake_at = min(self._wake_at, now)
+        if self._cancelled or self._wake_at is None or self._wake_at <= now:
+            return
+        if self._early is None:
+            self._early = _PendingRetry(self._wake_at, self._backoff_pending, self._state, self._wait_credit)
+        self._wake_at = now
 
     # -- the shell's side --------------------------------------------------------------------
 
@@ -420,6 +440,14 @@ class Balloon:
 
     def _conclude(self, result: StepResult, now: float) -> None:
         """After a step: update_schedule (3.1, current), then queue the worker (or not)."""
+        early, self._early = self._early, None
+        if early is not None and result is not StepResult.DONE:
+            # an interrupt's early step that got nothing: as if it never ran (see wake)
+            self._wake_at = early.wake_at if self._wake_at is None else min(self._wake_at, early.wake_at)
+            self._backoff_pending = early.backoff_pending
+            self._state, self._wait_credit = early.state, early.wait_credit
+            self._early_misses += 1
+            return
         remaining = self.effective_target - self.memory.current_pages
         if result is not StepResult.DONE:
             self._failed_steps += 1
@@ -519,6 +547,11 @@ class Balloon:
     def failed_steps(self) -> int:
         """Steps that ended in EAGAIN or ECANCELED so far (the shell logs each)."""
         return self._failed_steps
+
+    @property
+    def early_misses(self) -> int:
+        """Steps the memory-available interrupt ran early that got nothing (not failures)."""
+        return self._early_misses
 
     @property
     def in_flight(self) -> Action | None:

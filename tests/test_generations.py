@@ -341,3 +341,26 @@ def test_memory_interrupt_does_not_revive_a_cancelled_current_driver():
 def test_every_generation_has_rules():
     assert set(RULES) == set(DriverGeneration)
     assert BalloonConfig().generation is CURRENT
+
+
+@pytest.mark.parametrize("gen", [V31, CURRENT])
+def test_a_memory_interrupt_that_finds_nothing_changes_no_linux_figure(gen):
+    """Not a Linux rule (no Linux has the interrupt): an early step that gets nothing leaves
+    update_schedule()'s figures and the pending retry as they were, so four interrupts in a
+    second cannot use up current's max_retry_count of 4."""
+    b = make(gen)
+    b.set_target(1100, 0.0)
+    assert fail_increase(b, 0.0) == 2.0  # retry_count 2, schedule_delay 2
+    for i in range(10):
+        now = 0.1 * (i + 1)
+        b.wake(now)
+        assert isinstance(b.poll(now), Increase)
+        b.increase_done([], now)
+        assert b.next_wakeup() == 2.0 and b.state is DriverState.RETRYING
+    stats = b.stats()
+    assert (stats.retry_count, stats.schedule_delay) == (2, 2.0)
+    assert b.early_misses == 10 and b.failed_steps == 1
+    b.wake(1.5)  # one that finds memory: a DONE, and update_schedule() resets as Linux's would
+    assert b.poll(1.5) == Increase(100)
+    b.increase_done(fresh(100), 1.5)
+    assert (b.stats().retry_count, b.stats().schedule_delay, b.state) == (1, 1.0, DriverState.DONE)
