@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from guest.memory import GuestMemory, checked_extents
@@ -184,6 +184,7 @@ class Balloon:
         self._maxmem = _page_count("maxmem_pages", maxmem_pages)
         self._target = memory.current_pages if target_pages is None else _page_count("target_pages", target_pages)
         self._hard_limit: int | None = None  # legacy mode only
+        self._growth_cap: int | None = None  # the most the guest can hold (set_growth_cap)
         # Linux balloon_stats
         self._schedule_delay = self.config.retry_delay
         self._retry_count = 1
@@ -211,6 +212,35 @@ class Balloon:
         Wakes the worker, unless it is cancelled (only a target write resumes it).
         """
         self._maxmem = _page_count("maxmem_pages", pages)
+        if not self._cancelled:
+            self._schedule(now)
+
+    def set_growth_cap(self, pages: int | None, now: float) -> None:
+        """The most pages this guest can hold (None: no cap below maxmem), and wake the worker.
+
+        Linux balloon.c current_target() caps the target at current_pages + balloon_low +
+        balloon_high: the pages the kernel has struct pages for (the boot balloon). A guest
+        never asks past it, so the hypervisor is never asked: the driver settles at the cap.
+        """
+        self._growth_cap = None if pages is None else _page_count("growth cap", pages)
+        if not self._cancelled:
+            self._schedule(now)
+
+    def tune(self, *, max_schedule_delay: float | None = None, max_retry_count: int | None = None) -> None:
+        """The two xen-balloon sysfs files an administrator may write (Linux balloon.c
+        `max_schedule_delay`, `max_retry_count`); ValueError, and nothing changed, if the
+        result is not a valid configuration."""
+        changes: dict[str, Any] = {}
+        if max_schedule_delay is not None:
+            changes["max_retry_delay"] = max_schedule_delay
+        if max_retry_count is not None:
+            changes["max_retries"] = max_retry_count
+        self.config = replace(self.config, **changes)  # a pending wait stands; the next doubling is capped
+
+    def set_pace(self, pace: Pace, now: float) -> None:
+        """The guest's pace changed (a control key): a worker that was waiting for the old
+        pace runs now, unless it is cancelled (only a target write resumes it)."""
+        self.pace = pace
         if not self._cancelled:
             self._schedule(now)
 
@@ -380,6 +410,8 @@ class Balloon:
     @property
     def effective_target(self) -> int:
         target = min(self._target, self._maxmem)
+        if self._growth_cap is not None:
+            target = min(target, self._growth_cap)
         return target if self._hard_limit is None else min(target, self._hard_limit)
 
     @property

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     behaviour.add_argument("--legacy-hard-limit", action="store_true", help="the driver before 'try harder': give up at a hard limit")
     behaviour.add_argument("--balloon-rate", type=positive_number("a positive rate"), metavar="PAGES_PER_S", help="a slow driver: move at most this many pages per second")
     behaviour.add_argument("--stuck", action="store_true", help="a stuck driver: never moves")
+    behaviour.add_argument("--ceiling", type=_size, help="the most the guest can hold, below maxmem (a memory hotplug limit): it never asks past it")
+    behaviour.add_argument("--inaccuracy", type=_size, default=0, help="settle this much short of each target (squeezed's inaccurate guest), e.g. 4k")
     behaviour.add_argument("--stuck-every", type=seconds, metavar="SECONDS", help="alternately moving and stuck, SECONDS each (combines with --balloon-rate)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     interrupts_options(run)
@@ -100,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         balloon=BalloonConfig(args.retry_delay, args.max_retry_delay, args.max_retries, args.legacy_hard_limit),
         pace=lambda now: parse_pace(spec, now),
         heartbeat_s=args.heartbeat,
+        ceiling_pages=args.ceiling,
+        inaccuracy_pages=args.inaccuracy,
     )
     attachments, problem = interrupt_attachments(args, log)
     if problem:
