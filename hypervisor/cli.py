@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from hypervisor import top
 from hypervisor.dispatch import Hypervisor
@@ -39,6 +40,15 @@ control_help = (
 )
 
 
+def _assignment(text: str) -> tuple[str, Any]:
+    """One KEY=VALUE of `guest-set`, as the wire key and value (wire/control.py)."""
+    try:
+        [(key, value)] = parse_assignments([text]).items()
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return key, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hypervisor", description="ballonet's hypervisor and its toolstack")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("size", type=_size, help="size; a bare number is KiB, suffixes b k m g t")
     guest_set = client_command("guest-set", "change a running guest's behaviour: its pace, floor, ceiling, inaccuracy, driver tunables")
     guest_set.add_argument("domain", type=domain, help="domain name or id")
-    guest_set.add_argument("keys", nargs="+", metavar="KEY=VALUE", help=f"one or more of: {control_help}")
+    guest_set.add_argument("keys", nargs="+", type=_assignment, metavar="KEY=VALUE", help=f"one or more of: {control_help}")
     client_command("destroy", "destroy a domain and return its pages").add_argument("domain", type=domain, help="domain name or id")
     top = client_command("top", "a live view of the host, like xentop")
     top.add_argument("-d", "--delay", type=seconds, default=1.0, help="seconds between frames (default 1)")
@@ -92,12 +102,6 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def run_client(args: argparse.Namespace) -> int:
-    if args.command == "guest-set":
-        try:
-            args.keys = parse_assignments(args.keys)
-        except ValueError as err:
-            print(f"hypervisor guest-set: {for_terminal(str(err))}", file=sys.stderr)
-            return 2
     endpoint = endpoints.endpoint(args.admin_endpoint, endpoints.ADMIN_ENV)
     tool = Toolstack(endpoint, timeout=args.timeout)
     try:
@@ -123,7 +127,7 @@ def run_client(args: argparse.Namespace) -> int:
         elif args.command == "destroy":
             tool.destroy(args.domain)
         elif args.command == "guest-set":
-            result = tool.guest_set(args.domain, args.keys)
+            result = tool.guest_set(args.domain, dict(args.keys))
             print(f"domain {result['domid']}: " + " ".join(f"{k}={for_terminal(str(v))}" for k, v in sorted(result["control"].items())))
     except (Unreachable, RemoteError) as err:
         return report_failure(err, f"hypervisor {args.command}", "hypervisor", endpoint)

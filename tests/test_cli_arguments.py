@@ -69,6 +69,9 @@ COMMANDS = [
     (hypervisor_cli, ["destroy", "①"], "domain"),
     (hypervisor_cli, ["mem-set", "web", "١٢m"], "size"),
     (hypervisor_cli, ["top", "-i", "٣"], "-i/--iterations"),
+    (hypervisor_cli, ["guest-set", "²", "stuck=on"], "domain"),
+    (hypervisor_cli, ["guest-set", "web", "rate=٣"], "KEY=VALUE"),
+    (hypervisor_cli, ["guest-set", "web", "ceiling=١m"], "KEY=VALUE"),
     (hypervisor_cli, ["list", "--timeout", "nan"], "--timeout"),
     (irqbus_cli, ["raise", "²", "nic0"], "guest"),
     (irqbus_cli, ["show", "٣"], "guest"),
@@ -82,6 +85,8 @@ COMMANDS = [
     (guest_cli, ["run", "--memory", "1m", "--max-retries", "²"], "--max-retries"),
     (guest_cli, ["run", "--memory", "1m", "--device", "nic0:pin=²"], "--device"),
     (guest_cli, ["run", "--memory", "١m"], "--memory"),
+    (guest_cli, ["run", "--memory", "1m", "--ceiling", "١m"], "--ceiling"),
+    (guest_cli, ["run", "--memory", "1m", "--inaccuracy", "٤k"], "--inaccuracy"),
     (guest_cli, ["run", "--memory", "1m", "--retry-delay", "inf"], "--retry-delay"),
     (guest_cli, ["run", "--memory", "1m", "--max-retry-delay", "100000"], "--max-retry-delay"),
 ]

@@ -9,7 +9,7 @@ import pytest
 from guest.balloon import Balloon, BalloonConfig, Decrease, DriverState, Increase
 from guest.control import GuestControl, aim
 from guest.memory import GuestMemory
-from guest.pace import Both, Slow, Stuck, StuckEvery, Unlimited
+from guest.pace import Both, Slow, Stuck, StuckEvery
 from hypervisor.dispatch import Hypervisor
 from tests.test_dispatch import Peer, snapshot
 from wire import envelope
