@@ -41,7 +41,7 @@ class Applied:
 def aim(written: int, current: int, inaccuracy: int) -> int:
     """The target an inaccurate guest chases: `inaccuracy` pages short of the written one.
 
-    squeezed's simulator (xapi-project/xen-api ocaml/squeezed/test/squeeze_test.ml,
+    squeezed's simulator (xapi-project/xen-api ocaml/squeezed/test/squeeze_test.ml at 9d3320d,
     `compute_memory_actual_delta`): the distance to travel is `max 0 (distance - inaccuracy)`
     in the direction of travel, so a guest already within `inaccuracy` of the target stays.
     """
