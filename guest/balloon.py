@@ -300,6 +300,13 @@ class Balloon:
         if max_retry_count is not None:
             self._max_retry_count = max_retry_count
 
+    def set_pace(self, pace: Pace, now: float) -> None:
+        """The guest's pace changed (a control key): a worker that was waiting for the old
+        pace runs now, unless it is cancelled (only a target write resumes it)."""
+        self.pace = pace
+        if not self._cancelled:
+            self._schedule(now)
+
     def wake(self, now: float) -> None:
         """Memory became available: a worker waiting out its retry timer runs now instead.
 
@@ -408,7 +415,7 @@ class Balloon:
         if (
             self.rules.cancels_at_growth_cap
             and self._growth_cap is not None
-            and current >= self._growth_cap
+            and current == self._growth_cap  # above it (a ceiling lowered under it): give back first
             and min(self._target, self._maxmem) > current
         ):
             # current: the balloon is empty, so increase_reservation() is not tried;

@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     behaviour = run.add_argument_group("behaviour")
     behaviour.add_argument("--balloon-rate", type=positive_number("a positive rate"), metavar="PAGES_PER_S", help="a slow driver: move at most this many pages per second")
     behaviour.add_argument("--stuck", action="store_true", help="a stuck driver: never moves")
+    behaviour.add_argument("--ceiling", type=_size, help="the most the guest can hold, below maxmem (a memory hotplug limit): it never asks past it")
+    behaviour.add_argument("--inaccuracy", type=_size, default=0, help="settle this much short of each target (squeezed's inaccurate guest), e.g. 4k")
     behaviour.add_argument("--stuck-every", type=seconds, metavar="SECONDS", help="alternately moving and stuck, SECONDS each (combines with --balloon-rate)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     interrupts_options(run)
@@ -135,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
         speed=args.speed,
         kernel_floor_pages=args.kernel_floor,
         hotplug=args.hotplug,
+        ceiling_pages=args.ceiling,
+        inaccuracy_pages=args.inaccuracy,
     )
     attachments, problem = interrupt_attachments(args, log)
     if problem:

@@ -24,6 +24,7 @@ import zmq
 
 from guest.balloon import Balloon, BalloonConfig, Decrease, DriverState, Increase
 from guest.floor import minimum_target_pages
+from guest.control import GuestControl
 from guest.memory import GuestMemory
 from guest.pace import Pace, Unlimited
 from wire.client import RpcClient
@@ -65,6 +66,8 @@ class GuestSettings:
     speed: float = 1.0  # the driver clock runs this many times faster than the real one
     kernel_floor_pages: int | None = None  # None: guest/floor.py's function of the boot maxmem
     hotplug: bool = False  # memory hotplug: no growth cap from the boot balloon
+    ceiling_pages: int | None = None  # the most the guest can hold (guest/control.py)
+    inaccuracy_pages: int = 0  # settles this many pages short of its target
 
 
 class GuestService:
@@ -82,6 +85,7 @@ class GuestService:
         self.speed = settings.speed
         self.client = RpcClient(settings.hypervisor, timeout=settings.rpc_timeout_s)
         self.balloon: Balloon | None = None
+        self.control: GuestControl | None = None
         self.domid: int | None = None
         self._target_writes = 0
         self._failed_steps = 0
@@ -131,6 +135,7 @@ class GuestService:
         self.balloon = Balloon(memory, result["max_pages"], target_pages=result["target_pages"], config=s.balloon, pace=s.pace(now))
         if s.hotplug:
             self.balloon.set_growth_cap(None, now)
+        self.control = GuestControl(self.balloon, ceiling_pages=s.ceiling_pages, inaccuracy_pages=s.inaccuracy_pages)
         self._target_writes = result["target_writes"]
         self._failed_steps = 0
         self.log.info(
@@ -256,6 +261,21 @@ class GuestService:
         elif name == "destroyed":
             self.log.info("domain destroyed by the toolstack")
             self._destroyed = True
+        elif name == "control":
+            self._apply_control(args.get("control"), pushed=True)
+
+    def _apply_control(self, keys: Any, pushed: bool) -> None:
+        """The domain's control keys, as the hypervisor keeps them: apply what changed."""
+        if not isinstance(keys, dict):
+            self.log.warning("malformed control keys", keys=str(keys)[:200])
+            return
+        outcome = self.control.apply(keys, self.driver_clock())
+        via = "push" if pushed else "heartbeat"
+        if outcome.applied:
+            self.log.info("control applied", via=via, current_pages=self.balloon.current_pages, **outcome.applied)
+            self._report_now = True
+        for key, why in outcome.refused.items():
+            self.log.warning("control refused", key=key, reason=why, via=via)
 
     def _apply_target(self, info: dict[str, Any], pushed: bool) -> None:
         """A target write (seen by its counter, so a write of the same value counts) reaches the driver."""
@@ -269,7 +289,7 @@ class GuestService:
             self.balloon.set_maxmem(max_pages, now)
         if writes != self._target_writes:
             self._target_writes = writes
-            self.balloon.set_target(target, now)
+            self.control.set_target(target, now)
             self.log.info("target changed", target_pages=target, current_pages=self.balloon.current_pages, via="push" if pushed else "heartbeat")
 
     def _heartbeat(self, should_stop: Callable[[], bool]) -> None:
@@ -284,3 +304,5 @@ class GuestService:
                 self._destroyed = True
             return
         self._apply_target(result, pushed=False)
+        if "control" in result:
+            self._apply_control(result["control"], pushed=False)

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from hypervisor import top
 from hypervisor.dispatch import Hypervisor
@@ -19,6 +20,7 @@ from irqbus.show import fetch_show
 from wire import endpoints, logsetup
 from wire.arguments import domain, seconds, whole_number
 from wire.client import RpcClient
+from wire.control import parse_assignments
 from wire.errors import RemoteError, Unreachable, report_failure
 from wire.shown import for_terminal
 from wire.signals import stop_on_signals
@@ -30,6 +32,21 @@ def _size(text: str) -> int:
         return size_to_pages(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+control_help = (
+    "rate=PAGES_PER_S (0: no limit), stuck=on|off, floor=SIZE, ceiling=SIZE|none, inaccuracy=SIZE, "
+    "max_schedule_delay=SECONDS, max_retry_count=N (0: never give up)"
+)
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    """One KEY=VALUE of `guest-set`, as the wire key and value (wire/control.py)."""
+    try:
+        [(key, value)] = parse_assignments([text]).items()
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = client_command(name, help_text)
         cmd.add_argument("domain", type=domain, help="domain name or id")
         cmd.add_argument("size", type=_size, help="size; a bare number is KiB, suffixes b k m g t")
+    guest_set = client_command("guest-set", "change a running guest's behaviour: its pace, floor, ceiling, inaccuracy, driver tunables")
+    guest_set.add_argument("domain", type=domain, help="domain name or id")
+    guest_set.add_argument("keys", nargs="+", type=_assignment, metavar="KEY=VALUE", help=f"one or more of: {control_help}")
     client_command("destroy", "destroy a domain and return its pages").add_argument("domain", type=domain, help="domain name or id")
     top = client_command("top", "a live view of the host, like xentop")
     top.add_argument("-d", "--delay", type=seconds, default=1.0, help="seconds between frames (default 1)")
@@ -106,6 +126,9 @@ def run_client(args: argparse.Namespace) -> int:
             tool.mem_max(args.domain, args.size)
         elif args.command == "destroy":
             tool.destroy(args.domain)
+        elif args.command == "guest-set":
+            result = tool.guest_set(args.domain, dict(args.keys))
+            print(f"domain {result['domid']}: " + " ".join(f"{k}={for_terminal(str(v))}" for k, v in sorted(result["control"].items())))
     except (Unreachable, RemoteError) as err:
         return report_failure(err, f"hypervisor {args.command}", "hypervisor", endpoint)
     finally:

@@ -110,6 +110,7 @@ class Hypervisor:
             "mem_max": self._mem_max,
             "destroy": self._destroy,
             "audit": self._audit,
+            "guest_set": self._guest_set,
         }
 
     @property
@@ -195,9 +196,11 @@ class Hypervisor:
         return _Result(_target(domain), {"domid": domain.domid})
 
     def _status(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        """The heartbeat; its reply carries the target and the control keys, the fallback when a
+        push was lost."""
         domain = self.table.by_client(client)
         self.table.heard_from(domain, now, args.get("balloon"))
-        return _Result(_target(domain), {"domid": domain.domid})
+        return _Result({**_target(domain), "control": domain.control}, {"domid": domain.domid})
 
     def _shutdown(self, client: str, args: dict[str, Any], now: float) -> _Result:
         """The guest is going away cleanly: its domain is destroyed and its pages return."""
@@ -227,6 +230,7 @@ class Hypervisor:
                 "state": str(self.table.state(d, now)),
                 "last_seen_s": round(now - d.last_seen, 3),
                 "balloon": d.balloon,
+                "control": d.control,
             }
             size += len(envelope.encode(row))
             if rows and size > LIST_PAGE_BYTES:
@@ -267,6 +271,15 @@ class Hypervisor:
         notes += _memory_news(self.table.waiting_for_memory(domain))
         fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages}
         return _Result({"domid": domain.domid, "released": released}, fields, notes)
+
+    def _guest_set(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        """Control keys for a running guest, as a toolstack writes xenstore keys under a domain's
+        path: kept with the domain (a later write of a key replaces it) and pushed to its guest."""
+        domain = self.table.resolve(args["domain"])
+        domain.control = {**domain.control, **args["keys"]}
+        event = envelope.event("control", {"control": domain.control})
+        fields = {"domid": domain.domid, "keys": sorted(args["keys"])}
+        return _Result({"domid": domain.domid, "control": domain.control}, fields, [Notification(domain.client, domain.domid, event=event)])
 
     def _audit(self, client: str, args: dict[str, Any], now: float) -> _Result:
         problems = self.table.audit()

@@ -36,6 +36,7 @@ class Domain:
     last_seen: float
     balloon: dict[str, Any] = field(default_factory=dict)
     target_writes: int = 0  # counts mem-set calls, so a guest sees a write of the same value
+    control: dict[str, Any] = field(default_factory=dict)  # the guest's control keys (wire/control.py), as set
 
 
 class DomainTable:

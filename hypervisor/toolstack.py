@@ -35,6 +35,10 @@ class Toolstack:
     def destroy(self, domain: int | str) -> dict[str, Any]:
         return self.client.call("destroy", {"domain": domain})
 
+    def guest_set(self, domain: int | str, keys: dict[str, Any]) -> dict[str, Any]:
+        """Control keys for a running guest (wire/control.py)."""
+        return self.client.call("guest_set", {"domain": domain, "keys": keys})
+
     def audit(self) -> dict[str, Any]:
         return self.client.call("audit")
 

@@ -73,8 +73,11 @@ class Runner:
             return
         self.procs.stop(proc, sig)
 
-    def _play(self, tool: Toolstack, step_action: Action, target: str, size: str | None) -> str:
+    def _play(self, tool: Toolstack, step_action: Action, target: str, size: str | None, keys: tuple = ()) -> str:
         try:
+            if step_action is Action.BEHAVE:  # a running guest's control keys (wire/control.py)
+                tool.guest_set(target, dict(keys))
+                return f"{step_action} {target} " + " ".join(f"{k}={v}" for k, v in keys)
             if step_action is Action.MEM_SET:
                 tool.mem_set(target, size_to_pages(size))
             elif step_action is Action.MEM_MAX:
@@ -134,7 +137,7 @@ class Runner:
                 t = time.monotonic() - start
                 while pending and pending[0].at <= t:
                     step = pending.pop(0)
-                    label = self._play(tool, step.action, step.target, step.size)
+                    label = self._play(tool, step.action, step.target, step.size, step.keys)
                     rec.steps.append((round(time.monotonic() - start, 3), label))
                     if self.on_step:
                         self.on_step(rec.steps[-1][0], label)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from wire.control import from_human
 from wire.sizes import size_to_pages
 
 
@@ -27,6 +28,7 @@ class Action(enum.StrEnum):
     STOP = "stop"  # SIGTERM a process
     START = "start"  # start a stopped process again, as the file describes it
     RESTART = "restart"  # stop, then start
+    BEHAVE = "behave"  # change a running guest's control keys (wire/control.py): rate, stuck, floor, ceiling, ...
 
 
 class Check(enum.StrEnum):
@@ -52,12 +54,17 @@ class GuestSpec:
     heartbeat: float = 0.2
     memory_interrupt: bool = True  # bind the hypervisor's memory-available interrupt (with irqbus)
     devices: tuple[str, ...] = ()  # --device specs, e.g. "nic0:pin=5"
+    ceiling: str | None = None  # the most it can hold, below maxmem (never asks past it)
+    inaccuracy: str | None = None  # settles this much short of each target, e.g. "4k"
+    sticky_at: float | None = None  # stops moving for good at this time (a `behave` step: stuck = true)
     args: tuple[str, ...] = ()  # further `guest run` flags, passed through
 
     def cli_args(self, hypervisor: str, irqbus: str | None) -> list[str]:
         out = ["run", "--name", self.name, "--memory", self.memory, "--hypervisor", hypervisor]
         out += ["--maxmem", self.maxmem] if self.maxmem else []
         out += ["--workload", self.workload] if self.workload else []
+        out += ["--ceiling", self.ceiling] if self.ceiling else []
+        out += ["--inaccuracy", self.inaccuracy] if self.inaccuracy else []
         for part in self.behaviour.split("+"):
             kind, _, value = part.partition(":")
             out += {"normal": [], "stuck": ["--stuck"], "slow": ["--balloon-rate", value], "stuck-every": ["--stuck-every", value]}[kind]
@@ -101,6 +108,11 @@ class Step:
     action: Action
     target: str
     size: str | None = None
+    keys: tuple[tuple[str, Any], ...] = ()  # behave: (wire key, value) pairs for guest_set
+
+    @property
+    def control(self) -> dict[str, Any]:
+        return dict(self.keys)
 
 
 @dataclass(frozen=True)
@@ -166,14 +178,14 @@ DRIVERS = ("pre-patch", "seed", "3.1", "current")  # guest/generations.py Driver
 _GUEST_KEYS = {
     "name": str, "memory": str, "maxmem": str, "workload": str, "behaviour": str, "driver": str,
     "max_retries": int, "retry_delay": _NUM, "max_retry_delay": _NUM, "heartbeat": _NUM, "devices": list, "args": list,
-    "memory_interrupt": bool,
+    "memory_interrupt": bool, "ceiling": str, "inaccuracy": str, "sticky_at": _NUM,
 }
 
 
 def _guest(data: dict[str, Any], where: str, defaults: dict[str, Any]) -> GuestSpec:
     merged = {**defaults, **data}
     _table(merged, where, _GUEST_KEYS, ("name", "memory"))
-    for key in ("memory", "maxmem", "workload"):
+    for key in ("memory", "maxmem", "workload", "ceiling", "inaccuracy"):
         if key in merged:
             _size(merged[key], f"{where}.{key}")
     for part in merged.get("behaviour", "normal").split("+"):
@@ -203,12 +215,35 @@ def _device(data: dict[str, Any], where: str) -> DeviceSpec:
     return DeviceSpec(**data)
 
 
+_BEHAVE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "rate": _NUM, "stuck": bool, "floor": str, "ceiling": str, "inaccuracy": str, "max_schedule_delay": _NUM, "max_retry_count": int,
+}
+
+
+def _behave_keys(data: dict[str, Any], where: str) -> tuple[tuple[str, Any], ...]:
+    """A behave step's keys as the guest_set operation takes them (wire/control.py)."""
+    keys = []
+    for key in _BEHAVE_KEYS:
+        if key in data:
+            try:
+                keys.append(from_human(key, data[key]))
+            except ValueError as err:
+                raise ScenarioError(f"{where}.{key}: {err}") from None
+    if not keys:
+        raise ScenarioError(f"{where}: 'behave' needs at least one of {sorted(_BEHAVE_KEYS)}")
+    return tuple(keys)
+
+
 def _step(data: dict[str, Any], where: str) -> Step:
-    _table(data, where, {"at": _NUM, "action": str, "target": str, "size": str}, ("at", "action", "target"))
+    _table(data, where, {"at": _NUM, "action": str, "target": str, "size": str, **_BEHAVE_KEYS}, ("at", "action", "target"))
     try:
         action = Action(data["action"])
     except ValueError:
         raise ScenarioError(f"{where}.action: expected one of {[a.value for a in Action]}") from None
+    if action is Action.BEHAVE:
+        return Step(float(data["at"]), action, data["target"], keys=_behave_keys(data, where))
+    if set(data) & set(_BEHAVE_KEYS):
+        raise ScenarioError(f"{where}: {sorted(set(data) & set(_BEHAVE_KEYS))} belong to a 'behave' step")
     if action in {Action.MEM_SET, Action.MEM_MAX}:
         if "size" not in data:
             raise ScenarioError(f"{where}: '{action}' needs a 'size'")
@@ -245,12 +280,16 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
     if len(set(names)) != len(names):
         raise ScenarioError(f"{where}: guest names must be unique, got {names}")
     devices = tuple(_device(d, f"device[{i}]") for i, d in enumerate(data.get("device", [])))
-    timeline = tuple(sorted((_step(s, f"timeline[{i}]") for i, s in enumerate(data.get("timeline", []))), key=lambda s: s.at))
+    steps = [_step(s, f"timeline[{i}]") for i, s in enumerate(data.get("timeline", []))]
+    steps += [Step(float(g.sticky_at), Action.BEHAVE, g.name, keys=(("stuck", True),)) for g in guests if g.sticky_at is not None]
+    timeline = tuple(sorted(steps, key=lambda s: s.at))
     expectations = tuple(_expectation(e, f"expect[{i}]") for i, e in enumerate(data.get("expect", [])))
     processes = set(names) | {d.process for d in devices} | {"irqbus"}
     for i, step in enumerate(timeline):
         if step.target not in processes:
             raise ScenarioError(f"timeline[{i}].target: {step.target!r} is not a guest, a device (GUEST.DEVICE) or irqbus")
+        if step.action is Action.BEHAVE and step.target not in names:
+            raise ScenarioError(f"timeline[{i}].target: 'behave' acts on a guest, not {step.target!r}")
     for i, exp in enumerate(expectations):
         for name in exp.guests:
             if name not in names:

@@ -96,7 +96,7 @@ def host_fingerprint(hv: Hypervisor) -> bytes:
     from (any guest request counts as a sign of life, refused or not)."""
     pool, table = hv.pool, hv.table
     domains = [
-        [d.domid, d.name, d.client, d.target_pages, d.max_pages, d.target_writes, table.short_of_memory(d), d.balloon,
+        [d.domid, d.name, d.client, d.target_pages, d.max_pages, d.target_writes, table.short_of_memory(d), d.balloon, d.control,
          [[e.start, e.count] for e in pool.extents_of(d.domid)]]
         for d in table.domains()
     ]

@@ -23,6 +23,7 @@ import msgpack
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from wire.control import KEYS as CONTROL_KEYS
 from wire.envelope import MAX_CLIENT_ID, MAX_MESSAGE_BYTES, MAX_SEQ
 from wire.heartbeat import DRIVER_GENERATIONS, DRIVER_STATES
 from wire.heartbeat import FIELDS as HEARTBEAT_FIELDS
@@ -368,6 +369,25 @@ def _balloon(draw: Any) -> dict[str, Any]:
     return stats
 
 
+def _control_keys(draw: Any) -> dict[str, Any]:
+    """1..all of wire/control.py's keys, each of its kind (a ceiling may be nil: none)."""
+    keys: dict[str, Any] = {}
+    for key in draw(st.lists(st.sampled_from(tuple(CONTROL_KEYS)), min_size=1, unique=True)):
+        if key == "rate":
+            keys[key] = draw(st.integers(0, 1 << 20) | st.floats(0, 1e6))
+        elif key == "stuck":
+            keys[key] = draw(st.booleans())
+        elif key == "ceiling_pages" and draw(st.booleans()):
+            keys[key] = None
+        elif key.endswith("_pages"):
+            keys[key] = draw(st.integers(0, MAX_DOMAIN_PAGES))
+        elif key == "max_schedule_delay":
+            keys[key] = draw(st.integers(1, 86_400) | st.floats(0.001, 86_400))
+        else:
+            keys[key] = draw(st.integers(0, MAX_SEQ))
+    return keys
+
+
 def _host_call(draw: Any, world: HostWorld, op: str) -> tuple[str, dict[str, Any]]:
     """(client, args) for one hypervisor operation."""
     if OPERATIONS[op].endpoint is Endpoint.GUEST:
@@ -394,9 +414,12 @@ def _host_call(draw: Any, world: HostWorld, op: str) -> tuple[str, dict[str, Any
         return client, {"after": after} if draw(st.booleans()) else {}
     if op in ("info", "audit"):
         return client, {}
-    if op not in ("mem_set", "mem_max", "destroy"):
+    if op not in ("mem_set", "mem_max", "destroy", "guest_set"):
         raise AssertionError(f"no strategy for admin operation {op!r}")
     args: dict[str, Any] = {"domain": _domain_ref(draw, world)}
+    if op == "guest_set":
+        args["keys"] = _control_keys(draw)
+        return client, args
     top = _pick(draw, world.domains).max_pages if world.domains else 4096
     if op == "mem_set":
         args["target_pages"] = draw(st.integers(0, top) | st.integers(0, MAX_DOMAIN_PAGES))

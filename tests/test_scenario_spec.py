@@ -138,3 +138,39 @@ def test_combined_behaviours_become_both_flags():
     assert args[args.index("--balloon-rate") + 1] == "100" and args[args.index("--stuck-every") + 1] == "2"
     with pytest.raises(ScenarioError, match="behaviour"):
         parse(with_change(("guest", 0, "behaviour"), "slow:100+lazy"))
+
+
+def test_behave_steps_carry_control_keys_and_sticky_at_is_one():
+    data = copy.deepcopy(GOOD)
+    data["guest"][0].update(ceiling="48m", inaccuracy="4k", sticky_at=2.5)
+    data["timeline"].append({"at": 1.5, "action": "behave", "target": "b", "rate": 200, "stuck": False, "floor": "16m",
+                             "ceiling": "none", "max_schedule_delay": 4, "max_retry_count": 3})
+    s = parse(data)
+    behave = [st for st in s.timeline if st.action is Action.BEHAVE]
+    assert [(st.at, st.target) for st in behave] == [(1.5, "b"), (2.5, "a")]
+    assert behave[0].control == {"rate": 200, "stuck": False, "floor_pages": 4096, "ceiling_pages": None,
+                                 "max_schedule_delay": 4.0, "max_retry_count": 3}
+    assert behave[1].control == {"stuck": True}
+    args = s.guests[0].cli_args("ipc://x", None)
+    assert args[args.index("--ceiling") + 1] == "48m" and args[args.index("--inaccuracy") + 1] == "4k"
+
+
+@pytest.mark.parametrize(
+    "step, words",
+    [
+        ({"at": 1, "action": "behave", "target": "a"}, "needs at least one of"),
+        ({"at": 1, "action": "behave", "target": "a", "rate": -3}, "timeline[2].rate"),
+        ({"at": 1, "action": "behave", "target": "a", "stuck": "yes"}, "timeline[2].stuck"),
+        ({"at": 1, "action": "behave", "target": "a", "floor": "lots"}, "timeline[2].floor"),
+        ({"at": 1, "action": "behave", "target": "a", "ceiling": 5}, "timeline[2].ceiling"),
+        ({"at": 1, "action": "behave", "target": "a", "max_retry_count": 1.5}, "timeline[2].max_retry_count"),
+        ({"at": 1, "action": "behave", "target": "irqbus", "stuck": True}, "acts on a guest"),
+        ({"at": 1, "action": "mem-set", "target": "a", "size": "8m", "stuck": True}, "belong to a 'behave' step"),
+    ],
+)
+def test_bad_behave_steps_are_refused_by_name(step, words):
+    data = copy.deepcopy(GOOD)
+    data["timeline"].append(step)
+    with pytest.raises(ScenarioError) as err:
+        parse(data)
+    assert words in str(err.value)

@@ -14,6 +14,7 @@ from wire.extent import Extent
 from wire.names import numeric_name
 from wire.shown import shown
 from wire.heartbeat import balloon_stats
+from wire.control import control_keys
 
 MAX_BATCH_PAGES = 512  # one page of frame list, as Linux's balloon driver batches
 MAX_DOMAIN_PAGES = 1 << 32  # 16 TiB: anything larger is a typo, not a domain
@@ -359,6 +360,8 @@ OPERATIONS: dict[str, Operation] = {
         Operation("mem_max", Endpoint.ADMIN, {"domain": domain_ref, "max_pages": _pages}),
         Operation("destroy", Endpoint.ADMIN, {"domain": domain_ref}),
         Operation("audit", Endpoint.ADMIN, read_only=True),
+        # a running guest's control keys (wire/control.py), kept with the domain and pushed to it
+        Operation("guest_set", Endpoint.ADMIN, {"domain": domain_ref, "keys": control_keys}),
         # irqbus, a guest's own session (the client that attached it)
         Operation("attach", Endpoint.IRQBUS, {"name": domain_name, "domid": integer(0, MAX_DOMID)}, binds=True),
         Operation("detach", Endpoint.IRQBUS),
