@@ -36,6 +36,7 @@ class Domain:
     last_seen: float
     balloon: dict[str, Any] = field(default_factory=dict)
     target_writes: int = 0  # counts mem-set calls, so a guest sees a write of the same value
+    balloon_at: float | None = None  # when the guest last reported `balloon` (None: never)
 
 
 class DomainTable:
@@ -195,6 +196,7 @@ class DomainTable:
         domain.last_seen = now
         if balloon is not None:
             domain.balloon = balloon
+            domain.balloon_at = now
 
     def audit(self) -> list[str]:
         """Every way the books can be wrong, in words; empty when they balance."""
