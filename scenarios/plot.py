@@ -46,7 +46,8 @@ def render(rec: Recording, title: str) -> str:
         pages, t = peak * i // 4, t_max * i / 4
         parts.append(f'<text x="{LEFT - 6}" y="{y(pages) + 4:.1f}" text-anchor="end">{pages_to_mib(pages)}</text>')
         parts.append(f'<text x="{x(t):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle">{t:.1f}</text>')
-    for t, label in rec.steps:
+    for step in rec.steps:
+        t = step.t
         parts.append(f'<line x1="{x(t):.1f}" y1="{TOP}" x2="{x(t):.1f}" y2="{TOP + plot_h}" stroke="#bbb"/>')
     parts.append(_polyline([(x(s.t), y(s.free_pages)) for s in rec.samples], "#000", width=1.5))
     legend = [("free", "#000", False)]

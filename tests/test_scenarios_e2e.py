@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
 import pytest
+
+from scenarios.launch import Processes
 
 SHIPPED = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.toml"))
 
@@ -22,3 +26,178 @@ def test_shipped_scenario_passes(procs, path, tmp_path):
     assert json.loads((out / "series.json").read_text())["samples"]
     assert "PASSED" in (out / "report.txt").read_text()
     assert (out / "logs" / "hypervisor.log").exists()
+
+
+# --- issue 10's findings: one short run shared by the assertions about it ---------------------
+
+FINDINGS = """
+name = "findings"
+description = "a guest killed and started again, a refused step, an expectation judged late"
+memory = "256m"
+duration = 3
+sample_interval = 0.05
+
+[defaults]
+retry_delay = 0.1
+max_retry_delay = 0.4
+heartbeat = 0.1
+
+[[guest]]
+name = "a"
+memory = "64m"
+maxmem = "128m"
+
+[[guest]]
+name = "b"
+memory = "32m"
+maxmem = "64m"
+
+[[timeline]]
+at = 0.2
+action = "mem-set"
+target = "a"
+size = "96m"
+
+[[timeline]]
+at = 0.3
+action = "kill"
+target = "b"
+
+[[timeline]]
+at = 0.5
+action = "start"
+target = "b"
+
+[[timeline]]
+at = 0.7
+action = "mem-max"
+target = "a"
+size = "16m"      # a holds 96m: refused, and nothing says it should be
+
+[[timeline]]
+at = 1.8
+action = "mem-max"
+target = "b"
+size = "8m"       # refused too (b holds 32m), as this step expects
+expect = "refused"
+
+[[expect]]
+check = "exited"
+guests = ["b"]    # its first instance was killed; the one started at 0.5 s still runs
+
+[[expect]]
+check = "off-target"
+guests = ["a"]
+by = 0.1
+pages = 100
+
+[[expect]]
+check = "at-target"
+guests = ["a"]
+by = 2.5
+"""
+
+
+@pytest.fixture(scope="module")
+def findings(tmp_path_factory):
+    """The findings scenario, run once through the CLI: (exit code, output, its out directory)."""
+    tmp = tmp_path_factory.mktemp("findings")
+    path = tmp / "findings.toml"
+    path.write_text(FINDINGS)
+    procs = Processes()
+    try:
+        runner = procs.start("runner", "scenarios", "run", str(path), "--out", str(tmp / "out"), "--quiet")
+        code = runner.wait(60)
+        yield code, procs.log("runner"), tmp / "out" / "findings"
+    finally:
+        procs.stop_all()
+
+
+def _report(out: Path) -> str:
+    return (out / "report.txt").read_text()
+
+
+def _line(report: str, *words: str) -> str:
+    found = [line for line in report.splitlines() if all(w in line for w in words)]
+    assert found, f"no line with {words} in:\n{report}"
+    return found[0]
+
+
+@pytest.mark.timeout(90)
+def test_exited_is_judged_on_the_latest_instance(findings):
+    code, output, out = findings
+    assert code == 1, output
+    assert "FAIL" in _line(_report(out), "exited", "['b']"), _report(out)
+
+
+@pytest.mark.timeout(90)
+def test_every_instance_keeps_its_own_log(findings):
+    _, _, out = findings
+    first, second = out / "logs" / "b.log", out / "logs" / "b.1.log"
+    assert first.exists() and second.exists(), sorted(p.name for p in (out / "logs").iterdir())
+    assert "registered" in first.read_text() and "registered" in second.read_text()
+
+
+@pytest.mark.timeout(90)
+def test_the_report_lists_every_step_and_a_refused_one_fails(findings):
+    _, _, out = findings
+    report = _report(out)
+    for words in (("0.20 s", "mem-set a 96m", "accepted"), ("0.30 s", "kill b"), ("0.50 s", "start b")):
+        assert "FAIL" not in _line(report, *words), report
+    refused = _line(report, "mem-max a 16m")
+    assert "refused" in refused and "EINVAL" in refused and "FAIL" in refused, report
+    expected = _line(report, "mem-max b 8m")
+    assert "refused (EINVAL" in expected and "FAIL" not in expected, report
+
+
+@pytest.mark.timeout(90)
+def test_every_guest_at_target_reports_first_and_settled_since(findings):
+    _, _, out = findings
+    line = _line(_report(out), "every guest at target")
+    first, settled = (float(x) for x in re.findall(r"first ([\d.]+) s.*settled since ([\d.]+) s", line)[0])
+    assert first <= settled and settled >= 0.2, line  # settled after the mem-set at 0.2 s, whenever it first held
+
+
+@pytest.mark.timeout(90)
+def test_off_target_says_more_than_n_pages(findings):
+    _, _, out = findings
+    line = _line(_report(out), "off-target")
+    assert "more than 100 pages" in line and "within" not in line, line
+
+
+@pytest.mark.timeout(90)
+def test_the_run_lasts_past_the_last_expectations_time(findings):
+    _, _, out = findings
+    samples = json.loads((out / "series.json").read_text())["samples"]
+    assert samples[-1]["t"] >= 2.5, samples[-1]["t"]
+
+
+REFUSED_GUEST = """
+name = "refused-guest"
+memory = "256m"
+duration = 2
+
+[[guest]]
+name = "fine"
+memory = "32m"
+
+[[guest]]
+name = "huge"
+memory = "1g"     # more than the host has: the hypervisor refuses to build it
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_guest_refused_at_registration_is_a_verdict_not_a_crash(procs, tmp_path):
+    path = tmp_path / "refused.toml"
+    path.write_text(REFUSED_GUEST)
+    started = time.monotonic()
+    runner = procs.start("runner", "scenarios", "run", str(path), "--out", str(tmp_path / "out"), "--quiet")
+    code = runner.wait(40)
+    output = procs.log("runner")
+    assert code == 1, output
+    assert time.monotonic() - started < 20, "the runner waited for a guest that had already exited"
+    assert "Traceback" not in output, output
+    report = (tmp_path / "out" / "refused-guest" / "report.txt").read_text()
+    line = _line(report, "huge")
+    assert "did not start" in line and "cannot build" in line, report
