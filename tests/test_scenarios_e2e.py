@@ -201,3 +201,154 @@ def test_a_guest_refused_at_registration_is_a_verdict_not_a_crash(procs, tmp_pat
     report = (tmp_path / "out" / "refused-guest" / "report.txt").read_text()
     line = _line(report, "huge")
     assert "did not start" in line and "cannot build" in line, report
+
+
+@pytest.mark.timeout(90)
+def test_every_sample_is_one_consistent_snapshot(findings):
+    _, _, out = findings
+    samples = json.loads((out / "series.json").read_text())["samples"]
+    unbalanced = [s for s in samples if s["free_pages"] + sum(d["current_pages"] for d in s["domains"].values()) != s["total_pages"]]
+    assert not unbalanced, unbalanced[:2]
+    assert "free + owned = total on every one of" in _report(out)
+
+
+@pytest.mark.timeout(90)
+def test_a_failed_run_exits_1_and_says_why(findings):
+    code, output, out = findings
+    assert code == 1
+    assert "scenarios failed: findings (" in output and "exited" in output and "mem-max a 16m" in output, output
+
+
+# --- the new expectations, one run (and the same at speed = 4) -------------------------------
+
+EXPECTATIONS = """
+name = "expectations"
+description = "the driver's state and figures, the pool, a sum and a step, each at a moment"
+memory = "512m"
+duration = {duration}
+sample_interval = 0.05
+{speed}
+
+[defaults]
+retry_delay = 0.1
+max_retry_delay = 0.4
+heartbeat = 0.1
+
+[[guest]]
+name = "up"
+memory = "64m"
+maxmem = "256m"
+
+[[guest]]
+name = "big"
+memory = "384m"
+maxmem = "384m"
+
+[[timeline]]
+at = {at}
+action = "mem-set"
+target = "up"
+size = "256m"     # 64m free: granted that, then nothing: the driver retries, backing off to 0.4 s
+
+[[expect]]
+check = "state"
+guests = ["up"]
+at = {moment}
+state = "retrying"
+
+[[expect]]
+check = "state"
+guests = ["big"]
+at = {moment}
+state = "done"
+
+[[expect]]
+check = "retry-count"
+guests = ["up"]
+at = {moment}
+min = 3
+
+[[expect]]
+check = "schedule-delay"
+guests = ["up"]
+at = {moment}
+min = 0.4
+max = 0.4
+
+[[expect]]
+check = "free"
+at = {moment}
+max = "1m"
+
+[[expect]]
+check = "sum"
+guests = ["up", "big"]
+at = {moment}
+min = "511m"
+max = "512m"
+
+[[expect]]
+check = "step"
+action = "mem-set"
+target = "up"
+outcome = "accepted"
+"""
+
+
+def run_scenario(procs, tmp_path: Path, text: str, timeout: float = 60) -> tuple[int, str, str]:
+    path = tmp_path / "scenario.toml"
+    path.write_text(text)
+    runner = procs.start("runner", "scenarios", "run", str(path), "--out", str(tmp_path / "out"), "--quiet")
+    code = runner.wait(timeout)
+    reports = list((tmp_path / "out").glob("*/report.txt"))
+    return code, procs.log("runner"), reports[0].read_text() if reports else ""
+
+
+@pytest.mark.timeout(90)
+def test_driver_pool_sum_and_step_expectations_pass_on_a_run_that_meets_them(procs, tmp_path):
+    code, output, report = run_scenario(procs, tmp_path, EXPECTATIONS.format(duration=2, speed="", at=0.2, moment=1.5))
+    assert code == 0, output
+    for words in (("state", "retrying", "['up']"), ("state", "done", "['big']"), ("retry-count at",), ("schedule-delay at",), ("free at",), ("sum at",), ("step mem-set",)):
+        assert _line(report, *words).lstrip().startswith("[ok]"), report
+
+
+def _guest_has_speed() -> bool:
+    import subprocess
+    import sys
+
+    from scenarios.launch import REPO
+
+    help_text = subprocess.run([sys.executable, "-m", "guest", "run", "--help"], capture_output=True, text=True, cwd=REPO, timeout=30).stdout
+    return "--speed" in help_text
+
+
+@pytest.mark.timeout(90)
+def test_speed_plays_the_same_scenario_faster_in_scenario_seconds(procs, tmp_path):
+    if not _guest_has_speed():
+        pytest.skip("`guest run` has no --speed yet (the drivers branch adds it): the runner's side is unit-tested")
+    started = time.monotonic()
+    code, output, report = run_scenario(procs, tmp_path, EXPECTATIONS.format(duration=8, speed="speed = 4", at=0.8, moment=6))
+    assert code == 0, output
+    assert "speed x4" in report and "at 6 s" in report, report
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("name = 'x'\nmemory = '1g'\nduration = 1\ncolour = 'red'\n[[guest]]\nname = 'a'\nmemory = '64m'\n", "unknown key(s) ['colour']"),
+        ("name = [unclosed", "scenario error"),
+        (None, "No such file"),
+    ],
+    ids=["unknown-key", "not-toml", "missing"],
+)
+def test_a_bad_file_exits_2_with_a_clear_message_and_runs_nothing(procs, tmp_path, text, words):
+    path = tmp_path / "bad.toml"
+    if text is not None:
+        path.write_text(text)
+    runner = procs.start("runner", "scenarios", "run", str(path), "--out", str(tmp_path / "out"))
+    assert runner.wait(20) == 2
+    output = procs.log("runner")
+    assert words in output and "Traceback" not in output, output
+    assert not (tmp_path / "out").exists()
