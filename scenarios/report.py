@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from scenarios.page import write_page
 from scenarios.plot import write_svg
 from scenarios.recording import Sample, StepRecord
-from scenarios.runner import Outcome, Run
-from scenarios.spec import Check
+from scenarios.runner import Run
+from scenarios.wording import expectation_line, step_line
 from wire.shown import for_terminal
 from wire.sizes import pages_to_mib
 
@@ -32,31 +33,6 @@ class Progress:
 
     def step(self, step: StepRecord) -> None:
         print(for_terminal(f"t={step.t:6.1f}s  >> {step_line(step)}"), file=self.out, flush=True)
-
-
-def step_line(step: StepRecord) -> str:
-    """`mem-max a 16m: refused (EINVAL: ...)`, and whether that is what the file expected."""
-    said = f" ({step.message})" if step.message else ""
-    verdict = "" if step.as_expected else f"  [FAIL: expected {step.expected}]"
-    return f"{step.label}: {step.outcome}{said}{verdict}"
-
-
-def expectation_line(o: Outcome) -> str:
-    e = o.expectation
-    what = str(e.check)
-    if e.check is Check.STEP:
-        what += f" {e.action} {e.target}" + (f" at {e.at:g} s" if e.at is not None else "") + f" {e.outcome}"
-    elif e.by is not None:
-        what += f" by {e.by:g} s"
-    elif e.at is not None:
-        what += f" at {e.at:g} s"
-    if e.check is Check.STATE:
-        what += f" {e.state}"
-    if e.check is Check.AT_TARGET:
-        what += f" within {e.pages} pages"
-    if e.check is Check.OFF_TARGET:
-        what += f" more than {e.pages} pages away"
-    return f"[{'ok' if o.passed else 'FAIL'}] {what} {list(e.guests) or ''}: {o.detail}"
 
 
 def why_failed(run: Run) -> str:
@@ -117,4 +93,5 @@ def write(run: Run, out_dir: Path) -> list[Path]:
     run.recording.write_json(paths[1])
     write_svg(run.recording, f"{run.scenario.name}: memory per domain over time", paths[2])
     paths[3].write_text(text(run) + "\n")
+    paths.append(write_page(run, out_dir))
     return paths

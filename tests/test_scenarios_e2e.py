@@ -22,7 +22,7 @@ def test_shipped_scenario_passes(procs, path, tmp_path):
     runner = procs.start("runner", "scenarios", "run", str(path), "--out", str(tmp_path))
     assert runner.wait(170) == 0, procs.log("runner")[-4000:]
     out = next(tmp_path.iterdir())
-    assert {"series.csv", "series.json", "plot.svg", "report.txt"} <= {p.name for p in out.iterdir()}
+    assert {"series.csv", "series.json", "plot.svg", "report.txt", "report.html"} <= {p.name for p in out.iterdir()}
     assert json.loads((out / "series.json").read_text())["samples"]
     assert "PASSED" in (out / "report.txt").read_text()
     assert (out / "logs" / "hypervisor.log").exists()
@@ -352,3 +352,14 @@ def test_a_bad_file_exits_2_with_a_clear_message_and_runs_nothing(procs, tmp_pat
     output = procs.log("runner")
     assert words in output and "Traceback" not in output, output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.timeout(120)
+def test_the_html_report_tells_the_same_story_in_a_browser(findings):
+    from tests.browser import chromium, dom
+
+    _, _, out = findings
+    parsed = dom(chromium(), out / "report.html")
+    assert 'id="verdict">FAILED<' in parsed and parsed.count("<svg") == 2
+    assert "mem-max a 16m" in parsed and "EINVAL" in parsed and "still running: ['b']" in parsed
+    assert 'href="logs/b.1.log"' in parsed and 'href="logs/hypervisor.log"' in parsed
