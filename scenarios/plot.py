@@ -128,6 +128,23 @@ def render(rec: Recording, title: str) -> str:
     return "\n".join(p for p in parts if p)
 
 
+def _state_runs(rec: Recording, name: str) -> list[tuple[float, float, str]]:
+    """(from, to, state) for each stretch of samples in which `name`'s driver reported one state
+    (stretches without its domain left out)."""
+    runs: list[tuple[float, float, str]] = []
+    for j, s in enumerate(rec.samples):
+        d = s.domains.get(name)
+        if d is None:
+            continue
+        end = rec.samples[j + 1].t if j + 1 < len(rec.samples) else s.t
+        state = str(d.get("balloon", {}).get("state", "")) or "-"
+        if runs and runs[-1][2] == state and runs[-1][1] == s.t:
+            runs[-1] = (runs[-1][0], end, state)
+        else:
+            runs.append((s.t, end, state))
+    return [r for r in runs if r[1] > r[0]]
+
+
 def render_states(rec: Recording) -> str:
     """One strip per guest: its driver's reported state over time, on the plot's time axis."""
     names = rec.names()
@@ -149,15 +166,13 @@ def render_states(rec: Recording) -> str:
         top = TOP + (row + gap) * i
         parts.append(f'<text x="{label_w - 6}" y="{top + row - 4}" text-anchor="end">{escape(name[:24])}</text>')
         parts.append(f'<rect x="{label_w}" y="{top}" width="{plot_w}" height="{row}" fill="{NO_DOMAIN}" stroke="#ddd"/>')
-        for j, s in enumerate(rec.samples):
-            end = rec.samples[j + 1].t if j + 1 < len(rec.samples) else s.t
-            d = s.domains.get(name)
-            if d is None or end <= s.t:
-                continue
-            state = str(d.get("balloon", {}).get("state", "")) or "-"
+        for start, end, state in _state_runs(rec, name):
             colour = STATE_COLOURS.get(state, UNKNOWN_STATE)
-            tip = escape(f"{name} {state} at {s.t:.2f} s")
-            parts.append(f'<rect x="{x(s.t):.1f}" y="{top}" width="{max(0.5, x(end) - x(s.t)):.1f}" height="{row}" fill="{colour}"><title>{tip}</title></rect>')
+            tip = escape(f"{name} {state} from {start:.2f} s to {end:.2f} s")
+            parts.append(
+                f'<rect x="{x(start):.1f}" y="{top}" width="{max(0.5, x(end) - x(start)):.1f}" height="{row}" fill="{colour}" '
+                f'shape-rendering="crispEdges"><title>{tip}</title></rect>'
+            )
     axis_y = TOP + (row + gap) * len(names) + 4
     parts.append(f'<line x1="{label_w}" y1="{axis_y}" x2="{label_w + plot_w}" y2="{axis_y}" stroke="black"/>')
     for value in seconds:
