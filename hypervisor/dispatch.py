@@ -18,10 +18,12 @@ from wire.operations import Endpoint, lookup
 # A page of `list`: half the message limit, so the envelope and one more domain always fit.
 LIST_PAGE_BYTES = 512 * 1024
 
-# `snapshot`s too large for one reply are held for their later pages: the latest one of each
-# of at most SNAPSHOTS_HELD clients (the oldest forgotten first), so what they hold is bounded
-# by a few copies of the domain table.
+# `snapshot`s too large for one reply are held for their later pages: the latest
+# SNAPSHOTS_PER_CLIENT of each of at most SNAPSHOTS_HELD clients (the oldest forgotten first),
+# so what they hold is bounded by a few copies of the domain table. Two per client: a retried
+# first page takes a new one, and the reply the client uses may be the first attempt's.
 SNAPSHOTS_HELD = 4
+SNAPSHOTS_PER_CLIENT = 2
 
 # A domain's memory map: `register` carries up to REGISTER_EXTENTS of it (a fragmented host can
 # make one domain's initial pages hundreds of thousands of extents), `memory_map` the rest in
@@ -124,7 +126,7 @@ class Hypervisor:
     def __init__(self, total_pages: int, liveness_s: float = DEFAULT_LIVENESS_S) -> None:
         self.table = DomainTable(PagePool(total_pages), liveness_s)
         self.record = ReplayRecord()
-        self._snapshots: dict[str, _HeldSnapshot] = {}  # by client, oldest first
+        self._snapshots: dict[str, list[_HeldSnapshot]] = {}  # by client, oldest client first
         self._snapshot_number = 0
         self._handlers: dict[str, Callable[[str, dict[str, Any], float], _Result]] = {
             "register": self._register,
@@ -283,12 +285,12 @@ class Hypervisor:
             held = self._take_snapshot(client, now)
             page = 0
         else:
-            held = self._snapshots.get(client)
-            if held is None or held.number != number:
+            held = next((h for h in self._snapshots.get(client, ()) if h.number == number), None)
+            if held is None:
                 raise WireError(
                     ErrorCode.ESRCH,
-                    f"no snapshot {number} held for this client (each client's latest multi-page one is kept, "
-                    f"for the latest {SNAPSHOTS_HELD} clients); take a new one",
+                    f"no snapshot {number} held for this client (each client's latest {SNAPSHOTS_PER_CLIENT} multi-page "
+                    f"ones are kept, for the latest {SNAPSHOTS_HELD} clients); take a new one",
                 )
             starts = [-1] + [rows[-1]["domid"] for rows in held.pages[:-1]]
             if after is None or after not in starts:
@@ -300,18 +302,22 @@ class Hypervisor:
         return _Result(result, {"snapshot": held.number, "page": page, "domains": len(rows), "more": more})
 
     def _take_snapshot(self, client: str, now: float) -> _HeldSnapshot:
-        self._snapshot_number += 1
+        """A snapshot that fits one reply is numbered 0 and not held: taking one changes nothing."""
         rows = []
         for d in self.table.domains():
             row = self._row(d, now)
             row["reported_s"] = None if d.balloon_at is None else round(now - d.balloon_at, 3)
             rows.append(row)
+        pages = _paged(rows, LIST_PAGE_BYTES)
+        number = 0
+        if len(pages) > 1:
+            self._snapshot_number += 1
+            number = self._snapshot_number
         pool = self.pool
-        head = {"snapshot": self._snapshot_number, "total_pages": pool.total_pages, "free_pages": pool.free_pages}
-        held = _HeldSnapshot(self._snapshot_number, head, _paged(rows, LIST_PAGE_BYTES))
-        self._snapshots.pop(client, None)
-        if len(held.pages) > 1:
-            self._snapshots[client] = held
+        held = _HeldSnapshot(number, {"snapshot": number, "total_pages": pool.total_pages, "free_pages": pool.free_pages}, pages)
+        if number:
+            mine = self._snapshots.pop(client, [])[-(SNAPSHOTS_PER_CLIENT - 1):] + [held]
+            self._snapshots[client] = mine  # now the newest client
             while len(self._snapshots) > SNAPSHOTS_HELD:
                 del self._snapshots[next(iter(self._snapshots))]
         return held

@@ -36,8 +36,10 @@ def test_a_small_host_is_one_page_with_the_pool_and_every_domain():
     hv = Hypervisor(total_pages=100)
     for i in range(3):
         register(hv, i)
-    snap = Admin(hv).call("snapshot")
-    assert snap["next"] is None and snap["total_pages"] == 100 and snap["free_pages"] == 97
+    admin = Admin(hv)
+    snap = admin.call("snapshot")
+    assert snap["next"] is None and snap["snapshot"] == 0 and snap["total_pages"] == 100 and snap["free_pages"] == 97
+    assert admin.call("snapshot") == snap  # one page: nothing held, nothing changed
     assert [d["domid"] for d in snap["domains"]] == [1, 2, 3] and balanced(snap)
     row = snap["domains"][0]
     assert {"name", "current_pages", "target_pages", "max_pages", "state", "balloon", "reported_s"} <= set(row)
@@ -99,10 +101,14 @@ def test_only_the_latest_clients_snapshots_are_held(full_host):
     assert err.value.code == "ESRCH" and "take a new one" in err.value.message
     for admin, first in zip(admins[1:], firsts[1:]):
         assert admin.call("snapshot", {"snapshot": first["snapshot"], "after": first["next"]})["domains"]
-    newer = admins[1].call("snapshot")  # a client's new snapshot replaces its old one
+    newer = admins[1].call("snapshot")  # a client keeps its latest two (a retry's and the first attempt's)
+    assert admins[1].call("snapshot", {"snapshot": firsts[1]["snapshot"], "after": firsts[1]["next"]})["domains"]
+    newest = admins[1].call("snapshot")
     with pytest.raises(RemoteError):
         admins[1].call("snapshot", {"snapshot": firsts[1]["snapshot"], "after": firsts[1]["next"]})
-    assert newer["snapshot"] > firsts[-1]["snapshot"]
+    for snap in (newer, newest):
+        assert admins[1].call("snapshot", {"snapshot": snap["snapshot"], "after": snap["next"]})["domains"]
+    assert newest["snapshot"] > newer["snapshot"] > firsts[-1]["snapshot"]
 
 
 def test_the_guest_endpoint_cannot_take_one(full_host):
