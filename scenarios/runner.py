@@ -110,9 +110,13 @@ class Runner:
         args = s.guest(name).cli_args(host.guest_endpoint, self.irqbus_endpoint, speed=s.speed)
         self.procs.start(name, "guest", *args, "--log-level", "info")
 
+    def _running(self, name: str) -> bool:
+        instances = self.procs.instances(name)
+        return bool(instances) and instances[-1].poll() is None
+
     def _signal(self, name: str, sig: int) -> str:
         instances = self.procs.instances(name)
-        if not instances or instances[-1].poll() is not None:
+        if not self._running(name):
             return "not running"
         self._signalled.add(instances[-1].pid)
         self.procs.stop(instances[-1], sig)
@@ -140,7 +144,10 @@ class Runner:
             elif step.action is Action.STOP:
                 message = self._signal(step.target, signal.SIGTERM)
             elif step.action is Action.START:
-                self._start(step.target)
+                if self._running(step.target):  # `start` is for a stopped process; `restart` stops it first
+                    message, outcome = f"{step.target} is running (use restart)", StepOutcome.REFUSED
+                else:
+                    self._start(step.target)
             elif step.action is Action.RESTART:
                 self._signal(step.target, signal.SIGTERM)
                 self._start(step.target)

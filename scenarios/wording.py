@@ -29,4 +29,5 @@ def expectation_line(o: Outcome) -> str:
         what += f" within {e.pages} pages"
     if e.check is Check.OFF_TARGET:
         what += f" more than {e.pages} pages away"
-    return f"[{'ok' if o.passed else 'FAIL'}] {what} {list(e.guests) or ''}: {o.detail}"
+    guests = f" {list(e.guests)}" if e.guests else ""
+    return f"[{'ok' if o.passed else 'FAIL'}] {what}{guests}: {o.detail}"

@@ -279,3 +279,22 @@ def test_last_error_is_the_last_error_line_else_the_last_words():
     assert last_error(log) == "refused by the hypervisor: ENOMEM: cannot build"
     assert last_error("usage: guest run ...\nguest: error: bad --memory\n") == "guest: error: bad --memory"
     assert last_error("") == "(its log is empty)"
+
+
+def test_a_process_that_exits_on_its_own_with_an_error_misbehaved(tmp_path):
+    from scenarios.runner import Runner
+
+    s = parse(with_change(("expect",), [{"check": "exited", "guests": ["b"]}]))
+    runner = Runner(s)
+    try:
+        procs = runner.procs
+        failing = [procs.start(name, "json.tool", str(tmp_path / "missing.json")) for name in ("a", "a", "b", "c")]
+        killed = procs.start("d", "json.tool", str(tmp_path / "missing.json"))
+        runner._signalled.add(killed.pid)  # the runner's own kill
+        for proc in [*failing, killed]:
+            proc.wait(10)
+        problems = runner._misbehaved()
+    finally:
+        runner.procs.stop_all()
+    assert [p.split(" exited")[0] for p in problems] == ["a", "a (instance 1, a.1.log)", "c"]  # b may exit: an expectation says so
+    assert all("with status 2: " in p and "No such file" in p for p in problems), problems

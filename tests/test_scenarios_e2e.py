@@ -75,10 +75,16 @@ target = "a"
 size = "16m"      # a holds 96m: refused, and nothing says it should be
 
 [[timeline]]
-at = 1.8
+at = 0.8
 action = "mem-max"
-target = "b"
-size = "8m"       # refused too (b holds 32m), as this step expects
+target = "a"
+size = "8m"       # refused too, as this step expects
+expect = "refused"
+
+[[timeline]]
+at = 0.9
+action = "start"
+target = "a"      # running: refused (it would have destroyed a's domain)
 expect = "refused"
 
 [[expect]]
@@ -146,7 +152,9 @@ def test_the_report_lists_every_step_and_a_refused_one_fails(findings):
         assert "FAIL" not in _line(report, *words), report
     refused = _line(report, "mem-max a 16m")
     assert "refused" in refused and "EINVAL" in refused and "FAIL" in refused, report
-    expected = _line(report, "mem-max b 8m")
+    running = _line(report, "start a")
+    assert "refused (a is running" in running and "FAIL" not in running, report
+    expected = _line(report, "mem-max a 8m")
     assert "refused (EINVAL" in expected and "FAIL" not in expected, report
 
 
