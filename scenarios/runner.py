@@ -89,6 +89,7 @@ class Runner:
         self.irqbus_endpoint = self.procs.ipc("irqbus") if scenario.irqbus else None
         self._line_checks: dict[Expectation, tuple[float, bool]] = {}
         self._signalled: set[int] = set()  # pids the runner stopped or killed itself
+        self._told: set[int] = set()  # pids already reported as failing to start
 
     # --- processes -------------------------------------------------------------------------
 
@@ -205,6 +206,7 @@ class Runner:
                     continue
                 proc = self.procs.instances(name)[-1]
                 if proc.poll() is not None:
+                    self._told.add(proc.pid)
                     failed.append(f"guest {name} did not start (exit status {proc.returncode}): {last_error(self.procs.log(name))}")
                 else:
                     waiting.append(name)
@@ -332,7 +334,7 @@ class Runner:
         for name, proc in self.procs.procs:
             instance = counts[name] = counts.get(name, -1) + 1
             code = proc.poll()
-            if code in (None, 0) or proc.pid in self._signalled or name in may_exit:
+            if code in (None, 0) or proc.pid in self._signalled | self._told or name in may_exit:
                 continue
             which = name if instance == 0 else f"{name} (instance {instance}, {self.procs.log_of(proc).name})"
             out.append(f"{which} exited with status {code}: {last_error(self.procs.log_of(proc).read_text(errors='replace'))}")

@@ -209,6 +209,7 @@ def test_a_guest_refused_at_registration_is_a_verdict_not_a_crash(procs, tmp_pat
     report = (tmp_path / "out" / "refused-guest" / "report.txt").read_text()
     line = _line(report, "huge")
     assert "did not start" in line and "cannot build" in line, report
+    assert report.count("huge") == 1, report  # said once, not again as a process that exited
 
 
 @pytest.mark.timeout(90)
