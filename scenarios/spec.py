@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from wire import heartbeat
 from wire.sizes import size_to_pages
 
 
@@ -49,8 +50,8 @@ class Check(enum.StrEnum):
     STEP = "step"  # the timeline's `action` on `target` (at `at`, if given) had `outcome`
 
 
-# The driver's states a `state` expectation may name (wire.heartbeat.DRIVER_STATES).
-DRIVER_STATES = ("done", "retrying", "cancelled", "hard-limited")
+# The driver's states a `state` expectation may name: those the heartbeat schema accepts.
+DRIVER_STATES = tuple(sorted(heartbeat.DRIVER_STATES))
 # Checks judged on one moment `at` of the run; the driver's figures on its first report after it.
 MOMENT_CHECKS = frozenset({Check.STATE, Check.RETRY_COUNT, Check.SCHEDULE_DELAY, Check.FREE, Check.SUM})
 DRIVER_CHECKS = frozenset({Check.STATE, Check.RETRY_COUNT, Check.SCHEDULE_DELAY})

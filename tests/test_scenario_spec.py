@@ -170,7 +170,7 @@ def test_the_new_expectations_parse(kind):
 @pytest.mark.parametrize(
     "kind, change, words",
     [
-        ("state", {"state": "sleepy"}, "expected one of ['done', 'retrying', 'cancelled', 'hard-limited']"),
+        ("state", {"state": "sleepy"}, "expected one of ['cancelled', 'done', 'hard-limited', 'retrying']"),
         ("state", {"at": None}, "'state' needs 'at'"),
         ("state", {"by": 2}, "unknown key(s) ['by']"),
         ("retry-count", {"min": None, "max": None}, "give 'min', 'max' or both"),
@@ -281,6 +281,7 @@ def test_last_error_is_the_last_error_line_else_the_last_words():
     assert last_error("") == "(its log is empty)"
 
 
+@pytest.mark.timeout(60)  # five short-lived processes, on a loaded machine
 def test_a_process_that_exits_on_its_own_with_an_error_misbehaved(tmp_path):
     from scenarios.runner import Runner
 
