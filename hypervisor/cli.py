@@ -14,7 +14,7 @@ from hypervisor import top
 from hypervisor.dispatch import Hypervisor
 from hypervisor.domains import DEFAULT_LIVENESS_S
 from hypervisor.service import HypervisorService
-from hypervisor.toolstack import Toolstack, format_info, format_list
+from hypervisor.toolstack import Toolstack, format_info, format_list, format_snapshot
 from hypervisor.virq import VirqSender
 from irqbus.show import fetch_show
 from wire import endpoints, logsetup
@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--timeout", type=seconds, default=1.0, help="seconds to wait for each of 3 attempts")
         return cmd
 
-    for name, help_text in [("list", "list domains"), ("info", "host memory"), ("audit", "check that the books balance")]:
+    for name, help_text in [
+        ("list", "list domains"), ("info", "host memory"), ("audit", "check that the books balance"),
+        ("snapshot", "the pool and every domain at one instant"),
+    ]:
         client_command(name, help_text).add_argument("--json", action="store_true", help="machine-readable output")
     for name, help_text in [("mem-set", "set a domain's balloon target"), ("mem-max", "set a domain's maxmem")]:
         cmd = client_command(name, help_text)
@@ -110,6 +113,10 @@ def run_client(args: argparse.Namespace) -> int:
         elif args.command == "list":
             domains = tool.list()
             print(json.dumps(domains, indent=2) if args.json else format_list(domains))
+        elif args.command == "snapshot":
+            snap = tool.snapshot()
+            snap.pop("next", None)
+            print(json.dumps(snap, indent=2) if args.json else format_snapshot(snap))
         elif args.command == "info":
             info = tool.info()
             print(json.dumps(info, indent=2) if args.json else format_info(info))

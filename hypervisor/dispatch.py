@@ -18,6 +18,13 @@ from wire.operations import Endpoint, lookup
 # A page of `list`: half the message limit, so the envelope and one more domain always fit.
 LIST_PAGE_BYTES = 512 * 1024
 
+# `snapshot`s too large for one reply are held for their later pages: the latest
+# SNAPSHOTS_PER_CLIENT of each of at most SNAPSHOTS_HELD clients (the oldest forgotten first),
+# so what they hold is bounded by a few copies of the domain table. Two per client: a retried
+# first page takes a new one, and the reply the client uses may be the first attempt's.
+SNAPSHOTS_HELD = 4
+SNAPSHOTS_PER_CLIENT = 2
+
 # A domain's memory map: `register` carries up to REGISTER_EXTENTS of it (a fragmented host can
 # make one domain's initial pages hundreds of thousands of extents), `memory_map` the rest in
 # pages of MAP_PAGE_EXTENTS (at most 11 bytes each: ~352 KiB).
@@ -29,7 +36,7 @@ MAP_PAGE_EXTENTS = 32768
 _REPLAY, _STALE, _REUSED = Verdict.REPLAY, Verdict.STALE, Verdict.REUSED
 
 # Routine operations are logged at debug level; a short grant is always worth a line.
-QUIET_OPS = frozenset({"get_target", "memory_map", "status", "list", "info", "increase_reservation", "decrease_reservation"})
+QUIET_OPS = frozenset({"get_target", "memory_map", "status", "list", "snapshot", "info", "increase_reservation", "decrease_reservation"})
 
 
 @dataclass
@@ -92,10 +99,35 @@ def _memory_news(waiting: list[Domain]) -> list[Notification]:
     return [Notification(d.client, d.domid, virq="memory") for d in waiting]
 
 
+@dataclass
+class _HeldSnapshot:
+    """The later pages of a snapshot, served from here so every page is of the same instant."""
+
+    number: int
+    head: dict[str, int]  # the pool's figures, repeated on every page
+    pages: list[list[dict[str, Any]]]
+
+
+def _paged(rows: list[dict[str, Any]], budget: int) -> list[list[dict[str, Any]]]:
+    """Rows cut into pages of at most `budget` encoded bytes (each page at least one row)."""
+    pages: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for row in rows:
+        row_size = len(envelope.encode(row))
+        if pages[-1] and size + row_size > budget:
+            pages.append([])
+            size = 0
+        pages[-1].append(row)
+        size += row_size
+    return pages
+
+
 class Hypervisor:
     def __init__(self, total_pages: int, liveness_s: float = DEFAULT_LIVENESS_S) -> None:
         self.table = DomainTable(PagePool(total_pages), liveness_s)
         self.record = ReplayRecord()
+        self._snapshots: dict[str, list[_HeldSnapshot]] = {}  # by client, oldest client first
+        self._snapshot_number = 0
         self._handlers: dict[str, Callable[[str, dict[str, Any], float], _Result]] = {
             "register": self._register,
             "increase_reservation": self._increase,
@@ -106,6 +138,7 @@ class Hypervisor:
             "status": self._status,
             "list": self._list,
             "info": self._info,
+            "snapshot": self._snapshot,
             "mem_set": self._mem_set,
             "mem_max": self._mem_max,
             "destroy": self._destroy,
@@ -212,6 +245,19 @@ class Hypervisor:
 
     # --- admin endpoint --------------------------------------------------------------------
 
+    def _row(self, d: Domain, now: float) -> dict[str, Any]:
+        return {
+            "domid": d.domid,
+            "name": d.name,
+            "current_pages": self.table.current_pages(d),
+            "target_pages": d.target_pages,
+            "max_pages": d.max_pages,
+            "state": str(self.table.state(d, now)),
+            "last_seen_s": round(now - d.last_seen, 3),
+            "balloon": d.balloon,
+            "control": d.control,
+        }
+
     def _list(self, client: str, args: dict[str, Any], now: float) -> _Result:
         """A page of domains after the cursor, as many as fit in LIST_PAGE_BYTES (at least one)."""
         after = args.get("after", -1)
@@ -221,17 +267,7 @@ class Hypervisor:
         for d in self.table.domains():
             if d.domid <= after:
                 continue
-            row = {
-                "domid": d.domid,
-                "name": d.name,
-                "current_pages": self.table.current_pages(d),
-                "target_pages": d.target_pages,
-                "max_pages": d.max_pages,
-                "state": str(self.table.state(d, now)),
-                "last_seen_s": round(now - d.last_seen, 3),
-                "balloon": d.balloon,
-                "control": d.control,
-            }
+            row = self._row(d, now)
             size += len(envelope.encode(row))
             if rows and size > LIST_PAGE_BYTES:
                 more = True
@@ -239,6 +275,56 @@ class Hypervisor:
             rows.append(row)
         result = {"domains": rows, "next": rows[-1]["domid"] if more else None}
         return _Result(result, {"domains": len(rows), "more": more})
+
+    def _snapshot(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        """The pool and every domain at this instant: free + every domain's pages = total.
+
+        Without `snapshot`, a new one is taken and its first page answered; one that needs more
+        pages is held, and `snapshot` + `after` (the `next` of the page before) read the rest
+        of that same instant."""
+        number, after = args.get("snapshot"), args.get("after")
+        if number is None:
+            if after is not None:
+                raise WireError(ErrorCode.EINVAL, "snapshot: 'after' reads a later page of a snapshot: give its 'snapshot' number too")
+            held = self._take_snapshot(client, now)
+            page = 0
+        else:
+            held = next((h for h in self._snapshots.get(client, ()) if h.number == number), None)
+            if held is None:
+                raise WireError(
+                    ErrorCode.ESRCH,
+                    f"no snapshot {number} held for this client (each client's latest {SNAPSHOTS_PER_CLIENT} multi-page "
+                    f"ones are kept, for the latest {SNAPSHOTS_HELD} clients); take a new one",
+                )
+            starts = [-1] + [rows[-1]["domid"] for rows in held.pages[:-1]]
+            if after is None or after not in starts:
+                raise WireError(ErrorCode.EINVAL, f"snapshot {number}: 'after' must be a 'next' this snapshot gave, got {after!r}")
+            page = starts.index(after)
+        rows = held.pages[page]
+        more = page + 1 < len(held.pages)
+        result = {**held.head, "domains": rows, "next": rows[-1]["domid"] if more else None}
+        return _Result(result, {"snapshot": held.number, "page": page, "domains": len(rows), "more": more})
+
+    def _take_snapshot(self, client: str, now: float) -> _HeldSnapshot:
+        """A snapshot that fits one reply is numbered 0 and not held: taking one changes nothing."""
+        rows = []
+        for d in self.table.domains():
+            row = self._row(d, now)
+            row["reported_s"] = None if d.balloon_at is None else round(now - d.balloon_at, 3)
+            rows.append(row)
+        pages = _paged(rows, LIST_PAGE_BYTES)
+        number = 0
+        if len(pages) > 1:
+            self._snapshot_number += 1
+            number = self._snapshot_number
+        pool = self.pool
+        held = _HeldSnapshot(number, {"snapshot": number, "total_pages": pool.total_pages, "free_pages": pool.free_pages}, pages)
+        if number:
+            mine = self._snapshots.pop(client, [])[-(SNAPSHOTS_PER_CLIENT - 1):] + [held]
+            self._snapshots[client] = mine  # now the newest client
+            while len(self._snapshots) > SNAPSHOTS_HELD:
+                del self._snapshots[next(iter(self._snapshots))]
+        return held
 
     def _info(self, client: str, args: dict[str, Any], now: float) -> _Result:
         pool = self.pool

@@ -37,6 +37,7 @@ class Domain:
     balloon: dict[str, Any] = field(default_factory=dict)
     target_writes: int = 0  # counts mem-set calls, so a guest sees a write of the same value
     control: dict[str, Any] = field(default_factory=dict)  # the guest's control keys (wire/control.py), as set
+    balloon_at: float | None = None  # when the guest last reported `balloon` (None: never)
 
 
 class DomainTable:
@@ -196,6 +197,7 @@ class DomainTable:
         domain.last_seen = now
         if balloon is not None:
             domain.balloon = balloon
+            domain.balloon_at = now
 
     def audit(self) -> list[str]:
         """Every way the books can be wrong, in words; empty when they balance."""

@@ -23,6 +23,11 @@ class Toolstack:
         """Every domain, read page by page."""
         return every_page(self.client.call, "list", "domains")["domains"]
 
+    def snapshot(self) -> dict[str, Any]:
+        """The pool (`total_pages`, `free_pages`) and every domain at one instant, page by page."""
+        first = self.client.call("snapshot")
+        return every_page(self.client.call, "snapshot", "domains", {"snapshot": first["snapshot"]}, first=first)
+
     def info(self) -> dict[str, Any]:
         return self.client.call("info")
 
@@ -78,3 +83,13 @@ def format_info(info: dict[str, Any]) -> str:
         ("nr_domains", str(info["domains"])),
     ]
     return "\n".join(f"{name:<20}: {value}" for name, value in rows)
+
+
+def format_snapshot(snap: dict[str, Any]) -> str:
+    """The pool's figures over xl list's table, all of one instant."""
+    owned = sum(d["current_pages"] for d in snap["domains"])
+    head = (
+        f"snapshot {snap['snapshot']}: total {pages_to_mib(snap['total_pages'])} MiB, free {pages_to_mib(snap['free_pages'])} MiB, "
+        f"domains {pages_to_mib(owned)} MiB ({snap['free_pages']} + {owned} = {snap['free_pages'] + owned} of {snap['total_pages']} pages)"
+    )
+    return head + "\n" + format_list(snap["domains"])

@@ -13,6 +13,11 @@ from wire.signals import unwind_on_signals
 
 SHIPPED = Path(__file__).resolve().parent
 
+# The runner's exit status: every scenario passed; an expectation or step failed, or a process
+# misbehaved (did not start, exited on its own with an error, unbalanced books); a file is bad
+# (not found, not TOML, an unknown or mistyped key): nothing was run.
+EXIT_PASSED, EXIT_FAILED, EXIT_BAD_FILE = 0, 1, 2
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scenarios", description="run ballonet scenario files")
@@ -33,15 +38,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path.stem:<22} {s.description}")
         return 0
 
-    failed = 0
-    for path in args.files:
+    scenarios = []
+    for path in args.files:  # every file is checked before any process starts
         if not path.exists() and (SHIPPED / f"{path}.toml").exists():
             path = SHIPPED / f"{path}.toml"
         try:
-            scenario = load(path)
+            scenarios.append(load(path))
         except ScenarioError as err:
             print(f"scenario error: {err}", file=sys.stderr)
-            return 2
+            return EXIT_BAD_FILE
+    failed = []
+    for scenario in scenarios:
         print(f"== {scenario.name}: {scenario.description}")
         progress = report.Progress()
         runner = Runner(scenario, None if args.quiet else progress.sample, None if args.quiet else progress.step)
@@ -53,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         paths = report.write(result, out_dir)
         print(report.text(result))
         print(f"  wrote {', '.join(str(p) for p in paths)} and logs/ there")
-        failed += not result.passed
-    return 1 if failed else 0
-
+        if not result.passed:
+            failed.append(f"{scenario.name} ({report.why_failed(result)}; see {out_dir / 'report.txt'})")
+    if failed:
+        print(f"scenarios failed: {'; '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_PASSED
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -38,13 +38,24 @@ class Processes:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._own_dir = workdir is None
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        self._logs: dict[int, Path] = {}  # pid -> that instance's log
         self.env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
 
     def ipc(self, name: str) -> str:
         return f"ipc://{self.dir}/{name}"
 
+    def log_path(self, name: str, instance: int) -> Path:
+        """Instance 0 of `name` logs to NAME.log, instance n (its n-th restart) to NAME.n.log."""
+        return self.dir / (f"{name}.log" if instance == 0 else f"{name}.{instance}.log")
+
+    def instances(self, name: str) -> list[subprocess.Popen]:
+        """Every process started under `name`, oldest first."""
+        return [p for n, p in self.procs if n == name]
+
     def start(self, name: str, module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        with open(self.dir / f"{name}.log", "wb") as log:
+        """Start `module` as `name`; a name started again keeps the earlier instances' logs."""
+        path = self.log_path(name, len(self.instances(name)))
+        with open(path, "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", module, *args],
                 stdin=subprocess.DEVNULL,
@@ -54,6 +65,7 @@ class Processes:
                 cwd=REPO,
             )
         self.procs.append((name, proc))
+        self._logs[proc.pid] = path
         return proc
 
     def run(self, module: str, *args: str, timeout: float = 20, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -72,8 +84,13 @@ class Processes:
         return next(p for n, p in reversed(self.procs) if n == name)
 
     def log(self, name: str) -> str:
-        path = self.dir / f"{name}.log"
+        """The log of the latest instance of `name`."""
+        instances = self.instances(name)
+        path = self._logs[instances[-1].pid] if instances else self.log_path(name, 0)
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def log_of(self, proc: subprocess.Popen) -> Path:
+        return self._logs[proc.pid]
 
     def log_events(self, name: str) -> list[dict[str, Any]]:
         out = []

@@ -11,9 +11,43 @@ from typing import Any
 
 @dataclass
 class Sample:
+    """One `snapshot` of the host: the pool and every domain at one instant (scenario seconds)."""
+
     t: float
     free_pages: int
     domains: dict[str, dict[str, Any]]
+    total_pages: int = 0
+
+    @property
+    def owned_pages(self) -> int:
+        return sum(d["current_pages"] for d in self.domains.values())
+
+    def balanced(self) -> bool:
+        """Principle 4, on every sample: free + every domain's pages = total."""
+        return self.free_pages + self.owned_pages == self.total_pages
+
+    def reported_at(self, name: str, speed: float = 1.0) -> float | None:
+        """When `name`'s driver sent the statistics this sample holds (scenario seconds)."""
+        age = self.domains[name].get("reported_s") if name in self.domains else None
+        return None if age is None else self.t - age * speed
+
+
+@dataclass
+class StepRecord:
+    """A timeline step as played: when, what it came to, and the refusal's words."""
+
+    t: float
+    label: str
+    outcome: str  # spec.StepOutcome
+    message: str = ""
+    expected: str = "accepted"
+    at: float = 0.0  # when the file said to play it
+    action: str = ""
+    target: str = ""
+
+    @property
+    def as_expected(self) -> bool:
+        return self.outcome == self.expected
 
 
 @dataclass
@@ -21,7 +55,8 @@ class Recording:
     """Samples from the moment the timeline started, and the steps played, with their times."""
 
     samples: list[Sample] = field(default_factory=list)
-    steps: list[tuple[float, str]] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)
+    speed: float = 1.0  # the scenario's: ages the hypervisor measured become scenario seconds
 
     def at(self, t: float) -> Sample | None:
         """The last sample taken at or before t."""
@@ -39,6 +74,17 @@ class Recording:
             if doms and all(d["current_pages"] == d["target_pages"] for d in doms):
                 return s.t
         return None
+
+    def settled_since(self, names: tuple[str, ...] | None = None) -> float | None:
+        """Since when every named domain (all, by default) has held its target, to the end."""
+        since = None
+        for s in self.samples:
+            doms = [d for n, d in s.domains.items() if names is None or n in names]
+            if doms and all(d["current_pages"] == d["target_pages"] for d in doms):
+                since = s.t if since is None else since
+            else:
+                since = None
+        return since
 
     def reached_at(self, name: str) -> float | None:
         """When `name` last arrived at its target and stayed there to the end."""
@@ -71,13 +117,16 @@ class Recording:
         names = self.names()
         with path.open("w", newline="") as f:
             out = csv.writer(f)
-            out.writerow(["t", "free_pages", *(f"{n}.{k}" for n in names for k in ("current_pages", "target_pages", "state"))])
+            # state_at: when the driver reported that state (a heartbeat's age behind the pages)
+            columns = ("current_pages", "target_pages", "state", "state_at")
+            out.writerow(["t", "free_pages", "total_pages", *(f"{n}.{k}" for n in names for k in columns)])
             for s in self.samples:
-                row: list[Any] = [f"{s.t:.3f}", s.free_pages]
+                row: list[Any] = [f"{s.t:.3f}", s.free_pages, s.total_pages]
                 for n in names:
                     d = s.domains.get(n)
-                    row += [d["current_pages"], d["target_pages"], d["balloon"].get("state", "")] if d else ["", "", ""]
+                    at = s.reported_at(n, self.speed) if d else None
+                    row += [d["current_pages"], d["target_pages"], d["balloon"].get("state", ""), "" if at is None else f"{at:.3f}"] if d else ["", "", "", ""]
                 out.writerow(row)
 
     def write_json(self, path: Path) -> None:
-        path.write_text(json.dumps({"steps": self.steps, "samples": [asdict(s) for s in self.samples]}))
+        path.write_text(json.dumps({"speed": self.speed, "steps": [asdict(st) for st in self.steps], "samples": [asdict(s) for s in self.samples]}))

@@ -6,9 +6,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from scenarios.page import write_page
 from scenarios.plot import write_svg
-from scenarios.recording import Sample
+from scenarios.recording import Sample, StepRecord
 from scenarios.runner import Run
+from scenarios.wording import expectation_line, step_line
 from wire.shown import for_terminal
 from wire.sizes import pages_to_mib
 
@@ -29,14 +31,30 @@ class Progress:
         )
         print(for_terminal(f"t={sample.t:6.1f}s  free {pages_to_mib(sample.free_pages):>5} MiB  {guests}"), file=self.out, flush=True)
 
-    def step(self, t: float, label: str) -> None:
-        print(for_terminal(f"t={t:6.1f}s  >> {label}"), file=self.out, flush=True)
+    def step(self, step: StepRecord) -> None:
+        print(for_terminal(f"t={step.t:6.1f}s  >> {step_line(step)}"), file=self.out, flush=True)
+
+
+def why_failed(run: Run) -> str:
+    """One line: what made the run fail."""
+    reasons = [f"{p.split(':')[0]}" for p in run.problems]
+    bad_steps = [st.label for st in run.recording.steps if not st.as_expected]
+    reasons += [f"step {label} not as expected" for label in bad_steps]
+    reasons += [f"books unbalanced on {len(run.books)} sample(s)"] if run.books else []
+    reasons += [f"expectation {o.expectation.check} failed" for o in run.outcomes if not o.passed]
+    return ", ".join(reasons) or "unknown"
 
 
 def text(run: Run) -> str:
     """The report; what guests and servers said (names, states, messages) escaped for a terminal."""
     s, rec = run.scenario, run.recording
     lines = [f"scenario {s.name}: {'PASSED' if run.passed else 'FAILED'}", f"  {s.description}" if s.description else ""]
+    speed = f"; speed x{s.speed:g}: {run.real_seconds:.1f} s of real time" if s.speed != 1 else ""
+    lines.append(f"  times are scenario seconds after the timeline started{speed}")
+    for problem in run.problems:
+        lines.append(f"  [FAIL] {problem}")
+    if not run.started:
+        lines.append("  the timeline was not played: not every process started")
     if rec.samples:
         last = rec.samples[-1]
         lines.append(f"  ran {last.t:.1f} s; {len(rec.samples)} samples; {len(rec.steps)} timeline steps")
@@ -47,14 +65,24 @@ def text(run: Run) -> str:
                 f"  {name:<12} {pages_to_mib(d['current_pages']):>5} MiB {pages_to_mib(d['target_pages']):>5} MiB  "
                 f"{str(d['balloon'].get('state', '-')):<13} {'-' if since is None else f'{since:.1f} s'}"
             )
-        done = rec.converged_at()
-        lines.append(f"  every guest at target: {'never' if done is None else f'{done:.1f} s'}")
+        first, settled = rec.converged_at(), rec.settled_since()
+        lines.append(
+            f"  every guest at target: first {'never' if first is None else f'{first:.1f} s'}, "
+            f"settled since {'-' if settled is None else f'{settled:.1f} s'}"
+            + ("" if settled is not None else " (not at target at the end)")
+        )
+    if rec.steps:
+        lines.append("  timeline (as written; when a step was played late, when):")
+        lines += [f"    {st.at:6.2f} s  {step_line(st)}" + (f"  (played at {st.t:.2f} s)" if st.t - st.at > 0.05 else "") for st in rec.steps]
+    if run.books:
+        lines.append(f"  [FAIL] free + owned != total on {len(run.books)} sample(s):")
+        lines += [f"    {b}" for b in run.books]
+    elif rec.samples:
+        lines.append(f"  books: free + owned = total on every one of {len(rec.samples)} samples")
     lines.append(f"  audit: {run.audit_text}")
-    lines.append("  expectations:")
+    lines.append("  expectations:" if run.outcomes else "  expectations: not judged")
     for o in run.outcomes:
-        e = o.expectation
-        what = f"{e.check}" + (f" by {e.by:g} s" if e.by is not None else "") + (f" within {e.pages} pages" if e.pages else "")
-        lines.append(f"    [{'ok' if o.passed else 'FAIL'}] {what} {list(e.guests) or ''}: {o.detail}")
+        lines.append(f"    {expectation_line(o)}")
     return "\n".join(for_terminal(line) for line in lines if line)
 
 
@@ -65,4 +93,5 @@ def write(run: Run, out_dir: Path) -> list[Path]:
     run.recording.write_json(paths[1])
     write_svg(run.recording, f"{run.scenario.name}: memory per domain over time", paths[2])
     paths[3].write_text(text(run) + "\n")
+    paths.append(write_page(run, out_dir))
     return paths

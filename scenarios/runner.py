@@ -1,22 +1,32 @@
 """Play a scenario for real: start every process through its CLI, play the timeline, record the
-host, check the expectations, and leave a report, the series (CSV, JSON) and a plot."""
+host, check the expectations, and leave a report, the series (CSV, JSON) and a plot.
+
+Every time here is scenario time (scenarios.clock): `speed` times the real time elapsed.
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hypervisor.toolstack import Toolstack
+from scenarios.clock import ScenarioClock
 from scenarios.launch import Host, Processes
-from scenarios.recording import Recording, Sample
-from scenarios.spec import Action, Check, Expectation, Scenario
+from scenarios.recording import Recording, Sample, StepRecord
+from scenarios.spec import DRIVER_CHECKS, Action, Check, Expectation, Scenario, Step, StepOutcome
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable
-from wire.sizes import size_to_pages
+from wire.sizes import pages_to_mib, size_to_pages
+
+REGISTER_TIMEOUT_S = 30.0  # real seconds a guest may take to register
+GRACE_S = 2.0  # real seconds past the duration to wait for a driver's report an expectation needs
+BOOKS_SHOWN = 5  # unbalanced samples listed in the report (the rest counted)
 
 
 @dataclass
@@ -34,21 +44,52 @@ class Run:
     audit_ok: bool | None = None
     audit_text: str = ""
     exited: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)  # processes that misbehaved (did not start, exited)
+    books: list[str] = field(default_factory=list)  # samples whose free + owned pages were not the total
+    started: bool = True  # every process started and every guest registered
+    real_seconds: float = 0.0
+
+    @property
+    def steps_ok(self) -> bool:
+        return all(st.as_expected for st in self.recording.steps)
 
     @property
     def passed(self) -> bool:
-        return all(o.passed for o in self.outcomes)
+        return self.started and not self.problems and not self.books and self.steps_ok and all(o.passed for o in self.outcomes)
+
+
+def last_error(log: str) -> str:
+    """What a process said last that explains its end: its last error line, else its last words."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    for line in reversed(lines):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("level") in ("error", "critical"):
+            return ": ".join(str(x) for x in [event.get("event", "error"), *(event[k] for k in ("error", "message") if k in event)])
+    plain = [line for line in lines if not line.startswith("{")]
+    return plain[-1].strip() if plain else "(its log is empty)"
 
 
 class Runner:
-    def __init__(self, scenario: Scenario, on_sample: Callable[[Sample], None] | None = None, on_step: Callable[[float, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        on_sample: Callable[[Sample], None] | None = None,
+        on_step: Callable[[StepRecord], None] | None = None,
+    ) -> None:
         self.scenario = scenario
         self.on_sample = on_sample
         self.on_step = on_step
         self.procs = Processes()
         self.host: Host | None = None
+        self.tool: Toolstack | None = None
+        self.clock = ScenarioClock(scenario.speed)
         self.irqbus_endpoint = self.procs.ipc("irqbus") if scenario.irqbus else None
         self._line_checks: dict[Expectation, tuple[float, bool]] = {}
+        self._signalled: set[int] = set()  # pids the runner stopped or killed itself
+        self._told: set[int] = set()  # pids already reported as failing to start
 
     # --- processes -------------------------------------------------------------------------
 
@@ -62,60 +103,120 @@ class Runner:
         if device is not None:
             self.procs.start(name, "irqbus", *device.cli_args(self.irqbus_endpoint))
             return
-        if name in host.domains():  # a guest that died leaves its domain: the toolstack cleans up first
-            host.tool("destroy", name)
-        self.procs.start(name, "guest", *s.guest(name).cli_args(host.guest_endpoint, self.irqbus_endpoint), "--log-level", "info")
+        if any(d["name"] == name for d in self.tool.list()):  # a guest that died leaves its domain: the toolstack cleans up first
+            try:
+                self.tool.destroy(name)
+            except RemoteError:
+                pass  # gone meanwhile
+        args = s.guest(name).cli_args(host.guest_endpoint, self.irqbus_endpoint, speed=s.speed)
+        self.procs.start(name, "guest", *args, "--log-level", "info")
 
-    def _signal(self, name: str, sig: int) -> None:
-        try:
-            proc = self.procs.get(name)
-        except StopIteration:
-            return
-        self.procs.stop(proc, sig)
+    def _running(self, name: str) -> bool:
+        instances = self.procs.instances(name)
+        return bool(instances) and instances[-1].poll() is None
 
-    def _play(self, tool: Toolstack, step_action: Action, target: str, size: str | None, keys: tuple = ()) -> str:
+    def _signal(self, name: str, sig: int) -> str:
+        instances = self.procs.instances(name)
+        if not self._running(name):
+            return "not running"
+        self._signalled.add(instances[-1].pid)
+        self.procs.stop(instances[-1], sig)
+        return ""
+
+    def _expected(self, step: Step) -> StepOutcome:
+        """The step's own `expect`, or what a `step` expectation says of it."""
+        for exp in self.scenario.expectations:
+            if exp.check is Check.STEP and exp.action is step.action and exp.target == step.target and exp.at in (None, step.at):
+                return exp.outcome
+        return step.expect
+
+    def _play(self, step: Step) -> StepRecord:
+        t = round(self.clock.now(), 3)
+        message, outcome = "", StepOutcome.ACCEPTED
         try:
-            if step_action is Action.BEHAVE:  # a running guest's control keys (wire/control.py)
-                tool.guest_set(target, dict(keys))
-                return f"{step_action} {target} " + " ".join(f"{k}={v}" for k, v in keys)
-            if step_action is Action.MEM_SET:
-                tool.mem_set(target, size_to_pages(size))
-            elif step_action is Action.MEM_MAX:
-                tool.mem_max(target, size_to_pages(size))
-            elif step_action is Action.DESTROY:
-                tool.destroy(target)
-            elif step_action is Action.KILL:
-                self._signal(target, signal.SIGKILL)
-            elif step_action is Action.STOP:
-                self._signal(target, signal.SIGTERM)
-            elif step_action is Action.START:
-                self._start(target)
-            elif step_action is Action.RESTART:
-                self._signal(target, signal.SIGTERM)
-                self._start(target)
+            if step.action is Action.BEHAVE:  # a running guest's control keys (wire/control.py)
+                self.tool.guest_set(step.target, step.control)
+            elif step.action is Action.MEM_SET:
+                self.tool.mem_set(step.target, size_to_pages(step.size))
+            elif step.action is Action.MEM_MAX:
+                self.tool.mem_max(step.target, size_to_pages(step.size))
+            elif step.action is Action.DESTROY:
+                self.tool.destroy(step.target)
+            elif step.action is Action.KILL:
+                message = self._signal(step.target, signal.SIGKILL)
+            elif step.action is Action.STOP:
+                message = self._signal(step.target, signal.SIGTERM)
+            elif step.action is Action.START:
+                if self._running(step.target):  # `start` is for a stopped process; `restart` stops it first
+                    message, outcome = f"{step.target} is running (use restart)", StepOutcome.REFUSED
+                else:
+                    self._start(step.target)
+            elif step.action is Action.RESTART:
+                self._signal(step.target, signal.SIGTERM)
+                self._start(step.target)
         except (RemoteError, Unreachable) as err:
-            return f"{step_action} {target}: failed: {err}"
-        return f"{step_action} {target}" + (f" {size}" if size else "")
+            message, outcome = str(err), StepOutcome.REFUSED
+        return StepRecord(t, step.label, str(outcome), message, str(self._expected(step)), step.at, str(step.action), step.target)
 
     # --- the run ---------------------------------------------------------------------------
 
     def run(self, out_dir: Path | None = None) -> Run:
         s = self.scenario
+        real_start = time.monotonic()
         try:
             extra = ("--irqbus", self.irqbus_endpoint) if s.irqbus else ()
-            self.host = Host(self.procs, memory=s.memory, extra=extra, log_level="info")
+            try:
+                self.host = Host(self.procs, memory=s.memory, extra=extra, log_level="info")
+            except AssertionError:
+                run = Run(s, Recording(speed=s.speed), started=False)
+                run.problems.append(f"the hypervisor did not start: {last_error(self.procs.log('hypervisor'))}")
+                return run
+            self.tool = Toolstack(self.host.admin_endpoint)
             if s.irqbus:
                 self._start("irqbus")
             for g in s.guests:
                 self._start(g.name)
-            self.host.wait_registered(*(g.name for g in s.guests), timeout=30)
+            failed = self._wait_registered(tuple(g.name for g in s.guests))
+            if failed:
+                run = Run(s, Recording(speed=s.speed), problems=failed, started=False)
+                self._finish(run)
+                return run
             for d in s.devices:
                 self._start(d.process)
             run = Run(s, self._play_timeline())
             self._finish(run)
+            run.real_seconds = time.monotonic() - real_start
             return run
         finally:
+            if self.tool is not None:
+                self.tool.close()
             self.procs.stop_all() if out_dir is None else self._stop_and_keep_logs(out_dir)
+
+    def _wait_registered(self, names: tuple[str, ...]) -> list[str]:
+        """Wait for every guest's domain; a guest that exits first failed to start, and why is in
+        its log. Returns what went wrong, one line per guest (empty: all registered)."""
+        deadline = time.monotonic() + REGISTER_TIMEOUT_S
+        while True:
+            try:
+                registered = {d["name"] for d in self.tool.list()}
+            except (Unreachable, RemoteError):
+                registered = set()
+            failed = []
+            waiting = []
+            for name in names:
+                if name in registered:
+                    continue
+                proc = self.procs.instances(name)[-1]
+                if proc.poll() is not None:
+                    self._told.add(proc.pid)
+                    failed.append(f"guest {name} did not start (exit status {proc.returncode}): {last_error(self.procs.log(name))}")
+                else:
+                    waiting.append(name)
+            if not waiting:
+                return failed
+            if time.monotonic() > deadline:
+                return failed + [f"guest {n} did not register within {REGISTER_TIMEOUT_S:g} s: {last_error(self.procs.log(n))}" for n in waiting]
+            time.sleep(0.05)
 
     def _stop_and_keep_logs(self, out_dir: Path) -> None:
         logs = out_dir / "logs"
@@ -126,54 +227,72 @@ class Runner:
             shutil.copy(path, logs / path.name)
         self.procs.stop_all()
 
+    def _sample(self) -> Sample | None:
+        """One snapshot: the pool and every domain at one instant."""
+        before = self.clock.now()
+        try:
+            snap = self.tool.snapshot()
+        except (Unreachable, RemoteError):
+            return None
+        t = round((before + self.clock.now()) / 2, 3)
+        return Sample(t, snap["free_pages"], {d["name"]: d for d in snap["domains"]}, snap["total_pages"])
+
     def _play_timeline(self) -> Recording:
         s = self.scenario
-        rec = Recording()
+        rec = Recording(speed=s.speed)
         pending = list(s.timeline)
-        tool = Toolstack(self.host.admin_endpoint)
-        start = time.monotonic()
-        try:
-            while True:
-                t = time.monotonic() - start
-                while pending and pending[0].at <= t:
-                    step = pending.pop(0)
-                    label = self._play(tool, step.action, step.target, step.size, step.keys)
-                    rec.steps.append((round(time.monotonic() - start, 3), label))
-                    if self.on_step:
-                        self.on_step(rec.steps[-1][0], label)
-                try:
-                    domains = {d["name"]: d for d in tool.list()}
-                    rec.samples.append(Sample(round(time.monotonic() - start, 3), tool.info()["free_pages"], domains))
-                    if self.on_sample:
-                        self.on_sample(rec.samples[-1])
-                except Unreachable:
-                    pass
-                if t >= s.duration or (not pending and self._settled(rec)):
-                    return rec
-                time.sleep(max(0.0, s.sample_interval - (time.monotonic() - start - t)))
-        finally:
-            tool.close()
+        self.clock.restart()
+        while True:
+            real_top = time.monotonic()
+            t = self.clock.now()
+            while pending and pending[0].at <= t:
+                rec.steps.append(self._play(pending.pop(0)))
+                if self.on_step:
+                    self.on_step(rec.steps[-1])
+            sample = self._sample()
+            if sample is not None:
+                rec.samples.append(sample)
+                if self.on_sample:
+                    self.on_sample(sample)
+            if t >= s.duration and (self._reports_in(rec) or t >= s.duration + self.clock.scenario(GRACE_S)):
+                return rec
+            if not pending and self._settled(rec):
+                return rec
+            time.sleep(max(0.0, self.clock.real(s.sample_interval) - (time.monotonic() - real_top)))
+
+    def _last_moment(self) -> float | None:
+        return max((e.moment for e in self.scenario.expectations if e.moment is not None), default=None)
+
+    def _reports_in(self, rec: Recording) -> bool:
+        """Every driver expectation has the report it is judged on."""
+        return all(driver_samples(e, rec, self.scenario) is not None for e in self.scenario.expectations if e.check in DRIVER_CHECKS)
 
     def _settled(self, rec: Recording) -> bool:
-        """Every expectation about the run is decided and holds: nothing is left to watch."""
+        """Nothing is left to watch: the run is past the last expectation's time, each driver
+        expectation has its report, each line check holds, each `exited` process is gone."""
         if not rec.samples:
             return False
         t = rec.samples[-1].t
-        watched = False
+        last = self._last_moment()
+        if last is not None and t < last:
+            return False
+        if not self._reports_in(rec):
+            return False
+        watched = last is not None
         for exp in self.scenario.expectations:
-            if exp.check is Check.OFF_TARGET:
-                watched = True
-                if t < exp.by:
-                    return False
-            elif exp.check is Check.AT_TARGET:
-                watched = True
-                if not evaluate(exp, rec, self.scenario)[0]:
-                    return False
-            elif exp.check in {Check.LINE_DISABLED, Check.LINE_ENABLED}:
+            if exp.check in {Check.LINE_DISABLED, Check.LINE_ENABLED}:
                 watched = True
                 if not self._line_holds(exp, t):
                     return False
+            elif exp.check is Check.EXITED:
+                watched = True
+                if not all(self._gone(n) for n in exp.guests):
+                    return False
         return watched
+
+    def _gone(self, name: str) -> bool:
+        instances = self.procs.instances(name)
+        return bool(instances) and instances[-1].poll() is not None
 
     def _line_holds(self, exp: Expectation, t: float) -> bool:
         """The line expectation, asked of the guests at most once a second while running.
@@ -181,26 +300,47 @@ class Runner:
         if exp.check is Check.LINE_ENABLED:
             return any(e.check is Check.LINE_DISABLED for e in self.scenario.expectations) and self._line_state(exp)[0]
         last = self._line_checks.get(exp)
-        if last is None or t - last[0] >= 1.0:
+        if last is None or t - last[0] >= self.clock.scenario(1.0):
             last = self._line_checks[exp] = (t, self._line_state(exp)[0])
         return last[1]
 
     def _finish(self, run: Run) -> None:
-        audit = self.host.tool("audit")
-        run.audit_ok, run.audit_text = audit.returncode == 0, (audit.stdout or audit.stderr).strip()
-        run.exited = {name for name, proc in self.procs.procs if proc.poll() is not None}
+        try:
+            audit = self.tool.audit()
+            run.audit_ok = audit["ok"]
+            run.audit_text = "books balance" if audit["ok"] else "; ".join(audit["problems"])
+        except (Unreachable, RemoteError) as err:
+            run.audit_ok, run.audit_text = False, f"could not ask: {err}"
+        run.exited = {name for name, _ in self.procs.procs if self._gone(name)}
+        run.books = unbalanced(run.recording)
+        run.problems += self._misbehaved()
+        if not run.started:
+            return
         for exp in self.scenario.expectations:
             if exp.check is Check.AUDIT:
                 run.outcomes.append(Outcome(exp, bool(run.audit_ok), run.audit_text))
             elif exp.check in {Check.LINE_DISABLED, Check.LINE_ENABLED}:
                 run.outcomes.append(Outcome(exp, *self._line_state(exp)))
-            elif exp.check is Check.EXITED:
-                missing = [n for n in exp.guests if n not in run.exited]
+            elif exp.check is Check.EXITED:  # the latest instance of each: a restarted guest is running
+                missing = [n for n in exp.guests if not self._gone(n)]
                 run.outcomes.append(Outcome(exp, not missing, f"still running: {missing}" if missing else "all exited"))
             else:
-                ok, detail = evaluate(exp, run.recording, self.scenario)
-                run.outcomes.append(Outcome(exp, ok, detail))
+                run.outcomes.append(Outcome(exp, *evaluate(exp, run.recording, self.scenario)))
 
+    def _misbehaved(self) -> list[str]:
+        """Processes that ended on their own with a non-zero status (the runner's own kills and
+        stops, and processes an `exited` expectation names, excepted)."""
+        may_exit = {n for e in self.scenario.expectations if e.check is Check.EXITED for n in e.guests}
+        out = []
+        counts: dict[str, int] = {}
+        for name, proc in self.procs.procs:
+            instance = counts[name] = counts.get(name, -1) + 1
+            code = proc.poll()
+            if code in (None, 0) or proc.pid in self._signalled | self._told or name in may_exit:
+                continue
+            which = name if instance == 0 else f"{name} (instance {instance}, {self.procs.log_of(proc).name})"
+            out.append(f"{which} exited with status {code}: {last_error(self.procs.log_of(proc).read_text(errors='replace'))}")
+        return out
 
     def _line_state(self, exp: Expectation) -> tuple[bool, str]:
         """Ask each guest, through irqbus, whether genirq disabled the line (nobody cared)."""
@@ -223,14 +363,76 @@ class Runner:
         return not bad, "; ".join(seen)
 
 
+# --- judging (pure: a recording in, a verdict out) ------------------------------------------------
+
+
+def unbalanced(rec: Recording) -> list[str]:
+    """The samples whose books did not balance, in words (the first BOOKS_SHOWN, then a count)."""
+    bad = [s for s in rec.samples if not s.balanced()]
+    out = [
+        f"at {s.t:.2f} s: free {s.free_pages} + domains {s.owned_pages} = {s.free_pages + s.owned_pages} pages, not the total {s.total_pages}"
+        for s in bad[:BOOKS_SHOWN]
+    ]
+    return out + ([f"... and {len(bad) - BOOKS_SHOWN} more samples"] if len(bad) > BOOKS_SHOWN else [])
+
+
+def _names(exp: Expectation, scenario: Scenario) -> tuple[str, ...]:
+    return exp.guests or tuple(g.name for g in scenario.guests)
+
+
+def driver_samples(exp: Expectation, rec: Recording, scenario: Scenario) -> dict[str, Sample] | None:
+    """For each named guest, the first sample holding a report its driver sent at or after
+    `exp.at` (the state column lags the pages by up to a heartbeat); None while one is missing."""
+    out = {}
+    for name in _names(exp, scenario):
+        found = next((s for s in rec.samples if (r := s.reported_at(name, rec.speed)) is not None and r >= exp.at), None)
+        if found is None:
+            return None
+        out[name] = found
+    return out
+
+
+def _in_range(value: float, exp: Expectation) -> bool:
+    return (exp.low is None or value >= exp.low) and (exp.high is None or value <= exp.high)
+
+
+def _range_text(exp: Expectation, show: Callable[[float], str]) -> str:
+    if exp.low is not None and exp.high is not None:
+        return f"{show(exp.low)}..{show(exp.high)}"
+    return f">= {show(exp.low)}" if exp.low is not None else f"<= {show(exp.high)}"
+
+
+def _mib(pages: float) -> str:
+    return f"{pages_to_mib(int(pages))} MiB"
+
+
 def evaluate(exp: Expectation, rec: Recording, scenario: Scenario) -> tuple[bool, str]:
-    """Judge an at-target / off-target expectation on the last sample taken by `exp.by`."""
-    names = exp.guests or tuple(g.name for g in scenario.guests)
-    sample = rec.at(exp.by)
+    """Judge one expectation about the recording (not audit, exited or lines: those ask the host)."""
+    if exp.check in DRIVER_CHECKS:
+        return _driver(exp, rec, scenario)
+    if exp.check is Check.STEP:
+        steps = [st for st in rec.steps if st.action == exp.action and st.target == exp.target and exp.at in (None, st.at)]
+        if not steps:
+            return False, "not played"
+        bad = [st for st in steps if st.outcome != exp.outcome]
+        said = "; ".join(f"at {st.t:.2f} s {st.outcome}" + (f" ({st.message})" if st.message else "") for st in steps)
+        return not bad, said
+    when = exp.by if exp.by is not None else exp.at
+    sample = rec.at(when)
     if sample is None:
-        return False, f"no sample by {exp.by:g} s"
-    if rec.samples[-1].t < exp.by and exp.check is Check.OFF_TARGET:
-        return False, f"the run ended at {rec.samples[-1].t:.1f} s, before {exp.by:g} s"
+        return False, f"no sample by {when:g} s"
+    if rec.samples[-1].t < when and exp.check is not Check.AT_TARGET:
+        return False, f"the run ended at {rec.samples[-1].t:.1f} s, before {when:g} s"
+    where = f"at {sample.t:.1f} s"
+    if exp.check is Check.FREE:
+        ok = _in_range(sample.free_pages, exp)
+        return ok, f"{where}: free {_mib(sample.free_pages)} ({sample.free_pages} pages), expected {_range_text(exp, _mib)}"
+    names = _names(exp, scenario)
+    if exp.check is Check.SUM:
+        missing = [n for n in names if n not in sample.domains]
+        total = sum(sample.domains[n]["current_pages"] for n in names if n in sample.domains)
+        gone = f" (no domain: {', '.join(missing)})" if missing else ""
+        return _in_range(total, exp), f"{where}: {'+'.join(names)} = {_mib(total)} ({total} pages){gone}, expected {_range_text(exp, _mib)}"
     bad = []
     for n in names:
         d = sample.domains.get(n)
@@ -239,8 +441,28 @@ def evaluate(exp: Expectation, rec: Recording, scenario: Scenario) -> tuple[bool
             continue
         gap = d["target_pages"] - d["current_pages"]
         if exp.check is Check.AT_TARGET and abs(gap) > exp.pages:
-            bad.append(f"{n}: {gap:+d} pages from target")
+            bad.append(f"{n}: {gap:+d} pages from target, not within {exp.pages}")
         if exp.check is Check.OFF_TARGET and abs(gap) <= exp.pages:
-            bad.append(f"{n}: {gap:+d} pages from target")
-    where = f"at {sample.t:.1f} s"
+            bad.append(f"{n}: {gap:+d} pages from target, not more than {exp.pages}")
     return (not bad), (f"{where}: " + "; ".join(bad) if bad else f"{where}: {', '.join(names)} ok")
+
+
+def _driver(exp: Expectation, rec: Recording, scenario: Scenario) -> tuple[bool, str]:
+    found = driver_samples(exp, rec, scenario)
+    if found is None:
+        missing = [n for n in _names(exp, scenario) if driver_samples(Expectation(exp.check, (n,), at=exp.at), rec, scenario) is None]
+        return False, f"no report from {', '.join(missing)} at or after {exp.at:g} s"
+    key = {Check.STATE: "state", Check.RETRY_COUNT: "retry_count", Check.SCHEDULE_DELAY: "schedule_delay"}[exp.check]
+    bad, seen = [], []
+    for name, sample in found.items():
+        value: Any = sample.domains[name]["balloon"].get(key)
+        at = sample.reported_at(name, rec.speed)
+        seen.append(f"{name} {value} (reported at {at:.2f} s)")
+        if exp.check is Check.STATE:
+            ok = value == exp.state
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _in_range(value, exp)
+        if not ok:
+            bad.append(name)
+    want = exp.state if exp.check is Check.STATE else _range_text(exp, lambda v: f"{v:g}")
+    return not bad, f"{'; '.join(seen)}; expected {want}"

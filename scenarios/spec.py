@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from wire import heartbeat
 from wire.control import from_human
 from wire.sizes import size_to_pages
 
@@ -31,6 +32,11 @@ class Action(enum.StrEnum):
     BEHAVE = "behave"  # change a running guest's control keys (wire/control.py): rate, stuck, floor, ceiling, ...
 
 
+class StepOutcome(enum.StrEnum):
+    ACCEPTED = "accepted"  # done: the toolstack's operation succeeded, the signal sent, the process started
+    REFUSED = "refused"  # the hypervisor refused the toolstack's operation (or could not be reached)
+
+
 class Check(enum.StrEnum):
     AT_TARGET = "at-target"  # every named guest within `pages` of its target by time `by`, and still at `by`
     OFF_TARGET = "off-target"  # every named guest still more than `pages` from its target at time `by`
@@ -38,6 +44,19 @@ class Check(enum.StrEnum):
     EXITED = "exited"  # the named processes are gone at the end (e.g. nothing left running)
     LINE_DISABLED = "line-disabled"  # the named guests' genirq disabled `irq` (nobody cared)
     LINE_ENABLED = "line-enabled"  # ...or did not
+    STATE = "state"  # every named guest's driver reports `state` in its first report at or after `at`
+    RETRY_COUNT = "retry-count"  # ...its retry_count in [min, max]
+    SCHEDULE_DELAY = "schedule-delay"  # ...its schedule_delay (seconds, Linux's) in [min, max]
+    FREE = "free"  # the pool's free memory at `at` is in [min, max] (sizes)
+    SUM = "sum"  # the named guests' memory together at `at` is in [min, max] (sizes)
+    STEP = "step"  # the timeline's `action` on `target` (at `at`, if given) had `outcome`
+
+
+# The driver's states a `state` expectation may name: those the heartbeat schema accepts.
+DRIVER_STATES = tuple(sorted(heartbeat.DRIVER_STATES))
+# Checks judged on one moment `at` of the run; the driver's figures on its first report after it.
+MOMENT_CHECKS = frozenset({Check.STATE, Check.RETRY_COUNT, Check.SCHEDULE_DELAY, Check.FREE, Check.SUM})
+DRIVER_CHECKS = frozenset({Check.STATE, Check.RETRY_COUNT, Check.SCHEDULE_DELAY})
 
 
 @dataclass(frozen=True)
@@ -59,8 +78,9 @@ class GuestSpec:
     sticky_at: float | None = None  # stops moving for good at this time (a `behave` step: stuck = true)
     args: tuple[str, ...] = ()  # further `guest run` flags, passed through
 
-    def cli_args(self, hypervisor: str, irqbus: str | None) -> list[str]:
+    def cli_args(self, hypervisor: str, irqbus: str | None, speed: float = 1.0) -> list[str]:
         out = ["run", "--name", self.name, "--memory", self.memory, "--hypervisor", hypervisor]
+        out += ["--speed", f"{speed:g}"] if speed != 1.0 else []  # the guest's clock runs `speed` times faster
         out += ["--maxmem", self.maxmem] if self.maxmem else []
         out += ["--workload", self.workload] if self.workload else []
         out += ["--ceiling", self.ceiling] if self.ceiling else []
@@ -109,10 +129,16 @@ class Step:
     target: str
     size: str | None = None
     keys: tuple[tuple[str, Any], ...] = ()  # behave: (wire key, value) pairs for guest_set
+    expect: StepOutcome = StepOutcome.ACCEPTED  # any other outcome fails the scenario
 
     @property
     def control(self) -> dict[str, Any]:
         return dict(self.keys)
+
+    @property
+    def label(self) -> str:
+        keys = " ".join(f"{k}={v}" for k, v in self.keys)
+        return " ".join(x for x in (str(self.action), self.target, self.size or "", keys) if x)
 
 
 @dataclass(frozen=True)
@@ -122,6 +148,18 @@ class Expectation:
     by: float | None = None
     pages: int = 0
     irq: int | None = None
+    at: float | None = None  # the moment of a MOMENT_CHECKS check, or (optionally) of a step
+    state: str | None = None  # Check.STATE
+    low: float | None = None  # `min`: retry_count, schedule_delay seconds, or pages (free, sum)
+    high: float | None = None  # `max`, likewise
+    action: Action | None = None  # Check.STEP: which steps
+    target: str | None = None
+    outcome: StepOutcome | None = None
+
+    @property
+    def moment(self) -> float | None:
+        """The scenario time the expectation is about, if it is about one."""
+        return self.by if self.by is not None else self.at if self.check in MOMENT_CHECKS else None
 
 
 @dataclass(frozen=True)
@@ -137,6 +175,9 @@ class Scenario:
     irqbus: bool = False
     sample_interval: float = 0.1
     path: Path | None = field(default=None, compare=False)
+    # Every timer and the timeline run `speed` times faster; times in the file and the report
+    # stay scenario seconds (the guests' figures stay Linux seconds).
+    speed: float = 1.0
 
     def guest(self, name: str) -> GuestSpec:
         return next(g for g in self.guests if g.name == name)
@@ -234,35 +275,94 @@ def _behave_keys(data: dict[str, Any], where: str) -> tuple[tuple[str, Any], ...
     return tuple(keys)
 
 
-def _step(data: dict[str, Any], where: str) -> Step:
-    _table(data, where, {"at": _NUM, "action": str, "target": str, "size": str, **_BEHAVE_KEYS}, ("at", "action", "target"))
+def _enum(kind: type[enum.StrEnum], value: str, where: str) -> Any:
     try:
-        action = Action(data["action"])
+        return kind(value)
     except ValueError:
-        raise ScenarioError(f"{where}.action: expected one of {[a.value for a in Action]}") from None
+        raise ScenarioError(f"{where}: expected one of {[k.value for k in kind]}, got {value!r}") from None
+
+
+def _step(data: dict[str, Any], where: str) -> Step:
+    _table(
+        data, where, {"at": _NUM, "action": str, "target": str, "size": str, "expect": str, **_BEHAVE_KEYS},
+        ("at", "action", "target"),
+    )
+    action = _enum(Action, data["action"], f"{where}.action")
+    expect = _enum(StepOutcome, data.get("expect", "accepted"), f"{where}.expect")
     if action is Action.BEHAVE:
-        return Step(float(data["at"]), action, data["target"], keys=_behave_keys(data, where))
+        return Step(float(data["at"]), action, data["target"], keys=_behave_keys(data, where), expect=expect)
     if set(data) & set(_BEHAVE_KEYS):
         raise ScenarioError(f"{where}: {sorted(set(data) & set(_BEHAVE_KEYS))} belong to a 'behave' step")
     if action in {Action.MEM_SET, Action.MEM_MAX}:
         if "size" not in data:
             raise ScenarioError(f"{where}: '{action}' needs a 'size'")
         _size(data["size"], f"{where}.size")
-    return Step(float(data["at"]), action, data["target"], data.get("size"))
+    return Step(float(data["at"]), action, data["target"], data.get("size"), expect=expect)
+
+
+# The keys each check takes beside `check`: (required, optional). The checks written before the
+# per-check tables keep their common set, so older files load unchanged.
+_COMMON = {"guests": list, "by": _NUM, "pages": int, "irq": int}
+_RANGE = {"min": _NUM, "max": _NUM}
+_SIZES = {"min": str, "max": str}
+_CHECK_KEYS: dict[Check, tuple[tuple[str, ...], dict[str, Any]]] = {
+    Check.AT_TARGET: (("by",), _COMMON),
+    Check.OFF_TARGET: (("by",), _COMMON),
+    Check.AUDIT: ((), _COMMON),
+    Check.EXITED: ((), _COMMON),
+    Check.LINE_DISABLED: (("irq", "guests"), _COMMON),
+    Check.LINE_ENABLED: (("irq", "guests"), _COMMON),
+    Check.STATE: (("at", "state"), {"at": _NUM, "guests": list, "state": str}),
+    Check.RETRY_COUNT: (("at",), {"at": _NUM, "guests": list, **_RANGE}),
+    Check.SCHEDULE_DELAY: (("at",), {"at": _NUM, "guests": list, **_RANGE}),
+    Check.FREE: (("at",), {"at": _NUM, **_SIZES}),
+    Check.SUM: (("at",), {"at": _NUM, "guests": list, **_SIZES}),
+    Check.STEP: (("action", "target", "outcome"), {"action": str, "target": str, "outcome": str, "at": _NUM}),
+}
+_WHY = {
+    "by": "seconds after the timeline starts", "at": "seconds after the timeline starts", "irq": "an IRQ number",
+    "guests": "a list of guest names", "state": f"one of {list(DRIVER_STATES)}", "action": "a timeline action",
+    "target": "the step's target", "outcome": "accepted or refused",
+}
+
+
+def _range(data: dict[str, Any], where: str, sizes: bool) -> tuple[float | None, float | None]:
+    if "min" not in data and "max" not in data:
+        raise ScenarioError(f"{where}: give 'min', 'max' or both")
+    low, high = (
+        (size_to_pages(_size(data[k], f"{where}.{k}")) if sizes else float(data[k])) if k in data else None for k in ("min", "max")
+    )
+    if low is not None and high is not None and low > high:
+        raise ScenarioError(f"{where}: 'min' ({data['min']}) is above 'max' ({data['max']})")
+    return low, high
 
 
 def _expectation(data: dict[str, Any], where: str) -> Expectation:
-    _table(data, where, {"check": str, "guests": list, "by": _NUM, "pages": int, "irq": int}, ("check",))
-    try:
-        check = Check(data["check"])
-    except ValueError:
-        raise ScenarioError(f"{where}.check: expected one of {[c.value for c in Check]}") from None
-    if check in {Check.AT_TARGET, Check.OFF_TARGET} and "by" not in data:
-        raise ScenarioError(f"{where}: '{check}' needs 'by' (seconds after the timeline starts)")
-    if check in {Check.LINE_DISABLED, Check.LINE_ENABLED} and ("irq" not in data or not data.get("guests")):
-        raise ScenarioError(f"{where}: '{check}' needs 'irq' and 'guests'")
+    if "check" not in data:
+        raise ScenarioError(f"{where}: missing 'check' (one of {[c.value for c in Check]})")
+    check = _enum(Check, data["check"], f"{where}.check")
+    required, optional = _CHECK_KEYS[check]
+    unknown = set(data) - set(optional) - {"check"}
+    if unknown:
+        raise ScenarioError(f"{where}: '{check}' takes {sorted(optional)}; unknown key(s) {sorted(unknown)}")
+    for key in required:
+        if key not in data:
+            raise ScenarioError(f"{where}: '{check}' needs '{key}' ({_WHY.get(key, key)})")
+    _table(data, where, {"check": str, **optional}, ())
+    extra: dict[str, Any] = {}
+    if check is Check.STATE:
+        if data["state"] not in DRIVER_STATES:
+            raise ScenarioError(f"{where}.state: expected one of {list(DRIVER_STATES)}, got {data['state']!r}")
+        extra["state"] = data["state"]
+    if check in {Check.RETRY_COUNT, Check.SCHEDULE_DELAY, Check.FREE, Check.SUM}:
+        extra["low"], extra["high"] = _range(data, where, sizes=check in {Check.FREE, Check.SUM})
+    if check is Check.STEP:
+        extra["action"] = _enum(Action, data["action"], f"{where}.action")
+        extra["target"] = data["target"]
+        extra["outcome"] = _enum(StepOutcome, data["outcome"], f"{where}.outcome")
     by = float(data["by"]) if "by" in data else None
-    return Expectation(check, tuple(data.get("guests", ())), by, data.get("pages", 0), data.get("irq"))
+    at = float(data["at"]) if "at" in data else None
+    return Expectation(check, tuple(data.get("guests", ())), by, data.get("pages", 0), data.get("irq"), at=at, **extra)
 
 
 def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
@@ -270,10 +370,13 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
     _table(
         data, where,
         {"name": str, "description": str, "memory": str, "duration": _NUM, "irqbus": bool, "sample_interval": _NUM,
-         "defaults": dict, "guest": list, "device": list, "timeline": list, "expect": list},
+         "defaults": dict, "guest": list, "device": list, "timeline": list, "expect": list, "speed": _NUM},
         ("name", "memory", "duration", "guest"),
     )
     _size(data["memory"], f"{where}.memory")
+    for key in ("duration", "sample_interval", "speed"):
+        if key in data and not data[key] > 0:
+            raise ScenarioError(f"{where}.{key}: expected a number above 0, got {data[key]!r}")
     defaults = data.get("defaults", {})
     guests = tuple(_guest(g, f"guest[{i}]", defaults) for i, g in enumerate(data["guest"]))
     names = [g.name for g in guests]
@@ -294,6 +397,12 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
         for name in exp.guests:
             if name not in names:
                 raise ScenarioError(f"expect[{i}].guests: no guest {name!r}")
+        if exp.moment is not None and exp.moment > float(data["duration"]):
+            raise ScenarioError(f"expect[{i}]: its time ({exp.moment:g} s) is after the scenario's duration ({data['duration']} s)")
+        if exp.check is Check.STEP and not any(
+            st.action is exp.action and st.target == exp.target and exp.at in (None, st.at) for st in timeline
+        ):
+            raise ScenarioError(f"expect[{i}]: no timeline step {exp.action} {exp.target}" + (f" at {exp.at:g} s" if exp.at is not None else ""))
     for d in devices:
         if d.guest not in names:
             raise ScenarioError(f"device {d.name!r}: no guest {d.guest!r}")
@@ -305,7 +414,7 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
     return Scenario(
         name=data["name"], description=data.get("description", ""), memory=data["memory"], duration=float(data["duration"]),
         guests=guests, devices=devices, timeline=timeline, expectations=expectations, irqbus=irqbus,
-        sample_interval=float(data.get("sample_interval", 0.1)), path=path,
+        sample_interval=float(data.get("sample_interval", 0.1)), path=path, speed=float(data.get("speed", 1.0)),
     )
 
 

@@ -412,6 +412,11 @@ def _host_call(draw: Any, world: HostWorld, op: str) -> tuple[str, dict[str, Any
     if op == "list":  # a page: from the first domain, or after one
         after = draw(st.sampled_from((-1, *(d.domid for d in world.domains))) | st.integers(-1, MAX_DOMID))
         return client, {"after": after} if draw(st.booleans()) else {}
+    if op == "snapshot":  # a new one, or a later page of one (of this client's, or made up)
+        if not draw(st.booleans()):
+            return client, {}
+        after = draw(st.sampled_from((-1, *(d.domid for d in world.domains))) | st.integers(-1, MAX_DOMID))
+        return client, {"snapshot": draw(st.integers(1, 8) | st.integers(1, MAX_SEQ)), "after": after}
     if op in ("info", "audit"):
         return client, {}
     if op not in ("mem_set", "mem_max", "destroy", "guest_set"):

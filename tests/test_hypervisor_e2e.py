@@ -77,6 +77,9 @@ def test_toolstack_commands_against_a_running_hypervisor(host, raw):
     assert "web" in table.stdout and "16" in table.stdout  # 4096 pages = 16 MiB
     (row,) = host.json("list")
     assert (row["current_pages"], row["target_pages"], row["max_pages"]) == (4096, 4096, 8192)
+    snap = host.json("snapshot")
+    assert (snap["total_pages"], snap["free_pages"], [d["name"] for d in snap["domains"]]) == (16384, 12288, ["web"])
+    assert "12288 + 4096 = 16384 of 16384 pages" in host.tool("snapshot").stdout
 
     assert host.tool("mem-set", "web", "24m").returncode == 0
     assert host.domains()["web"]["target_pages"] == 6144

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from scenarios.recording import Recording, Sample
 from scenarios.runner import evaluate
 from scenarios.spec import Action, Check, Expectation, ScenarioError, load, parse
+from wire.sizes import size_to_pages
 
 pytestmark = pytest.mark.timeout(10)
 SHIPPED = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.toml"))
@@ -174,3 +176,174 @@ def test_bad_behave_steps_are_refused_by_name(step, words):
     with pytest.raises(ScenarioError) as err:
         parse(data)
     assert words in str(err.value)
+
+
+# --- issue 10: steps' outcomes, the new expectations, speed ------------------------------------
+
+from scenarios.clock import ScenarioClock  # noqa: E402
+from scenarios.recording import StepRecord  # noqa: E402
+from scenarios.runner import last_error, unbalanced  # noqa: E402
+from scenarios.spec import StepOutcome  # noqa: E402
+
+
+def test_a_step_may_expect_to_be_refused():
+    s = parse(with_change(("timeline", 0, "expect"), "refused"))
+    assert [st.expect for st in s.timeline] == [StepOutcome.ACCEPTED, StepOutcome.REFUSED]
+    with pytest.raises(ScenarioError, match=r"timeline\[0\].expect: expected one of \['accepted', 'refused'\]"):
+        parse(with_change(("timeline", 0, "expect"), "maybe"))
+
+
+NEW = {
+    "state": {"check": "state", "at": 2, "guests": ["a"], "state": "retrying"},
+    "retry-count": {"check": "retry-count", "at": 2, "min": 1, "max": 4},
+    "schedule-delay": {"check": "schedule-delay", "at": 2, "max": 32},
+    "free": {"check": "free", "at": 2, "min": "10m"},
+    "sum": {"check": "sum", "at": 2, "guests": ["a", "b"], "min": "64m", "max": "128m"},
+    "step": {"check": "step", "action": "mem-set", "target": "a", "outcome": "refused"},
+}
+
+
+@pytest.mark.parametrize("kind", NEW)
+def test_the_new_expectations_parse(kind):
+    exp = parse(with_change(("expect",), [NEW[kind]])).expectations[0]
+    assert exp.check == kind
+    if kind in ("free", "sum"):
+        assert exp.low == size_to_pages(NEW[kind]["min"])
+    if kind == "step":
+        assert (exp.action, exp.target, exp.outcome, exp.moment) == (Action.MEM_SET, "a", StepOutcome.REFUSED, None)
+    else:
+        assert exp.moment == 2.0
+
+
+@pytest.mark.parametrize(
+    "kind, change, words",
+    [
+        ("state", {"state": "sleepy"}, "expected one of ['cancelled', 'done', 'hard-limited', 'retrying']"),
+        ("state", {"at": None}, "'state' needs 'at'"),
+        ("state", {"by": 2}, "unknown key(s) ['by']"),
+        ("retry-count", {"min": None, "max": None}, "give 'min', 'max' or both"),
+        ("retry-count", {"min": 5}, "'min' (5) is above 'max' (4)"),
+        ("retry-count", {"min": "1"}, "expect[0].min: expected"),
+        ("free", {"min": "lots"}, "expect[0].min"),
+        ("free", {"guests": ["a"]}, "unknown key(s) ['guests']"),
+        ("sum", {"guests": ["zed"]}, "no guest 'zed'"),
+        ("sum", {"at": 9}, "after the scenario's duration"),
+        ("step", {"outcome": "ignored"}, "expect[0].outcome"),
+        ("step", {"target": "b"}, "no timeline step mem-set b"),
+        ("step", {"at": 3}, "no timeline step mem-set a at 3 s"),
+    ],
+)
+def test_the_new_expectations_refuse_mistakes_by_name(kind, change, words):
+    data = dict(NEW[kind])
+    for key, value in change.items():
+        data.pop(key) if value is None else data.__setitem__(key, value)
+    with pytest.raises(ScenarioError) as err:
+        parse(with_change(("expect",), [data]))
+    assert words in str(err.value)
+
+
+def test_an_expectation_without_check_is_refused():
+    with pytest.raises(ScenarioError, match=r"expect\[0\]: missing 'check'"):
+        parse(with_change(("expect",), [{"by": 2}]))
+
+
+def test_speed_is_parsed_passed_to_guests_and_scales_the_clock():
+    s = parse({**GOOD, "speed": 20})
+    assert s.speed == 20.0
+    args = s.guests[0].cli_args("ipc://x", None, speed=s.speed)
+    assert args[args.index("--speed") + 1] == "20"
+    assert "--speed" not in s.guests[0].cli_args("ipc://x", None)
+    for bad in (0, -1, "fast"):
+        with pytest.raises(ScenarioError, match="speed"):
+            parse({**GOOD, "speed": bad})
+    now = [100.0]
+    clock = ScenarioClock(20, monotonic=lambda: now[0])
+    now[0] = 100.25
+    assert clock.now() == 5.0  # a quarter of a real second is 5 scenario seconds
+    assert clock.real(32.0) == 1.6 and clock.scenario(0.1) == 2.0  # Linux's 32 s backoff; a report's age
+    clock.restart()
+    assert clock.now() == 0.0
+
+
+def stats(state: str = "retrying", retry: int = 3, delay: float = 4.0) -> dict:
+    return {"state": state, "retry_count": retry, "schedule_delay": delay}
+
+
+def test_driver_expectations_are_judged_on_the_first_report_after_their_moment():
+    def row(current, state, reported_s):
+        return {"current_pages": current, "target_pages": 300, "balloon": stats(state), "reported_s": reported_s}
+
+    rec = Recording(
+        [
+            Sample(1.0, 0, {"a": row(100, "retrying", 0.0)}, 100),
+            Sample(2.1, 0, {"a": row(300, "retrying", 0.2)}, 300),  # reported at 1.9 s: before the moment
+            Sample(2.3, 0, {"a": row(300, "done", 0.1)}, 300),  # reported at 2.2 s
+        ]
+    )
+    s = parse(GOOD)
+    exp = parse(with_change(("expect",), [dict(NEW["state"], state="done")])).expectations[0]
+    ok, detail = evaluate(exp, rec, s)
+    assert ok and "reported at 2.20 s" in detail
+    assert not evaluate(replace(exp, at=2.25), rec, s)[0] and "no report from a" in evaluate(replace(exp, at=2.25), rec, s)[1]
+    count = Expectation(Check.RETRY_COUNT, ("a",), at=2.0, low=1, high=2)
+    assert not evaluate(count, rec, s)[0] and "expected 1..2" in evaluate(count, rec, s)[1]
+    assert evaluate(replace(count, high=3), rec, s)[0]
+    delay = Expectation(Check.SCHEDULE_DELAY, ("a",), at=2.0, low=8)
+    assert not evaluate(delay, rec, s)[0]
+
+
+def test_free_sum_and_step_expectations_judge_their_figures():
+    rec = Recording(
+        [Sample(0.0, 50, {"a": dom(100, 100), "b": dom(150, 150)}, 300), Sample(3.0, 50, {"a": dom(100, 100), "b": dom(150, 150)}, 300)],
+        [StepRecord(0.5, "mem-set a 32m", "refused", "EINVAL: no", "refused", 1.0, "mem-set", "a")],
+    )
+    s = parse(GOOD)
+    assert evaluate(Expectation(Check.FREE, at=2.0, low=40, high=60), rec, s)[0]
+    assert not evaluate(Expectation(Check.FREE, at=2.0, low=51), rec, s)[0]
+    assert evaluate(Expectation(Check.SUM, ("a", "b"), at=2.0, low=250, high=250), rec, s)[0]
+    assert not evaluate(Expectation(Check.SUM, ("a",), at=2.0, low=250), rec, s)[0]
+    assert not evaluate(Expectation(Check.FREE, at=4.0, low=0), rec, s)[0]  # the run ended before 4 s
+    step = Expectation(Check.STEP, action=Action.MEM_SET, target="a", outcome=StepOutcome.REFUSED)
+    assert evaluate(step, rec, s) == (True, "at 0.50 s refused (EINVAL: no)")
+    assert not evaluate(replace(step, outcome=StepOutcome.ACCEPTED), rec, s)[0]
+
+
+def test_unbalanced_samples_are_named_with_their_time_and_figures():
+    rec = Recording([Sample(0.5, 10, {"a": dom(80, 80)}, 100), Sample(1.25, 30, {"a": dom(70, 70)}, 100)])
+    assert unbalanced(rec) == ["at 0.50 s: free 10 + domains 80 = 90 pages, not the total 100"]
+
+
+def test_settled_since_is_the_last_arrival_at_target():
+    rec = Recording(
+        [Sample(0.0, 0, {"a": dom(1, 1)}), Sample(1.0, 0, {"a": dom(1, 2)}), Sample(2.0, 0, {"a": dom(2, 2)}), Sample(3.0, 0, {"a": dom(2, 2)})]
+    )
+    assert rec.converged_at() == 0.0 and rec.settled_since() == 2.0
+    rec.samples.append(Sample(4.0, 0, {"a": dom(2, 3)}))
+    assert rec.settled_since() is None
+
+
+def test_last_error_is_the_last_error_line_else_the_last_words():
+    log = '{"event": "registering", "level": "info"}\n{"event": "refused by the hypervisor", "level": "error", "error": "ENOMEM", "message": "cannot build"}\nguest x: ENOMEM: cannot build\n'
+    assert last_error(log) == "refused by the hypervisor: ENOMEM: cannot build"
+    assert last_error("usage: guest run ...\nguest: error: bad --memory\n") == "guest: error: bad --memory"
+    assert last_error("") == "(its log is empty)"
+
+
+@pytest.mark.timeout(60)  # five short-lived processes, on a loaded machine
+def test_a_process_that_exits_on_its_own_with_an_error_misbehaved(tmp_path):
+    from scenarios.runner import Runner
+
+    s = parse(with_change(("expect",), [{"check": "exited", "guests": ["b"]}]))
+    runner = Runner(s)
+    try:
+        procs = runner.procs
+        failing = [procs.start(name, "json.tool", str(tmp_path / "missing.json")) for name in ("a", "a", "b", "c")]
+        killed = procs.start("d", "json.tool", str(tmp_path / "missing.json"))
+        runner._signalled.add(killed.pid)  # the runner's own kill
+        for proc in [*failing, killed]:
+            proc.wait(10)
+        problems = runner._misbehaved()
+    finally:
+        runner.procs.stop_all()
+    assert [p.split(" exited")[0] for p in problems] == ["a", "a (instance 1, a.1.log)", "c"]  # b may exit: an expectation says so
+    assert all("with status 2: " in p and "No such file" in p for p in problems), problems

@@ -16,7 +16,7 @@ from hypervisor.toolstack import format_list
 from hypervisor.top import Frame, render
 from irqbus.show import format_show
 from scenarios import report
-from scenarios.recording import Recording, Sample
+from scenarios.recording import Recording, Sample, StepRecord
 from scenarios.runner import Run
 from scenarios.spec import Scenario
 from tests.processes import REPO, Irqbus
@@ -73,13 +73,14 @@ def test_a_guests_proc_interrupts_keeps_its_lines_and_loses_its_escapes():
 def test_the_scenario_report_and_progress_escape_names_and_states():
     sample = Sample(1.0, 0, {"web" + ESC: row(balloon_state="done" + ESC)})
     scenario = Scenario(name="s", description="", memory="64m", duration=1.0, guests=())
-    run = Run(scenario, Recording(samples=[sample]), audit_text="books balance" + ESC)
-    assert clean(report.text(run)) and ESCAPED in report.text(run)
+    step = StepRecord(1.0, "destroy web" + ESC, "refused", "ESRCH: no domain 'web" + ESC + "'")
+    run = Run(scenario, Recording(samples=[sample], steps=[step]), audit_text="books balance" + ESC)
+    assert clean(report.text(run)) and report.text(run).count(ESCAPED) >= 4
     out = io.StringIO()
     progress = report.Progress(out=out)
     progress.sample(sample)
-    progress.step(1.0, "destroy web" + ESC)
-    assert clean(out.getvalue()) and out.getvalue().count("\\x1b") >= 2
+    progress.step(step)
+    assert clean(out.getvalue()) and out.getvalue().count("\\x1b") >= 3
 
 
 @pytest.mark.timeout(60)

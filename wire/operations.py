@@ -356,6 +356,8 @@ OPERATIONS: dict[str, Operation] = {
         # admin endpoint: the toolstack
         Operation("list", Endpoint.ADMIN, {}, {"after": integer(-1, MAX_DOMID)}, read_only=True),
         Operation("info", Endpoint.ADMIN, read_only=True),
+        # the pool and every domain at one instant; `snapshot` + `after` read its later pages
+        Operation("snapshot", Endpoint.ADMIN, {}, {"snapshot": integer(1, MAX_SEQ), "after": integer(-1, MAX_DOMID)}, read_only=True),
         Operation("mem_set", Endpoint.ADMIN, {"domain": domain_ref, "target_pages": integer(0, MAX_DOMAIN_PAGES)}),
         Operation("mem_max", Endpoint.ADMIN, {"domain": domain_ref, "max_pages": _pages}),
         Operation("destroy", Endpoint.ADMIN, {"domain": domain_ref}),
