@@ -76,7 +76,9 @@ def test_two_devices_sharing_one_pin_each_driver_counts_its_own(procs, host, bus
     assert max(expect.values()) <= row["count"] <= sum(expect.values()) and row["irqs_unhandled"] == 0
     text = procs.run("guest", "interrupts", "vm1", "--irqbus", bus.endpoint)
     assert text.returncode == 0, text.stderr
-    assert re.search(rf"^  5: +{row['count']} +XT-PIC +5 Level +-level +nic0, disk0$", text.stdout, re.M), text.stdout
+    # x86's /proc/interrupts: an i8259 line has no hwirq, no Level/Edge and no handler name
+    assert re.search(rf"^  5: +{row['count']}   XT-PIC      nic0, disk0$", text.stdout, re.M), text.stdout
+    assert re.search(r"^ERR: +0$", text.stdout, re.M), text.stdout
     g = bus.show()["vm1"]
     assert not any(d["status"] for d in g["devices"]) and g["pic"]["lines"] == 0
     shown = bus.cmd("show")
