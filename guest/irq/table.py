@@ -6,8 +6,8 @@ remaining IOAPIC pins, and numbers from 24 up are handed out on demand for MSI /
 virtual (event-channel) interrupts — lowest free number first, as irq_alloc_descs does.
 
 The table also carries what every flow handler shares: the spurious policy, the lazy-disable
-setting, the latest time seen and the events (nobody cared, faulty handlers) waiting for the
-shell to log them.
+setting, the latest time seen and the events (nobody cared, bogus return values, faulty
+handlers) waiting for the shell to log them.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class IrqTable:
         self.spurious = spurious if spurious is not None else SpuriousPolicy()
         self.lazy_disable = lazy_disable
         self.last_now = 0.0
-        self.events: list[Any] = []  # NobodyCared | HandlerFault, drained by the shell
+        self.events: list[Any] = []  # NobodyCared | BogusReturn | HandlerFault, drained by the shell
         self.max_events = max_events
         self.events_dropped = 0
         self.bad_irq_reports = 0  # bogus return values reported so far (spurious.py's limit)
