@@ -84,6 +84,9 @@ COMMANDS = [
     (guest_cli, ["run", "--memory", "١m"], "--memory"),
     (guest_cli, ["run", "--memory", "1m", "--retry-delay", "inf"], "--retry-delay"),
     (guest_cli, ["run", "--memory", "1m", "--max-retry-delay", "100000"], "--max-retry-delay"),
+    (guest_cli, ["run", "--memory", "1m", "--irq-quiet", "٠.٥"], "--irq-quiet"),
+    (guest_cli, ["run", "--memory", "1m", "--irq-quiet", "0"], "--irq-quiet"),
+    (guest_cli, ["run", "--memory", "1m", "--irq-quiet", "nan"], "--irq-quiet"),
 ]
 
 
