@@ -58,7 +58,8 @@ _UINT = 0xFFFFFFFF  # irqreturn_t is a C enum: what a handler returns is read as
 
 @dataclass(frozen=True, slots=True)
 class HandlerFault:
-    """A handler raised or returned a bogus value; recorded for the shell to log."""
+    """A handler raised, returned something that is not an integer, or answered IRQ_WAKE_THREAD
+    with no thread to wake (warn_no_thread); recorded for the shell to log."""
 
     irq: int
     action: str
