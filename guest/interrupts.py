@@ -19,7 +19,7 @@ import structlog
 import zmq
 
 from guest.drivers import Driver, DriverSpec
-from guest.irq import HandlerFault, IrqSetupError, NobodyCared, SpuriousPolicy
+from guest.irq import BogusReturn, HandlerFault, IrqSetupError, NobodyCared, SpuriousPolicy
 from guest.irqlink import IrqLink, Request
 from wire import envelope
 from wire import multipart
@@ -212,8 +212,8 @@ class IrqbusAttachment:
             self.log.warning("irqbus forgot this guest; attaching again", endpoint=self.endpoint)
 
     def _report(self, now: float) -> None:
-        """Log what the interrupt subsystem recorded: one line per nobody-cared or faulty
-        handler; unknown vectors at most once a second."""
+        """Log what the interrupt subsystem recorded: one line per nobody-cared, bogus return
+        value or faulty handler; unknown vectors at most once a second."""
         for event in self.link.events():
             if isinstance(event, NobodyCared):
                 self.log.error(
@@ -224,6 +224,8 @@ class IrqbusAttachment:
                     window=event.window,
                     message=event.message,
                 )
+            elif isinstance(event, BogusReturn):
+                self.log.error("bogus return value", irq=event.irq, value=event.value, actions=list(event.actions), message=event.message)
             elif isinstance(event, HandlerFault):
                 self.log.warning("handler fault", irq=event.irq, action=event.action, reason=event.reason)
         unknown = self.link.unknown_vectors

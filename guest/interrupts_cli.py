@@ -15,12 +15,17 @@ import structlog
 
 from guest.drivers import DriverSpec, check_specs, parse_device
 from guest.interrupts import IrqbusAttachment
+from guest.irq import SpuriousPolicy
 from guest.service import Attachment
 from wire import endpoints
+from wire.arguments import positive_number
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable, report_failure
 from wire.operations import VIRQS
 from wire.shown import for_terminal
+
+
+MAX_IRQ_QUIET_S = 3600.0
 
 
 def _device(text: str) -> DriverSpec:
@@ -45,6 +50,15 @@ def interrupts_options(run: argparse.ArgumentParser) -> None:
         help="a driver for device NAME on pin N (0-15 i8259, 16-23 IOAPIC) or on MSI-X; repeatable",
     )
     group.add_argument(
+        "--irq-quiet",
+        type=positive_number("a positive number of seconds", MAX_IRQ_QUIET_S),
+        default=SpuriousPolicy().quiet,
+        metavar="SECONDS",
+        help="spurious-interrupt detection: an unhandled streak restarts after this long without an "
+        "unhandled interrupt (Linux: HZ/10 = 0.1 s; raise it where the guest's processes may be "
+        "descheduled for longer, or a storm never looks continuous)",
+    )
+    group.add_argument(
         "--no-memory-interrupt",
         action="store_true",
         help="do not bind the hypervisor's memory-available interrupt: retry on the timer only (to compare)",
@@ -63,7 +77,8 @@ def interrupt_attachments(args: argparse.Namespace, log: structlog.typing.Filter
     except ValueError as err:
         return [], str(err)
     virqs = tuple(v for v in VIRQS if not (v == "memory" and args.no_memory_interrupt))
-    return [IrqbusAttachment(endpoint, args.device, log, virqs=virqs)], None
+    spurious = SpuriousPolicy(quiet=args.irq_quiet)
+    return [IrqbusAttachment(endpoint, args.device, log, spurious=spurious, virqs=virqs)], None
 
 
 def lines_for_terminal(text: str) -> str:

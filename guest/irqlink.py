@@ -122,7 +122,8 @@ class IrqLink:
         for name in self.virqs:
             if name not in self._vector_of_virq:
                 vector = self._allocate_vector()
-                irq = self.irq.allocate_dynamic(Chip.XEN_DYN, len(self._vector_of_virq), Trigger.EDGE)
+                # drivers/xen/events/events_base.c bind_virq_to_irq names the handler "virq"
+                irq = self.irq.allocate_dynamic(Chip.XEN_DYN, len(self._vector_of_virq), Trigger.EDGE, name="virq")
                 self.irq.request_irq(irq, self._virq_handler(name), VIRQ_ACTION[name], dev_id=name)
                 self._vector_of_virq[name] = vector
                 self._irq_of_vector[vector] = irq

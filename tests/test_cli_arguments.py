@@ -93,6 +93,9 @@ COMMANDS = [
     (guest_cli, ["run", "--memory", "1m", "--speed", "0"], "--speed"),
     (guest_cli, ["run", "--memory", "1m", "--kernel-floor", "٣m"], "--kernel-floor"),
     (guest_cli, ["run", "--memory", "1m", "--driver", "2.6"], "--driver"),
+    (guest_cli, ["run", "--memory", "1m", "--irq-quiet", "٠.٥"], "--irq-quiet"),
+    (guest_cli, ["run", "--memory", "1m", "--irq-quiet", "0"], "--irq-quiet"),
+    (guest_cli, ["run", "--memory", "1m", "--irq-quiet", "nan"], "--irq-quiet"),
 ]
 
 

@@ -140,8 +140,10 @@ def test_chip_operations_are_translated_per_controller():
     # i8259 level: mask, ack (= the 8259's EOI), unmask; the handler's clear rides along
     req = link.on_irq({"vector": 0x25, "status": {"a": 1}}, 1.0)
     assert req == Request("chip", {"ops": [{"kind": "mask", "pin": 5}, {"kind": "ack", "pin": 5}, {"kind": "unmask", "pin": 5}], "clear": [["a", 1]]})
-    # i8259 edge: ack
-    assert link.on_irq({"vector": 0x26, "status": {}}, 1.0) == Request("chip", {"ops": [{"kind": "ack", "pin": 6}]})
+    # i8259 edge: the same level flow (make_8259A_irq: handle_level_irq on every i8259 line)
+    assert link.on_irq({"vector": 0x26, "status": {}}, 1.0) == Request(
+        "chip", {"ops": [{"kind": "mask", "pin": 6}, {"kind": "ack", "pin": 6}, {"kind": "unmask", "pin": 6}]}
+    )
     # IOAPIC level: fasteoi sends the EOI
     req = link.on_irq({"vector": vectors["c"], "status": {"c": 2}}, 1.0)
     assert req == Request("chip", {"ops": [{"kind": "eoi", "pin": 19}], "clear": [["c", 2]]})
@@ -158,7 +160,9 @@ def test_unknown_vectors_and_malformed_events_are_counted_not_fatal():
     for args in [{"vector": 0x99}, {"vector": "x"}, {"vector": [1]}, None, "junk"]:
         assert link.on_irq(args, 1.0) is None
     assert link.unknown_vectors == 5
-    assert link.on_irq({"vector": 0x25, "status": {"a": "one"}}, 1.0) == Request("chip", {"ops": [{"kind": "ack", "pin": 5}]})
+    assert link.on_irq({"vector": 0x25, "status": {"a": "one"}}, 1.0) == Request(
+        "chip", {"ops": [{"kind": "mask", "pin": 5}, {"kind": "ack", "pin": 5}, {"kind": "unmask", "pin": 5}]}
+    )
     assert link.malformed == 1
     assert link.on_query({"what": "secrets", "query": 1}) is None and link.malformed == 2
 
@@ -169,7 +173,7 @@ def test_queries_are_answered_from_the_table():
     link.setup(link.drivers[0])
     text = link.on_query({"query": 7, "what": "interrupts", "format": "text"})
     assert text.op == "answer" and text.args["query"] == 7
-    assert "  5:          0    XT-PIC   5 Edge    -edge      a" in text.args["text"]
+    assert "  5:          0   XT-PIC      a" in text.args["text"].splitlines()
     rows = link.on_query({"query": 8, "what": "interrupts", "format": "json"}).args["rows"]
     assert [r["irq"] for r in rows] == [2, 5]
 

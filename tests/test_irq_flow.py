@@ -11,6 +11,7 @@ from guest.irq import (
     Chip,
     ChipOp,
     ChipOpKind,
+    Flow,
     HandlerFault,
     IrqError,
     IrqReturn,
@@ -101,14 +102,14 @@ def test_faulty_handlers_are_reported_not_fatal():
 
     good = Recorder()
     sub.request_irq(11, boom, "broken", dev_id=1, shared=True)
-    sub.request_irq(11, Recorder("yes"), "bogus", dev_id=2, shared=True)
+    sub.request_irq(11, Recorder("yes"), "not-an-int", dev_id=2, shared=True)
     sub.request_irq(11, good, "good", dev_id=3, shared=True)
-    assert sub.handle(11, 0.0) == ops(11, ACK)
+    assert sub.handle(11, 0.0) == ops(11, MASK, ACK, UNMASK)
     assert len(good.calls) == 1
     events = sub.events()
     assert [type(e) for e in events] == [HandlerFault, HandlerFault]
     assert events[0].action == "broken" and "device on fire" in events[0].message
-    assert events[1].action == "bogus" and "bogus return" in events[1].reason
+    assert events[1].action == "not-an-int" and "'yes', not an irqreturn_t" in events[1].reason
     assert not sub.lookup(11).has(IrqStatus.INPROGRESS)
     assert sub.lookup(11).irqs_unhandled == 0  # "good" handled it
     assert sub.events() == []  # drained
@@ -158,7 +159,9 @@ def test_level_flow_masks_acks_runs_unmasks():
 
 
 @pytest.mark.timeout(5)
-def test_level_while_disabled_is_not_latched():
+def test_level_while_disabled_is_not_replayed():
+    """chip.c handle_level_irq: a disabled line is mask+acked and PENDING is set
+    (irq_can_handle_actions); resend.c check_irq_resend drops PENDING on a level line."""
     sub = IrqSubsystem()
     rec = Recorder()
     sub.request_irq(9, rec, "acpi", trigger=Trigger.LEVEL)
@@ -166,13 +169,73 @@ def test_level_while_disabled_is_not_latched():
     assert sub.handle(9, 0.0) == ops(9, MASK, ACK)  # stays masked: no UNMASK
     assert rec.calls == []
     desc = sub.lookup(9)
-    assert desc.has(IrqStatus.MASKED) and not desc.has(IrqStatus.PENDING)
+    assert desc.has(IrqStatus.MASKED | IrqStatus.PENDING)
     assert desc.count == 0
     # Enabling only unmasks: a still-asserted level is delivered again by the controller.
     assert sub.enable_irq(9) == ops(9, UNMASK)
-    assert rec.calls == []
+    assert rec.calls == [] and not desc.has(IrqStatus.PENDING)
     assert sub.handle(9, 0.1) == ops(9, MASK, ACK, UNMASK)
     assert len(rec.calls) == 1
+
+
+@pytest.mark.timeout(5)
+def test_make_8259A_irq_every_isa_line_runs_handle_level_irq():
+    """arch/x86/kernel/irqinit.c init_ISA_irqs and i8259.c make_8259A_irq:
+    irq_set_chip_and_handler(irq, &i8259A_chip, handle_level_irq) for all 16 legacy lines,
+    whatever the ELCR says, and IRQ_LEVEL (5fa55950729d). No handler name is given."""
+    sub = IrqSubsystem()
+    for irq in range(16):
+        desc = sub.lookup(irq)
+        assert (desc.chip, desc.flow, desc.name, desc.is_level) == (Chip.XT_PIC, Flow.LEVEL, None, True)
+    rec = Recorder()
+    sub.request_irq(4, rec, "serial", trigger=Trigger.EDGE)  # an edge ISA device
+    desc = sub.lookup(4)
+    assert (desc.trigger, desc.flow) == (Trigger.EDGE, Flow.LEVEL)
+    # mask_ack_irq (mask_and_ack_8259A: IMR bit, then specific EOI), handlers, cond_unmask_irq
+    assert sub.handle(4, 0.0) == ops(4, MASK, ACK, UNMASK)
+    assert len(rec.calls) == 1
+
+
+@pytest.mark.timeout(5)
+def test_check_irq_resend_does_not_replay_an_edge_on_an_i8259_line():
+    """An edge that arrives while an i8259 line is disabled is mask+acked by handle_level_irq
+    (PENDING set by irq_can_handle_actions); enable_irq -> irq_startup -> check_irq_resend
+    finds irq_settings_is_level and only clears PENDING: the handler never sees that edge.
+    The same edge on an IOAPIC edge line is replayed (test_edge_while_disabled_...)."""
+    sub = IrqSubsystem()
+    rec = Recorder()
+    sub.request_irq(4, rec, "serial", trigger=Trigger.EDGE)
+    sub.disable_irq(4)
+    assert sub.handle(4, 0.0) == ops(4, MASK, ACK)
+    desc = sub.lookup(4)
+    assert desc.has(IrqStatus.PENDING | IrqStatus.MASKED | IrqStatus.DISABLED)
+    assert sub.enable_irq(4, now=0.1) == ops(4, UNMASK)
+    assert rec.calls == [] and desc.count == 0
+    assert not desc.has(IrqStatus.PENDING) and desc.status == IrqStatus.NONE
+    # The next edge the PIC latches (its IRR holds it while masked) runs normally.
+    assert sub.handle(4, 0.2) == ops(4, MASK, ACK, UNMASK)
+    assert len(rec.calls) == 1
+
+
+@pytest.mark.timeout(5)
+def test_handle_level_irq_on_an_i8259_line_does_not_loop_for_a_nested_edge():
+    """handle_level_irq has no PENDING loop (that is handle_edge_irq's): a delivery while the
+    chain runs (irq_can_handle_pm: INPROGRESS) is only acked, and the run ends with one
+    unmask."""
+    sub = IrqSubsystem()
+    nested: list[list[ChipOp]] = []
+    calls = []
+
+    def handler(irq: int, dev_id: object) -> IrqReturn:
+        calls.append(irq)
+        if len(calls) == 1:
+            nested.append(sub.handle(irq, 0.0))
+        return IrqReturn.HANDLED
+
+    sub.request_irq(1, handler, "i8042")
+    assert sub.handle(1, 0.0) == ops(1, MASK, ACK, UNMASK)
+    assert nested == [ops(1, ACK)] and calls == [1]
+    assert sub.lookup(1).status == IrqStatus.NONE
 
 
 @pytest.mark.timeout(5)
@@ -195,14 +258,18 @@ def test_level_nested_delivery_is_not_run():
 
 
 # -- edge flow --------------------------------------------------------------------------------
+# On x86 the i8259 lines run the level flow (test_make_8259A_irq...), so the edge flow is
+# shown on an IOAPIC pin programmed edge (io_apic.c: handle_edge_irq).
+
+EDGE_PIN = 20
 
 
 @pytest.mark.timeout(5)
 def test_edge_flow_acks_and_runs():
     sub = IrqSubsystem()
     rec = Recorder()
-    sub.request_irq(1, rec, "i8042")
-    assert sub.handle(1, 0.0) == ops(1, ACK)
+    sub.request_irq(EDGE_PIN, rec, "i8042", trigger=Trigger.EDGE)
+    assert sub.handle(EDGE_PIN, 0.0) == ops(EDGE_PIN, ACK)
     assert len(rec.calls) == 1
 
 
@@ -210,20 +277,20 @@ def test_edge_flow_acks_and_runs():
 def test_edge_while_disabled_is_pending_and_replayed_once():
     sub = IrqSubsystem()
     rec = Recorder()
-    sub.request_irq(1, rec, "i8042")
-    sub.disable_irq(1)
-    assert sub.handle(1, 0.0) == ops(1, MASK, ACK)
-    assert sub.handle(1, 0.01) == ops(1, ACK)  # already masked
-    assert sub.handle(1, 0.02) == ops(1, ACK)
-    desc = sub.lookup(1)
+    sub.request_irq(EDGE_PIN, rec, "i8042", trigger=Trigger.EDGE)
+    sub.disable_irq(EDGE_PIN)
+    assert sub.handle(EDGE_PIN, 0.0) == ops(EDGE_PIN, MASK, ACK)
+    assert sub.handle(EDGE_PIN, 0.01) == ops(EDGE_PIN, ACK)  # already masked
+    assert sub.handle(EDGE_PIN, 0.02) == ops(EDGE_PIN, ACK)
+    desc = sub.lookup(EDGE_PIN)
     assert desc.has(IrqStatus.PENDING) and rec.calls == []
-    assert sub.enable_irq(1, now=0.05) == ops(1, UNMASK)  # replay: no second ACK
+    assert sub.enable_irq(EDGE_PIN, now=0.05) == ops(EDGE_PIN, UNMASK)  # replay: no second ACK
     assert len(rec.calls) == 1
     assert not desc.has(IrqStatus.PENDING) and not desc.has(IrqStatus.REPLAY)
     assert desc.count == 1
     # Nothing more is owed.
-    sub.disable_irq(1)
-    assert sub.enable_irq(1) == []
+    sub.disable_irq(EDGE_PIN)
+    assert sub.enable_irq(EDGE_PIN) == []
     assert len(rec.calls) == 1
 
 
@@ -231,13 +298,13 @@ def test_edge_while_disabled_is_pending_and_replayed_once():
 def test_nested_enable_replays_only_on_the_last():
     sub = IrqSubsystem()
     rec = Recorder()
-    sub.request_irq(1, rec, "i8042")
-    sub.disable_irq(1)
-    sub.disable_irq(1)
-    sub.handle(1, 0.0)
-    assert sub.enable_irq(1) == []
+    sub.request_irq(EDGE_PIN, rec, "i8042", trigger=Trigger.EDGE)
+    sub.disable_irq(EDGE_PIN)
+    sub.disable_irq(EDGE_PIN)
+    sub.handle(EDGE_PIN, 0.0)
+    assert sub.enable_irq(EDGE_PIN) == []
     assert rec.calls == []
-    sub.enable_irq(1)
+    sub.enable_irq(EDGE_PIN)
     assert len(rec.calls) == 1
 
 
@@ -253,12 +320,12 @@ def test_edge_during_inprogress_is_replayed_by_the_loop():
             nested.append(sub.handle(irq, 0.0))  # the same edge fires again meanwhile
         return IrqReturn.HANDLED
 
-    sub.request_irq(1, handler, "i8042")
-    outer = sub.handle(1, 0.0)
-    assert nested == [ops(1, MASK, ACK)]
-    assert outer == ops(1, ACK, UNMASK)  # unmasked again before the loop re-runs
-    assert calls == [1, 1]
-    desc = sub.lookup(1)
+    sub.request_irq(EDGE_PIN, handler, "i8042", trigger=Trigger.EDGE)
+    outer = sub.handle(EDGE_PIN, 0.0)
+    assert nested == [ops(EDGE_PIN, MASK, ACK)]
+    assert outer == ops(EDGE_PIN, ACK, UNMASK)  # unmasked again before the loop re-runs
+    assert calls == [EDGE_PIN, EDGE_PIN]
+    desc = sub.lookup(EDGE_PIN)
     assert desc.status == IrqStatus.NONE
     assert desc.count == 2
 
@@ -278,12 +345,12 @@ def test_enable_inside_handler_leaves_replay_to_the_loop():
             inner.append(sub.enable_irq(irq))
         return IrqReturn.HANDLED
 
-    sub.request_irq(1, handler, "i8042")
-    outer = sub.handle(1, 0.0)
-    assert inner == [ops(1, MASK, ACK), ops(1, UNMASK)]
-    assert outer == ops(1, ACK)
-    assert calls == [1, 1]
-    assert sub.lookup(1).status == IrqStatus.NONE
+    sub.request_irq(EDGE_PIN, handler, "i8042", trigger=Trigger.EDGE)
+    outer = sub.handle(EDGE_PIN, 0.0)
+    assert inner == [ops(EDGE_PIN, MASK, ACK), ops(EDGE_PIN, UNMASK)]
+    assert outer == ops(EDGE_PIN, ACK)
+    assert calls == [EDGE_PIN, EDGE_PIN]
+    assert sub.lookup(EDGE_PIN).status == IrqStatus.NONE
 
 
 @pytest.mark.timeout(5)
@@ -297,13 +364,13 @@ def test_edge_disabled_inside_handler_stops_the_loop():
         sub.disable_irq(irq)
         return IrqReturn.HANDLED
 
-    sub.request_irq(1, handler, "i8042")
-    assert sub.handle(1, 0.0) == ops(1, ACK)
-    assert calls == [1]
-    desc = sub.lookup(1)
+    sub.request_irq(EDGE_PIN, handler, "i8042", trigger=Trigger.EDGE)
+    assert sub.handle(EDGE_PIN, 0.0) == ops(EDGE_PIN, ACK)
+    assert calls == [EDGE_PIN]
+    desc = sub.lookup(EDGE_PIN)
     assert desc.has(IrqStatus.PENDING) and desc.has(IrqStatus.MASKED)
-    sub.enable_irq(1)  # handler runs once more and disables again
-    assert calls == [1, 1]
+    sub.enable_irq(EDGE_PIN)  # handler runs once more and disables again
+    assert calls == [EDGE_PIN, EDGE_PIN]
 
 
 @pytest.mark.timeout(5)

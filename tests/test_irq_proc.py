@@ -1,4 +1,10 @@
-"""/proc/interrupts text (Linux's exact layout) and its --json twin."""
+"""/proc/interrupts text (x86 Linux's exact layout) and its --json twin.
+
+Expected texts are written from kernel/irq/proc.c `show_interrupts` (v6.13: "%*d:", " %10u" per
+CPU, " ", "%8s" chip, " %*lu" hwirq or " %*s" blank without a domain, "-%-8s" desc->name,
+"  %s" / ", %s" actions; no Level/Edge column without CONFIG_GENERIC_IRQ_SHOW_LEVEL) and
+arch/x86/kernel/irq.c `arch_show_interrupts` ("%*s: %10u\n" for ERR and MIS).
+"""
 
 from __future__ import annotations
 
@@ -41,14 +47,16 @@ def small_guest() -> IrqSubsystem:
 
 
 @pytest.mark.timeout(5)
-def test_exact_text_for_a_small_table_with_a_shared_line():
+def test_show_interrupts_exact_text_for_a_small_table_with_a_shared_line():
     expected = (
         "           CPU0       \n"
-        "  1:          3    XT-PIC   1 Edge    -edge      i8042\n"
-        "  2:          0    XT-PIC   2 Edge    -edge      cascade\n"
-        " 11:         12    XT-PIC  11 Level   -level     nic0, disk0\n"
-        " 16:          0   IO-APIC  16 Level   -fasteoi   ehci_hcd:usb1\n"
-        " 24:       1234   PCI-MSI 524288 Edge    -edge      eth0\n"
+        "  1:          3   XT-PIC      i8042\n"
+        "  2:          0   XT-PIC      cascade\n"
+        " 11:         12   XT-PIC      nic0, disk0\n"
+        " 16:          0  IO-APIC  16-fasteoi   ehci_hcd:usb1\n"
+        " 24:       1234  PCI-MSI 524288-edge      eth0\n"
+        "ERR:          0\n"
+        "MIS:          0\n"
     )
     sub = small_guest()
     assert sub.interrupts_text() == expected
@@ -56,28 +64,33 @@ def test_exact_text_for_a_small_table_with_a_shared_line():
 
 
 @pytest.mark.timeout(5)
-def test_columns_per_cpu():
+def test_show_interrupts_columns_per_cpu():
     sub = IrqSubsystem(cpus=2)
     sub.request_irq(4, handled, "serial")
     sub.handle(4, 0.0, cpu=0)
     sub.handle(4, 0.0, cpu=1)
     sub.handle(4, 0.0, cpu=1)
-    text = sub.interrupts_text()
-    assert text.splitlines()[0] == "           CPU0       CPU1       "
-    assert "  4:          1          2    XT-PIC   4 Edge    -edge      serial" in text.splitlines()
+    lines = sub.interrupts_text().splitlines()
+    assert lines[0] == "           CPU0       CPU1       "
+    assert "  4:          1          2   XT-PIC      serial" in lines
+    assert lines[-2:] == ["ERR:          0", "MIS:          0"]  # global counters: one column
 
 
 @pytest.mark.timeout(5)
-def test_freed_line_with_counts_stays_listed_without_names():
+def test_show_interrupts_lists_only_lines_with_an_action():
+    """`if (!desc->action || irq_desc_is_chained(desc) || !desc->kstat_irqs) return 0;` (since
+    "genirq/proc: Refine percpu kstat_irqs access logic"): a freed line goes, counts or not."""
     sub = IrqSubsystem()
     sub.request_irq(5, handled, "sb16")
     sub.handle(5, 0.0)
+    assert "  5:          1   XT-PIC      sb16" in sub.interrupts_text().splitlines()
     sub.free_irq(5)
-    assert sub.interrupts_text().splitlines()[2] == "  5:          1    XT-PIC   5 Edge    -edge    "
+    assert not any(line.startswith("  5:") for line in sub.interrupts_text().splitlines())
+    assert [row["irq"] for row in sub.interrupts_json()] == [2]
 
 
 @pytest.mark.timeout(5)
-def test_irq_column_widens_past_999():
+def test_show_interrupts_irq_column_widens_past_999():
     sub = IrqSubsystem(max_irqs=1100)
     for hw in range(999 - 24 + 1):
         last = sub.allocate_dynamic(Chip.XEN_DYN, hw)
@@ -85,8 +98,34 @@ def test_irq_column_widens_past_999():
     sub.request_irq(last, handled, "evtchn")
     lines = sub.interrupts_text().splitlines()
     assert lines[0] == " " * 12 + "CPU0       "
-    assert lines[1] == "   2:          0    XT-PIC    2 Edge    -edge      cascade"
-    assert lines[2] == " 999:          0   xen-dyn  975 Edge    -edge      evtchn"
+    assert lines[1] == "   2:          0   XT-PIC       cascade"
+    # Xen event channels: no irq domain (blank hwirq), bind_evtchn_to_irq names them "event"
+    assert lines[2] == " 999:          0  xen-dyn     -event     evtchn"
+    assert lines[3:] == [" ERR:          0", " MIS:          0"]
+
+
+@pytest.mark.timeout(5)
+def test_show_interrupts_names_a_virq_line_virq():
+    """drivers/xen/events/events_base.c bind_virq_to_irq (not per-CPU):
+    irq_set_chip_and_handler_name(irq, &xen_dynamic_chip, handle_edge_irq, "virq")."""
+    sub = IrqSubsystem()
+    irq = sub.allocate_dynamic(Chip.XEN_DYN, 0, Trigger.EDGE, name="virq")
+    sub.request_irq(irq, handled, "balloon-target")
+    assert " 24:          0  xen-dyn    -virq      balloon-target" in sub.interrupts_text().splitlines()
+
+
+@pytest.mark.timeout(5)
+def test_show_interrupts_ioapic_edge_line_is_named_edge():
+    sub = IrqSubsystem()
+    sub.request_irq(20, handled, "rogue", trigger=Trigger.EDGE)
+    assert " 20:          0  IO-APIC  20-edge      rogue" in sub.interrupts_text().splitlines()
+
+
+@pytest.mark.timeout(5)
+def test_arch_show_interrupts_err_and_mis_rows():
+    sub = IrqSubsystem()
+    sub.table.irq_err_count, sub.table.irq_mis_count = 3, 1234567
+    assert sub.interrupts_text().splitlines()[-2:] == ["ERR:          3", "MIS:    1234567"]
 
 
 @pytest.mark.timeout(5)
@@ -116,12 +155,14 @@ def test_json_rows_are_plain_and_match_the_text():
         "hwirq": 11,
         "trigger": "level",
         "flow": "level",
+        "name": None,
         "actions": [
             {"name": "nic0", "shared": True, "count": 12, "handled": 12},
             {"name": "disk0", "shared": True, "count": 12, "handled": 12},
         ],
         "depth": 0,
         "status": [],
+        "irq_count": 0,
         "irqs_unhandled": 0,
         "last_unhandled": None,
     }

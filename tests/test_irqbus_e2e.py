@@ -76,7 +76,9 @@ def test_two_devices_sharing_one_pin_each_driver_counts_its_own(procs, host, bus
     assert max(expect.values()) <= row["count"] <= sum(expect.values()) and row["irqs_unhandled"] == 0
     text = procs.run("guest", "interrupts", "vm1", "--irqbus", bus.endpoint)
     assert text.returncode == 0, text.stderr
-    assert re.search(rf"^  5: +{row['count']} +XT-PIC +5 Level +-level +nic0, disk0$", text.stdout, re.M), text.stdout
+    # x86's /proc/interrupts: an i8259 line has no hwirq, no Level/Edge and no handler name
+    assert re.search(rf"^  5: +{row['count']}   XT-PIC      nic0, disk0$", text.stdout, re.M), text.stdout
+    assert re.search(r"^ERR: +0$", text.stdout, re.M), text.stdout
     g = bus.show()["vm1"]
     assert not any(d["status"] for d in g["devices"]) and g["pic"]["lines"] == 0
     shown = bus.cmd("show")
@@ -104,8 +106,14 @@ def test_an_msi_device_reaches_its_driver(procs, host, bus):
 @pytest.mark.timeout(90)
 def test_a_device_nobody_handles_gets_its_line_disabled(procs, host, bus):
     """Linux's real figures: more than 99,900 of 100,000 unhandled. The rogue device pulses an
-    IOAPIC edge line in bursts; an edge entry needs no EOI, so the storm streams."""
-    start_guest(host, bus, "vm1", "nic0:pin=20:edge")
+    IOAPIC edge line in bursts; an edge entry needs no EOI, so the storm streams.
+
+    The guest's quiet gap is 2 s instead of Linux's 100 ms (`--irq-quiet`): on a loaded machine
+    the storm's three processes are descheduled for more than 100 ms now and then, each such gap
+    restarts the unhandled streak (spurious.c, tested to the millisecond in test_irq_spurious),
+    and no window of 100,000 completed (measured: load average 9 on 2 cores, streaks restarting
+    every 2,000 to 34,000 interrupts; with 2 s, disabled at 100,000 of 100,000)."""
+    host.guest("vm1", "--memory", "8m", "--irqbus", bus.endpoint, "--device", "nic0:pin=20:edge", "--irq-quiet", "2")
     wait_line_up(bus, "vm1", pin=20)
     started = time.monotonic()
     rogue = bus.device("rogue", "vm1", "rogue", "--pin", "20", "--rate", "10000000", "--burst", "2000", "--count", "400000")

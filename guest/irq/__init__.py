@@ -24,10 +24,11 @@ from guest.irq.desc import (
     IrqStatus,
     Trigger,
     default_flow,
+    handler_name,
 )
 from guest.irq.manage import disable_irq, enable_irq, free_irq, request_irq
 from guest.irq.proc import format_interrupts, interrupts_as_dicts
-from guest.irq.spurious import NobodyCared, SpuriousPolicy, note_interrupt
+from guest.irq.spurious import BogusReturn, NobodyCared, SpuriousPolicy, note_interrupt
 from guest.irq.table import (
     CASCADE_IRQ,
     FIRST_DYNAMIC_IRQ,
@@ -39,6 +40,7 @@ from guest.irq.table import (
 )
 
 __all__ = [
+    "BogusReturn",
     "CASCADE_IRQ",
     "FIRST_DYNAMIC_IRQ",
     "IOAPIC_PINS",
@@ -68,20 +70,21 @@ __all__ = [
     "format_interrupts",
     "free_irq",
     "handle_interrupt",
+    "handler_name",
     "interrupts_as_dicts",
     "note_interrupt",
     "request_irq",
 ]
 
-IrqEvent = NobodyCared | HandlerFault
+IrqEvent = NobodyCared | BogusReturn | HandlerFault
 
 
 class IrqSubsystem:
     """One guest's interrupt subsystem behind a single object, for the shell.
 
     Every method that changes a line returns the chip operations to send to irqbus, in
-    order; refused calls raise `IrqSetupError` and change nothing. Events (nobody cared,
-    faulty handlers) accumulate until `events()` drains them for logging.
+    order; refused calls raise `IrqSetupError` and change nothing. Events (nobody cared, bogus
+    return values, faulty handlers) accumulate until `events()` drains them for logging.
     """
 
     def __init__(
@@ -123,10 +126,10 @@ class IrqSubsystem:
         return handle_interrupt(self.table, irq, now, cpu)
 
     def allocate_dynamic(
-        self, chip: Chip | str, hwirq: int, trigger: Trigger | str = Trigger.EDGE
+        self, chip: Chip | str, hwirq: int, trigger: Trigger | str = Trigger.EDGE, name: str | None = None
     ) -> int:
-        """A number >= 24 for an MSI / MSI-X / event-channel interrupt."""
-        return self.table.allocate(chip, hwirq, trigger)
+        """A number >= 24 for an MSI / MSI-X / event-channel interrupt (`name`: IrqTable.allocate)."""
+        return self.table.allocate(chip, hwirq, trigger, name=name)
 
     def free_dynamic(self, irq: int) -> None:
         self.table.free_dynamic(irq)

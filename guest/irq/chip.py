@@ -10,9 +10,13 @@ masked while handlers run and is simply seen again on unmask — nothing needs r
 edge is a single event: if it cannot be handled now (line disabled, or the chain already
 running) it is latched as PENDING and replayed later, or it would be lost. fasteoi serves
 controllers that hold the line themselves until one End-Of-Interrupt (the IOAPIC's remote IRR).
+On x86 every i8259 line runs the level flow, edge-triggered or not (desc.py `default_flow`).
 
-A handler that raises, or returns something that is not an IrqReturn, is counted as NONE and
-reported as a `HandlerFault` event: one broken driver must not take the guest down.
+Return values follow handle.c `__handle_irq_event_percpu`: the answers are OR-ed as integers
+and spurious.py judges the result (a value beyond IRQ_HANDLED | IRQ_WAKE_THREAD is a "bogus
+return value", reported and not counted). A Python handler that raises, or returns something
+that is not an integer, is reported as a `HandlerFault` and counts as IRQ_NONE: one broken
+driver must not take the guest down.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from guest.irq.desc import (
     IrqReturn,
     Trigger,
 )
-from guest.irq.spurious import note_interrupt
+from guest.irq.spurious import REPORT_BAD_IRQ_LIMIT, BogusReturn, note_interrupt
 from guest.irq.table import IrqError, IrqSetupError, IrqTable
 
 __all__ = [
@@ -47,12 +51,15 @@ __all__ = [
 ]
 
 MAX_CPUS = 4096  # bounds the per-CPU count list a bogus cpu number could grow
-_HANDLED_BITS = int(IrqReturn.HANDLED | IrqReturn.WAKE_THREAD)
+_HANDLED = IrqReturn.HANDLED.value
+_WAKE_THREAD = IrqReturn.WAKE_THREAD.value
+_UINT = 0xFFFFFFFF  # irqreturn_t is a C enum: what a handler returns is read as 32 bits
 
 
 @dataclass(frozen=True, slots=True)
 class HandlerFault:
-    """A handler raised or returned a bogus value; recorded for the shell to log."""
+    """A handler raised, returned something that is not an integer, or answered IRQ_WAKE_THREAD
+    with no thread to wake (warn_no_thread); recorded for the shell to log."""
 
     irq: int
     action: str
@@ -74,9 +81,12 @@ def handle_interrupt(table: IrqTable, irq: int, now: float, cpu: int = 0) -> lis
 
 
 def _call(table: IrqTable, desc: IrqDesc, now: float) -> int:
-    """Call every action on the line and OR their answers (handle_irq_event_percpu).
+    """Call every action on the line and OR their answers (handle.c __handle_irq_event_percpu).
 
-    Returns the IrqReturn bits as a plain int (cheaper than IntFlag arithmetic per action).
+    An action answering exactly IRQ_WAKE_THREAD has no thread to wake here (request_irq takes
+    no thread function), so it gets handle.c `warn_no_thread`'s warning, once per action
+    (IRQTF_WARNED); its answer is OR-ed in all the same. Returns the bits as a plain int
+    (cheaper than IntFlag arithmetic per action).
     """
     result = 0
     for action in list(desc.actions):  # a handler may free_irq; finish this round as it began
@@ -86,11 +96,23 @@ def _call(table: IrqTable, desc: IrqDesc, now: float) -> int:
         except Exception as exc:  # noqa: BLE001 - a faulty driver is reported, not fatal
             table.record(HandlerFault(desc.irq, action.name, f"raised {exc!r}", now))
             continue
-        if not isinstance(ret, int) or not 0 <= ret <= _HANDLED_BITS:
-            table.record(HandlerFault(desc.irq, action.name, f"bogus return value {ret!r}", now))
-            continue
-        ret = int(ret)
-        if ret & _HANDLED_BITS:
+        if type(ret) is not int:
+            if not isinstance(ret, int):
+                table.record(HandlerFault(desc.irq, action.name, f"returned {ret!r}, not an irqreturn_t", now))
+                continue
+            ret = int(ret)
+        ret &= _UINT
+        if ret == _WAKE_THREAD and not action.warned:
+            action.warned = True
+            table.record(
+                HandlerFault(
+                    desc.irq,
+                    action.name,
+                    f"IRQ {desc.irq} device {action.name} returned IRQ_WAKE_THREAD but no thread function available.",
+                    now,
+                )
+            )
+        if ret & _HANDLED and ret <= _HANDLED | _WAKE_THREAD:
             action.handled += 1
         result |= ret
     return result
@@ -106,6 +128,12 @@ def handle_irq_event(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> li
         desc.bits &= ~S_INPROGRESS
     verdict = note_interrupt(desc, ret, now, table.spurious)
     if verdict is None:
+        return []
+    if type(verdict) is BogusReturn:
+        # spurious.c report_bad_irq: only the first 100 of the kernel's lifetime are printed
+        if table.bad_irq_reports < REPORT_BAD_IRQ_LIMIT:
+            table.bad_irq_reports += 1
+            table.record(verdict)
         return []
     table.record(verdict)
     return desc.mask()
@@ -141,10 +169,19 @@ def _run_edges(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> list[Chi
 
 
 def handle_level_irq(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> list[ChipOp]:
-    """Mask+ack, run the chain, unmask. Disabled: stay masked and forget the interrupt."""
+    """chip.c handle_level_irq: mask+ack; run the chain; unmask unless disabled meanwhile
+    (cond_unmask_irq). Busy (INPROGRESS, irq_can_handle_pm): stay masked and go. Disabled or no
+    action (irq_can_handle_actions): PENDING is set and the line stays masked; nothing replays
+    it (check_irq_resend drops PENDING on a level line): a source still asserted is seen again
+    on unmask, an edge the chip already acknowledged is gone."""
     ops = desc.mask_ack()
-    if desc.bits & (S_INPROGRESS | S_DISABLED) or not desc.actions:
+    bits = desc.bits
+    if bits & S_INPROGRESS:
         return ops
+    if bits & S_DISABLED or not desc.actions:
+        desc.bits = (bits & ~S_REPLAY) | S_PENDING
+        return ops
+    desc.bits = bits & ~S_REPLAY
     ops += handle_irq_event(table, desc, now, cpu)
     if not desc.bits & S_DISABLED:
         ops += desc.unmask()
@@ -181,16 +218,18 @@ _FLOWS = {
 
 
 def check_irq_resend(table: IrqTable, desc: IrqDesc, now: float, cpu: int = 0) -> list[ChipOp]:
-    """Replay a PENDING edge once the line is enabled again (Linux resend.c).
+    """Replay a PENDING edge once the line is enabled again (resend.c check_irq_resend).
 
-    Runs the chain directly, without ACK or EOI: the chip was already acknowledged when the
-    edge was latched. A level line is never replayed — if still asserted it is delivered
-    again on unmask. REPLAY guards against starting a second replay; if the chain is running
-    right now (enable_irq from a handler), PENDING is left for that run's loop.
+    A level line is never replayed ("Level type interrupts are resent by hardware when they are
+    still active"): PENDING is dropped. That includes every i8259 line (desc.is_level). An edge
+    is replayed by running the chain directly, without ACK or EOI: the chip was already
+    acknowledged when the edge was latched. REPLAY guards against starting a second replay; if
+    the chain is running right now (enable_irq from a handler), PENDING is left for that run's
+    loop.
     """
     if not desc.bits & S_PENDING:
         return []
-    if desc.trigger is Trigger.LEVEL:
+    if desc.is_level:
         desc.bits &= ~S_PENDING
         return []
     if desc.bits & (S_REPLAY | S_INPROGRESS) or not _runnable(desc):

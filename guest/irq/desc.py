@@ -35,6 +35,7 @@ __all__ = [
     "S_SPURIOUS_DISABLED",
     "Trigger",
     "default_flow",
+    "handler_name",
 ]
 
 
@@ -47,7 +48,7 @@ class IrqReturn(enum.IntFlag):
 
     NONE = 0
     HANDLED = 1
-    WAKE_THREAD = 2  # accepted and counted as handled; threaded handlers are not modelled
+    WAKE_THREAD = 2  # "run my thread": no thread functions are modelled (spurious.py, chip.py)
 
 
 class Trigger(enum.StrEnum):
@@ -56,14 +57,9 @@ class Trigger(enum.StrEnum):
     LEVEL = "level"
     EDGE = "edge"
 
-    @property
-    def label(self) -> str:
-        """The spelling of /proc/interrupts ("Level" / "Edge")."""
-        return "Level" if self is Trigger.LEVEL else "Edge"
-
 
 class Flow(enum.StrEnum):
-    """Which flow handler (chip.py) runs a line; the value is the name /proc/interrupts shows."""
+    """Which flow handler (chip.py) runs a line; the value is the handler's short name."""
 
     LEVEL = "level"  # handle_level_irq: mask+ack, run, unmask
     EDGE = "edge"  # handle_edge_irq: ack, run, replay what arrived meanwhile
@@ -85,6 +81,14 @@ class Chip(enum.StrEnum):
         return self in (Chip.PCI_MSI, Chip.PCI_MSIX, Chip.XEN_DYN)
 
     @property
+    def has_domain(self) -> bool:
+        """Whether Linux x86 maps this chip's lines through an irq domain, which is what makes
+        /proc/interrupts print the hwirq column (proc.c `show_interrupts`). The i8259 lines are
+        plain legacy descriptors and Xen event channels are bound without a domain
+        (drivers/xen/events/events_base.c), so both leave the column blank."""
+        return self not in (Chip.XT_PIC, Chip.XEN_DYN)
+
+    @property
     def triggers(self) -> frozenset[Trigger]:
         """Messages have no level to hold, so MSI / MSI-X are edge only."""
         if self in (Chip.PCI_MSI, Chip.PCI_MSIX):
@@ -93,16 +97,33 @@ class Chip(enum.StrEnum):
 
 
 def default_flow(chip: Chip, trigger: Trigger) -> Flow:
-    """The flow handler Linux x86 would install for this chip and trigger.
+    """The flow handler Linux x86 installs for this chip and trigger.
 
-    Edge lines get the edge flow everywhere; a level IOAPIC pin uses fasteoi (the IOAPIC's
-    remote IRR holds the line until EOI), other level lines the classic mask/ack/unmask flow.
+    Every i8259 line gets handle_level_irq whatever its ELCR bit says: arch/x86/kernel/irqinit.c
+    `init_ISA_irqs` and arch/x86/kernel/i8259.c `make_8259A_irq` both call
+    irq_set_chip_and_handler(irq, &i8259A_chip, handle_level_irq). An IOAPIC pin gets
+    handle_fasteoi_irq when level (its remote IRR holds the line until EOI) and handle_edge_irq
+    when edge (io_apic.c); MSI and event channels are edge.
     """
+    if chip is Chip.XT_PIC:
+        return Flow.LEVEL
     if trigger is Trigger.EDGE:
         return Flow.EDGE
     if chip is Chip.IO_APIC:
         return Flow.FASTEOI
     return Flow.LEVEL
+
+
+def handler_name(chip: Chip, flow: Flow) -> str | None:
+    """The name genirq keeps beside the flow handler (desc->name), printed after a dash in
+    /proc/interrupts. Only the callers that pass one have one: io_apic.c ("edge" / "fasteoi"),
+    the MSI domains ("edge"), Xen's bind_evtchn_to_irq ("event"); the i8259 lines are set up
+    with irq_set_chip_and_handler, which passes none."""
+    if chip is Chip.XT_PIC:
+        return None
+    if chip is Chip.XEN_DYN:
+        return "event"
+    return flow.value
 
 
 class IrqStatus(enum.Flag):
@@ -112,7 +133,7 @@ class IrqStatus(enum.Flag):
     DISABLED = enum.auto()  # depth > 0: handlers must not run
     MASKED = enum.auto()  # the chip has been told to mask the line
     INPROGRESS = enum.auto()  # the handler chain is running right now
-    PENDING = enum.auto()  # an edge arrived that no handler saw yet: owed a replay
+    PENDING = enum.auto()  # arrived while it could not be handled: an edge is owed a replay
     REPLAY = enum.auto()  # a replay (resend) is running; stops a second one being started
     SPURIOUS_DISABLED = enum.auto()  # disabled by "nobody cared"
 
@@ -162,6 +183,7 @@ class IrqAction:
     trigger: Trigger
     count: int = 0
     handled: int = 0
+    warned: bool = False  # IRQTF_WARNED: warn_no_thread has spoken for this action
 
 
 @dataclass(eq=False, slots=True)
@@ -170,7 +192,8 @@ class IrqDesc:
 
     `kstat` holds the per-CPU counts /proc/interrupts shows: one per run of the handler chain.
     `irq_count` / `irqs_unhandled` / `last_unhandled` belong to spurious detection: irq_count
-    is the position in the current window of 100,000 and restarts with every window.
+    is the position in the current window of 100,000, which starts with the first unhandled
+    interrupt and restarts with every window (spurious.py).
     A line with no actions starts disabled and masked with depth 1, as in Linux.
     The status flags are stored as the int `bits` (fast on the per-interrupt path);
     `status` reads and writes them as an IrqStatus.
@@ -188,7 +211,16 @@ class IrqDesc:
     irq_count: int = 0
     irqs_unhandled: int = 0
     last_unhandled: float | None = None
+    spurious_deferred: bool = False  # SPURIOUS_DEFERRED in threads_handled_last (spurious.py)
     reserved: bool = False  # IRQ2, the i8259 cascade: never requested nor freed
+    name: str | None = None  # desc->name, see handler_name(); the table sets it
+
+    @property
+    def is_level(self) -> bool:
+        """irq_settings_is_level: what check_irq_resend asks. The i8259 lines carry IRQ_LEVEL
+        whatever their trigger (commit 5fa55950729d, "x86/i8259: Mark legacy PIC interrupts
+        with IRQ_LEVEL", v6.2: init_ISA_irqs and make_8259A_irq set it)."""
+        return self.trigger is Trigger.LEVEL or self.chip is Chip.XT_PIC
 
     @property
     def status(self) -> IrqStatus:

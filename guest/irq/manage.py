@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from guest.irq.chip import check_irq_resend
-from guest.irq.desc import ChipOp, IrqAction, IrqDesc, IrqHandler, IrqStatus, Trigger, default_flow
+from guest.irq.desc import ChipOp, IrqAction, IrqDesc, IrqHandler, IrqStatus, Trigger, default_flow, handler_name
 from guest.irq.table import IrqError, IrqSetupError, IrqTable, coerce_trigger
 
 __all__ = ["disable_irq", "enable_irq", "free_irq", "request_irq"]
@@ -63,8 +63,11 @@ def request_irq(
     desc.irqs_unhandled = 0
     if first:
         if wanted is not desc.trigger:
+            default_name = handler_name(desc.chip, desc.flow)
             desc.trigger = wanted
             desc.flow = default_flow(desc.chip, wanted)
+            if desc.name == default_name:  # io_apic.c names the handler after the flow
+                desc.name = handler_name(desc.chip, desc.flow)
         # An edge latched while nobody listened is dropped, not replayed into a driver that
         # is still registering.
         desc.status &= ~(IrqStatus.PENDING | IrqStatus.REPLAY | IrqStatus.SPURIOUS_DISABLED)

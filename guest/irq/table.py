@@ -6,8 +6,8 @@ remaining IOAPIC pins, and numbers from 24 up are handed out on demand for MSI /
 virtual (event-channel) interrupts — lowest free number first, as irq_alloc_descs does.
 
 The table also carries what every flow handler shares: the spurious policy, the lazy-disable
-setting, the latest time seen and the events (nobody cared, faulty handlers) waiting for the
-shell to log them.
+setting, the latest time seen and the events (nobody cared, bogus return values, faulty
+handlers) waiting for the shell to log them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import enum
 from collections.abc import Iterator
 from typing import Any
 
-from guest.irq.desc import Chip, Flow, IrqAction, IrqDesc, IrqReturn, IrqStatus, Trigger, default_flow
+from guest.irq.desc import Chip, Flow, IrqAction, IrqDesc, IrqReturn, IrqStatus, Trigger, default_flow, handler_name
 from guest.irq.spurious import SpuriousPolicy
 
 __all__ = [
@@ -97,14 +97,22 @@ class IrqTable:
         self.spurious = spurious if spurious is not None else SpuriousPolicy()
         self.lazy_disable = lazy_disable
         self.last_now = 0.0
-        self.events: list[Any] = []  # NobodyCared | HandlerFault, drained by the shell
+        self.events: list[Any] = []  # NobodyCared | BogusReturn | HandlerFault, drained by the shell
         self.max_events = max_events
         self.events_dropped = 0
+        self.bad_irq_reports = 0  # bogus return values reported so far (spurious.py's limit)
+        # arch/x86/kernel/irq.c irq_err_count and io_apic.c irq_mis_count, the ERR: and MIS:
+        # rows of /proc/interrupts. Nothing in this model raises them: the i8259's spurious
+        # IRQ7/15 (what mask_and_ack_8259A counts) are absorbed by irqbus, which counts them
+        # itself, and the 82093AA erratum that MIS: counts is not modelled.
+        self.irq_err_count = 0
+        self.irq_mis_count = 0
         self._descs: dict[int, IrqDesc] = {}
         self._by_hw: dict[tuple[Chip, int], int] = {}
         for irq in range(IOAPIC_PINS):
             chip = Chip.XT_PIC if irq < ISA_IRQS else Chip.IO_APIC
-            # ISA devices are edge (ELCR clear); PCI INTx on the IOAPIC is level.
+            # ISA devices are edge (ELCR clear; the flow is level all the same, see
+            # default_flow); PCI INTx on the IOAPIC is level.
             trigger = Trigger.EDGE if irq < ISA_IRQS else Trigger.LEVEL
             self._insert(IrqDesc(irq, chip, irq, trigger, default_flow(chip, trigger)))
         cascade = self._descs[CASCADE_IRQ]
@@ -113,7 +121,8 @@ class IrqTable:
         cascade.depth = 0
         cascade.status = IrqStatus.NONE
 
-    def _insert(self, desc: IrqDesc) -> None:
+    def _insert(self, desc: IrqDesc, name: str | None = None) -> None:
+        desc.name = name if name is not None else handler_name(desc.chip, desc.flow)
         self._descs[desc.irq] = desc
         self._by_hw[(desc.chip, desc.hwirq)] = desc.irq
 
@@ -164,8 +173,12 @@ class IrqTable:
         hwirq: int,
         trigger: Trigger | str = Trigger.EDGE,
         flow: Flow | str | None = None,
+        name: str | None = None,
     ) -> int:
-        """Give an MSI / MSI-X / virtual interrupt the lowest free IRQ number >= 24."""
+        """Give an MSI / MSI-X / virtual interrupt the lowest free IRQ number >= 24.
+
+        `name` is what /proc/interrupts shows after the dash (desc.py `handler_name` by
+        default; Xen's bind_virq_to_irq passes "virq")."""
         chip = coerce_chip(chip)
         trigger = coerce_trigger(trigger)
         if not chip.is_dynamic:
@@ -184,10 +197,12 @@ class IrqTable:
         if (chip, hwirq) in self._by_hw:
             held = self._by_hw[(chip, hwirq)]
             raise IrqSetupError(IrqError.EBUSY, f"{chip} hwirq {hwirq} already has IRQ {held}")
+        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 16):
+            raise IrqSetupError(IrqError.EINVAL, f"handler name {name!r} is not a string of 1..16 characters")
         irq = next((n for n in range(FIRST_DYNAMIC_IRQ, self.max_irqs) if n not in self._descs), None)
         if irq is None:
             raise IrqSetupError(IrqError.ENOSPC, f"all {self.max_irqs} IRQ numbers are in use")
-        self._insert(IrqDesc(irq, chip, hwirq, trigger, flow))
+        self._insert(IrqDesc(irq, chip, hwirq, trigger, flow), name)
         return irq
 
     def free_dynamic(self, irq: int) -> None:
