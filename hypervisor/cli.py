@@ -52,10 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, help_text in [("list", "list domains"), ("info", "host memory"), ("audit", "check that the books balance")]:
         client_command(name, help_text).add_argument("--json", action="store_true", help="machine-readable output")
-    for name, help_text in [("mem-set", "set a domain's balloon target"), ("mem-max", "set a domain's maxmem")]:
+    for name, help_text in [("mem-set", "set a domain's balloon target"), ("mem-max", "set a domain's maxmem, as xl mem-max (refused below its target)")]:
         cmd = client_command(name, help_text)
         cmd.add_argument("domain", type=domain, help="domain name or id")
         cmd.add_argument("size", type=_size, help="size; a bare number is KiB, suffixes b k m g t")
+        if name == "mem-max":
+            cmd.add_argument(
+                "--domctl", action="store_true",
+                help="the bare XEN_DOMCTL_max_mem: any max, also below the target or the current memory (the domain then cannot grow)",
+            )
     client_command("destroy", "destroy a domain and return its pages").add_argument("domain", type=domain, help="domain name or id")
     top = client_command("top", "a live view of the host, like xentop")
     top.add_argument("-d", "--delay", type=seconds, default=1.0, help="seconds between frames (default 1)")
@@ -103,7 +108,7 @@ def run_client(args: argparse.Namespace) -> int:
         elif args.command == "mem-set":
             tool.mem_set(args.domain, args.size)
         elif args.command == "mem-max":
-            tool.mem_max(args.domain, args.size)
+            tool.mem_max(args.domain, args.size, domctl=args.domctl)
         elif args.command == "destroy":
             tool.destroy(args.domain)
     except (Unreachable, RemoteError) as err:

@@ -253,11 +253,16 @@ class Hypervisor:
         return _Result({"domid": domain.domid, "target_pages": domain.target_pages}, fields, _target_news(domain))
 
     def _mem_max(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        """XEN_DOMCTL_max_mem, or libxl's setmaxmem with `refuse_below_target` (DomainTable.set_max).
+
+        Neither writes memory/target, so the guest is told nothing: its xenstore watch is on the
+        target only (Linux drivers/xen/xen-balloon.c, watch_target), and a later grant past the
+        max is simply refused."""
         domain = self.table.resolve(args["domain"])
-        self.table.set_max(domain, args["max_pages"])
-        fields = {"domid": domain.domid, "max_pages": domain.max_pages, "target_pages": domain.target_pages}
-        result = {"domid": domain.domid, "max_pages": domain.max_pages, "target_pages": domain.target_pages}
-        return _Result(result, fields, _target_news(domain))
+        self.table.set_max(domain, args["max_pages"], args.get("refuse_below_target", False))
+        current = self.table.current_pages(domain)
+        result = {"domid": domain.domid, "max_pages": domain.max_pages, "target_pages": domain.target_pages, "current_pages": current}
+        return _Result(result, dict(result))
 
     def _destroy(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self.table.resolve(args["domain"])
