@@ -28,6 +28,20 @@ DEFAULT_HEARTBEAT_S = 1.0
 MAX_IDLE_WAIT_S = 0.25  # how often the loop looks at the stop flag when nothing is due
 
 
+class HypervisorRestarted(Exception):
+    """An ESRCH from a hypervisor whose boot id is not the one this guest registered with: not
+    "my domain was destroyed" but "the hypervisor restarted and knows nothing of my domain"."""
+
+    def __init__(self, domid: int | None, registered_boot_id: str | None, boot_id: str | None) -> None:
+        super().__init__(
+            f"the hypervisor restarted (boot {boot_id}) and knows nothing of domain {domid}, "
+            f"which was registered with boot {registered_boot_id}"
+        )
+        self.domid = domid
+        self.registered_boot_id = registered_boot_id
+        self.boot_id = boot_id
+
+
 class Attachment(Protocol):
     """Something else the guest talks to besides the hypervisor (irqbus), sharing the loop."""
 
@@ -72,6 +86,7 @@ class GuestService:
         self.client = RpcClient(settings.hypervisor, timeout=settings.rpc_timeout_s)
         self.balloon: Balloon | None = None
         self.domid: int | None = None
+        self.boot_id: str | None = None  # the hypervisor's, from register: see _no_such_domain
         self._target_writes = 0
         self._reported_state: DriverState | None = None
         self._report_now = False  # the driver changed state: tell the hypervisor at once
@@ -109,11 +124,13 @@ class GuestService:
             result["extents"] = every_page(call, "memory_map", "extents", first=result)["extents"]
         now = self.clock()
         self.domid = result["domid"]
+        boot_id = result.get("boot_id")
+        self.boot_id = boot_id if isinstance(boot_id, str) else None
         self.log = self.log.bind(domid=self.domid)
         memory = GuestMemory([Extent(a, b) for a, b in result["extents"]], s.workload_pages)
         self.balloon = Balloon(memory, result["max_pages"], target_pages=result["target_pages"], config=s.balloon, pace=s.pace(now))
         self._target_writes = result["target_writes"]
-        self.log.info("registered", pages=memory.current_pages, max_pages=result["max_pages"], workload_pages=s.workload_pages)
+        self.log.info("registered", pages=memory.current_pages, max_pages=result["max_pages"], workload_pages=s.workload_pages, boot_id=self.boot_id)
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         """Register, then balloon until stopped or destroyed; a clean stop shuts the domain down."""
@@ -177,10 +194,10 @@ class GuestService:
                     self.log.debug("decrease", seq=self.client.last_seq, released=action.nr, current_pages=balloon.current_pages)
             except RemoteError as err:
                 balloon.request_failed(self.clock())
-                self.log.error("request refused", seq=self.client.last_seq, error=err.code, message=err.message)
                 if err.code == "ESRCH":
-                    self._destroyed = True
+                    self._no_such_domain(err)
                     return
+                self.log.error("request refused", seq=self.client.last_seq, error=err.code, message=err.message)
             except Unreachable:  # only when stopping: retries are unlimited
                 balloon.request_failed(self.clock())
                 return
@@ -216,6 +233,14 @@ class GuestService:
             self.log.info("domain destroyed by the toolstack")
             self._destroyed = True
 
+    def _no_such_domain(self, err: RemoteError) -> None:
+        """ESRCH: destroyed, if the books that say so are the ones the domain was registered in;
+        else the hypervisor restarted without it (raises HypervisorRestarted)."""
+        if err.boot_id != self.boot_id:
+            raise HypervisorRestarted(self.domid, self.boot_id, err.boot_id)
+        self.log.info("domain destroyed", seq=self.client.last_seq, message=err.message)
+        self._destroyed = True
+
     def _apply_target(self, info: dict[str, Any], pushed: bool) -> None:
         """A target write (seen by its counter, so a write of the same value counts) wakes the driver."""
         now = self.clock()
@@ -238,8 +263,9 @@ class GuestService:
             self.log.warning("heartbeat unanswered")
             return
         except RemoteError as err:
-            self.log.error("heartbeat refused", error=err.code, message=err.message)
             if err.code == "ESRCH":
-                self._destroyed = True
+                self._no_such_domain(err)
+                return
+            self.log.error("heartbeat refused", error=err.code, message=err.message)
             return
         self._apply_target(result, pushed=False)

@@ -76,8 +76,9 @@ def serve(args: argparse.Namespace) -> int:
     irqbus_ep = args.irqbus or os.environ.get(endpoints.IRQBUS_ENV)
     stop = stop_on_signals()
     virqs = VirqSender(irqbus_ep, log) if irqbus_ep else None
-    service = HypervisorService(Hypervisor(args.memory, args.liveness), guest_ep, admin_ep, log, virqs=virqs)
-    log.info("serving", guest_endpoint=guest_ep, admin_endpoint=admin_ep, irqbus=irqbus_ep, total_pages=args.memory)
+    hypervisor = Hypervisor(args.memory, args.liveness)
+    service = HypervisorService(hypervisor, guest_ep, admin_ep, log, virqs=virqs)
+    log.info("serving", guest_endpoint=guest_ep, admin_endpoint=admin_ep, irqbus=irqbus_ep, total_pages=args.memory, boot_id=hypervisor.boot_id)
     try:
         service.serve(stop.is_set)
     finally:

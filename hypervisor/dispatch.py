@@ -3,6 +3,7 @@ frame, the notifications to push and the figures to log come out."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,8 +93,15 @@ def _memory_news(waiting: list[Domain]) -> list[Notification]:
     return [Notification(d.client, d.domid, virq="memory") for d in waiting]
 
 
+def new_boot_id() -> str:
+    """Names one set of books: a hypervisor that starts afresh (today, every start) draws a new
+    one; one that recovers its domains from a journal (issue 12) keeps the one it had."""
+    return secrets.token_hex(8)
+
+
 class Hypervisor:
-    def __init__(self, total_pages: int, liveness_s: float = DEFAULT_LIVENESS_S) -> None:
+    def __init__(self, total_pages: int, liveness_s: float = DEFAULT_LIVENESS_S, boot_id: str | None = None) -> None:
+        self.boot_id = boot_id or new_boot_id()
         self.table = DomainTable(PagePool(total_pages), liveness_s)
         self.record = ReplayRecord()
         self._handlers: dict[str, Callable[[str, dict[str, Any], float], _Result]] = {
@@ -129,7 +137,7 @@ class Hypervisor:
             assert latest is not None and latest.reply is not None
             return Outcome(latest.reply, req.op, req.seq, req.client, replayed=True)
         if verdict is _STALE or verdict is _REUSED:
-            return self._error(req, ErrorCode.EPROTO, replay_refusal(verdict, req.seq))
+            return self._error(req, endpoint, ErrorCode.EPROTO, replay_refusal(verdict, req.seq))
 
         try:
             op = lookup(req.op, endpoint)
@@ -138,7 +146,7 @@ class Hypervisor:
                 raise WireError(ErrorCode.EAGAIN, "the server is recording as many recent requests as it can hold; retry later")
             done = self._handlers[op.name](req.client, args, now)
         except WireError as err:
-            outcome = self._error(req, err.code, err.message)
+            outcome = self._error(req, endpoint, err.code, err.message)
             self.record.remember(req.client, req.seq, frame_digest, outcome.reply, now, changed=False)
             return outcome
         reply = envelope.encode_ok(req.seq, done.result)
@@ -146,8 +154,11 @@ class Hypervisor:
         routine = op.name in QUIET_OPS and not done.notable
         return Outcome(reply, req.op, req.seq, req.client, done.fields, done.notifications, routine)
 
-    def _error(self, req: envelope.Request, code: ErrorCode, message: str) -> Outcome:
-        reply = envelope.encode(envelope.error_reply(req.seq, code, message))
+    def _error(self, req: envelope.Request, endpoint: Endpoint, code: ErrorCode, message: str) -> Outcome:
+        # A guest told "no domain for you" learns which books said so: the ones it registered
+        # with (its domain was destroyed) or others (this hypervisor restarted without it).
+        boot_id = self.boot_id if code is ErrorCode.ESRCH and endpoint is Endpoint.GUEST else None
+        reply = envelope.encode(envelope.error_reply(req.seq, code, message, boot_id))
         domain = self.table.find_client(req.client)
         fields: dict[str, Any] = {"domid": domain.domid} if domain else {}
         return Outcome(reply, clip(req.op, 40), req.seq, req.client, fields, error=code, message=message)
@@ -164,6 +175,7 @@ class Hypervisor:
             "domid": domain.domid,
             "extents": extents,  # Extent records pack as [start, count]
             "next": extents[-1].start if more else None,
+            "boot_id": self.boot_id,
             **_target(domain),
         }
         return _Result(result, {"domid": domain.domid, "name": domain.name, "pages": args["memory_pages"], "free_pages": self.pool.free_pages})
