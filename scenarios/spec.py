@@ -23,17 +23,20 @@ class Action(enum.StrEnum):
     MEM_SET = "mem-set"  # toolstack: target SIZE of a domain
     MEM_MAX = "mem-max"  # toolstack: maxmem SIZE of a domain
     DESTROY = "destroy"  # toolstack: destroy a domain
-    KILL = "kill"  # SIGKILL a process (a guest, a device, "irqbus")
+    KILL = "kill"  # SIGKILL a process (a guest, a device, "irqbus", "hypervisor")
     STOP = "stop"  # SIGTERM a process
     START = "start"  # start a stopped process again, as the file describes it
     RESTART = "restart"  # stop, then start
+
+
+PROCESS_ACTIONS = (Action.KILL, Action.STOP, Action.START, Action.RESTART)
 
 
 class Check(enum.StrEnum):
     AT_TARGET = "at-target"  # every named guest within `pages` of its target by time `by`, and still at `by`
     OFF_TARGET = "off-target"  # every named guest still more than `pages` from its target at time `by`
     AUDIT = "audit"  # `hypervisor audit` is clean at the end
-    EXITED = "exited"  # the named processes are gone at the end (e.g. nothing left running)
+    EXITED = "exited"  # the named processes are gone at the end (e.g. nothing left running); `status`: with that exit status
     LINE_DISABLED = "line-disabled"  # the named guests' genirq disabled `irq` (nobody cared)
     LINE_ENABLED = "line-enabled"  # ...or did not
 
@@ -109,6 +112,7 @@ class Expectation:
     by: float | None = None
     pages: int = 0
     irq: int | None = None
+    status: int | None = None  # `exited`: the exit status each named guest must have ended with
 
 
 @dataclass(frozen=True)
@@ -213,7 +217,7 @@ def _step(data: dict[str, Any], where: str) -> Step:
 
 
 def _expectation(data: dict[str, Any], where: str) -> Expectation:
-    _table(data, where, {"check": str, "guests": list, "by": _NUM, "pages": int, "irq": int}, ("check",))
+    _table(data, where, {"check": str, "guests": list, "by": _NUM, "pages": int, "irq": int, "status": int}, ("check",))
     try:
         check = Check(data["check"])
     except ValueError:
@@ -222,8 +226,10 @@ def _expectation(data: dict[str, Any], where: str) -> Expectation:
         raise ScenarioError(f"{where}: '{check}' needs 'by' (seconds after the timeline starts)")
     if check in {Check.LINE_DISABLED, Check.LINE_ENABLED} and ("irq" not in data or not data.get("guests")):
         raise ScenarioError(f"{where}: '{check}' needs 'irq' and 'guests'")
+    if "status" in data and check is not Check.EXITED:
+        raise ScenarioError(f"{where}: 'status' belongs to 'exited' only")
     by = float(data["by"]) if "by" in data else None
-    return Expectation(check, tuple(data.get("guests", ())), by, data.get("pages", 0), data.get("irq"))
+    return Expectation(check, tuple(data.get("guests", ())), by, data.get("pages", 0), data.get("irq"), data.get("status"))
 
 
 def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
@@ -243,10 +249,12 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
     devices = tuple(_device(d, f"device[{i}]") for i, d in enumerate(data.get("device", [])))
     timeline = tuple(sorted((_step(s, f"timeline[{i}]") for i, s in enumerate(data.get("timeline", []))), key=lambda s: s.at))
     expectations = tuple(_expectation(e, f"expect[{i}]") for i, e in enumerate(data.get("expect", [])))
-    processes = set(names) | {d.process for d in devices} | {"irqbus"}
+    processes = set(names) | {d.process for d in devices} | {"irqbus", "hypervisor"}
     for i, step in enumerate(timeline):
         if step.target not in processes:
-            raise ScenarioError(f"timeline[{i}].target: {step.target!r} is not a guest, a device (GUEST.DEVICE) or irqbus")
+            raise ScenarioError(f"timeline[{i}].target: {step.target!r} is not a guest, a device (GUEST.DEVICE), irqbus or hypervisor")
+        if step.target == "hypervisor" and step.action not in PROCESS_ACTIONS:
+            raise ScenarioError(f"timeline[{i}]: the hypervisor is a process: it can be {', '.join(PROCESS_ACTIONS)}, not {step.action}")
     for i, exp in enumerate(expectations):
         for name in exp.guests:
             if name not in names:

@@ -3,6 +3,8 @@ its guests must say so and fail, not take its ESRCH for "destroyed" and exit 0 (
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import structlog
 
@@ -52,3 +54,16 @@ def test_an_esrch_is_destroyed_only_from_the_books_the_guest_registered_in():
         assert service._destroyed
     finally:
         service.close()
+
+
+SCENARIO = Path(__file__).resolve().parent / "scenarios" / "hypervisor-restart.toml"
+
+
+def test_a_scenario_restarts_the_hypervisor_and_its_guests_exit_3_saying_why(procs, tmp_path):
+    runner = procs.start("runner", "scenarios", "run", str(SCENARIO), "--out", str(tmp_path), "--quiet")
+    assert runner.wait(50) == 0, procs.log("runner")[-4000:]
+    report = (tmp_path / "hypervisor-restart" / "report.txt").read_text()
+    assert "PASSED" in report
+    for name in ("web", "db"):
+        log = (tmp_path / "hypervisor-restart" / "logs" / f"{name}.log").read_text()
+        assert '"event": "hypervisor restarted"' in log and "exiting with status 3" in log, log[-2000:]

@@ -126,3 +126,22 @@ def test_combined_behaviours_become_both_flags():
     assert args[args.index("--balloon-rate") + 1] == "100" and args[args.index("--stuck-every") + 1] == "2"
     with pytest.raises(ScenarioError, match="behaviour"):
         parse(with_change(("guest", 0, "behaviour"), "slow:100+lazy"))
+
+
+@pytest.mark.parametrize("action", ["restart", "kill", "stop", "start"])
+def test_the_hypervisor_is_a_process_on_the_timeline(action):
+    s = parse(with_change(("timeline", 0), {"at": 1, "action": action, "target": "hypervisor"}))
+    assert (s.timeline[-1].action, s.timeline[-1].target) == (Action(action), "hypervisor")
+
+
+@pytest.mark.parametrize("action", ["mem-set", "mem-max", "destroy"])
+def test_the_hypervisor_is_not_a_domain(action):
+    with pytest.raises(ScenarioError, match=r"timeline\[\d\]: the hypervisor is a process"):
+        parse(with_change(("timeline", 0), {"at": 1, "action": action, "target": "hypervisor", "size": "1m"}))
+
+
+def test_exited_takes_the_status_the_guests_must_end_with():
+    s = parse(with_change(("expect",), [{"check": "exited", "guests": ["a"], "status": 3}]))
+    assert s.expectations[0] == Expectation(Check.EXITED, ("a",), status=3)
+    with pytest.raises(ScenarioError, match="'status' belongs to 'exited' only"):
+        parse(with_change(("expect",), [{"check": "audit", "status": 3}]))
