@@ -190,7 +190,8 @@ class DomainTable:
 
         Xen dropped its check that new_max >= tot_pages: the domain keeps its pages and "ratchets"
         down to the new max, and while tot_pages > max_pages every allocation is refused
-        (assign_pages; here increase_reservation grants max(0, max - current) = 0). Nothing is
+        (xen/common/page_alloc.c assign_pages: "Inconsistent allocation", and "Over-allocation"
+        past the max; here increase_reservation grants max(0, max - current) = 0). Nothing is
         taken away and the target is not touched: it lives in xenstore, the toolstack's.
 
         `refuse_below_target` adds libxl_domain_setmaxmem's one check (tools/libs/light/
