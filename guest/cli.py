@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import enum
 import os
 import socket
 import sys
@@ -12,7 +13,7 @@ from guest.balloon import BalloonConfig
 from guest.generations import DEFAULT_GENERATION, RULES, DriverGeneration, parse_generation
 from guest.interrupts_cli import interrupt_attachments, interrupts_options, show_interrupts
 from guest.pace import parse_pace
-from guest.service import DEFAULT_HEARTBEAT_S, GuestService, GuestSettings
+from guest.service import DEFAULT_HEARTBEAT_S, GuestService, GuestSettings, HypervisorRestarted
 from wire import endpoints, logsetup
 from wire.arguments import domain, positive_number, seconds, whole_number
 from wire.errors import RemoteError
@@ -24,6 +25,15 @@ from wire.sizes import size_to_pages
 
 GUEST_NAME_ENV = "BALLONET_GUEST_NAME"
 MAX_NAME = 64  # the protocol's limit on a domain name
+
+
+class GuestExit(enum.IntEnum):
+    """`guest run`'s exit statuses (README, "The guest")."""
+
+    OK = 0  # stopped by a signal, or its domain was destroyed
+    REFUSED = 1  # the hypervisor refused it (at registration: e.g. more memory than the host's)
+    USAGE = 2  # bad flags
+    HYPERVISOR_RESTARTED = 3  # the hypervisor it registered with restarted and knows nothing of its domain
 
 
 def default_name() -> str:
@@ -151,7 +161,11 @@ def run(args: argparse.Namespace) -> int:
     except RemoteError as err:
         log.error("refused by the hypervisor", error=err.code, message=err.message)
         print(f"guest {for_terminal(args.name)}: {for_terminal(err.code)}: {for_terminal(err.message)}", file=sys.stderr)
-        return 1
+        return GuestExit.REFUSED
+    except HypervisorRestarted as lost:
+        log.error("hypervisor restarted", registered_boot_id=lost.registered_boot_id, boot_id=lost.boot_id, status=int(GuestExit.HYPERVISOR_RESTARTED))
+        print(f"guest {for_terminal(args.name)}: {for_terminal(str(lost))}; exiting with status {int(GuestExit.HYPERVISOR_RESTARTED)}", file=sys.stderr)
+        return GuestExit.HYPERVISOR_RESTARTED
     finally:
         service.close()
     log.info("stopped")

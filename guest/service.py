@@ -36,6 +36,20 @@ DEFAULT_HEARTBEAT_S = 1.0
 MAX_IDLE_WAIT_S = 0.25  # how often the loop looks at the stop flag when nothing is due
 
 
+class HypervisorRestarted(Exception):
+    """An ESRCH from a hypervisor whose boot id is not the one this guest registered with: not
+    "my domain was destroyed" but "the hypervisor restarted and knows nothing of my domain"."""
+
+    def __init__(self, domid: int | None, registered_boot_id: str | None, boot_id: str | None) -> None:
+        super().__init__(
+            f"the hypervisor restarted (boot {boot_id}) and knows nothing of domain {domid}, "
+            f"which was registered with boot {registered_boot_id}"
+        )
+        self.domid = domid
+        self.registered_boot_id = registered_boot_id
+        self.boot_id = boot_id
+
+
 class Attachment(Protocol):
     """Something else the guest talks to besides the hypervisor (irqbus), sharing the loop."""
 
@@ -87,6 +101,7 @@ class GuestService:
         self.balloon: Balloon | None = None
         self.control: GuestControl | None = None
         self.domid: int | None = None
+        self.boot_id: str | None = None  # the hypervisor's, from register: see _no_such_domain
         self._target_writes = 0
         self._failed_steps = 0
         self._reported_state: DriverState | None = None
@@ -129,6 +144,8 @@ class GuestService:
             result["extents"] = every_page(call, "memory_map", "extents", first=result)["extents"]
         now = self.driver_clock()
         self.domid = result["domid"]
+        boot_id = result.get("boot_id")
+        self.boot_id = boot_id if isinstance(boot_id, str) else None
         self.log = self.log.bind(domid=self.domid)
         floor = minimum_target_pages(result["max_pages"]) if s.kernel_floor_pages is None else s.kernel_floor_pages
         memory = GuestMemory([Extent(a, b) for a, b in result["extents"]], s.workload_pages, kernel_floor_pages=floor)
@@ -140,7 +157,7 @@ class GuestService:
         self._failed_steps = 0
         self.log.info(
             "registered", pages=memory.current_pages, max_pages=result["max_pages"], workload_pages=s.workload_pages,
-            driver=str(s.balloon.generation), kernel_floor_pages=floor, growth_cap=self.balloon.growth_cap, speed=self.speed,
+            driver=str(s.balloon.generation), kernel_floor_pages=floor, growth_cap=self.balloon.growth_cap, speed=self.speed, boot_id=self.boot_id,
         )
 
     def run(self, should_stop: Callable[[], bool]) -> None:
@@ -207,10 +224,10 @@ class GuestService:
                     self.log.debug("decrease", seq=self.client.last_seq, released=action.nr, current_pages=balloon.current_pages)
             except RemoteError as err:
                 balloon.request_failed(self.driver_clock())
-                self.log.error("request refused", seq=self.client.last_seq, error=err.code, message=err.message)
                 if err.code == "ESRCH":
-                    self._destroyed = True
+                    self._no_such_domain(err)
                     return
+                self.log.error("request refused", seq=self.client.last_seq, error=err.code, message=err.message)
             except Unreachable:  # only when stopping: retries are unlimited
                 balloon.request_failed(self.driver_clock())
                 return
@@ -277,6 +294,14 @@ class GuestService:
         for key, why in outcome.refused.items():
             self.log.warning("control refused", key=key, reason=why, via=via)
 
+    def _no_such_domain(self, err: RemoteError) -> None:
+        """ESRCH: destroyed, if the books that say so are the ones the domain was registered in;
+        else the hypervisor restarted without it (raises HypervisorRestarted)."""
+        if err.boot_id != self.boot_id:
+            raise HypervisorRestarted(self.domid, self.boot_id, err.boot_id)
+        self.log.info("domain destroyed", seq=self.client.last_seq, message=err.message)
+        self._destroyed = True
+
     def _apply_target(self, info: dict[str, Any], pushed: bool) -> None:
         """A target write (seen by its counter, so a write of the same value counts) reaches the driver."""
         now = self.driver_clock()
@@ -285,7 +310,10 @@ class GuestService:
         except (KeyError, TypeError, ValueError):
             self.log.warning("malformed target information", info=str(info)[:200])
             return
-        if max_pages != self.balloon.maxmem_pages:
+        if self.settings.hotplug and max_pages > self.balloon.maxmem_pages:
+            # Linux's driver never reads Xen's max after boot (it watches memory/target only): a
+            # lowered max shows as refused increases, not as a smaller guest. With memory
+            # hotplug it can grow into a raised one (reserve_additional_memory()).
             self.balloon.set_maxmem(max_pages, now)
         if writes != self._target_writes:
             self._target_writes = writes
@@ -299,9 +327,10 @@ class GuestService:
             self.log.warning("heartbeat unanswered")
             return
         except RemoteError as err:
-            self.log.error("heartbeat refused", error=err.code, message=err.message)
             if err.code == "ESRCH":
-                self._destroyed = True
+                self._no_such_domain(err)
+                return
+            self.log.error("heartbeat refused", error=err.code, message=err.message)
             return
         self._apply_target(result, pushed=False)
         if "control" in result:

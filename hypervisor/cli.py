@@ -72,10 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
         ("snapshot", "the pool and every domain at one instant"),
     ]:
         client_command(name, help_text).add_argument("--json", action="store_true", help="machine-readable output")
-    for name, help_text in [("mem-set", "set a domain's balloon target"), ("mem-max", "set a domain's maxmem")]:
+    for name, help_text in [("mem-set", "set a domain's balloon target"), ("mem-max", "set a domain's maxmem, as xl mem-max (refused below its target)")]:
         cmd = client_command(name, help_text)
         cmd.add_argument("domain", type=domain, help="domain name or id")
         cmd.add_argument("size", type=_size, help="size; a bare number is KiB, suffixes b k m g t")
+        if name == "mem-max":
+            cmd.add_argument(
+                "--domctl", action="store_true",
+                help="the bare XEN_DOMCTL_max_mem: any max, also below the target or the current memory (the domain then cannot grow)",
+            )
     guest_set = client_command("guest-set", "change a running guest's behaviour: its pace, floor, ceiling, inaccuracy, driver tunables")
     guest_set.add_argument("domain", type=domain, help="domain name or id")
     guest_set.add_argument("keys", nargs="+", type=_assignment, metavar="KEY=VALUE", help=f"one or more of: {control_help}")
@@ -94,8 +99,9 @@ def serve(args: argparse.Namespace) -> int:
     irqbus_ep = args.irqbus or os.environ.get(endpoints.IRQBUS_ENV)
     stop = stop_on_signals()
     virqs = VirqSender(irqbus_ep, log) if irqbus_ep else None
-    service = HypervisorService(Hypervisor(args.memory, args.liveness), guest_ep, admin_ep, log, virqs=virqs)
-    log.info("serving", guest_endpoint=guest_ep, admin_endpoint=admin_ep, irqbus=irqbus_ep, total_pages=args.memory)
+    hypervisor = Hypervisor(args.memory, args.liveness)
+    service = HypervisorService(hypervisor, guest_ep, admin_ep, log, virqs=virqs)
+    log.info("serving", guest_endpoint=guest_ep, admin_endpoint=admin_ep, irqbus=irqbus_ep, total_pages=args.memory, boot_id=hypervisor.boot_id)
     try:
         service.serve(stop.is_set)
     finally:
@@ -130,7 +136,7 @@ def run_client(args: argparse.Namespace) -> int:
         elif args.command == "mem-set":
             tool.mem_set(args.domain, args.size)
         elif args.command == "mem-max":
-            tool.mem_max(args.domain, args.size)
+            tool.mem_max(args.domain, args.size, domctl=args.domctl)
         elif args.command == "destroy":
             tool.destroy(args.domain)
         elif args.command == "guest-set":

@@ -3,6 +3,7 @@ frame, the notifications to push and the figures to log come out."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,8 +123,15 @@ def _paged(rows: list[dict[str, Any]], budget: int) -> list[list[dict[str, Any]]
     return pages
 
 
+def new_boot_id() -> str:
+    """Names one set of books: a hypervisor that starts afresh (today, every start) draws a new
+    one; one that recovers its domains from a journal (issue 12) keeps the one it had."""
+    return secrets.token_hex(8)
+
+
 class Hypervisor:
-    def __init__(self, total_pages: int, liveness_s: float = DEFAULT_LIVENESS_S) -> None:
+    def __init__(self, total_pages: int, liveness_s: float = DEFAULT_LIVENESS_S, boot_id: str | None = None) -> None:
+        self.boot_id = boot_id or new_boot_id()
         self.table = DomainTable(PagePool(total_pages), liveness_s)
         self.record = ReplayRecord()
         self._snapshots: dict[str, list[_HeldSnapshot]] = {}  # by client, oldest client first
@@ -163,7 +171,7 @@ class Hypervisor:
             assert latest is not None and latest.reply is not None
             return Outcome(latest.reply, req.op, req.seq, req.client, replayed=True)
         if verdict is _STALE or verdict is _REUSED:
-            return self._error(req, ErrorCode.EPROTO, replay_refusal(verdict, req.seq))
+            return self._error(req, endpoint, ErrorCode.EPROTO, replay_refusal(verdict, req.seq))
 
         try:
             op = lookup(req.op, endpoint)
@@ -172,7 +180,7 @@ class Hypervisor:
                 raise WireError(ErrorCode.EAGAIN, "the server is recording as many recent requests as it can hold; retry later")
             done = self._handlers[op.name](req.client, args, now)
         except WireError as err:
-            outcome = self._error(req, err.code, err.message)
+            outcome = self._error(req, endpoint, err.code, err.message)
             self.record.remember(req.client, req.seq, frame_digest, outcome.reply, now, changed=False)
             return outcome
         reply = envelope.encode_ok(req.seq, done.result)
@@ -180,8 +188,11 @@ class Hypervisor:
         routine = op.name in QUIET_OPS and not done.notable
         return Outcome(reply, req.op, req.seq, req.client, done.fields, done.notifications, routine)
 
-    def _error(self, req: envelope.Request, code: ErrorCode, message: str) -> Outcome:
-        reply = envelope.encode(envelope.error_reply(req.seq, code, message))
+    def _error(self, req: envelope.Request, endpoint: Endpoint, code: ErrorCode, message: str) -> Outcome:
+        # A guest told "no domain for you" learns which books said so: the ones it registered
+        # with (its domain was destroyed) or others (this hypervisor restarted without it).
+        boot_id = self.boot_id if code is ErrorCode.ESRCH and endpoint is Endpoint.GUEST else None
+        reply = envelope.encode(envelope.error_reply(req.seq, code, message, boot_id))
         domain = self.table.find_client(req.client)
         fields: dict[str, Any] = {"domid": domain.domid} if domain else {}
         return Outcome(reply, clip(req.op, 40), req.seq, req.client, fields, error=code, message=message)
@@ -198,6 +209,7 @@ class Hypervisor:
             "domid": domain.domid,
             "extents": extents,  # Extent records pack as [start, count]
             "next": extents[-1].start if more else None,
+            "boot_id": self.boot_id,
             **_target(domain),
         }
         return _Result(result, {"domid": domain.domid, "name": domain.name, "pages": args["memory_pages"], "free_pages": self.pool.free_pages})
@@ -343,11 +355,16 @@ class Hypervisor:
         return _Result({"domid": domain.domid, "target_pages": domain.target_pages}, fields, _target_news(domain))
 
     def _mem_max(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        """XEN_DOMCTL_max_mem, or libxl's setmaxmem with `refuse_below_target` (DomainTable.set_max).
+
+        Neither writes memory/target, so the guest is told nothing: its xenstore watch is on the
+        target only (Linux drivers/xen/xen-balloon.c, watch_target), and a later grant past the
+        max is simply refused."""
         domain = self.table.resolve(args["domain"])
-        self.table.set_max(domain, args["max_pages"])
-        fields = {"domid": domain.domid, "max_pages": domain.max_pages, "target_pages": domain.target_pages}
-        result = {"domid": domain.domid, "max_pages": domain.max_pages, "target_pages": domain.target_pages}
-        return _Result(result, fields, _target_news(domain))
+        self.table.set_max(domain, args["max_pages"], args.get("refuse_below_target", False))
+        current = self.table.current_pages(domain)
+        result = {"domid": domain.domid, "max_pages": domain.max_pages, "target_pages": domain.target_pages, "current_pages": current}
+        return _Result(result, dict(result))
 
     def _destroy(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self.table.resolve(args["domain"])

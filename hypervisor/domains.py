@@ -38,6 +38,9 @@ class Domain:
     target_writes: int = 0  # counts mem-set calls, so a guest sees a write of the same value
     control: dict[str, Any] = field(default_factory=dict)  # the guest's control keys (wire/control.py), as set
     balloon_at: float | None = None  # when the guest last reported `balloon` (None: never)
+    # While a max_mem below what the domain held is in force: the most it may hold now. It
+    # only goes down (Xen's "ratchet", see DomainTable.set_max); None when not over its max.
+    over_max_pages: int | None = None
 
 
 class DomainTable:
@@ -152,10 +155,13 @@ class DomainTable:
     def decrease_reservation(self, domain: Domain, extents: list[Extent]) -> int:
         """Take back exactly these pages, which must all be the caller's; else change nothing."""
         try:
-            return self.pool.release(domain.domid, extents)
+            released = self.pool.release(domain.domid, extents)
         except PoolError as err:
             code = ErrorCode.EPERM if err.reason is PoolErrorReason.NOT_OWNED else ErrorCode.EINVAL
             raise WireError(code, str(err)) from None
+        if domain.over_max_pages is not None:
+            self._ratchet(domain)
+        return released
 
     def short_of_memory(self, domain: Domain) -> bool:
         """Whether the domain's last increase was granted short because the host was full."""
@@ -181,17 +187,37 @@ class DomainTable:
         domain.target_pages = target_pages
         domain.target_writes += 1
 
-    def set_max(self, domain: Domain, max_pages: int) -> None:
-        """Refused below current, as Xen once did, so that "no domain over maxmem" always holds."""
-        current = self.current_pages(domain)
-        if max_pages < current:
+    def set_max(self, domain: Domain, max_pages: int, refuse_below_target: bool = False) -> None:
+        """XEN_DOMCTL_max_mem (xen/common/domctl.c): any max, also below what the domain holds.
+
+        Xen dropped its check that new_max >= tot_pages: the domain keeps its pages and "ratchets"
+        down to the new max, and while tot_pages > max_pages every allocation is refused
+        (xen/common/page_alloc.c assign_pages: "Inconsistent allocation", and "Over-allocation"
+        past the max; here increase_reservation grants max(0, max - current) = 0). Nothing is
+        taken away and the target is not touched: it lives in xenstore, the toolstack's.
+
+        `refuse_below_target` adds libxl_domain_setmaxmem's one check (tools/libs/light/
+        libxl_mem.c), made atomically here as libxl makes it under the domain's lock: a max
+        below memory/target (the balloon target; not the current memory, not static-max) is
+        refused with libxl's reason. libxl also adds LIBXL_MAXMEM_CONSTANT (1024 KiB on x86,
+        libxl__arch_extra_memory) for pages Xen assigns a domain beside its RAM; ballonet's
+        domains have none, at build as here, so the max is set as asked.
+        """
+        if refuse_below_target and max_pages < domain.target_pages:
             raise WireError(
                 ErrorCode.EINVAL,
-                f"{domain.name} holds {current} pages; lower its target with mem-set and let it balloon down first",
+                f"cannot set {domain.name}'s maxmem to {max_pages} pages, below its target of {domain.target_pages}: "
+                "memory_static_max must be greater than or equal to memory_dynamic_max (libxl_domain_setmaxmem); "
+                "lower the target with mem-set first",
             )
         domain.max_pages = max_pages
-        if max_pages < domain.target_pages:
-            self.set_target(domain, max_pages)
+        current = self.current_pages(domain)
+        domain.over_max_pages = current if current > max_pages else None
+
+    def _ratchet(self, domain: Domain) -> None:
+        """A domain over its max gave pages back: the most it may hold follows it down."""
+        current = self.current_pages(domain)
+        domain.over_max_pages = current if current > domain.max_pages else None
 
     def heard_from(self, domain: Domain, now: float, balloon: dict[str, Any] | None = None) -> None:
         domain.last_seen = now
@@ -206,7 +232,15 @@ class DomainTable:
             if owner not in self._by_id and self.pool.owned_pages(owner):
                 problems.append(f"pages owned by domid {owner}, which does not exist")
         for domain in self.domains():
+            # Above maxmem is legal after a max_mem below what the domain held (Xen's ratchet):
+            # what is wrong is a domain that grew past its max, or past what it held since.
             current = self.current_pages(domain)
             if current > domain.max_pages:
-                problems.append(f"{domain.name} (domid {domain.domid}) holds {current} pages, over its maxmem of {domain.max_pages}")
+                if domain.over_max_pages is None:
+                    problems.append(f"{domain.name} (domid {domain.domid}) holds {current} pages, over its maxmem of {domain.max_pages}")
+                elif current > domain.over_max_pages:
+                    problems.append(
+                        f"{domain.name} (domid {domain.domid}) holds {current} pages, over its maxmem of {domain.max_pages} "
+                        f"and more than the {domain.over_max_pages} it was down to since its maxmem was lowered"
+                    )
         return problems

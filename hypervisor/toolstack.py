@@ -34,8 +34,13 @@ class Toolstack:
     def mem_set(self, domain: int | str, target_pages: int) -> dict[str, Any]:
         return self.client.call("mem_set", {"domain": domain, "target_pages": target_pages})
 
-    def mem_max(self, domain: int | str, max_pages: int) -> dict[str, Any]:
-        return self.client.call("mem_max", {"domain": domain, "max_pages": max_pages})
+    def mem_max(self, domain: int | str, max_pages: int, *, domctl: bool = False) -> dict[str, Any]:
+        """`xl mem-max`: libxl_domain_setmaxmem, which refuses a max below the domain's target;
+        `domctl=True` is the bare XEN_DOMCTL_max_mem, which takes any max (see docs/protocol.md)."""
+        args: dict[str, Any] = {"domain": domain, "max_pages": max_pages}
+        if not domctl:
+            args["refuse_below_target"] = True
+        return self.client.call("mem_max", args)
 
     def destroy(self, domain: int | str) -> dict[str, Any]:
         return self.client.call("destroy", {"domain": domain})

@@ -128,11 +128,20 @@ class Host:
         self.procs = procs
         self.guest_endpoint = procs.ipc("hv")
         self.admin_endpoint = procs.ipc("admin")
-        self.proc = procs.start(
-            "hypervisor", "hypervisor", "serve", "--memory", memory,
+        self._serve_args = (
+            "serve", "--memory", memory,
             "--guest-endpoint", self.guest_endpoint, "--admin-endpoint", self.admin_endpoint, "--log-level", log_level, *extra,
         )
-        wait_for(lambda: self.tool("info").returncode == 0, 15, "the hypervisor to answer")
+        self.start()
+        self.wait_serving()
+
+    def start(self) -> subprocess.Popen:
+        """Start `hypervisor serve` as this host runs it (again, after a stop: a fresh one)."""
+        self.proc = self.procs.start("hypervisor", "hypervisor", *self._serve_args)
+        return self.proc
+
+    def wait_serving(self, timeout: float = 15) -> None:
+        wait_for(lambda: self.tool("info").returncode == 0, timeout, "the hypervisor to answer")
 
     def tool(self, *args: str) -> subprocess.CompletedProcess:
         return self.procs.run("hypervisor", *args, "--admin-endpoint", self.admin_endpoint)

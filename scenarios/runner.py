@@ -96,6 +96,9 @@ class Runner:
     def _start(self, name: str) -> None:
         """(Re)start a process as the scenario describes it."""
         s, host = self.scenario, self.host
+        if name == "hypervisor":  # a fresh one, as `hypervisor serve` starts today: no domains, a new boot id
+            host.start()
+            return
         if name == "irqbus":
             self.procs.start("irqbus", "irqbus", "serve", "--endpoint", self.irqbus_endpoint, "--log-level", "info")
             return
@@ -323,7 +326,12 @@ class Runner:
                 run.outcomes.append(Outcome(exp, *self._line_state(exp)))
             elif exp.check is Check.EXITED:  # the latest instance of each: a restarted guest is running
                 missing = [n for n in exp.guests if not self._gone(n)]
-                run.outcomes.append(Outcome(exp, not missing, f"still running: {missing}" if missing else "all exited"))
+                wrong = [] if exp.status is None else [
+                    f"{n}: status {rc}, not {exp.status}"
+                    for n in exp.guests if n not in missing and (rc := self.procs.instances(n)[-1].returncode) != exp.status
+                ]
+                detail = "; ".join(([f"still running: {missing}"] if missing else []) + wrong)
+                run.outcomes.append(Outcome(exp, not detail, detail or "all exited" + ("" if exp.status is None else f" with status {exp.status}")))
             else:
                 run.outcomes.append(Outcome(exp, *evaluate(exp, run.recording, self.scenario)))
 

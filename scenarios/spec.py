@@ -25,7 +25,7 @@ class Action(enum.StrEnum):
     MEM_SET = "mem-set"  # toolstack: target SIZE of a domain
     MEM_MAX = "mem-max"  # toolstack: maxmem SIZE of a domain
     DESTROY = "destroy"  # toolstack: destroy a domain
-    KILL = "kill"  # SIGKILL a process (a guest, a device, "irqbus")
+    KILL = "kill"  # SIGKILL a process (a guest, a device, "irqbus", "hypervisor")
     STOP = "stop"  # SIGTERM a process
     START = "start"  # start a stopped process again, as the file describes it
     RESTART = "restart"  # stop, then start
@@ -37,11 +37,14 @@ class StepOutcome(enum.StrEnum):
     REFUSED = "refused"  # the hypervisor refused the toolstack's operation (or could not be reached)
 
 
+PROCESS_ACTIONS = (Action.KILL, Action.STOP, Action.START, Action.RESTART)
+
+
 class Check(enum.StrEnum):
     AT_TARGET = "at-target"  # every named guest within `pages` of its target by time `by`, and still at `by`
     OFF_TARGET = "off-target"  # every named guest still more than `pages` from its target at time `by`
     AUDIT = "audit"  # `hypervisor audit` is clean at the end
-    EXITED = "exited"  # the named processes are gone at the end (e.g. nothing left running)
+    EXITED = "exited"  # the named processes are gone at the end (e.g. nothing left running); `status`: with that exit status
     LINE_DISABLED = "line-disabled"  # the named guests' genirq disabled `irq` (nobody cared)
     LINE_ENABLED = "line-enabled"  # ...or did not
     STATE = "state"  # every named guest's driver reports `state` in its first report at or after `at`
@@ -155,6 +158,7 @@ class Expectation:
     action: Action | None = None  # Check.STEP: which steps
     target: str | None = None
     outcome: StepOutcome | None = None
+    status: int | None = None  # `exited`: the exit status each named guest must have ended with
 
     @property
     def moment(self) -> float | None:
@@ -309,7 +313,7 @@ _CHECK_KEYS: dict[Check, tuple[tuple[str, ...], dict[str, Any]]] = {
     Check.AT_TARGET: (("by",), _COMMON),
     Check.OFF_TARGET: (("by",), _COMMON),
     Check.AUDIT: ((), _COMMON),
-    Check.EXITED: ((), _COMMON),
+    Check.EXITED: ((), {**_COMMON, "status": int}),
     Check.LINE_DISABLED: (("irq", "guests"), _COMMON),
     Check.LINE_ENABLED: (("irq", "guests"), _COMMON),
     Check.STATE: (("at", "state"), {"at": _NUM, "guests": list, "state": str}),
@@ -362,6 +366,8 @@ def _expectation(data: dict[str, Any], where: str) -> Expectation:
         extra["outcome"] = _enum(StepOutcome, data["outcome"], f"{where}.outcome")
     by = float(data["by"]) if "by" in data else None
     at = float(data["at"]) if "at" in data else None
+    if "status" in data:
+        extra["status"] = data["status"]
     return Expectation(check, tuple(data.get("guests", ())), by, data.get("pages", 0), data.get("irq"), at=at, **extra)
 
 
@@ -387,10 +393,12 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
     steps += [Step(float(g.sticky_at), Action.BEHAVE, g.name, keys=(("stuck", True),)) for g in guests if g.sticky_at is not None]
     timeline = tuple(sorted(steps, key=lambda s: s.at))
     expectations = tuple(_expectation(e, f"expect[{i}]") for i, e in enumerate(data.get("expect", [])))
-    processes = set(names) | {d.process for d in devices} | {"irqbus"}
+    processes = set(names) | {d.process for d in devices} | {"irqbus", "hypervisor"}
     for i, step in enumerate(timeline):
         if step.target not in processes:
-            raise ScenarioError(f"timeline[{i}].target: {step.target!r} is not a guest, a device (GUEST.DEVICE) or irqbus")
+            raise ScenarioError(f"timeline[{i}].target: {step.target!r} is not a guest, a device (GUEST.DEVICE), irqbus or hypervisor")
+        if step.target == "hypervisor" and step.action not in PROCESS_ACTIONS:
+            raise ScenarioError(f"timeline[{i}]: the hypervisor is a process: it can be {', '.join(PROCESS_ACTIONS)}, not {step.action}")
         if step.action is Action.BEHAVE and step.target not in names:
             raise ScenarioError(f"timeline[{i}].target: 'behave' acts on a guest, not {step.target!r}")
     for i, exp in enumerate(expectations):

@@ -39,7 +39,10 @@ def check_reply(frame: Any, seq: int | None = None) -> dict[str, Any]:
         assert type(body["result"]) is dict, f"result must be a map, got {type(body['result']).__name__}"
         assert seq is None or got == seq, f"an accepted request's reply must echo seq {seq}, got {got}"
     else:
-        assert set(body) == {"v", "seq", "ok", "error", "message"}, sorted(body)
+        if "boot_id" in body:  # the hypervisor's, on an ESRCH to a guest operation
+            assert body["error"] == "ESRCH", f"boot_id on a {body['error']!r} reply"
+            assert type(body["boot_id"]) is str and 0 < len(body["boot_id"]) <= 64, body["boot_id"]
+        assert set(body) - {"boot_id"} == {"v", "seq", "ok", "error", "message"}, sorted(body)
         assert body["error"] in ERROR_CODES, f"unknown error code {body['error']!r}"
         message = body["message"]
         assert type(message) is str, f"message must be a string, got {type(message).__name__}"

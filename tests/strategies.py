@@ -428,8 +428,10 @@ def _host_call(draw: Any, world: HostWorld, op: str) -> tuple[str, dict[str, Any
     top = _pick(draw, world.domains).max_pages if world.domains else 4096
     if op == "mem_set":
         args["target_pages"] = draw(st.integers(0, top) | st.integers(0, MAX_DOMAIN_PAGES))
-    elif op == "mem_max":
-        args["max_pages"] = draw(st.integers(1, top * 2) | st.integers(1, MAX_DOMAIN_PAGES))
+    elif op == "mem_max":  # the domctl (any max, also below current) or libxl's (not below the target)
+        args["max_pages"] = draw(st.integers(0, top * 2) | st.integers(0, MAX_DOMAIN_PAGES))
+        if draw(st.booleans()):
+            args["refuse_below_target"] = draw(st.booleans())
     return client, args
 
 

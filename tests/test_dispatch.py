@@ -170,13 +170,6 @@ def test_mem_set_above_maxmem_and_unknown_domains_are_refused(hv, admin):
     assert hv.table.resolve("web").target_pages == 1000
 
 
-def test_mem_max_below_current_is_refused_and_lowering_clamps_target(hv, admin):
-    guest(hv, "web", memory=1000, maxmem=2000)
-    assert admin.call("mem_max", domain="web", max_pages=999)["error"] == "EINVAL"
-    admin.ok("mem_set", domain="web", target_pages=1800)
-    assert admin.ok("mem_max", domain="web", max_pages=1500) == {"domid": 1, "max_pages": 1500, "target_pages": 1500}
-
-
 def test_destroy_returns_every_page(hv, admin):
     guest(hv, "a"), guest(hv, "b")
     assert admin.ok("destroy", domain="a")["released"] == 1000

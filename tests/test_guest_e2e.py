@@ -134,3 +134,18 @@ def test_duplicate_name_is_refused_at_startup(host):
     assert dup.wait(15) == 1
     assert "EEXIST" in host.procs.log("twin-dup")
     assert host.json("info")["domains"] == 1
+
+
+def test_a_lowered_max_does_not_shrink_the_guest_it_only_stops_growth(host):
+    """XEN_DOMCTL_max_mem below what a domain holds takes nothing away, and Linux's driver never
+    reads Xen's max (drivers/xen/balloon.c watches memory/target only): the guest keeps its
+    pages and stays done (it only cannot grow: assign_pages refuses "Over-allocation")."""
+    host.guest("vm", "--memory", "16m", "--maxmem", "32m", "--driver", "3.1", "--retry-delay", "0.1", "--max-retry-delay", "0.2")
+    host.wait_registered("vm")
+    assert host.tool("mem-set", "vm", "24m").returncode == 0
+    host.wait_converged(("vm",), timeout=20)
+    assert host.tool("mem-max", "--domctl", "vm", "8m").returncode == 0
+    time.sleep(1.0)  # several heartbeats carry the new max to the guest
+    doms = host.domains()
+    assert (doms["vm"]["current_pages"], doms["vm"]["balloon"]["state"]) == (24 * MIB, "done")
+    assert host.tool("audit").returncode == 0  # above its max, legally: Xen's ratchet

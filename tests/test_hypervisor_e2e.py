@@ -88,6 +88,14 @@ def test_toolstack_commands_against_a_running_hypervisor(host, raw):
     assert host.domains()["web"]["target_pages"] == 5120
     assert host.tool("mem-max", "web", "30m").returncode == 0
     assert host.domains()["web"]["max_pages"] == 7680
+    # xl mem-max is libxl_domain_setmaxmem: refused below the target (20m), with libxl's reason
+    refused = host.tool("mem-max", "web", "16m")
+    assert refused.returncode == 1 and "memory_static_max must be greater than or equal to memory_dynamic_max" in refused.stderr
+    assert host.domains()["web"]["max_pages"] == 7680
+    # the bare XEN_DOMCTL_max_mem takes it, below the current 16 MiB too; the target stays
+    assert host.tool("mem-max", "--domctl", "web", "8m").returncode == 0
+    assert (host.domains()["web"]["max_pages"], host.domains()["web"]["target_pages"]) == (2048, 5120)
+    assert host.tool("mem-max", "--domctl", "web", "30m").returncode == 0
 
     audit = host.tool("audit")
     assert audit.returncode == 0 and "balance" in audit.stdout

@@ -347,3 +347,22 @@ def test_a_process_that_exits_on_its_own_with_an_error_misbehaved(tmp_path):
         runner.procs.stop_all()
     assert [p.split(" exited")[0] for p in problems] == ["a", "a (instance 1, a.1.log)", "c"]  # b may exit: an expectation says so
     assert all("with status 2: " in p and "No such file" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("action", ["restart", "kill", "stop", "start"])
+def test_the_hypervisor_is_a_process_on_the_timeline(action):
+    s = parse(with_change(("timeline", 0), {"at": 1, "action": action, "target": "hypervisor"}))
+    assert (s.timeline[-1].action, s.timeline[-1].target) == (Action(action), "hypervisor")
+
+
+@pytest.mark.parametrize("action", ["mem-set", "mem-max", "destroy"])
+def test_the_hypervisor_is_not_a_domain(action):
+    with pytest.raises(ScenarioError, match=r"timeline\[\d\]: the hypervisor is a process"):
+        parse(with_change(("timeline", 0), {"at": 1, "action": action, "target": "hypervisor", "size": "1m"}))
+
+
+def test_exited_takes_the_status_the_guests_must_end_with():
+    s = parse(with_change(("expect",), [{"check": "exited", "guests": ["a"], "status": 3}]))
+    assert s.expectations[0] == Expectation(Check.EXITED, ("a",), status=3)
+    with pytest.raises(ScenarioError, match=r"'audit' takes .*unknown key\(s\) \['status'\]"):
+        parse(with_change(("expect",), [{"check": "audit", "status": 3}]))

@@ -17,7 +17,7 @@ import zmq
 
 from wire import envelope
 from wire import multipart
-from wire.errors import RemoteError, Unreachable
+from wire.errors import MAX_BOOT_ID, RemoteError, Unreachable
 
 EAGAIN_PAUSE_S = 0.25  # before resending a request the server could not take yet
 
@@ -84,7 +84,9 @@ class RpcClient:
                     return reply.get("result") or {}
                 busy = reply.get("error") == "EAGAIN"  # not executed: the same frame may go again
                 if not busy or (budget >= 0 and attempt >= budget) or (should_stop is not None and should_stop()):
-                    raise RemoteError(str(reply.get("error")), str(reply.get("message")))
+                    boot_id = reply.get("boot_id")
+                    boot_id = boot_id if type(boot_id) is str and 0 < len(boot_id) <= MAX_BOOT_ID else None
+                    raise RemoteError(str(reply.get("error")), str(reply.get("message")), boot_id)
                 time.sleep(min(self.timeout, EAGAIN_PAUSE_S))
             attempt += 1
             if (budget >= 0 and attempt > budget) or (should_stop is not None and should_stop()):

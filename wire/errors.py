@@ -32,13 +32,17 @@ class WireError(Exception):
         self.message = message
 
 
-class RemoteError(Exception):
-    """An error reply, as the client sees it."""
+MAX_BOOT_ID = 64  # a boot id longer than this is not one
 
-    def __init__(self, code: str, message: str) -> None:
+
+class RemoteError(Exception):
+    """An error reply, as the client sees it; `boot_id` is the hypervisor's, on a guest's ESRCH."""
+
+    def __init__(self, code: str, message: str, boot_id: str | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.boot_id = boot_id
 
 
 class Unreachable(Exception):

@@ -359,7 +359,8 @@ OPERATIONS: dict[str, Operation] = {
         # the pool and every domain at one instant; `snapshot` + `after` read its later pages
         Operation("snapshot", Endpoint.ADMIN, {}, {"snapshot": integer(1, MAX_SEQ), "after": integer(-1, MAX_DOMID)}, read_only=True),
         Operation("mem_set", Endpoint.ADMIN, {"domain": domain_ref, "target_pages": integer(0, MAX_DOMAIN_PAGES)}),
-        Operation("mem_max", Endpoint.ADMIN, {"domain": domain_ref, "max_pages": _pages}),
+        # XEN_DOMCTL_max_mem; `refuse_below_target`: libxl_domain_setmaxmem's check as well
+        Operation("mem_max", Endpoint.ADMIN, {"domain": domain_ref, "max_pages": integer(0, MAX_DOMAIN_PAGES)}, {"refuse_below_target": boolean}),
         Operation("destroy", Endpoint.ADMIN, {"domain": domain_ref}),
         Operation("audit", Endpoint.ADMIN, read_only=True),
         # a running guest's control keys (wire/control.py), kept with the domain and pushed to it

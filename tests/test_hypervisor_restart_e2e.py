@@ -1,0 +1,69 @@
+"""A hypervisor that restarts knows nothing of the domains it had (until it keeps a journal):
+its guests must say so and fail, not take its ESRCH for "destroyed" and exit 0 (issue 10)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import structlog
+
+from guest.cli import GuestExit
+from guest.service import GuestService, GuestSettings, HypervisorRestarted
+from tests.processes import Host, wait_for
+from wire.errors import RemoteError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_guest_run_exits_3_saying_the_hypervisor_restarted_but_0_when_destroyed(procs):
+    host = Host(procs, memory="64m")
+    web = host.guest("web", "--memory", "8m", "--log-level", "info")
+    gone = host.guest("gone", "--memory", "8m", "--log-level", "info")
+    host.wait_registered("web", "gone")
+
+    assert host.tool("destroy", "gone").returncode == 0  # the books it registered in say so: exit 0
+    assert gone.wait(10) == GuestExit.OK
+
+    procs.stop(host.proc)  # a clean stop; the next hypervisor starts afresh on the same endpoints
+    host.start()
+    assert web.wait(15) == GuestExit.HYPERVISOR_RESTARTED == 3
+    events = {e.get("event"): e for e in procs.log_events("web")}
+    said = events["hypervisor restarted"]
+    assert said["level"] == "error" and said["registered_boot_id"] != said["boot_id"] and said["boot_id"]
+    assert events["registered"]["boot_id"] == said["registered_boot_id"]
+    assert "the hypervisor restarted" in procs.log("web") and "exiting with status 3" in procs.log("web")  # its stderr
+    assert not {"domain destroyed", "domain destroyed by the toolstack"} & set(events)
+    wait_for(lambda: host.tool("info").returncode == 0, 10, "the new hypervisor")
+    assert host.json("list") == []
+
+
+def test_an_esrch_is_destroyed_only_from_the_books_the_guest_registered_in():
+    """The rule itself (GuestService._no_such_domain): the same boot id is "destroyed" (a lost
+    `destroyed` event: the next request says so), any other is a restarted hypervisor."""
+    service = GuestService(GuestSettings("web", 16, 16, "ipc:///nonexistent/hv"), structlog.get_logger())
+    try:
+        service.domid, service.boot_id = 4, "aaaa"
+        with pytest.raises(HypervisorRestarted) as lost:
+            service._no_such_domain(RemoteError("ESRCH", "no domain", "bbbb"))
+        assert (lost.value.domid, lost.value.registered_boot_id, lost.value.boot_id) == (4, "aaaa", "bbbb")
+        with pytest.raises(HypervisorRestarted):
+            service._no_such_domain(RemoteError("ESRCH", "no domain", None))  # no boot id: not the books it knew
+        assert not service._destroyed
+        service._no_such_domain(RemoteError("ESRCH", "no domain", "aaaa"))
+        assert service._destroyed
+    finally:
+        service.close()
+
+
+SCENARIO = Path(__file__).resolve().parent / "scenarios" / "hypervisor-restart.toml"
+
+
+def test_a_scenario_restarts_the_hypervisor_and_its_guests_exit_3_saying_why(procs, tmp_path):
+    runner = procs.start("runner", "scenarios", "run", str(SCENARIO), "--out", str(tmp_path), "--quiet")
+    assert runner.wait(50) == 0, procs.log("runner")[-4000:]
+    report = (tmp_path / "hypervisor-restart" / "report.txt").read_text()
+    assert "PASSED" in report
+    for name in ("web", "db"):
+        log = (tmp_path / "hypervisor-restart" / "logs" / f"{name}.log").read_text()
+        assert '"event": "hypervisor restarted"' in log and "exiting with status 3" in log, log[-2000:]
