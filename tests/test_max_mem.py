@@ -14,19 +14,9 @@ import pytest
 
 from hypervisor.dispatch import Hypervisor
 from wire import envelope
-from tests.test_dispatch import A, Peer, guest, snapshot
+from tests.test_dispatch import A, Peer, admin, guest, hv, snapshot  # noqa: F401 (admin, hv: fixtures)
 
 pytestmark = pytest.mark.timeout(10)
-
-
-@pytest.fixture
-def hv():
-    return Hypervisor(total_pages=10_000)
-
-
-@pytest.fixture
-def admin(hv):
-    return Peer(hv, A, "toolstack")
 
 
 def give_back(g: Peer, hv: Hypervisor, n: int) -> int:
