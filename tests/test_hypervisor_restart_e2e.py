@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+import structlog.testing
 
 from guest.cli import GuestExit
 from guest.service import GuestService, GuestSettings, HypervisorRestarted
@@ -41,7 +42,9 @@ def test_guest_run_exits_3_saying_the_hypervisor_restarted_but_0_when_destroyed(
 def test_an_esrch_is_destroyed_only_from_the_books_the_guest_registered_in():
     """The rule itself (GuestService._no_such_domain): the same boot id is "destroyed" (a lost
     `destroyed` event: the next request says so), any other is a restarted hypervisor."""
-    service = GuestService(GuestSettings("web", 16, 16, "ipc:///nonexistent/hv"), structlog.get_logger())
+    # a logger of its own: the process-wide one may print to a stream an earlier test closed
+    log = structlog.wrap_logger(structlog.testing.CapturingLogger())
+    service = GuestService(GuestSettings("web", 16, 16, "ipc:///nonexistent/hv"), log)
     try:
         service.domid, service.boot_id = 4, "aaaa"
         with pytest.raises(HypervisorRestarted) as lost:
