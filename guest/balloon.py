@@ -267,6 +267,16 @@ class Balloon:
         if not self._cancelled:
             self._schedule(now)
 
+    def retarget(self, pages: int, now: float) -> None:
+        """The guest itself now aims elsewhere (an inaccurate guest's aim moved, guest/control.py).
+
+        Not a Linux event and not a target write: no generation's write rule runs (a hard
+        limit stays, a pending retry stands); an idle worker runs now, a cancelled one stays.
+        """
+        self._target = _page_count("target_pages", pages)
+        if not self._cancelled and self._wake_at is None:
+            self._schedule(now)
+
     def set_growth_cap(self, pages: int | None, now: float) -> None:
         """How far this guest can grow (current + its balloon); None: no cap beyond maxmem.
 

@@ -59,7 +59,7 @@ def _components(pace: Pace) -> list[Pace]:
 class GuestControl:
     """The control keys' state in one guest, and the one way target writes reach its driver."""
 
-    def __init__(self, balloon: Balloon, *, ceiling_pages: int | None = None, inaccuracy_pages: int = 0) -> None:
+    def __init__(self, balloon: Balloon, now: float, *, ceiling_pages: int | None = None, inaccuracy_pages: int = 0) -> None:
         self.balloon = balloon
         parts = _components(balloon.pace)
         slow = next((p for p in parts if isinstance(p, Slow)), None)
@@ -78,7 +78,8 @@ class GuestControl:
             "max_retry_count": stats.max_retry_count,
         }
         initial = {"ceiling_pages": ceiling_pages, "inaccuracy_pages": inaccuracy_pages}
-        self.apply({k: v for k, v in initial.items() if v}, now=0.0)
+        self._refused: dict[str, Any] = {}  # key -> the value the driver refused (logged once)
+        self.apply({k: v for k, v in initial.items() if v}, now)
 
     @property
     def inaccuracy(self) -> int:
@@ -92,14 +93,19 @@ class GuestControl:
     def apply(self, keys: dict[str, Any], now: float) -> Applied:
         """Apply every key whose value differs from what the guest last saw."""
         out = Applied()
-        changed = {k: v for k, v in keys.items() if k in self.seen and self.seen[k] != v}
+        changed = {
+            k: v for k, v in keys.items()
+            if k in self.seen and self.seen[k] != v and not (k in self._refused and self._refused[k] == v)
+        }
         for key, value in changed.items():
-            self.seen[key] = value
             try:
                 self._apply(key, value, now)
             except ValueError as err:
+                self._refused[key] = value  # `seen` keeps what the driver runs with
                 out.refused[key] = str(err)
             else:
+                self.seen[key] = value
+                self._refused.pop(key, None)
                 out.applied[key] = value
         if "rate" in out.applied or "stuck" in out.applied:
             self.balloon.set_pace(self._pace(now), now)
@@ -112,8 +118,8 @@ class GuestControl:
         elif key == "ceiling_pages":  # nil lifts the ceiling back to the boot balloon, not past it
             caps = [c for c in (value, self._boot_cap) if c is not None]
             balloon.set_growth_cap(min(caps) if caps else None, now)
-        elif key == "inaccuracy_pages":
-            self.set_target(self.written, now)  # aims again from where the guest is
+        elif key == "inaccuracy_pages":  # aims again from where the guest is: not a target write
+            balloon.retarget(aim(self.written, balloon.current_pages, value), now)
         elif key == "max_schedule_delay":
             balloon.tune(max_schedule_delay=value)
         elif key == "max_retry_count":

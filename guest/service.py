@@ -152,7 +152,7 @@ class GuestService:
         self.balloon = Balloon(memory, result["max_pages"], target_pages=result["target_pages"], config=s.balloon, pace=s.pace(now))
         if s.hotplug:
             self.balloon.set_growth_cap(None, now)
-        self.control = GuestControl(self.balloon, ceiling_pages=s.ceiling_pages, inaccuracy_pages=s.inaccuracy_pages)
+        self.control = GuestControl(self.balloon, now, ceiling_pages=s.ceiling_pages, inaccuracy_pages=s.inaccuracy_pages)
         self._target_writes = result["target_writes"]
         self._failed_steps = 0
         self.log.info(

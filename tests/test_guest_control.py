@@ -153,7 +153,7 @@ def run(b: Balloon, start: float, end: float, step: float = 0.05) -> list[Increa
 
 def test_a_stuck_guest_moves_again_when_unstuck_and_stops_when_stuck():
     b = make(pace=Stuck())
-    control = GuestControl(b)
+    control = GuestControl(b, 0.0)
     control.set_target(2000, 0.0)
     assert run(b, 0.0, 1.0) == [] and b.current_pages == 1000
     assert control.apply({"stuck": False}, 1.0).applied == {"stuck": False}
@@ -167,7 +167,7 @@ def test_a_stuck_guest_moves_again_when_unstuck_and_stops_when_stuck():
 
 def test_rate_change_paces_a_running_guest():
     b = make()
-    control = GuestControl(b)
+    control = GuestControl(b, 0.0)
     control.apply({"rate": 100}, 0.0)
     control.set_target(2000, 0.0)
     run(b, 0.0, 2.0)
@@ -181,7 +181,7 @@ def test_rate_change_paces_a_running_guest():
 def test_rate_keeps_an_intermittent_pause_the_guest_started_with():
     pause = StuckEvery(1.0, created=0.0)
     b = make(pace=pause)
-    control = GuestControl(b)
+    control = GuestControl(b, 0.0)
     control.apply({"rate": 50}, 0.0)
     assert isinstance(b.pace, Both) and b.pace.second is pause and isinstance(b.pace.first, Slow)
     control.apply({"rate": 0}, 0.0)
@@ -194,7 +194,7 @@ def test_rate_keeps_an_intermittent_pause_the_guest_started_with():
 
 def test_a_value_seen_again_is_not_applied_again():
     b = make()
-    control = GuestControl(b)
+    control = GuestControl(b, 0.0)
     assert control.apply({"rate": 0.0, "stuck": False, "ceiling_pages": None}, 0.0).applied == {}
     assert control.apply({"stuck": True}, 0.0).applied == {"stuck": True}
     assert control.apply({"stuck": True}, 1.0).applied == {}
@@ -202,7 +202,7 @@ def test_a_value_seen_again_is_not_applied_again():
 
 def test_raising_the_floor_stops_a_decrease_at_it():
     b = make(current=1000)
-    control = GuestControl(b)
+    control = GuestControl(b, 0.0)
     control.apply({"floor_pages": 800}, 0.0)
     control.set_target(500, 0.0)
     run(b, 0.0, 0.5)
@@ -216,7 +216,7 @@ def test_a_ceiling_stops_growth_without_asking_the_hypervisor():
     """Linux current_target(): min(target, current + balloon_low + balloon_high). A guest never
     asks past the memory it can address, so no request goes out; a 3.1 driver is idle (done)."""
     b = make(current=1000, maxmem=4000, generation=DriverGeneration.V3_1)
-    control = GuestControl(b, ceiling_pages=1500)
+    control = GuestControl(b, 0.0, ceiling_pages=1500)
     control.set_target(3000, 0.0)
     asked = run(b, 0.0, 2.0)
     assert sum(a.nr for a in asked if isinstance(a, Increase)) == 500
@@ -232,7 +232,7 @@ def test_a_ceiling_cancels_the_current_driver_until_the_target_is_written():
     current_pages and returns BP_ECANCELED once the balloon is empty; lifting the ceiling then
     does not resume it, a new target write does."""
     b = make(current=1000, maxmem=4000, generation=DriverGeneration.CURRENT)
-    control = GuestControl(b, ceiling_pages=1500)
+    control = GuestControl(b, 0.0, ceiling_pages=1500)
     control.set_target(3000, 0.0)
     run(b, 0.0, 2.0)
     assert (b.current_pages, b.target_pages, b.state) == (1500, 1500, DriverState.CANCELLED)
@@ -248,7 +248,7 @@ def test_a_ceiling_below_the_guest_gives_back_down_to_it():
     """squeezed's guest with an upper limit (squeeze_test.ml `idealised_vm_with_upper_limit`)
     clips memory_actual to the limit; ours balloons down to a ceiling set below it."""
     b = make(current=2000)
-    control = GuestControl(b)
+    control = GuestControl(b, 0.0)
     control.apply({"ceiling_pages": 1200}, 0.0)
     run(b, 0.0, 0.5)
     assert b.current_pages == 1200
@@ -272,7 +272,7 @@ def test_aim_of_an_inaccurate_guest(written, current, inaccuracy, expected):
 
 def test_an_inaccurate_guest_settles_off_its_target_and_reports_done():
     b = make(current=1000)
-    control = GuestControl(b, inaccuracy_pages=2)
+    control = GuestControl(b, 0.0, inaccuracy_pages=2)
     control.set_target(1500, 0.0)
     run(b, 0.0, 1.0)
     assert b.current_pages == 1498 and b.state is DriverState.DONE
@@ -286,18 +286,19 @@ def test_an_inaccurate_guest_settles_off_its_target_and_reports_done():
 
 def test_driver_tunables_and_a_value_the_driver_refuses():
     b = make(retry_delay=1.0, max_retry_delay=32.0, max_retries=0)
-    control = GuestControl(b)
+    control = GuestControl(b, 0.0)
     out = control.apply({"max_schedule_delay": 4, "max_retry_count": 3}, 0.0)
     assert out.applied == {"max_schedule_delay": 4, "max_retry_count": 3} and not out.refused
     assert (b.stats().max_schedule_delay, b.stats().max_retry_count) == (4.0, 3)
     out = control.apply({"max_schedule_delay": 0.5}, 0.0)  # below the retry delay: the driver keeps 4
     assert "max_schedule_delay" in out.refused and b.stats().max_schedule_delay == 4.0
+    assert control.seen["max_schedule_delay"] == 4.0  # what the driver runs with, not what was refused
     assert control.apply({"max_schedule_delay": 0.5}, 1.0).refused == {}  # refused once, not every heartbeat
 
 
 def test_tuned_max_retry_count_cancels_a_failing_driver():
     b = make(retry_delay=1.0, max_retry_delay=32.0)
-    control = GuestControl(b)
+    control = GuestControl(b, 0.0)
     control.apply({"max_retry_count": 2}, 0.0)
     control.set_target(2000, 0.0)
     now = 0.0
@@ -306,3 +307,32 @@ def test_tuned_max_retry_count_cancels_a_failing_driver():
         b.increase_done([], now)
         now = b.next_wakeup()
     assert b.state is DriverState.CANCELLED and b.failed_steps == 2
+
+
+def test_a_new_inaccuracy_is_not_a_target_write():
+    """A 3.1 driver waiting out a backoff keeps waiting: schedule_delayed_work(.., 0) is what a
+    *write* of memory/target would do (and it too leaves a pending backoff alone); a change in
+    where the guest aims is no write at all."""
+    b = make(current=1000, maxmem=4000, generation=DriverGeneration.V3_1)
+    control = GuestControl(b, 0.0)
+    control.set_target(2000, 0.0)
+    assert isinstance(b.poll(0.0), Increase)
+    b.increase_done([], 0.0)
+    assert b.next_wakeup() == 2.0  # update_schedule(): 2 s
+    control.apply({"inaccuracy_pages": 10}, 0.5)
+    assert b.target_pages == 1990 and b.next_wakeup() == 2.0 and b.poll(0.5) is None
+
+
+def test_a_new_inaccuracy_does_not_revive_a_cancelled_driver():
+    """Only a write of memory/target resumes today's driver after BP_ECANCELED
+    (balloon_thread_cond() on a changed credit); a new inaccuracy moves the aim, writes nothing."""
+    b = make(current=1000, maxmem=4000, generation=DriverGeneration.CURRENT, max_retries=1)
+    control = GuestControl(b, 0.0)
+    control.set_target(2000, 0.0)
+    assert isinstance(b.poll(0.0), Increase)
+    b.increase_done([], 0.0)
+    assert b.state is DriverState.CANCELLED
+    control.apply({"inaccuracy_pages": 10}, 1.0)
+    assert b.state is DriverState.CANCELLED and b.poll(1.0) is None
+    control.set_target(2000, 2.0)  # a write: the credit changed, the thread runs
+    assert isinstance(b.poll(2.0), Increase)
