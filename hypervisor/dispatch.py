@@ -332,7 +332,7 @@ class Hypervisor:
         pool = self.pool
         held = _HeldSnapshot(number, {"snapshot": number, "total_pages": pool.total_pages, "free_pages": pool.free_pages}, pages)
         if number:
-            mine = self._snapshots.pop(client, [])[-(SNAPSHOTS_PER_CLIENT - 1):] + [held]
+            mine = (self._snapshots.pop(client, []) + [held])[-SNAPSHOTS_PER_CLIENT:]
             self._snapshots[client] = mine  # now the newest client
             while len(self._snapshots) > SNAPSHOTS_HELD:
                 del self._snapshots[next(iter(self._snapshots))]

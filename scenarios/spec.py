@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from guest.generations import DEFAULT_GENERATION, RULES, DriverGeneration
 from wire import heartbeat
 from wire.control import from_human
 from wire.sizes import size_to_pages
@@ -219,7 +220,7 @@ def _size(value: str, where: str) -> str:
 
 
 _NUM = (int, float)
-DRIVERS = ("pre-patch", "seed", "3.1", "current")  # guest/generations.py DriverGeneration
+DRIVERS = tuple(g.value for g in DriverGeneration)
 _GUEST_KEYS = {
     "name": str, "memory": str, "maxmem": str, "workload": str, "behaviour": str, "driver": str,
     "max_retries": int, "retry_delay": _NUM, "max_retry_delay": _NUM, "heartbeat": _NUM, "devices": list, "args": list,
@@ -241,6 +242,9 @@ def _guest(data: dict[str, Any], where: str, defaults: dict[str, Any]) -> GuestS
             )
     if "driver" in merged and merged["driver"] not in DRIVERS:
         raise ScenarioError(f"{where}.driver: expected one of {', '.join(DRIVERS)}, got {merged['driver']!r}")
+    driver = DriverGeneration(merged.get("driver", DEFAULT_GENERATION))
+    if "max_retries" in merged and not RULES[driver].backoff:  # guest run would refuse it (exit 2)
+        raise ScenarioError(f"{where}.max_retries: the {driver} driver has no retry count (only 3.1 and current have)")
     for key in ("devices", "args"):
         if not all(isinstance(x, str) for x in merged.get(key, [])):
             raise ScenarioError(f"{where}.{key}: expected a list of strings")

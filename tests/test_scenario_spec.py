@@ -366,3 +366,41 @@ def test_exited_takes_the_status_the_guests_must_end_with():
     assert s.expectations[0] == Expectation(Check.EXITED, ("a",), status=3)
     with pytest.raises(ScenarioError, match=r"'audit' takes .*unknown key\(s\) \['status'\]"):
         parse(with_change(("expect",), [{"check": "audit", "status": 3}]))
+
+
+@pytest.mark.parametrize("driver", ["seed", "pre-patch"])
+def test_max_retries_on_a_driver_without_a_retry_count_is_a_bad_file(driver):
+    """guest run refuses --max-retries for seed and pre-patch (no such sysfs file): the file is
+    refused before anything runs (exit 2), not reported as a guest that failed to start."""
+    data = copy.deepcopy(GOOD)
+    data["guest"][0].update(driver=driver, max_retries=4)
+    with pytest.raises(ScenarioError, match=rf"guest\[0\].max_retries: the {driver} driver has no retry count"):
+        parse(data)
+    data["guest"][0]["driver"] = "3.1"
+    assert parse(data).guests[0].max_retries == 4
+
+
+@pytest.mark.timeout(60)
+def test_exited_without_names_means_every_guest_and_kill_of_a_dead_process_is_refused(tmp_path):
+    """`exited` with no `guests` is about every guest (it passed with none checked); a `kill` of a
+    process that is no longer running did nothing, so the step is refused, as `start` of a
+    running one is."""
+    from hypervisor.toolstack import Toolstack
+    from scenarios.runner import Run, Runner
+
+    s = parse(with_change(("expect",), [{"check": "exited"}]))
+    runner = Runner(s)
+    runner.tool = Toolstack("ipc:///nonexistent/ballonet-admin", timeout=0.1, retries=0)
+    try:
+        procs = runner.procs
+        procs.start("a", "json.tool", str(tmp_path / "missing.json")).wait(10)  # gone
+        procs.start("b", "guest", "run", "--name", "b", "--memory", "1m", "--hypervisor", "ipc:///nonexistent/ballonet-hv")
+        run = Run(s, Recording())
+        runner._finish(run)
+        (outcome,) = [o for o in run.outcomes if o.expectation.check is Check.EXITED]
+        assert not outcome.passed and "still running: ['b']" in outcome.detail
+        step = runner._play(replace(s.timeline[0], action=Action.KILL, target="a", size=None))
+        assert (step.outcome, step.message) == ("refused", "not running")
+    finally:
+        runner.tool.close()
+        runner.procs.stop_all()
