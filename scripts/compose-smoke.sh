@@ -250,8 +250,9 @@ converged() { # the domain's pages equal its target, which is $2 pages, and its 
   echo "any(str(x['domid']) == '$1' or x['name'] == '$1' for x in d) and all(x['current_pages'] == x['target_pages'] == $2 \
     and (x.get('balloon') or {}).get('state') == 'done' for x in d if str(x['domid']) == '$1' or x['name'] == '$1')"
 }
-quiet mem-set-down toolstack hypervisor mem-set "$down_dom" 128m
-wait_for "$down_dom ballooned down to 128m (32768 pages), balloon done" 60 "$(converged "$down_dom" 32768)" -- list_json
+# 192m: above the kernel floor the guest keeps by default (minimum_target() of its 512m: 168m)
+quiet mem-set-down toolstack hypervisor mem-set "$down_dom" 192m
+wait_for "$down_dom ballooned down to 192m (49152 pages), balloon done" 60 "$(converged "$down_dom" 49152)" -- list_json
 quiet mem-set-up xc hypervisor hypervisor mem-set "$up_dom" 384m
 wait_for "domain $up_dom ballooned up to 384m (98304 pages), balloon done" 60 "$(converged "$up_dom" 98304)" -- list_json
 done_step "mem-set down and up, converged"
