@@ -217,14 +217,11 @@ def test_check_irq_resend_does_not_replay_an_edge_on_an_i8259_line():
     assert len(rec.calls) == 1
 
 
-@pytest.mark.timeout(5)
-def test_handle_level_irq_on_an_i8259_line_does_not_loop_for_a_nested_edge():
-    """handle_level_irq has no PENDING loop (that is handle_edge_irq's): a delivery while the
-    chain runs (irq_can_handle_pm: INPROGRESS) is only acked, and the run ends with one
-    unmask."""
-    sub = IrqSubsystem()
+def run_with_one_nested_delivery(sub: IrqSubsystem, irq: int, **request) -> tuple[list[ChipOp], list[list[ChipOp]], list[int]]:
+    """Handle `irq` once, its handler delivering it again while the chain runs; returns the
+    outer run's chip ops, the nested delivery's, and the irqs the handler ran for."""
     nested: list[list[ChipOp]] = []
-    calls = []
+    calls: list[int] = []
 
     def handler(irq: int, dev_id: object) -> IrqReturn:
         calls.append(irq)
@@ -232,8 +229,18 @@ def test_handle_level_irq_on_an_i8259_line_does_not_loop_for_a_nested_edge():
             nested.append(sub.handle(irq, 0.0))
         return IrqReturn.HANDLED
 
-    sub.request_irq(1, handler, "i8042")
-    assert sub.handle(1, 0.0) == ops(1, MASK, ACK, UNMASK)
+    sub.request_irq(irq, handler, "nested", **request)
+    return sub.handle(irq, 0.0), nested, calls
+
+
+@pytest.mark.timeout(5)
+def test_handle_level_irq_on_an_i8259_line_does_not_loop_for_a_nested_edge():
+    """handle_level_irq has no PENDING loop (that is handle_edge_irq's): a delivery while the
+    chain runs (irq_can_handle_pm: INPROGRESS) is only acked, and the run ends with one
+    unmask."""
+    sub = IrqSubsystem()
+    outer, nested, calls = run_with_one_nested_delivery(sub, 1)
+    assert outer == ops(1, MASK, ACK, UNMASK)
     assert nested == [ops(1, ACK)] and calls == [1]
     assert sub.lookup(1).status == IrqStatus.NONE
 
@@ -241,18 +248,8 @@ def test_handle_level_irq_on_an_i8259_line_does_not_loop_for_a_nested_edge():
 @pytest.mark.timeout(5)
 def test_level_nested_delivery_is_not_run():
     """Delivered while the chain runs: left masked; the outer run's unmask re-exposes it."""
-    sub = IrqSubsystem()
-    nested: list[list[ChipOp]] = []
-    calls = []
-
-    def handler(irq: int, dev_id: object) -> IrqReturn:
-        calls.append(irq)
-        if len(calls) == 1:
-            nested.append(sub.handle(irq, 0.0))
-        return IrqReturn.HANDLED
-
-    sub.request_irq(9, handler, "acpi", trigger=Trigger.LEVEL)
-    assert sub.handle(9, 0.0) == ops(9, MASK, ACK, UNMASK)
+    outer, nested, calls = run_with_one_nested_delivery(IrqSubsystem(), 9, trigger=Trigger.LEVEL)
+    assert outer == ops(9, MASK, ACK, UNMASK)
     assert nested == [ops(9, ACK)]  # already masked by the outer run
     assert calls == [9]
 
