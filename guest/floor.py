@@ -15,6 +15,15 @@ GFP_BALLOON allocations carry __GFP_NORETRY and simply fail when the guest has n
 give. ballonet models both with one figure, this function of the boot maxmem by default (the
 estimate of what a kernel of that size keeps): the pre-patch driver clamps its target to it,
 every driver fails to take pages below it (GuestMemory, as it does the workload).
+
+Why the boot maxmem is max_pfn: a PV guest's memory map reaches its maxmem at boot. Mainline's
+xen_memory_setup() (arch/x86/xen/setup.c) adds "extra" pages past the initial ones up to
+xen_get_max_pages(), i.e. XENMEM_maximum_reservation (the domain's maxmem), capped at
+EXTRA_MEM_RATIO (10) times the initial size, and max_pfn is the end of that map. Classic XenLinux
+took max_pfn from start_info's nr_pages (the boot memory) unless the guest booted with `mem=`;
+a guest booted with mem= its maxmem, as toolstacks set up for ballooning up, is the same figure.
+The 10x cap is not modelled: a guest whose maxmem is over ten times its memory gets the floor of
+its maxmem, slightly higher than Linux's.
 """
 
 from __future__ import annotations
