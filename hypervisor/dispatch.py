@@ -104,6 +104,12 @@ def _target_news(domain: Domain) -> list[Notification]:
     ]
 
 
+def _end_news(domain: Domain, event: str, stone: Tombstone) -> Notification:
+    """The guest's domain ended (`destroyed` or `crashed`): how, and the words its ESRCH has."""
+    args = {"domid": domain.domid, "reason": str(stone.end), "message": stone.message}
+    return Notification(domain.client, domain.domid, event=envelope.event(event, args))
+
+
 def _memory_news(waiting: list[Domain]) -> list[Notification]:
     return [Notification(d.client, d.domid, virq="memory") for d in waiting]
 
@@ -399,8 +405,8 @@ class Hypervisor:
         notes: list[Notification] = []
         if guests:
             self.record.release(domain.client, now)
-            self._bury(domain, DomainEnd.DESTROYED, f"domain {domain.domid} ({domain.name}) was destroyed by the toolstack")
-            notes.append(Notification(domain.client, domain.domid, event=envelope.event("destroyed", {"domid": domain.domid, "reason": "destroyed"})))
+            stone = self._bury(domain, DomainEnd.DESTROYED, f"domain {domain.domid} ({domain.name}) was destroyed by the toolstack")
+            notes.append(_end_news(domain, "destroyed", stone))
         notes += _memory_news(self.table.waiting_for_memory(domain))
         fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages}
         return _Result({"domid": domain.domid, "released": released}, fields, notes)
@@ -451,12 +457,12 @@ class Hypervisor:
     def _reclaim(self, domain: Domain, silent: float, now: float) -> Outcome:
         released = self.table.destroy(domain)
         self.record.release(domain.client, now)
-        self._bury(
+        stone = self._bury(
             domain, DomainEnd.RECLAIMED,
             f"domain {domain.domid} ({domain.name}) was reclaimed by the host: no request or heartbeat from its guest for "
             f"{silent:.1f} s (hypervisor serve --reclaim-after {self.reclaim_after_s:g}); its {released} pages returned to the pool",
         )
-        notes = [Notification(domain.client, domain.domid, event=envelope.event("destroyed", {"domid": domain.domid, "reason": "reclaimed"}))]
+        notes = [_end_news(domain, "destroyed", stone)]
         notes += _memory_news(self.table.waiting_for_memory(domain))
         fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages, "silent_s": round(silent, 3)}
         return Outcome(b"", "reclaim", client=domain.client, fields=fields, notifications=notes)
@@ -465,18 +471,20 @@ class Hypervisor:
         self.table.crash(domain)
         self.record.release(domain.client, now)
         pages = self.table.current_pages(domain)
-        self._bury(
+        stone = self._bury(
             domain, DomainEnd.CRASHED,
             f"domain {domain.domid} ({domain.name}) was declared crashed: no request or heartbeat from its guest for "
             f"{silent:.1f} s (hypervisor serve --reclaim-after {self.reclaim_after_s:g}); on_crash=preserve keeps it and its "
             f"{pages} pages for inspection until the toolstack destroys it",
         )
-        notes = [Notification(domain.client, domain.domid, event=envelope.event("crashed", {"domid": domain.domid, "reason": "crashed"}))]
+        notes = [_end_news(domain, "crashed", stone)]
         fields = {"domid": domain.domid, "name": domain.name, "pages": pages, "silent_s": round(silent, 3)}
         return Outcome(b"", "preserve", client=domain.client, fields=fields, notifications=notes)
 
-    def _bury(self, domain: Domain, end: DomainEnd, message: str) -> None:
-        self.tombstones.bury(domain.client, Tombstone(domain.domid, domain.name, end, message))
+    def _bury(self, domain: Domain, end: DomainEnd, message: str) -> Tombstone:
+        stone = Tombstone(domain.domid, domain.name, end, message)
+        self.tombstones.bury(domain.client, stone)
+        return stone
 
     def _guest_set(self, client: str, args: dict[str, Any], now: float) -> _Result:
         """Control keys for a running guest, as a toolstack writes xenstore keys under a domain's

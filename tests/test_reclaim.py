@@ -152,7 +152,8 @@ def test_a_reclaim_tells_the_domains_short_of_memory_as_a_release_does(hv, clock
     assert reclaim.fields["name"] == "dead" and reclaim.fields["released"] == 6000
     assert [(n.client, n.domid, n.virq) for n in reclaim.notifications if n.virq] == [(needy.client, 2, "memory")]
     (event,) = [n for n in reclaim.notifications if n.event]
-    assert event.client == dead.client and event.event["event"] == "destroyed" and event.event["args"] == {"domid": 1, "reason": "reclaimed"}
+    assert event.client == dead.client and event.event["event"] == "destroyed" and event.event["args"]["reason"] == "reclaimed"
+    assert event.event["args"]["message"].startswith("domain 1 (dead) was reclaimed by the host")
     assert needy.ok("increase_reservation", nr_pages=512)["granted"] == 512
 
 
@@ -161,7 +162,7 @@ def test_a_returning_guest_is_told_why_its_domain_is_gone(hv, clock, admin):
     lost = guest(hv, clock, "lost")
     admin.ok("destroy", domain="gone")
     (event,) = [n.event for n in admin.last.notifications if n.event]
-    assert event["args"] == {"domid": 1, "reason": "destroyed"}
+    assert event["args"] == {"domid": 1, "reason": "destroyed", "message": "domain 1 (gone) was destroyed by the toolstack"}
     reply = gone.call("increase_reservation", nr_pages=1)
     assert (reply["error"], reply["reason"], reply["boot_id"]) == ("ESRCH", "destroyed", "b00t")
     assert reply["message"] == "domain 1 (gone) was destroyed by the toolstack"
