@@ -208,3 +208,36 @@ def test_tombstones_are_bounded_and_a_new_registration_forgets_the_old_one(hv, c
     assert web.call("status")["reason"] == "destroyed"
     web.ok("register", name="web2", memory_pages=10, max_pages=10)  # the same client, a new domain
     assert hv.tombstones.find(web.client) is None
+
+
+def test_a_stall_does_not_make_an_unresponsive_guest_look_alive(hv, clock, admin):
+    quiet = guest(hv, clock, "quiet")
+    clock.sweep_to(LIVENESS_S + 1)
+    assert ops(clock.outcomes) == [("liveness", "quiet")]
+    clock.now += STALL_S + 10  # the hypervisor itself stopped
+    assert hv.sweep(clock.now) == []  # quiet stays unresponsive: only its guest's word changes that
+    assert admin.ok("list")["domains"][0]["state"] == "unresponsive"
+    quiet.ok("status")
+    (back,) = clock.sweep_to(clock.now + SWEEP_INTERVAL_S)
+    assert (back.fields["name"], back.fields["state"]) == ("quiet", "running")
+
+
+@pytest.mark.parametrize("destroyed_at", [LIVENESS_S + SWEEP_INTERVAL_S * i for i in range(1, 12)])  # up to the reclaim
+def test_an_unresponsive_domain_the_toolstack_destroyed_is_not_swept_again(destroyed_at):
+    hv = Hypervisor(TOTAL, liveness_s=LIVENESS_S, reclaim_after_s=RECLAIM_S)
+    clock = Clock(hv)
+    hv.sweep(0.0)
+    guest(hv, clock, "gone")
+    clock.sweep_to(destroyed_at)
+    assert ops(clock.outcomes) == [("liveness", "gone")]
+    Peer(hv, clock, A, "toolstack").ok("destroy", domain="gone")
+    assert clock.sweep_to(RECLAIM_S + 2) == []
+
+
+def test_a_domain_created_between_full_sweeps_is_watched_too(hv, clock):
+    guest(hv, clock, "old")
+    clock.sweep_to(1.0)
+    young = guest(hv, clock, "young")  # after the last full sweep
+    clock.sweep_to(1.0 + RECLAIM_S)
+    assert [o.fields["name"] for o in clock.outcomes if o.op == "reclaim"] == ["old", "young"]
+    assert hv.tombstones.find(young.client).end is DomainEnd.RECLAIMED
