@@ -44,6 +44,10 @@ def test_a_stopped_hypervisor_is_reported_once_gone_and_once_back_and_the_guest_
     assert gone[0]["level"] == "warning" and gone[0]["since"].endswith("Z") and gone[0]["seq"] == back[0]["seq"]
     assert back[0]["outage_s"] >= 1.0
     assert host.tool("audit").returncode == 0
+    assert host.domains()["web"]["on_crash"] == "destroy"  # xl's default
+    assert host.tool("on-crash", "web", "preserve").returncode == 0
+    assert host.domains()["web"]["on_crash"] == "preserve"
+    assert host.tool("on-crash", "web", "restart").returncode == 2  # not a choice: a usage error
 
 
 def bound(bus: Irqbus, *names: str) -> bool:
