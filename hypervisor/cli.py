@@ -21,6 +21,7 @@ from wire import endpoints, logsetup
 from wire.arguments import domain, seconds, whole_number
 from wire.client import RpcClient
 from wire.control import parse_assignments
+from wire.operations import ON_CRASH
 from wire.errors import RemoteError, Unreachable, report_failure
 from wire.shown import for_terminal
 from wire.signals import stop_on_signals
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--admin-endpoint", help=f"where the toolstack connects (env {endpoints.ADMIN_ENV}, default {endpoints.DEFAULT_ADMIN})")
     serve.add_argument("--irqbus", help=f"irqbus endpoint for guests' virtual interrupts (env {endpoints.IRQBUS_ENV}; without either, none are sent)")
     serve.add_argument("--liveness", type=seconds, default=DEFAULT_LIVENESS_S, help="seconds of silence before a domain shows unresponsive")
+    serve.add_argument(
+        "--reclaim-after", type=seconds, metavar="SECONDS",
+        help="a domain whose guest sent no request or heartbeat for SECONDS is destroyed and its pages return to the pool "
+        "(or kept as crashed, with on_crash=preserve); default: never (a slow guest is not a dead one)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -85,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     guest_set.add_argument("domain", type=domain, help="domain name or id")
     guest_set.add_argument("keys", nargs="+", type=_assignment, metavar="KEY=VALUE", help=f"one or more of: {control_help}")
     client_command("destroy", "destroy a domain and return its pages").add_argument("domain", type=domain, help="domain name or id")
+    on_crash = client_command("on-crash", "what the host does with a domain whose guest falls silent (serve --reclaim-after), as xl's on_crash")
+    on_crash.add_argument("domain", type=domain, help="domain name or id")
+    on_crash.add_argument("action", choices=ON_CRASH, help="destroy: its pages return to the pool (the default); preserve: kept as crashed until `destroy`")
     top = client_command("top", "a live view of the host, like xentop")
     top.add_argument("-d", "--delay", type=seconds, default=1.0, help="seconds between frames (default 1)")
     top.add_argument("-i", "--iterations", type=whole_number(1, 10**9), help="stop after this many frames (default: until Ctrl-C)")
@@ -99,9 +108,12 @@ def serve(args: argparse.Namespace) -> int:
     irqbus_ep = args.irqbus or os.environ.get(endpoints.IRQBUS_ENV)
     stop = stop_on_signals()
     virqs = VirqSender(irqbus_ep, log) if irqbus_ep else None
-    hypervisor = Hypervisor(args.memory, args.liveness)
+    hypervisor = Hypervisor(args.memory, args.liveness, reclaim_after_s=args.reclaim_after)
     service = HypervisorService(hypervisor, guest_ep, admin_ep, log, virqs=virqs)
-    log.info("serving", guest_endpoint=guest_ep, admin_endpoint=admin_ep, irqbus=irqbus_ep, total_pages=args.memory, boot_id=hypervisor.boot_id)
+    log.info(
+        "serving", guest_endpoint=guest_ep, admin_endpoint=admin_ep, irqbus=irqbus_ep, total_pages=args.memory, boot_id=hypervisor.boot_id,
+        reclaim_after_s=args.reclaim_after,
+    )
     try:
         service.serve(stop.is_set)
     finally:
@@ -139,6 +151,8 @@ def run_client(args: argparse.Namespace) -> int:
             tool.mem_max(args.domain, args.size, domctl=args.domctl)
         elif args.command == "destroy":
             tool.destroy(args.domain)
+        elif args.command == "on-crash":
+            tool.on_crash(args.domain, args.action)
         elif args.command == "guest-set":
             result = tool.guest_set(args.domain, dict(args.keys))
             print(f"domain {result['domid']}: " + " ".join(f"{k}={for_terminal(str(v))}" for k, v in sorted(result["control"].items())))

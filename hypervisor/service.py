@@ -9,7 +9,7 @@ from collections.abc import Callable
 import structlog
 import zmq
 
-from hypervisor.dispatch import Hypervisor, Outcome
+from hypervisor.dispatch import SWEEP_INTERVAL_S, Hypervisor, Outcome
 from hypervisor.virq import VirqSender
 from wire import envelope
 from wire import multipart
@@ -63,12 +63,19 @@ class HypervisorService:
         poller.register(self.admin, zmq.POLLIN)
         if self.virqs is not None:
             poller.register(self.virqs.socket, zmq.POLLIN)
+        next_sweep = 0.0
         while not should_stop():
             for sock, _ in poller.poll(POLL_MS):
                 if self.virqs is not None and sock is self.virqs.socket:
                     self.virqs.drain()
                 else:
                     self._drain(sock)
+            now = self.clock()
+            if now >= next_sweep:  # silent guests: liveness changes, reclaim (Hypervisor.sweep)
+                next_sweep = now + SWEEP_INTERVAL_S
+                for outcome in self.hypervisor.sweep(now):
+                    self.log.info(outcome.op, client=outcome.client, **outcome.fields)
+                    self._notify(outcome)
 
     def _drain(self, sock: zmq.Socket, budget: int = 64) -> None:
         """Serve what is queued without a poll per message; the budget keeps the sockets fair."""
@@ -97,6 +104,10 @@ class HypervisorService:
                 self._routes[outcome.client] = identity
         if not outcome.routine or self._routine_logged:
             self._log(endpoint, outcome)
+        self._notify(outcome)
+
+    def _notify(self, outcome: Outcome) -> None:
+        """Push an outcome's news: events on the guest socket, virqs through irqbus."""
         for note in outcome.notifications:
             if note.virq is not None:
                 if self.virqs is not None:
@@ -108,7 +119,7 @@ class HypervisorService:
                     multipart.send(self.guests, [route, envelope.encode(note.event)], multipart.NOBLOCK)
                 except zmq.Again:  # the guest is not reading; its heartbeat carries the target too
                     self.log.warning("notification dropped", client=note.client, event=note.event.get("event"))
-            if note.event.get("event") == "destroyed":
+            if note.event.get("event") in ("destroyed", "crashed"):
                 self._routes.pop(note.client, None)
 
     def _log(self, endpoint: Endpoint, outcome: Outcome) -> None:
