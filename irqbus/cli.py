@@ -100,8 +100,10 @@ def serve(args: argparse.Namespace) -> int:
     log = logsetup.configure(args.log_level, "irqbus")
     endpoint = endpoints.endpoint(args.endpoint, endpoints.IRQBUS_ENV)
     stop = stop_on_signals()
-    service = IrqbusService(IrqBus(args.query_timeout), endpoint, log, debug=args.log_level == "debug")
-    log.info("serving", endpoint=endpoint, query_timeout_s=args.query_timeout)
+    bus = IrqBus(args.query_timeout, started=time.monotonic())
+    service = IrqbusService(bus, endpoint, log, debug=args.log_level == "debug")
+    # a new epoch: guests and devices re-declare their wiring here (docs/protocol.md, "irqbus restarts")
+    log.info("serving", endpoint=endpoint, query_timeout_s=args.query_timeout, epoch=bus.epoch)
     try:
         service.serve(stop.is_set)
     finally:
