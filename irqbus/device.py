@@ -221,6 +221,7 @@ class DeviceRunner:
         it cannot tell whether its driver serviced the last interrupt before irqbus went away
         (its status register was there) -- one interrupt more at most, never one lost."""
         assert self.route is not None
+        first = self.plugged_epoch is None  # it waited for its guest at the start
         self.plug()
         reasserted = False
         if self.route.level and self.totals.raised:
@@ -228,7 +229,7 @@ class DeviceRunner:
             self.totals.reasserted += 1
             self.totals.delivered += result.get("delivered", 0)
             reasserted = True
-        self.log.info("plugged in again", epoch=self.plugged_epoch, irqbus_up_s=seen.up_s, reasserted=reasserted)
+        self.log.info("attached" if first else "plugged in again", epoch=self.plugged_epoch, irqbus_up_s=seen.up_s, reasserted=reasserted)
 
     def _went_away(self) -> None:
         if self._away_since is None:
