@@ -23,20 +23,26 @@ from __future__ import annotations
 
 import collections
 import enum
+import hashlib
 from dataclasses import dataclass
 
 DEFAULT_MAX_BYTES = 16 << 20
 DEFAULT_HORIZON_S = 60.0  # longer than any client retries one request (docs/protocol.md)
 RECORD_OVERHEAD = 240  # bytes a record costs besides its reply: the objects, the dict slot
 
+_blake2b = hashlib.blake2b
+_from_bytes = int.from_bytes
+
 
 def digest(frame: bytes) -> int:
     """What tells a retry (the same frame again) from a reuse of its seq for another request.
 
-    Python's keyed SipHash of the frame: a tenth of the cost of a cryptographic digest, and a
-    peer cannot aim a collision at a key it does not know (nor would one help it: a collision
-    only makes its own reused seq look like a retry, answered from its own record)."""
-    return hash(frame)
+    The 64-bit BLAKE2b of the frame, the same in every process: a hypervisor that recovers its
+    records from a journal (hypervisor/journal.py) must see a guest's retry, sent to the process
+    before it, as the same frame. Python's hash() is keyed per process (PYTHONHASHSEED), so a
+    recovered record would never match. A peer that found two of its frames with one digest
+    gains nothing: its reused seq looks like a retry, answered from its own record."""
+    return _from_bytes(_blake2b(frame, digest_size=8).digest(), "little")
 
 
 class Verdict(enum.Enum):
