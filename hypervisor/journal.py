@@ -223,7 +223,9 @@ class Journal:
             except (ValueError, TypeError) as err:
                 raise JournalError(f"{self.path}: the extents of domid {domid} cannot be read: {err}") from None
             if sum(c for _, c in extents) != pages:
-                raise JournalError(f"{self.path}: domid {domid}'s extents hold {sum(c for _, c in extents)} pages, its row says {pages}")
+                raise JournalError(
+                    f"{self.path}: the books do not balance: domid {domid}'s extents hold {sum(c for _, c in extents)} pages, its row says {pages}"
+                )
             holdings[domid] = extents
         try:
             pool = PagePool.from_holdings(kept_total, holdings)
