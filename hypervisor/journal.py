@@ -364,7 +364,10 @@ class _Transaction:
 def _lock(path: str) -> int:
     """One hypervisor per journal: an exclusive flock on the file, held while it runs (flock
     locks are apart from the POSIX locks SQLite takes, so neither disturbs the other)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise JournalError(f"cannot open {path}: {err.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
