@@ -99,7 +99,11 @@ class Recovery:
 def _enum_fields() -> dict[str, type[enum.Enum]]:
     """Domain fields typed with an Enum (or Enum | None): their values come back as members."""
     found = {}
-    for name, hint in typing.get_type_hints(Domain).items():
+    try:
+        hints = typing.get_type_hints(Domain)
+    except (NameError, TypeError):  # an annotation that names what is not importable here: plain values
+        return found
+    for name, hint in hints.items():
         for candidate in typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,):
             if isinstance(candidate, type) and issubclass(candidate, enum.Enum):
                 found[name] = candidate
