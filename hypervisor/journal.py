@@ -70,6 +70,9 @@ CREATE TABLE events (
 QUIET = frozenset(op.name for op in OPERATIONS.values() if op.read_only)
 # Outcome fields that have a column of their own; the rest go to `detail` as JSON.
 _COLUMNS = ("domid", "name", "granted", "released", "target_pages", "current_pages", "free_pages")
+# Operations that change a domain's pages only (the pool marks those): every other event's
+# domain is written again too, so a field a new code path set without DomainTable.touch is kept.
+_PAGES_ONLY = frozenset({"increase_reservation", "decrease_reservation"})
 _MONOTONIC = frozenset({"last_seen", "created"})  # set to the recovering process's now
 _DOMAIN_FIELDS = tuple(f.name for f in dataclasses.fields(Domain))
 # One encoder, made once: json.dumps with any option builds a new one per call.
@@ -341,6 +344,8 @@ class Journal:
             domid = get("domid")
             domain = table.find_domid(domid) if type(domid) is int else None
             if domain is not None:
+                if op not in _PAGES_ONLY:
+                    table.dirty.add(domid)
                 name = get("name", domain.name)
                 target = get("target_pages", domain.target_pages)
                 current = get("current_pages")

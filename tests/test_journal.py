@@ -316,3 +316,17 @@ def test_whatever_clients_send_recovery_brings_back_the_same_books_and_records(d
             assert journalled_fingerprint(again) == before
         finally:
             journal.close()
+
+
+def test_a_domain_named_by_an_event_is_written_again_even_if_nobody_marked_it(tmp_path, wall):
+    """A code path that sets a Domain field directly and yields an Outcome for it (another
+    helper's new operation, say) has the field kept without calling DomainTable.touch."""
+    path = tmp_path / "hv.db"
+    journal, hv, _ = open_journal(path, wall)
+    Host(journal, hv, wall).peer(G, "c-g1").ok("register", name="g1", memory_pages=100, max_pages=300)
+    hv.table.resolve("g1").control = {"stuck": True}  # no mark
+    assert journal.commit(hv, [Outcome(b"", "set_something", None, None, {"domid": 1})])
+    journal.close()
+    journal, again, _ = open_journal(path, wall)
+    assert again.table.resolve("g1").control == {"stuck": True}
+    journal.close()
