@@ -188,6 +188,10 @@ class Scenario:
     speed: float = 1.0
     # hypervisor serve --reclaim-after, in scenario seconds (None: off, serve's default)
     reclaim_after: float | None = None
+    # The hypervisor keeps its books in a journal (`--state OUTDIR/hypervisor.db`), so a restart
+    # on the timeline recovers them; `[hypervisor] journal = false` models one without (a
+    # restart is a host reboot).
+    journal: bool = True
 
     def guest(self, name: str) -> GuestSpec:
         return next(g for g in self.guests if g.name == name)
@@ -387,13 +391,14 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
     _table(
         data, where,
         {"name": str, "description": str, "memory": str, "duration": _NUM, "irqbus": bool, "sample_interval": _NUM,
-         "defaults": dict, "guest": list, "device": list, "timeline": list, "expect": list, "speed": _NUM, "reclaim_after": _NUM},
+         "defaults": dict, "guest": list, "device": list, "timeline": list, "expect": list, "speed": _NUM, "reclaim_after": _NUM, "hypervisor": dict},
         ("name", "memory", "duration", "guest"),
     )
     _size(data["memory"], f"{where}.memory")
     for key in ("duration", "sample_interval", "speed", "reclaim_after"):
         if key in data and not data[key] > 0:
             raise ScenarioError(f"{where}.{key}: expected a number above 0, got {data[key]!r}")
+    hypervisor = _table(data.get("hypervisor", {}), f"{where}.hypervisor", {"journal": bool}, ())
     defaults = data.get("defaults", {})
     guests = tuple(_guest(g, f"guest[{i}]", defaults) for i, g in enumerate(data["guest"]))
     names = [g.name for g in guests]
@@ -435,6 +440,7 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
         guests=guests, devices=devices, timeline=timeline, expectations=expectations, irqbus=irqbus,
         sample_interval=float(data.get("sample_interval", 0.1)), path=path, speed=float(data.get("speed", 1.0)),
         reclaim_after=float(data["reclaim_after"]) if "reclaim_after" in data else None,
+        journal=hypervisor.get("journal", True),
     )
 
 
