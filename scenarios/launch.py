@@ -29,6 +29,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+SERVERS = ("irqbus", "hypervisor")  # stopped after every other process, in this order
+
+
 class Processes:
     """Every process started here, each with its log file; stop_all() stops them all."""
 
@@ -112,10 +115,23 @@ class Processes:
         return proc.returncode
 
     def stop_all(self) -> None:
-        for _, proc in reversed(self.procs):
-            self.stop(proc)
+        """Stop every process (stop_processes), then remove the working folder if it is ours."""
+        self.stop_processes()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def stop_processes(self) -> None:
+        """Newest first, but the servers last: a hypervisor restarted mid-run is newer than its
+        guests, and a guest stopped after it could not shut its domain down (it stayed in the
+        journal); devices go before the irqbus they raise on."""
+        ordered = list(reversed(self.procs))
+        for name, proc in ordered:
+            if name not in SERVERS:
+                self.stop(proc)
+        for server in SERVERS:
+            for name, proc in ordered:
+                if name == server:
+                    self.stop(proc)
 
     def dump_logs(self) -> str:
         return "\n".join(f"--- {name} ---\n{self.log(name)[-4000:]}" for name, _ in self.procs)

@@ -242,8 +242,7 @@ class Runner:
     def _stop_and_keep_logs(self, out_dir: Path) -> None:
         logs = out_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        for name, proc in reversed(self.procs.procs):
-            self.procs.stop(proc)
+        self.procs.stop_processes()
         for path in self.procs.dir.glob("*.log"):
             shutil.copy(path, logs / path.name)
         self.procs.stop_all()

@@ -113,9 +113,12 @@ def test_a_scenario_restarts_a_journalled_hypervisor_and_its_guests_carry_on(pro
     for name in ("web", "db"):
         log = (out / "logs" / f"{name}.log").read_text()
         assert '"hypervisor restarted"' not in log and "exiting with status 3" not in log, log[-2000:]
+        assert '"shutdown not confirmed"' not in log, log[-2000:]  # the runner stops its servers last
 
     reached, per_second = readme_queries()
     db = sqlite3.connect(out / "hypervisor.db")
+    shut = db.execute("SELECT name FROM events WHERE op = 'shutdown' ORDER BY name").fetchall()
+    assert shut == [("db",), ("web",)], shut  # each guest shut its domain down as the run ended
     rows = db.execute(reached).fetchall()
     # each mem-set of the timeline, and how long its guest took to reach it: web to 80m, db to 60m
     assert [(name, target) for name, target, _, _ in rows] == [("web", 80), ("db", 60)], rows
