@@ -441,6 +441,13 @@ def _mib(pages: float) -> str:
     return f"{pages_to_mib(int(pages))} MiB"
 
 
+def stale_after(scenario: Scenario) -> float:
+    """How old, in scenario seconds, the sample a check is judged on may be: two sample
+    intervals and a real second of slack for a slow snapshot. Older, and the host went unseen
+    (the hypervisor down or stopped), so the check cannot be judged on it."""
+    return 2 * scenario.sample_interval + scenario.speed * 1.0
+
+
 def evaluate(exp: Expectation, rec: Recording, scenario: Scenario) -> tuple[bool, str]:
     """Judge one expectation about the recording (not audit, exited or lines: those ask the host)."""
     if exp.check in DRIVER_CHECKS:
@@ -458,6 +465,11 @@ def evaluate(exp: Expectation, rec: Recording, scenario: Scenario) -> tuple[bool
         return False, f"no sample by {when:g} s"
     if rec.samples[-1].t < when and exp.check is not Check.AT_TARGET:
         return False, f"the run ended at {rec.samples[-1].t:.1f} s, before {when:g} s"
+    if rec.samples[-1].t >= when and when - sample.t > stale_after(scenario):
+        return False, (
+            f"no sample between {sample.t:.1f} s and {when:g} s (the hypervisor did not answer): "
+            f"what held at {sample.t:.1f} s says nothing of {when:g} s"
+        )
     where = f"at {sample.t:.1f} s"
     if exp.check is Check.FREE:
         ok = _in_range(sample.free_pages, exp)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from scenarios.recording import Recording, Sample
-from scenarios.runner import evaluate
+from scenarios.runner import evaluate, stale_after
 from scenarios.spec import Action, Check, Expectation, ScenarioError, load, parse
 from wire.sizes import size_to_pages
 
@@ -125,6 +125,18 @@ def test_recording_times_and_expectations():
     assert evaluate(Expectation(Check.AT_TARGET, ("a",), 1.5, pages=100), rec, s)[0]
     assert evaluate(Expectation(Check.OFF_TARGET, ("a",), 1.5), rec, s)[0]
     assert not evaluate(Expectation(Check.OFF_TARGET, ("a",), 3.0), rec, s)[0]  # the run ended before 3 s
+
+
+def test_a_check_is_not_judged_on_a_sample_from_before_the_host_went_unseen():
+    """The hypervisor was down from 1 s to 6 s: no sample in between. A check at 4 s must not
+    pass on the 1 s sample (at target then); one at 6.5 s is judged on the 6 s sample."""
+    s = parse(GOOD)
+    rec = Recording([Sample(0.0, 10, {"a": dom(100, 300)}), Sample(1.0, 10, {"a": dom(300, 300)}), Sample(6.0, 10, {"a": dom(100, 300)}), Sample(7.0, 10, {"a": dom(300, 300)})])
+    ok, said = evaluate(Expectation(Check.AT_TARGET, ("a",), 4.0), rec, s)
+    assert not ok and "no sample between 1.0 s and 4 s" in said, said
+    assert not evaluate(Expectation(Check.AT_TARGET, ("a",), 6.5), rec, s)[0]
+    assert evaluate(Expectation(Check.OFF_TARGET, ("a",), 6.5), rec, s)[0]
+    assert stale_after(s) < 3.0
 
 
 def test_interrupt_expectations_need_irq_guests_and_irqbus():
@@ -313,7 +325,7 @@ def test_driver_expectations_are_judged_on_the_first_report_after_their_moment()
 
 def test_free_sum_and_step_expectations_judge_their_figures():
     rec = Recording(
-        [Sample(0.0, 50, {"a": dom(100, 100), "b": dom(150, 150)}, 300), Sample(3.0, 50, {"a": dom(100, 100), "b": dom(150, 150)}, 300)],
+        [Sample(t, 50, {"a": dom(100, 100), "b": dom(150, 150)}, 300) for t in (0.0, 1.5, 3.0)],
         [StepRecord(0.5, "mem-set a 32m", "refused", "EINVAL: no", "refused", 1.0, "mem-set", "a")],
     )
     s = parse(GOOD)
