@@ -35,7 +35,11 @@ SERVERS = ("irqbus", "hypervisor")  # stopped after every other process, in this
 class Processes:
     """Every process started here, each with its log file; stop_all() stops them all."""
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, own_groups: bool = False) -> None:
+        """own_groups: each process in a process group of its own, which stop() kills whole once
+        its leader is gone, so nothing a killed process started (a scenario runner's guests) is
+        left behind. The tests' choice; the runner itself keeps its children in its own group,
+        so a Ctrl-C at the terminal reaches them and killing its group kills them."""
         # short paths: ipc:// endpoints are limited to about 100 bytes
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="bn-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -43,6 +47,7 @@ class Processes:
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self._logs: dict[int, Path] = {}  # pid -> that instance's log
         self.env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        self.own_groups = own_groups
 
     def ipc(self, name: str) -> str:
         return f"ipc://{self.dir}/{name}"
@@ -66,6 +71,7 @@ class Processes:
                 stderr=subprocess.STDOUT,
                 env=dict(self.env, **(env or {})),
                 cwd=REPO,
+                start_new_session=self.own_groups,
             )
         self.procs.append((name, proc))
         self._logs[proc.pid] = path
@@ -112,6 +118,11 @@ class Processes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        if self.own_groups:  # whatever it started and left behind, even if it was killed mid-cleanup
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         return proc.returncode
 
     def stop_all(self) -> None:

@@ -7,7 +7,7 @@ from tests.processes import Processes
 
 @pytest.fixture
 def procs(request):
-    p = Processes()
+    p = Processes(own_groups=True)  # nothing a killed process started outlives the test
     yield p
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:

@@ -110,7 +110,7 @@ def findings(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("findings")
     path = tmp / "findings.toml"
     path.write_text(FINDINGS)
-    procs = Processes()
+    procs = Processes(own_groups=True)
     try:
         runner = procs.start("runner", "scenarios", "run", str(path), "--out", str(tmp / "out"), "--quiet")
         code = runner.wait(60)

@@ -274,3 +274,26 @@ def test_the_scenario_runner_stops_everything_it_started_after_a_burst(procs: Pr
         for pid, cmd in started.items():
             if running(pid) and command(pid) == cmd:
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(60)
+def test_a_runner_killed_outright_leaves_nothing_behind_in_the_tests(tmp_path: Path) -> None:
+    """SIGKILL gives the runner no cleanup at all: its hypervisor and guest would live on as
+    orphans. The tests' Processes (own_groups) start each process in a group of its own and kill
+    the group when they stop it."""
+    procs = Processes(own_groups=True)
+    (tmp_path / "signalled.toml").write_text(RUNNER_SCENARIO)
+    started: dict[int, list[bytes]] = {}
+    try:
+        runner = procs.start("runner", "scenarios", "run", str(tmp_path / "signalled.toml"), "--out", str(tmp_path / "out"), "--quiet")
+        wait_for(lambda: any(command(c)[2:4] == [b"guest", b"run"] for c in children(runner.pid)), 30, "the runner's guest")
+        started = {pid: command(pid) for pid in children(runner.pid)}
+        assert len(started) >= 2, started  # the hypervisor and the guest
+        runner.send_signal(signal.SIGKILL)
+        procs.stop(runner)
+        wait_for(lambda: not any(running(pid) and command(pid) == cmd for pid, cmd in started.items()), 5, "the runner's children to be gone")
+    finally:
+        for pid, cmd in started.items():
+            if running(pid) and command(pid) == cmd:
+                os.kill(pid, signal.SIGKILL)
+        procs.stop_all()
