@@ -234,14 +234,26 @@ class ChaosHost:
         finally:
             tool.close()
 
-    def attached(self) -> set[str] | None:
+    def attached(self) -> dict[str, dict[str, Any]] | None:
+        """irqbus's guests by name: each with its domid and its devices."""
         client = RpcClient(self.irq_endpoint, timeout=0.5, retries=1)
         try:
-            return {g["name"] for g in fetch_show(client)["guests"]}
+            return {g["name"]: g for g in fetch_show(client)["guests"]}
         except (Unreachable, RemoteError):
             return None
         finally:
             client.close()
+
+    def attached_as(self, guest: str, domains: dict[str, dict[str, Any]] | None) -> bool:
+        """The guest is attached to irqbus as the domain the hypervisor books under its name
+        (not a dead instance irqbus has not forgotten yet)."""
+        attached = self.attached() or {}
+        domain = (domains or {}).get(guest)
+        return guest in attached and domain is not None and attached[guest].get("domid") == domain["domid"]
+
+    def device_running(self, device: str) -> bool:
+        """The device's current instance has attached and raises (its log says so)."""
+        return any(e.get("event") == "device running" for e in self.events(device))
 
     def interrupts(self, guest: str) -> list[dict[str, Any]] | None:
         client = RpcClient(self.irq_endpoint, timeout=1.0, retries=1)
@@ -290,8 +302,15 @@ class ChaosHost:
                 problems.append("irqbus does not answer")
             else:
                 for device, spec in self.devices.items():
-                    if self.alive(spec.name) and spec.name not in attached:
-                        problems.append(f"{spec.name}: not attached to irqbus")
+                    if not self.alive(spec.name):
+                        continue
+                    guest = attached.get(spec.name)
+                    if guest is None or spec.name not in domains or guest.get("domid") != domains[spec.name]["domid"]:
+                        problems.append(f"{spec.name}: not attached to irqbus as its domain")
+                    elif device not in {d.get("name") for d in guest.get("devices", [])}:
+                        problems.append(f"{device}: not attached to {spec.name}")
+                    elif not self.device_running(device):
+                        problems.append(f"{device}: not running yet")
             return not problems
 
         self.wait_until(settled, self.cfg.settle_timeout_s)
@@ -358,13 +377,17 @@ class ChaosHost:
         if device and self.alive(device):
             self.end(device, signal.SIGTERM)  # it raised into the old guest: start it with the new one
         self.start(name)
+        if not self.wait_until(lambda: name in (self.domains() or {}), self.cfg.settle_timeout_s):
+            out.append(f"{name}: started again, not registered within {self.cfg.settle_timeout_s:.0f} s")
         if device:
             self.start_device_when_attached(device)
         return out
 
     def start_device_when_attached(self, device: str) -> None:
+        """Start the device once its guest's current instance is attached to irqbus: started
+        earlier, it attaches to the dead instance and is dropped with it."""
         guest = self.devices[device].name
-        self.wait_until(lambda: guest in (self.attached() or set()), self.cfg.settle_timeout_s)
+        self.wait_until(lambda: self.attached_as(guest, self.domains()), self.cfg.settle_timeout_s)
         self.start(device)
 
     def inject(self, fault: Fault) -> tuple[list[str], float]:
