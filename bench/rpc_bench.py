@@ -21,7 +21,12 @@ back to back; latency under load is every call's round trip in those blocks. Idl
 client, one call at a time, spaced. The ratios are of the pooled samples; the spread of the
 per-block ratios shows how far one block alone can be trusted.
 
+With --state, a third server takes its turns too: `hypervisor serve --state` (the journal, one
+SQLite transaction per batch, hypervisor/journal.py), so the ratio with the journal is printed
+next to the ratio without it, from the same run.
+
     python bench/rpc_bench.py [--clients 4] [--seconds 3] [--rounds 100] [--samples 3000] [--period-ms 1]
+                              [--state [--synchronous normal|full]]
 """
 
 from __future__ import annotations
@@ -51,7 +56,9 @@ from wire import multipart  # noqa: E402
 
 BATCH = 64
 GOAL = 0.8  # the hypervisor's throughput, at least this fraction of the echo server's
-ECHO, HYPERVISOR = "echo", "hypervisor"
+JOURNAL_GOAL = 0.6  # the same with --state: every batch committed before its replies leave
+ECHO, HYPERVISOR, JOURNALLED = "echo", "hypervisor", "journalled"
+LABELS = {ECHO: "raw echo (baseline)", HYPERVISOR: "hypervisor reservation", JOURNALLED: "hypervisor + journal"}
 DRAIN_BUDGET = 64  # as HypervisorService._drain
 START_MARGIN_S = 0.005  # a block starts this long after its commands are sent, on every client at once
 
@@ -164,10 +171,12 @@ def client_process(index: int, endpoints: dict[str, str], commands: Any, results
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, 30_000)  # a dead server ends the bench, never hangs it
         sock.connect(endpoint)
-        guests[side] = Guest(sock, client_id, reads_grant=side == HYPERVISOR)
-    reply = guests[HYPERVISOR].call("register", {"name": f"bench{index}", "memory_pages": 1024, "max_pages": 1 << 20})
-    if not reply.get("ok"):
-        raise SystemExit(f"register refused: {reply}")
+        guests[side] = Guest(sock, client_id, reads_grant=side != ECHO)
+    for side, guest in guests.items():
+        if side != ECHO:
+            reply = guest.call("register", {"name": f"bench{index}", "memory_pages": 1024, "max_pages": 1 << 20})
+            if not reply.get("ok"):
+                raise SystemExit(f"register refused: {reply}")
     results.put(("ready", index))
     while True:
         command = commands.get()
@@ -257,22 +266,29 @@ def start_clients(n: int, endpoints: dict[str, str], servers_up: Callable[[], bo
     return clients
 
 
-def take_turns(clients: Clients, args: argparse.Namespace) -> tuple[Side, Side]:
-    """echo, hypervisor, hypervisor, echo, ...: neither side always goes first."""
-    sides = [Side(ECHO), Side(HYPERVISOR)]
+def _order(sides: list[Side], r: int) -> list[Side]:
+    """Round r's order: echo, hypervisor, hypervisor, echo, ... with two sides; with three, each
+    goes first in turn, and the order reverses every other round."""
+    turned = sides[r % len(sides):] + sides[: r % len(sides)] if len(sides) > 2 else sides
+    return turned if r % 2 == 0 else turned[::-1]
+
+
+def take_turns(clients: Clients, args: argparse.Namespace, names: list[str]) -> list[Side]:
+    """Every side in turn, in short blocks: neither side always goes first."""
+    sides = [Side(name) for name in names]
     block_s = args.seconds / args.rounds
     block_n = max(1, args.samples // args.rounds)
     for side in sides:  # warm-up, not counted: first connections, first allocations
         clients.load_block(side.name, block_s)
     for r in range(args.rounds):
-        for side in sides if r % 2 == 0 else sides[::-1]:
+        for side in _order(sides, r):
             rate, trips = clients.load_block(side.name, block_s)
             side.rates.append(rate)
             side.loaded.append(trips)
     for r in range(args.rounds):
-        for side in sides if r % 2 == 0 else sides[::-1]:
+        for side in _order(sides, r):
             side.idle.append(clients.spaced_block(side.name, block_n, args.period_ms / 1000))
-    return sides[0], sides[1]
+    return sides
 
 
 # --- reporting ------------------------------------------------------------------------------------
@@ -308,50 +324,72 @@ def spread(ratios: list[float]) -> str:
     return f"{min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f}"
 
 
-def report(args: argparse.Namespace, echo: Side, hv: Side, audit: str) -> bool:
-    e, h = figures(echo), figures(hv)
-    rate_blocks = [b / a for a, b in zip(echo.rates, hv.rates)]
-    idle_blocks = [statistics.median(b) / statistics.median(a) for a, b in zip(echo.idle, hv.idle)]
+def report(args: argparse.Namespace, sides: list[Side], audits: dict[str, str]) -> bool:
+    echo, servers = sides[0], sides[1:]
+    e = figures(echo)
     print(f"{args.clients} clients, {args.rounds} turns a side: {args.seconds / args.rounds * 1000:.0f} ms back to back, "
           f"then {max(1, args.samples // args.rounds)} calls spaced {args.period_ms:g} ms")
     print(f"{'':<26} {'req/s':>8}   {'under load p50 us':>17} {'p99 us':>7}   {'idle p50 us':>11} {'p99 us':>7}")
-    for name, f in (("raw echo (baseline)", e), ("hypervisor reservation", h)):
-        print(f"{name:<26} {f.rate:>8,.0f}   {f.loaded_p50:>17.0f} {f.loaded_p99:>7.0f}   {f.idle_p50:>11.0f} {f.idle_p99:>7.0f}")
-    ratio = h.rate / e.rate
-    print(f"{'hypervisor / echo':<26} {ratio:>8.2f}   {h.loaded_p50 / e.loaded_p50:>17.2f} {h.loaded_p99 / e.loaded_p99:>7.2f}   "
-          f"{h.idle_p50 / e.idle_p50:>11.2f} {h.idle_p99 / e.idle_p99:>7.2f}")
-    print(f"per-block req/s ratio      {spread(rate_blocks)} (min/median/max)")
-    print(f"per-block idle p50 ratio   {spread(idle_blocks)} (min/median/max)")
-    print(f"audit after the run        {audit}")
-    met = ratio >= GOAL
-    print(f"goal: throughput at least {GOAL}x the echo server's: {'met' if met else 'NOT met'} ({ratio:.2f}x)")
+    for side in sides:
+        f = figures(side)
+        print(f"{LABELS[side.name]:<26} {f.rate:>8,.0f}   {f.loaded_p50:>17.0f} {f.loaded_p99:>7.0f}   {f.idle_p50:>11.0f} {f.idle_p99:>7.0f}")
+    ratios = {}
+    for side in servers:
+        h = figures(side)
+        ratios[side.name] = h.rate / e.rate
+        label = "hypervisor / echo" if side.name == HYPERVISOR else "with journal / echo"
+        print(f"{label:<26} {ratios[side.name]:>8.2f}   {h.loaded_p50 / e.loaded_p50:>17.2f} {h.loaded_p99 / e.loaded_p99:>7.2f}   "
+              f"{h.idle_p50 / e.idle_p50:>11.2f} {h.idle_p99 / e.idle_p99:>7.2f}")
+    for side in servers:
+        rate_blocks = [b / a for a, b in zip(echo.rates, side.rates)]
+        idle_blocks = [statistics.median(b) / statistics.median(a) for a, b in zip(echo.idle, side.idle)]
+        suffix = "" if side.name == HYPERVISOR else " (journal)"
+        print(f"per-block req/s ratio      {spread(rate_blocks)} (min/median/max){suffix}")
+        print(f"per-block idle p50 ratio   {spread(idle_blocks)} (min/median/max){suffix}")
+    for side in servers:
+        label = "audit after the run" if side.name == HYPERVISOR else "audit of the journalled"
+        print(f"{label:<26} {audits[side.name]}")
+    met = ratios[HYPERVISOR] >= GOAL
+    print(f"goal: throughput at least {GOAL}x the echo server's: {'met' if met else 'NOT met'} ({ratios[HYPERVISOR]:.2f}x)")
+    if JOURNALLED in ratios:
+        ratio = ratios[JOURNALLED]
+        print(f"goal: with the journal ({args.synchronous}) at least {JOURNAL_GOAL}x the echo server's: "
+              f"{'met' if ratio >= JOURNAL_GOAL else 'NOT met'} ({ratio:.2f}x, {ratios[HYPERVISOR]:.2f}x without it)")
+        met = met and ratio >= JOURNAL_GOAL
     return met
 
 
-def run(args: argparse.Namespace, tmp: Path) -> tuple[Side, Side, subprocess.CompletedProcess[str]]:
-    """Both servers up, the clients' turns, then the hypervisor's audit; every process ended on the way out."""
-    endpoints = {ECHO: f"ipc://{tmp}/echo", HYPERVISOR: f"ipc://{tmp}/hv"}
-    admin_ep = f"ipc://{tmp}/admin"
+def run(args: argparse.Namespace, tmp: Path) -> tuple[list[Side], dict[str, subprocess.CompletedProcess[str]]]:
+    """Every server up, the clients' turns, then each hypervisor's audit; every process ended on the way out."""
+    names = [ECHO, HYPERVISOR] + ([JOURNALLED] if args.state else [])
+    endpoints = {name: f"ipc://{tmp}/{name}" for name in names}
+    admin = {name: f"ipc://{tmp}/{name}-admin" for name in names[1:]}
     env = dict(os.environ, PYTHONPATH=str(REPO))
     ready, stop = mp.Event(), mp.Event()
     echo = mp.Process(target=echo_server, args=(endpoints[ECHO], ready, stop))
     echo.start()
-    hv = subprocess.Popen(
-        [sys.executable, "-m", "hypervisor", "serve", "--memory", "4g", "--guest-endpoint", endpoints[HYPERVISOR],
-         "--admin-endpoint", admin_ep, "--log-level", "info"],
-        cwd=REPO, stderr=subprocess.DEVNULL, env=env,
-    )
+    servers = {}
+    for name in names[1:]:
+        journal = ["--state", str(tmp / "hypervisor.db"), "--synchronous", args.synchronous] if name == JOURNALLED else []
+        servers[name] = subprocess.Popen(
+            [sys.executable, "-m", "hypervisor", "serve", "--memory", "4g", "--guest-endpoint", endpoints[name],
+             "--admin-endpoint", admin[name], "--log-level", "info", *journal],
+            cwd=REPO, stderr=subprocess.DEVNULL, env=env,
+        )
     clients: Clients | None = None
     try:
         if not ready.wait(10):
             raise RuntimeError("the echo server did not start")
-        clients = start_clients(args.clients, endpoints, lambda: echo.is_alive() and hv.poll() is None)
-        echo_side, hv_side = take_turns(clients, args)
+        clients = start_clients(args.clients, endpoints, lambda: echo.is_alive() and all(hv.poll() is None for hv in servers.values()))
+        sides = take_turns(clients, args, names)
         clients.stop()
         clients = None
-        audit = subprocess.run([sys.executable, "-m", "hypervisor", "audit", "--admin-endpoint", admin_ep],
-                               cwd=REPO, capture_output=True, text=True, timeout=30, env=env)
-        return echo_side, hv_side, audit
+        audits = {
+            name: subprocess.run([sys.executable, "-m", "hypervisor", "audit", "--admin-endpoint", admin[name]],
+                                 cwd=REPO, capture_output=True, text=True, timeout=30, env=env)
+            for name in servers
+        }
+        return sides, audits
     finally:
         if clients is not None:
             clients.stop(abort=True)
@@ -359,12 +397,14 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[Side, Side, subprocess.Com
         echo.join(10)
         if echo.is_alive():
             echo.kill()
-        hv.terminate()
-        try:
-            hv.wait(10)
-        except subprocess.TimeoutExpired:
-            hv.kill()
-            hv.wait()
+        for hv in servers.values():
+            hv.terminate()
+        for hv in servers.values():
+            try:
+                hv.wait(10)
+            except subprocess.TimeoutExpired:
+                hv.kill()
+                hv.wait()
 
 
 def main() -> int:
@@ -374,11 +414,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=100, help="turns each side takes; seconds and samples are split among them")
     parser.add_argument("--samples", type=int, default=3000, help="idle-latency calls per side, one client")
     parser.add_argument("--period-ms", type=float, default=1.0, help="spacing of the idle-latency calls")
+    parser.add_argument("--state", action="store_true", help="a third server: the hypervisor with a journal (hypervisor serve --state)")
+    parser.add_argument("--synchronous", choices=["normal", "full"], default="normal", help="the journalled hypervisor's --synchronous")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bn-rpc-") as tmp:
-        echo_side, hv_side, audit = run(args, Path(tmp))
-    report(args, echo_side, hv_side, audit.stdout.strip() or audit.stderr.strip())
-    return 0 if audit.returncode == 0 else 1
+        sides, audits = run(args, Path(tmp))
+    report(args, sides, {name: audit.stdout.strip() or audit.stderr.strip() for name, audit in audits.items()})
+    return 0 if all(audit.returncode == 0 for audit in audits.values()) else 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Any
 from hypervisor import top
 from hypervisor.dispatch import Hypervisor
 from hypervisor.domains import DEFAULT_LIVENESS_S
+from hypervisor.journal import Journal, JournalError, Synchronous
 from hypervisor.service import HypervisorService
 from hypervisor.toolstack import Toolstack, format_info, format_list, format_snapshot
 from hypervisor.virq import VirqSender
@@ -25,6 +26,9 @@ from wire.errors import RemoteError, Unreachable, report_failure
 from wire.shown import for_terminal
 from wire.signals import stop_on_signals
 from wire.sizes import size_to_pages
+
+
+DEFAULT_MEMORY = size_to_pages("4g")
 
 
 def _size(text: str) -> int:
@@ -54,7 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the hypervisor: the host's page pool and every domain")
-    serve.add_argument("--memory", type=_size, default=size_to_pages("4g"), help="host memory, xl-style size (default 4g)")
+    serve.add_argument(
+        "--memory", type=_size,
+        help="host memory, xl-style size (default 4g; with --state, the journal's, which a different size given here refuses)",
+    )
+    serve.add_argument(
+        "--state", metavar="FILE",
+        help="the journal (SQLite) that keeps the books across restarts: created if missing, else recovered and audited "
+        "before serving (default: none; a restart is a host reboot)",
+    )
+    serve.add_argument(
+        "--synchronous", choices=[s.value for s in Synchronous], default=Synchronous.NORMAL.value,
+        help="with --state, SQLite's synchronous mode: normal survives a process crash, full a power loss too (default normal)",
+    )
     serve.add_argument("--guest-endpoint", help=f"where guests connect (env {endpoints.HYPERVISOR_ENV}, default {endpoints.DEFAULT_HYPERVISOR})")
     serve.add_argument("--admin-endpoint", help=f"where the toolstack connects (env {endpoints.ADMIN_ENV}, default {endpoints.DEFAULT_ADMIN})")
     serve.add_argument("--irqbus", help=f"irqbus endpoint for guests' virtual interrupts (env {endpoints.IRQBUS_ENV}; without either, none are sent)")
@@ -98,14 +114,40 @@ def serve(args: argparse.Namespace) -> int:
     admin_ep = endpoints.endpoint(args.admin_endpoint, endpoints.ADMIN_ENV)
     irqbus_ep = args.irqbus or os.environ.get(endpoints.IRQBUS_ENV)
     stop = stop_on_signals()
+    journal: Journal | None = None
+    if args.state is None:
+        hypervisor = Hypervisor(DEFAULT_MEMORY if args.memory is None else args.memory, args.liveness)
+        log.info("no journal (--state): a restart of this hypervisor is a host reboot, every domain and page is forgotten")
+    else:
+        try:
+            journal = Journal(args.state, Synchronous(args.synchronous))
+            new = journal.is_new
+            hypervisor, recovery = journal.start(DEFAULT_MEMORY if new and args.memory is None else args.memory, args.liveness, time.monotonic())
+        except JournalError as err:
+            if journal is not None:
+                journal.close()
+            print(f"hypervisor serve: refusing to start: {err}", file=sys.stderr)
+            log.error("refusing to start", reason=str(err))
+            return 1
+        if recovery is None:
+            log.info("journal created", state=args.state, synchronous=args.synchronous, boot_id=hypervisor.boot_id)
+        else:
+            log.info(
+                "recovered", state=args.state, domains=recovery.domains, pages=recovery.pages, records=recovery.records,
+                events=recovery.events, boot_id=recovery.boot_id, synchronous=args.synchronous,
+            )
     virqs = VirqSender(irqbus_ep, log) if irqbus_ep else None
-    hypervisor = Hypervisor(args.memory, args.liveness)
-    service = HypervisorService(hypervisor, guest_ep, admin_ep, log, virqs=virqs)
-    log.info("serving", guest_endpoint=guest_ep, admin_endpoint=admin_ep, irqbus=irqbus_ep, total_pages=args.memory, boot_id=hypervisor.boot_id)
+    service = HypervisorService(hypervisor, guest_ep, admin_ep, log, virqs=virqs, journal=journal)
+    log.info(
+        "serving", guest_endpoint=guest_ep, admin_endpoint=admin_ep, irqbus=irqbus_ep, total_pages=hypervisor.pool.total_pages,
+        boot_id=hypervisor.boot_id, state=args.state,
+    )
     try:
         service.serve(stop.is_set)
     finally:
         service.close()
+        if journal is not None:
+            journal.close()
         log.info("stopped")
     return 0
 

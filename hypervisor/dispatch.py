@@ -154,6 +154,14 @@ class Hypervisor:
             "guest_set": self._guest_set,
         }
 
+    @classmethod
+    def from_books(cls, table: DomainTable, record: ReplayRecord, boot_id: str) -> Hypervisor:
+        """A hypervisor over books recovered from a journal (hypervisor/journal.py): the same boot
+        id, so its guests, which key on it, carry on."""
+        hypervisor = cls(table.pool.total_pages, table.liveness_s, boot_id)
+        hypervisor.table, hypervisor.record = table, record
+        return hypervisor
+
     @property
     def pool(self) -> PagePool:
         return self.table.pool
@@ -379,7 +387,7 @@ class Hypervisor:
         """Control keys for a running guest, as a toolstack writes xenstore keys under a domain's
         path: kept with the domain (a later write of a key replaces it) and pushed to its guest."""
         domain = self.table.resolve(args["domain"])
-        domain.control = {**domain.control, **args["keys"]}
+        self.table.set_control(domain, args["keys"])
         event = envelope.event("control", {"control": domain.control})
         fields = {"domid": domain.domid, "keys": sorted(args["keys"])}
         return _Result({"domid": domain.domid, "control": domain.control}, fields, [Notification(domain.client, domain.domid, event=event)])

@@ -55,12 +55,40 @@ class DomainTable:
         # not at every domain.
         self._short: dict[int, Domain] = {}
         self._next_domid = 1
+        # What a journal (hypervisor/journal.py) must write at its next commit, drained there:
+        # domains whose fields changed, and domids destroyed. Marked here, in every method that
+        # changes a domain, so any code path is journalled; a change made to a Domain from
+        # outside says so with `touch`. `last_seen` alone does not mark: it is a monotonic
+        # time, reset on recovery, and writing it per request would cost the hot path.
+        self.dirty: set[int] = set()
+        self.destroyed: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._by_id)
 
     def domains(self) -> list[Domain]:
         return sorted(self._by_id.values(), key=lambda d: d.domid)
+
+    @property
+    def next_domid(self) -> int:
+        """The domid the next `create` tries first (kept by a journal, so ids are not reused early)."""
+        return self._next_domid
+
+    def touch(self, domain: Domain) -> None:
+        """`domain` was changed outside this table's methods: journal it at the next commit."""
+        self.dirty.add(domain.domid)
+
+    def restore(self, domains: list[Domain], next_domid: int) -> None:
+        """Recovery: the domains a journal kept, in an empty table. Raises ValueError on two with
+        one domid, name or client; the caller audits the books afterwards."""
+        if self._by_id:
+            raise ValueError("restore needs an empty domain table")
+        for domain in domains:
+            for index, key, what in ((self._by_id, domain.domid, "domid"), (self._by_name, domain.name, "name"), (self._by_client, domain.client, "client")):
+                if key in index:
+                    raise ValueError(f"two domains with {what} {key!r}")
+                index[key] = domain  # type: ignore[index]
+        self._next_domid = next_domid if 1 <= next_domid <= MAX_DOMID else 1
 
     def current_pages(self, domain: Domain) -> int:
         return self.pool.owned_pages(domain.domid)
@@ -71,6 +99,9 @@ class DomainTable:
         return DomainState.RUNNING
 
     # --- lookups -------------------------------------------------------------------------
+
+    def find_domid(self, domid: int) -> Domain | None:
+        return self._by_id.get(domid)
 
     def find_client(self, client: str) -> Domain | None:
         return self._by_client.get(client)
@@ -120,6 +151,7 @@ class DomainTable:
         self._by_id[domid] = domain
         self._by_name[name] = domain
         self._by_client[client] = domain
+        self.dirty.add(domid)
         return domain, extents
 
     def destroy(self, domain: Domain) -> int:
@@ -127,6 +159,8 @@ class DomainTable:
         del self._by_name[domain.name]
         del self._by_client[domain.client]
         self._short.pop(domain.domid, None)
+        self.dirty.discard(domain.domid)
+        self.destroyed.add(domain.domid)
         return self.pool.release_all(domain.domid)
 
     def _allocate_domid(self) -> int:
@@ -186,6 +220,12 @@ class DomainTable:
             )
         domain.target_pages = target_pages
         domain.target_writes += 1
+        self.dirty.add(domain.domid)
+
+    def set_control(self, domain: Domain, keys: dict[str, Any]) -> None:
+        """A toolstack's control keys for the guest (wire/control.py): a later write of a key replaces it."""
+        domain.control = {**domain.control, **keys}
+        self.dirty.add(domain.domid)
 
     def set_max(self, domain: Domain, max_pages: int, refuse_below_target: bool = False) -> None:
         """XEN_DOMCTL_max_mem (xen/common/domctl.c): any max, also below what the domain holds.
@@ -213,17 +253,20 @@ class DomainTable:
         domain.max_pages = max_pages
         current = self.current_pages(domain)
         domain.over_max_pages = current if current > max_pages else None
+        self.dirty.add(domain.domid)
 
     def _ratchet(self, domain: Domain) -> None:
         """A domain over its max gave pages back: the most it may hold follows it down."""
         current = self.current_pages(domain)
         domain.over_max_pages = current if current > domain.max_pages else None
+        self.dirty.add(domain.domid)
 
     def heard_from(self, domain: Domain, now: float, balloon: dict[str, Any] | None = None) -> None:
         domain.last_seen = now
         if balloon is not None:
             domain.balloon = balloon
             domain.balloon_at = now
+            self.dirty.add(domain.domid)
 
     def audit(self) -> list[str]:
         """Every way the books can be wrong, in words; empty when they balance."""

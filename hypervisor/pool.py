@@ -383,6 +383,54 @@ class PagePool:
         self._owned: dict[int, _Holdings] = {}
         self._parked: dict[int, _Holdings] = {}  # owners holding nothing now: their hints
         self._allocated = 0
+        # Owners whose holdings changed since a journal last took them (hypervisor/journal.py
+        # drains it at each commit): one set.add per change, whoever made it.
+        self.dirty: set[int] = set()
+
+    @classmethod
+    def from_holdings(cls, total_pages: int, holdings: dict[int, Iterable[tuple[int, int]]]) -> PagePool:
+        """A pool rebuilt from each owner's extents, as a journal keeps them; free space is the
+        rest. Raises ValueError, naming the first problem, on extents that are malformed, outside
+        the pool, or claimed twice; the caller audits the result before trusting it.
+
+        Each owner's frontier (a placement hint, never part of the books) is put after its
+        highest extent, where a balloon driver's newest pages usually are."""
+        pool = cls(total_pages)
+        claimed: list[tuple[int, int, int]] = []
+        for owner, extents in holdings.items():
+            if type(owner) is not int or owner < 0:
+                raise ValueError(f"owner {owner!r} is not a domid")
+            try:
+                request = pool._validate(list(extents))
+            except PoolError as err:
+                raise ValueError(f"domain {owner}: {err.message}") from None
+            claimed += [(start, count, owner) for start, count in request]
+        claimed.sort()
+        for (a, n, x), (b, m, y) in zip(claimed, claimed[1:]):
+            if b < a + n:
+                raise ValueError(f"pages from {b} are claimed twice: by domain {x} [start={a}, count={n}] and by domain {y} [start={b}, count={m}]")
+        free = pool._free
+        if pool._total:
+            free.by_start.clear()
+            free.by_end.clear()
+            for members in free.classes:
+                members.clear()
+            free.mask = 0
+            free.pages = 0
+        edge = 0
+        for start, count, owner in claimed:
+            if start > edge:
+                free.add(edge, start - edge)
+            held = pool._owned.get(owner)
+            if held is None:
+                held = pool._owned[owner] = _Holdings()
+            held.add(start, count)
+            held.frontier = max(held.frontier, start + count)
+            pool._allocated += count
+            edge = start + count
+        if edge < pool._total:
+            free.add(edge, pool._total - edge)
+        return pool
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -485,6 +533,7 @@ class PagePool:
                 held.pages += count
                 held.frontier = end
                 self._allocated += count
+                self.dirty.add(owner)
                 return [_new_tuple(Extent, (start, count))]
             if room:
                 by_start[start] = room  # too small: put it back for the general path
@@ -501,6 +550,7 @@ class PagePool:
                 held.pages += count
                 held.frontier = region + count
                 self._allocated += count
+                self.dirty.add(owner)
                 return [_new_tuple(Extent, (region, count))]
         if type(count) is not int:
             n = _as_int(count)
@@ -518,6 +568,8 @@ class PagePool:
         for start, c in granted:
             held.add(start, c)
             self._allocated += c
+        if granted:
+            self.dirty.add(owner)
         return granted
 
     def _place(self, held: _Holdings, count: int) -> list[Extent]:
@@ -604,6 +656,7 @@ class PagePool:
 
     def _give_back(self, held: _Holdings, owner: int, i: int, start: int, count: int) -> None:
         """Move [start, start+count), inside extent i of `held`, to free space; move hints."""
+        self.dirty.add(owner)
         starts, counts = held.starts, held.counts
         base = starts[i]
         end = start + count
@@ -677,6 +730,7 @@ class PagePool:
         held = self._owned.pop(owner, None)
         if held is None:
             return 0
+        self.dirty.add(owner)
         free = self._free
         for s, c in zip(held.starts, held.counts):
             free.add(s, c)

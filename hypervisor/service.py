@@ -1,4 +1,11 @@
-"""The hypervisor's ZeroMQ shell: two ROUTER sockets, decode nothing itself, log every outcome."""
+"""The hypervisor's ZeroMQ shell: two ROUTER sockets, decode nothing itself, log every outcome.
+
+Group commit (DESIGN.md principle 9, durable before acknowledged): each turn of the loop drains
+a batch of requests, executes them, commits the batch's changes to the journal in one
+transaction (`_commit`), and only then sends the batch's replies and notifications and logs its
+outcomes (`_flush`). Without a journal the commit is a no-op and the replies leave at the end of
+the same turn.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,8 @@ from collections.abc import Callable
 import structlog
 import zmq
 
-from hypervisor.dispatch import Hypervisor, Outcome
+from hypervisor.dispatch import Hypervisor, Notification, Outcome
+from hypervisor.journal import Journal
 from hypervisor.virq import VirqSender
 from wire import envelope
 from wire import multipart
@@ -30,8 +38,16 @@ class HypervisorService:
         clock: Callable[[], float] = time.monotonic,
         context: zmq.Context | None = None,
         virqs: VirqSender | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.hypervisor = hypervisor
+        self.journal = journal
+        # The turn's batch, held until it is committed: its outcomes (for the journal's events
+        # and the log), the frames to send (replies, and pushed events: `note` says which), the
+        # virtual interrupts to raise.
+        self._batch: list[tuple[Endpoint | None, Outcome]] = []
+        self._outbox: list[tuple[zmq.Socket, list[bytes], Notification | None]] = []
+        self._virqs_out: list[tuple[int, str]] = []
         self.virqs = virqs
         self.log = log
         # Routine successes are debug lines: when those are filtered out, _log builds nothing
@@ -69,6 +85,49 @@ class HypervisorService:
                     self.virqs.drain()
                 else:
                     self._drain(sock)
+            # Anything else that changes the books runs here, before the commit, and hands its
+            # Outcomes to self._queue (e.g. a sweep of silent domains:
+            #     for outcome in self.hypervisor.sweep(self.clock()): self._queue(outcome)).
+            self._commit()
+            self._flush()
+
+    def _commit(self) -> None:
+        """The turn's changes, whoever made them, in the journal: one transaction. A failure
+        (disk full, I/O error) raises, and the batch's replies are never sent: the books in
+        memory are ahead of the journal, so the process must stop and recover from it."""
+        if self.journal is not None:
+            try:
+                self.journal.commit(self.hypervisor, [outcome for _, outcome in self._batch])
+            except Exception as err:
+                self.log.error("journal commit failed: stopping without sending the batch's replies", error=str(err), requests=len(self._batch))
+                raise
+        else:  # nothing keeps the marks: drop them, so they cannot grow
+            table = self.hypervisor.table
+            if table.dirty or table.destroyed or table.pool.dirty:
+                table.dirty.clear()
+                table.destroyed.clear()
+                table.pool.dirty.clear()
+
+    def _flush(self) -> None:
+        """After the commit: send the batch's replies and notifications, then log its outcomes."""
+        for sock, frames, note in self._outbox:
+            if note is None:
+                multipart.send(sock, frames)
+                continue
+            try:
+                multipart.send(sock, frames, multipart.NOBLOCK)
+            except zmq.Again:  # the guest is not reading; its heartbeat carries the target too
+                self.log.warning("notification dropped", client=note.client, event=note.event.get("event") if note.event else None)
+        self._outbox.clear()
+        if self._virqs_out:
+            if self.virqs is not None:
+                for domid, virq in self._virqs_out:
+                    self.virqs.send(domid, virq)
+            self._virqs_out.clear()
+        for endpoint, outcome in self._batch:
+            if not outcome.routine or self._routine_logged:
+                self._log(endpoint, outcome)
+        self._batch.clear()
 
     def _drain(self, sock: zmq.Socket, budget: int = 64) -> None:
         """Serve what is queued without a poll per message; the budget keeps the sockets fair."""
@@ -84,35 +143,37 @@ class HypervisorService:
         if len(body) != 1:
             msg = f"expected one frame per message, got {len(body)}"
             self.log.warning("request refused", error=str(ErrorCode.EPROTO), message=msg, req_peer=req)
-            multipart.send(sock, [*route, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
+            self._outbox.append((sock, [*route, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))], None))
             return
         endpoint = self._endpoints[sock]
         outcome = self.hypervisor.handle(endpoint, body[0], self.clock())
-        multipart.send(sock, [*route, outcome.reply])
+        self._outbox.append((sock, [*route, outcome.reply], None))
         # the guest endpoint (`sock is`, as reading Endpoint.GUEST costs an Enum class lookup)
         if sock is self.guests and outcome.client is not None and outcome.error is None:
             if req or self.hypervisor.table.find_client(outcome.client) is None:
                 self._routes.pop(outcome.client, None)  # a REQ peer takes no events; a shut-down one needs none
             else:
                 self._routes[outcome.client] = identity
-        if not outcome.routine or self._routine_logged:
-            self._log(endpoint, outcome)
+        self._queue(outcome, endpoint)
+
+    def _queue(self, outcome: Outcome, endpoint: Endpoint | None = None) -> None:
+        """An outcome into the turn's batch: journalled at the commit, its notifications sent
+        and its line logged after it. Routes are read now, as of this outcome."""
+        self._batch.append((endpoint, outcome))
         for note in outcome.notifications:
             if note.virq is not None:
-                if self.virqs is not None:
-                    self.virqs.send(note.domid, note.virq)
+                self._virqs_out.append((note.domid, note.virq))
+                continue
+            if note.event is None:
                 continue
             route = self._routes.get(note.client)
             if route is not None:
-                try:
-                    multipart.send(self.guests, [route, envelope.encode(note.event)], multipart.NOBLOCK)
-                except zmq.Again:  # the guest is not reading; its heartbeat carries the target too
-                    self.log.warning("notification dropped", client=note.client, event=note.event.get("event"))
+                self._outbox.append((self.guests, [route, envelope.encode(note.event)], note))
             if note.event.get("event") == "destroyed":
                 self._routes.pop(note.client, None)
 
-    def _log(self, endpoint: Endpoint, outcome: Outcome) -> None:
-        fields = dict(outcome.fields, op=outcome.op, seq=outcome.seq, client=outcome.client, endpoint=str(endpoint))
+    def _log(self, endpoint: Endpoint | None, outcome: Outcome) -> None:
+        fields = dict(outcome.fields, op=outcome.op, seq=outcome.seq, client=outcome.client, endpoint=str(endpoint) if endpoint else None)
         if outcome.error is not None:
             self.log.warning("request refused", error=str(outcome.error), message=outcome.message, **fields)
         elif outcome.replayed:

@@ -36,13 +36,16 @@ def run_bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.timeout(120)
 def test_rpc_bench_runs_and_the_books_balance() -> None:
-    result = run_bench("bench/rpc_bench.py", "--clients", "2", "--seconds", "0.3", "--rounds", "6", "--samples", "12", timeout=100)
+    result = run_bench("bench/rpc_bench.py", "--clients", "2", "--seconds", "0.3", "--rounds", "6", "--samples", "12", "--state", timeout=100)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert any(line.startswith("raw echo (baseline)") for line in lines), result.stdout
     assert any(line.startswith("hypervisor reservation") for line in lines), result.stdout
+    assert any(line.startswith("hypervisor + journal") for line in lines), result.stdout
     assert "audit after the run        books balance" in lines, result.stdout
+    assert "audit of the journalled    books balance" in lines, result.stdout
     assert any(line.startswith("goal: throughput at least 0.8x") for line in lines), result.stdout
+    assert any(line.startswith("goal: with the journal (normal) at least 0.6x") for line in lines), result.stdout
 
 
 @pytest.mark.timeout(120)

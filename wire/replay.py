@@ -23,20 +23,26 @@ from __future__ import annotations
 
 import collections
 import enum
+import hashlib
 from dataclasses import dataclass
 
 DEFAULT_MAX_BYTES = 16 << 20
 DEFAULT_HORIZON_S = 60.0  # longer than any client retries one request (docs/protocol.md)
 RECORD_OVERHEAD = 240  # bytes a record costs besides its reply: the objects, the dict slot
 
+_blake2b = hashlib.blake2b
+_from_bytes = int.from_bytes
+
 
 def digest(frame: bytes) -> int:
     """What tells a retry (the same frame again) from a reuse of its seq for another request.
 
-    Python's keyed SipHash of the frame: a tenth of the cost of a cryptographic digest, and a
-    peer cannot aim a collision at a key it does not know (nor would one help it: a collision
-    only makes its own reused seq look like a retry, answered from its own record)."""
-    return hash(frame)
+    The 64-bit BLAKE2b of the frame, the same in every process: a hypervisor that recovers its
+    records from a journal (hypervisor/journal.py) must see a guest's retry, sent to the process
+    before it, as the same frame. Python's hash() is keyed per process (PYTHONHASHSEED), so a
+    recovered record would never match. A peer that found two of its frames with one digest
+    gains nothing: its reused seq looks like a retry, answered from its own record."""
+    return _from_bytes(_blake2b(frame, digest_size=8).digest(), "little", signed=True)  # signed: fits SQLite's INTEGER
 
 
 class Verdict(enum.Enum):
@@ -66,6 +72,10 @@ class ReplayRecord:
         self._bound: dict[str, Latest | None] = {}  # clients bound to a domain or a session
         self._other: collections.OrderedDict[str, Latest] = collections.OrderedDict()  # least recently used first
         self._other_bytes = 0
+        # Clients whose record changed (or went) since a journal last took them (drained at
+        # its commit, hypervisor/journal.py): one set.add per request. None until a journal
+        # asks (`track_changes`): nothing would drain it, and clients come and go unbounded.
+        self.dirty: set[str] | None = None
 
     def __len__(self) -> int:
         return len(self._bound) + len(self._other)
@@ -105,6 +115,8 @@ class ReplayRecord:
     def remember(self, client: str, seq: int, frame_digest: int, reply: bytes | None, now: float, changed: bool) -> None:
         """After executing: the client's latest request. `reply` None for a read-only one.
         A client without a record gets one only if the request `changed` something."""
+        if self.dirty is not None:
+            self.dirty.add(client)
         latest = self._bound.get(client)
         if latest is not None:  # the common case, a guest: update in place
             latest.seq, latest.digest, latest.reply, latest.used = seq, frame_digest, reply, now
@@ -128,6 +140,8 @@ class ReplayRecord:
         """`client` now owns something on the server: keep its record until `release`."""
         if client in self._bound:
             return
+        if self.dirty is not None:
+            self.dirty.add(client)
         old = self._other.pop(client, None)
         if old is not None:
             self._other_bytes -= old.size
@@ -138,6 +152,8 @@ class ReplayRecord:
         of the request that ended it is still answered from the record)."""
         if client not in self._bound:
             return
+        if self.dirty is not None:
+            self.dirty.add(client)
         latest = self._bound.pop(client)
         if latest is not None:
             latest.used = now
@@ -157,6 +173,21 @@ class ReplayRecord:
                 return
             del other[client]
             self._other_bytes -= latest.size
+            if self.dirty is not None:
+                self.dirty.add(client)
+
+    def track_changes(self) -> None:
+        """From now on, note in `dirty` every client whose record changes or goes."""
+        if self.dirty is None:
+            self.dirty = set()
+
+    def restore(self, client: str, latest: Latest | None, bound: bool) -> None:
+        """Recovery: a record a journal kept (unbound ones in their order of use, oldest first)."""
+        if bound:
+            self._bound[client] = latest
+        elif latest is not None:
+            self._other[client] = latest
+            self._other_bytes += latest.size
 
 
 def replay_refusal(verdict: Verdict, seq: int) -> str:
