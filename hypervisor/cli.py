@@ -22,6 +22,7 @@ from wire import endpoints, logsetup
 from wire.arguments import domain, seconds, whole_number
 from wire.client import RpcClient
 from wire.control import parse_assignments
+from wire.operations import ON_CRASH
 from wire.errors import RemoteError, Unreachable, report_failure
 from wire.shown import for_terminal
 from wire.signals import stop_on_signals
@@ -75,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--admin-endpoint", help=f"where the toolstack connects (env {endpoints.ADMIN_ENV}, default {endpoints.DEFAULT_ADMIN})")
     serve.add_argument("--irqbus", help=f"irqbus endpoint for guests' virtual interrupts (env {endpoints.IRQBUS_ENV}; without either, none are sent)")
     serve.add_argument("--liveness", type=seconds, default=DEFAULT_LIVENESS_S, help="seconds of silence before a domain shows unresponsive")
+    serve.add_argument(
+        "--reclaim-after", type=seconds, metavar="SECONDS",
+        help="a domain whose guest sent no request or heartbeat for SECONDS is destroyed and its pages return to the pool "
+        "(or kept as crashed, with on_crash=preserve); default: never (a slow guest is not a dead one)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -101,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     guest_set.add_argument("domain", type=domain, help="domain name or id")
     guest_set.add_argument("keys", nargs="+", type=_assignment, metavar="KEY=VALUE", help=f"one or more of: {control_help}")
     client_command("destroy", "destroy a domain and return its pages").add_argument("domain", type=domain, help="domain name or id")
+    on_crash = client_command("on-crash", "what the host does with a domain whose guest falls silent (serve --reclaim-after), as xl's on_crash")
+    on_crash.add_argument("domain", type=domain, help="domain name or id")
+    on_crash.add_argument("action", choices=ON_CRASH, help="destroy: its pages return to the pool (the default); preserve: kept as crashed until `destroy`")
     top = client_command("top", "a live view of the host, like xentop")
     top.add_argument("-d", "--delay", type=seconds, default=1.0, help="seconds between frames (default 1)")
     top.add_argument("-i", "--iterations", type=whole_number(1, 10**9), help="stop after this many frames (default: until Ctrl-C)")
@@ -137,10 +146,11 @@ def serve(args: argparse.Namespace) -> int:
                 events=recovery.events, boot_id=recovery.boot_id, synchronous=args.synchronous,
             )
     virqs = VirqSender(irqbus_ep, log) if irqbus_ep else None
+    hypervisor.reclaim_after_s = args.reclaim_after  # (reclaim) silent guests' domains destroyed
     service = HypervisorService(hypervisor, guest_ep, admin_ep, log, virqs=virqs, journal=journal)
     log.info(
         "serving", guest_endpoint=guest_ep, admin_endpoint=admin_ep, irqbus=irqbus_ep, total_pages=hypervisor.pool.total_pages,
-        boot_id=hypervisor.boot_id, state=args.state,
+        boot_id=hypervisor.boot_id, state=args.state, reclaim_after_s=args.reclaim_after,
     )
     try:
         service.serve(stop.is_set)
@@ -181,6 +191,8 @@ def run_client(args: argparse.Namespace) -> int:
             tool.mem_max(args.domain, args.size, domctl=args.domctl)
         elif args.command == "destroy":
             tool.destroy(args.domain)
+        elif args.command == "on-crash":
+            tool.on_crash(args.domain, args.action)
         elif args.command == "guest-set":
             result = tool.guest_set(args.domain, dict(args.keys))
             print(f"domain {result['domid']}: " + " ".join(f"{k}={for_terminal(str(v))}" for k, v in sorted(result["control"].items())))

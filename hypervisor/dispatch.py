@@ -8,9 +8,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypervisor.domains import DEFAULT_LIVENESS_S, Domain, DomainTable
+from hypervisor.domains import DEFAULT_LIVENESS_S, Domain, DomainState, DomainTable
 from hypervisor.pool import PagePool
+from hypervisor.tombstones import Tombstone, Tombstones
 from wire import envelope, replay
+from wire.domain_end import DomainEnd, OnCrash
 from wire.replay import ReplayRecord, Verdict, replay_refusal
 from wire.shown import clip
 from wire.errors import ErrorCode, WireError
@@ -35,6 +37,12 @@ MAP_PAGE_EXTENTS = 32768
 # The verdicts handle() tests on every request, as module constants: reading a member off an
 # Enum class costs ~1,000 instructions in Python 3.11 (as much as decoding the request's args).
 _REPLAY, _STALE, _REUSED = Verdict.REPLAY, Verdict.STALE, Verdict.REUSED
+
+# A gap this long between two sweeps means the hypervisor itself was not running (stopped,
+# swapped out, a loop that hung): its guests' silence is counted again from the sweep after it.
+# The service sweeps every SWEEP_INTERVAL_S.
+SWEEP_INTERVAL_S = 0.25
+STALL_S = 1.0
 
 # Routine operations are logged at debug level; a short grant is always worth a line.
 QUIET_OPS = frozenset({"get_target", "memory_map", "status", "list", "snapshot", "info", "increase_reservation", "decrease_reservation"})
@@ -130,10 +138,16 @@ def new_boot_id() -> str:
 
 
 class Hypervisor:
-    def __init__(self, total_pages: int, liveness_s: float = DEFAULT_LIVENESS_S, boot_id: str | None = None) -> None:
+    def __init__(
+        self, total_pages: int, liveness_s: float = DEFAULT_LIVENESS_S, boot_id: str | None = None, reclaim_after_s: float | None = None
+    ) -> None:
         self.boot_id = boot_id or new_boot_id()
         self.table = DomainTable(PagePool(total_pages), liveness_s)
         self.record = ReplayRecord()
+        # None: a silent guest's domain is only ever shown unresponsive (hypervisor serve's default)
+        self.reclaim_after_s = reclaim_after_s
+        self.tombstones = Tombstones()
+        self._last_sweep: float | None = None
         self._snapshots: dict[str, list[_HeldSnapshot]] = {}  # by client, oldest client first
         self._snapshot_number = 0
         self._handlers: dict[str, Callable[[str, dict[str, Any], float], _Result]] = {
@@ -152,6 +166,7 @@ class Hypervisor:
             "destroy": self._destroy,
             "audit": self._audit,
             "guest_set": self._guest_set,
+            "on_crash": self._on_crash,
         }
 
     @classmethod
@@ -199,8 +214,14 @@ class Hypervisor:
     def _error(self, req: envelope.Request, endpoint: Endpoint, code: ErrorCode, message: str) -> Outcome:
         # A guest told "no domain for you" learns which books said so: the ones it registered
         # with (its domain was destroyed) or others (this hypervisor restarted without it).
-        boot_id = self.boot_id if code is ErrorCode.ESRCH and endpoint is Endpoint.GUEST else None
-        reply = envelope.encode(envelope.error_reply(req.seq, code, message, boot_id))
+        boot_id = reason = None
+        if code is ErrorCode.ESRCH and endpoint is Endpoint.GUEST:
+            boot_id = self.boot_id
+            # ... and, while the hypervisor remembers, why: destroyed, reclaimed or crashed
+            tombstone = self.tombstones.find(req.client)
+            if tombstone is not None:
+                reason, message = str(tombstone.end), tombstone.message
+        reply = envelope.encode(envelope.error_reply(req.seq, code, message, boot_id, reason))
         domain = self.table.find_client(req.client)
         fields: dict[str, Any] = {"domid": domain.domid} if domain else {}
         return Outcome(reply, clip(req.op, 40), req.seq, req.client, fields, error=code, message=message)
@@ -208,8 +229,11 @@ class Hypervisor:
     # --- guest endpoint --------------------------------------------------------------------
 
     def _register(self, client: str, args: dict[str, Any], now: float) -> _Result:
-        domain, extents = self.table.create(args["name"], args["memory_pages"], args["max_pages"], client, now)
+        domain, extents = self.table.create(
+            args["name"], args["memory_pages"], args["max_pages"], client, now, args.get("on_crash", OnCrash.DESTROY)
+        )
         self.record.bind(client)  # its record now lives as long as the domain
+        self.tombstones.forget(client)
         more = len(extents) > REGISTER_EXTENTS
         if more:  # the first page of its memory map; memory_map has the rest
             extents = self.pool.extents_after(domain.domid, -1, REGISTER_EXTENTS)
@@ -220,7 +244,8 @@ class Hypervisor:
             "boot_id": self.boot_id,
             **_target(domain),
         }
-        return _Result(result, {"domid": domain.domid, "name": domain.name, "pages": args["memory_pages"], "free_pages": self.pool.free_pages})
+        fields = {"domid": domain.domid, "name": domain.name, "pages": args["memory_pages"], "free_pages": self.pool.free_pages, "on_crash": str(domain.on_crash)}
+        return _Result(result, fields)
 
     def _increase(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self.table.guest(client, now)
@@ -276,6 +301,7 @@ class Hypervisor:
             "last_seen_s": round(now - d.last_seen, 3),
             "balloon": d.balloon,
             "control": d.control,
+            "on_crash": str(d.on_crash),
         }
 
     def _list(self, client: str, args: dict[str, Any], now: float) -> _Result:
@@ -376,12 +402,89 @@ class Hypervisor:
 
     def _destroy(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self.table.resolve(args["domain"])
+        guests = self.table.is_guests(domain)  # a crashed domain's guest was told already
         released = self.table.destroy(domain)
-        self.record.release(domain.client, now)
-        notes = [Notification(domain.client, domain.domid, event=envelope.event("destroyed", {"domid": domain.domid}))]
+        notes: list[Notification] = []
+        if guests:
+            self.record.release(domain.client, now)
+            self._bury(domain, DomainEnd.DESTROYED, f"domain {domain.domid} ({domain.name}) was destroyed by the toolstack")
+            notes.append(Notification(domain.client, domain.domid, event=envelope.event("destroyed", {"domid": domain.domid, "reason": "destroyed"})))
         notes += _memory_news(self.table.waiting_for_memory(domain))
         fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages}
         return _Result({"domid": domain.domid, "released": released}, fields, notes)
+
+    def _on_crash(self, client: str, args: dict[str, Any], now: float) -> _Result:
+        """xl's on_crash for one domain, changed on a live domain (libxl keeps it in the domain's
+        config; here it is a field of the domain, journalled with it)."""
+        domain = self.table.resolve(args["domain"])
+        if domain.liveness == DomainState.CRASHED:
+            raise WireError(ErrorCode.EINVAL, f"{domain.name} (domid {domain.domid}) has crashed and is preserved; only `destroy` frees it")
+        domain.on_crash = OnCrash(args["on_crash"])
+        return _Result({"domid": domain.domid, "on_crash": str(domain.on_crash)}, {"domid": domain.domid, "name": domain.name, "on_crash": str(domain.on_crash)})
+
+    # --- silent guests (no request: the service calls sweep on a timer) --------------------
+
+    def sweep(self, now: float) -> list[Outcome]:
+        """Act on silence: each domain whose guest has been silent for `reclaim_after_s` is
+        destroyed (its pages return, the domains short of memory are told) or, with
+        on_crash=preserve, kept as crashed; and each change of liveness (running, unresponsive,
+        running again) is reported once. Outcomes carry no reply (b"").
+
+        The silence is Xen's domain watchdog (xen/common/sched/core.c domain_watchdog: the timer
+        is set to NOW() + timeout at each kick and domain_watchdog_timeout fires when it
+        expires, so at exactly the timeout) with every request or heartbeat as the kick; what
+        follows is xl's on_watchdog / on_crash (tools/xl/xl_vmcontrol.c handle_domain_death).
+        The first sweep, and the first after a gap of STALL_S, restarts the count: time the
+        hypervisor itself was not listening is not the guests' silence."""
+        table = self.table
+        if self._last_sweep is None or now - self._last_sweep > STALL_S:
+            table.listening_since = now
+        self._last_sweep = now
+        outcomes: list[Outcome] = []
+        reclaim_after = self.reclaim_after_s
+        for domain in table.in_creation_order():
+            if domain.liveness == DomainState.CRASHED:
+                continue
+            silent = table.silence(domain, now)
+            if reclaim_after is not None and silent >= reclaim_after:
+                outcomes.append(self._preserve(domain, silent, now) if domain.on_crash == OnCrash.PRESERVE else self._reclaim(domain, silent, now))
+                continue
+            state = DomainState.UNRESPONSIVE if silent > table.liveness_s else DomainState.RUNNING
+            if state != domain.liveness:
+                fields = {"domid": domain.domid, "name": domain.name, "state": str(state), "was": str(domain.liveness), "silent_s": round(silent, 3)}
+                domain.liveness = state
+                outcomes.append(Outcome(b"", "liveness", client=domain.client, fields=fields))
+        return outcomes
+
+    def _reclaim(self, domain: Domain, silent: float, now: float) -> Outcome:
+        released = self.table.destroy(domain)
+        self.record.release(domain.client, now)
+        self._bury(
+            domain, DomainEnd.RECLAIMED,
+            f"domain {domain.domid} ({domain.name}) was reclaimed by the host: no request or heartbeat from its guest for "
+            f"{silent:.1f} s (hypervisor serve --reclaim-after {self.reclaim_after_s:g}); its {released} pages returned to the pool",
+        )
+        notes = [Notification(domain.client, domain.domid, event=envelope.event("destroyed", {"domid": domain.domid, "reason": "reclaimed"}))]
+        notes += _memory_news(self.table.waiting_for_memory(domain))
+        fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages, "silent_s": round(silent, 3)}
+        return Outcome(b"", "reclaim", client=domain.client, fields=fields, notifications=notes)
+
+    def _preserve(self, domain: Domain, silent: float, now: float) -> Outcome:
+        self.table.crash(domain)
+        self.record.release(domain.client, now)
+        pages = self.table.current_pages(domain)
+        self._bury(
+            domain, DomainEnd.CRASHED,
+            f"domain {domain.domid} ({domain.name}) was declared crashed: no request or heartbeat from its guest for "
+            f"{silent:.1f} s (hypervisor serve --reclaim-after {self.reclaim_after_s:g}); on_crash=preserve keeps it and its "
+            f"{pages} pages for inspection until the toolstack destroys it",
+        )
+        notes = [Notification(domain.client, domain.domid, event=envelope.event("crashed", {"domid": domain.domid, "reason": "crashed"}))]
+        fields = {"domid": domain.domid, "name": domain.name, "pages": pages, "silent_s": round(silent, 3)}
+        return Outcome(b"", "preserve", client=domain.client, fields=fields, notifications=notes)
+
+    def _bury(self, domain: Domain, end: DomainEnd, message: str) -> None:
+        self.tombstones.bury(domain.client, Tombstone(domain.domid, domain.name, end, message))
 
     def _guest_set(self, client: str, args: dict[str, Any], now: float) -> _Result:
         """Control keys for a running guest, as a toolstack writes xenstore keys under a domain's

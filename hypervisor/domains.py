@@ -7,10 +7,12 @@ two can never disagree.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from hypervisor.pool import PagePool, PoolError, PoolErrorReason
+from wire.domain_end import OnCrash
 from wire.errors import ErrorCode, WireError
 from wire.extent import Extent, total_pages
 from wire.names import domain_ref_text
@@ -23,6 +25,7 @@ DEFAULT_LIVENESS_S = 10.0
 class DomainState(enum.StrEnum):
     RUNNING = "running"  # its guest was heard from recently
     UNRESPONSIVE = "unresponsive"  # no request or heartbeat within the liveness period
+    CRASHED = "crashed"  # silent past --reclaim-after with on_crash=preserve: kept, its guest cut off
 
 
 @dataclass
@@ -41,6 +44,8 @@ class Domain:
     # While a max_mem below what the domain held is in force: the most it may hold now. It
     # only goes down (Xen's "ratchet", see DomainTable.set_max); None when not over its max.
     over_max_pages: int | None = None
+    on_crash: OnCrash = OnCrash.DESTROY  # what the host does once its guest falls silent (--reclaim-after)
+    liveness: DomainState = DomainState.RUNNING  # as last reported (Hypervisor.sweep), so each change is told once
 
 
 class DomainTable:
@@ -62,6 +67,10 @@ class DomainTable:
         # time, reset on recovery, and writing it per request would cost the hot path.
         self.dirty: set[int] = set()
         self.destroyed: set[int] = set()
+        # Since when this hypervisor has listened without a break (Hypervisor.sweep moves it on
+        # a start and after a stall): a guest's silence is counted from here at the earliest, so
+        # a hypervisor that was itself stopped or restarted does not blame its guests for it.
+        self.listening_since = -math.inf
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -89,12 +98,21 @@ class DomainTable:
                     raise ValueError(f"two domains with {what} {key!r}")
                 index[key] = domain  # type: ignore[index]
         self._next_domid = next_domid if 1 <= next_domid <= MAX_DOMID else 1
+    def in_creation_order(self) -> list[Domain]:
+        """Every domain, oldest first: a sweep's order, without domains()'s sort."""
+        return list(self._by_id.values())
 
     def current_pages(self, domain: Domain) -> int:
         return self.pool.owned_pages(domain.domid)
 
+    def silence(self, domain: Domain, now: float) -> float:
+        """Seconds the domain's guest has been silent while this hypervisor listened."""
+        return now - max(domain.last_seen, self.listening_since)
+
     def state(self, domain: Domain, now: float) -> DomainState:
-        if now - domain.last_seen > self.liveness_s:
+        if domain.liveness == DomainState.CRASHED:
+            return DomainState.CRASHED
+        if self.silence(domain, now) > self.liveness_s:
             return DomainState.UNRESPONSIVE
         return DomainState.RUNNING
 
@@ -131,7 +149,9 @@ class DomainTable:
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    def create(self, name: str, memory_pages: int, max_pages: int, client: str, now: float) -> tuple[Domain, list[Extent]]:
+    def create(
+        self, name: str, memory_pages: int, max_pages: int, client: str, now: float, on_crash: OnCrash = OnCrash.DESTROY
+    ) -> tuple[Domain, list[Extent]]:
         """Build a domain with all of its initial memory, or nothing at all."""
         if name in self._by_name:
             raise WireError(ErrorCode.EEXIST, f"a domain named {name!r} exists (domid {self._by_name[name].domid})")
@@ -146,7 +166,7 @@ class DomainTable:
                 f"the host has {self.pool.free_pages} free of {self.pool.total_pages}",
             )
         domid = self._allocate_domid()
-        domain = Domain(domid, name, client, memory_pages, max_pages, now, now)
+        domain = Domain(domid, name, client, memory_pages, max_pages, now, now, on_crash=OnCrash(on_crash))
         extents = self.pool.allocate(domid, memory_pages)
         self._by_id[domid] = domain
         self._by_name[name] = domain
@@ -157,11 +177,25 @@ class DomainTable:
     def destroy(self, domain: Domain) -> int:
         del self._by_id[domain.domid]
         del self._by_name[domain.name]
-        del self._by_client[domain.client]
+        if self._by_client.get(domain.client) is domain:  # a crashed domain's guest is cut off already
+            del self._by_client[domain.client]
         self._short.pop(domain.domid, None)
         self.dirty.discard(domain.domid)
         self.destroyed.add(domain.domid)
         return self.pool.release_all(domain.domid)
+
+    def crash(self, domain: Domain) -> None:
+        """on_crash=preserve: the domain stays, with its pages and its name, for inspection until
+        `destroy`, as xl leaves a crashed domain (tools/xl/xl_vmcontrol.c handle_domain_death,
+        LIBXL_ACTION_ON_SHUTDOWN_PRESERVE); its guest no longer owns it."""
+        if self._by_client.get(domain.client) is domain:
+            del self._by_client[domain.client]
+        self._short.pop(domain.domid, None)
+        domain.liveness = DomainState.CRASHED
+
+    def is_guests(self, domain: Domain) -> bool:
+        """Whether the domain still belongs to the guest that registered it (not crashed)."""
+        return self._by_client.get(domain.client) is domain
 
     def _allocate_domid(self) -> int:
         for _ in range(MAX_DOMID):

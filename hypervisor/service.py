@@ -16,7 +16,7 @@ from collections.abc import Callable
 import structlog
 import zmq
 
-from hypervisor.dispatch import Hypervisor, Notification, Outcome
+from hypervisor.dispatch import SWEEP_INTERVAL_S, Hypervisor, Notification, Outcome
 from hypervisor.journal import Journal
 from hypervisor.virq import VirqSender
 from wire import envelope
@@ -79,6 +79,7 @@ class HypervisorService:
         poller.register(self.admin, zmq.POLLIN)
         if self.virqs is not None:
             poller.register(self.virqs.socket, zmq.POLLIN)
+        next_sweep = 0.0
         while not should_stop():
             for sock, _ in poller.poll(POLL_MS):
                 if self.virqs is not None and sock is self.virqs.socket:
@@ -86,8 +87,12 @@ class HypervisorService:
                 else:
                     self._drain(sock)
             # Anything else that changes the books runs here, before the commit, and hands its
-            # Outcomes to self._queue (e.g. a sweep of silent domains:
-            #     for outcome in self.hypervisor.sweep(self.clock()): self._queue(outcome)).
+            # Outcomes to self._queue: the sweep of silent domains (liveness changes, reclaim).
+            now = self.clock()
+            if now >= next_sweep:
+                next_sweep = now + SWEEP_INTERVAL_S
+                for outcome in self.hypervisor.sweep(now):
+                    self._queue(outcome)
             self._commit()
             self._flush()
 
@@ -169,7 +174,7 @@ class HypervisorService:
             route = self._routes.get(note.client)
             if route is not None:
                 self._outbox.append((self.guests, [route, envelope.encode(note.event)], note))
-            if note.event.get("event") == "destroyed":
+            if note.event.get("event") in ("destroyed", "crashed"):
                 self._routes.pop(note.client, None)
 
     def _log(self, endpoint: Endpoint | None, outcome: Outcome) -> None:

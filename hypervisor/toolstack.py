@@ -45,6 +45,10 @@ class Toolstack:
     def destroy(self, domain: int | str) -> dict[str, Any]:
         return self.client.call("destroy", {"domain": domain})
 
+    def on_crash(self, domain: int | str, action: str) -> dict[str, Any]:
+        """What the host does once the domain's guest falls silent: `destroy` or `preserve`."""
+        return self.client.call("on_crash", {"domain": domain, "on_crash": action})
+
     def guest_set(self, domain: int | str, keys: dict[str, Any]) -> dict[str, Any]:
         """Control keys for a running guest (wire/control.py)."""
         return self.client.call("guest_set", {"domain": domain, "keys": keys})

@@ -60,13 +60,17 @@ HOST_PAGES = 16_384
 
 def populated_host() -> tuple[Hypervisor, HostWorld, Sender]:
     """Three domains whose pages were granted, given back from the middle and granted again
-    (so they are fragmented and interleaved), targets written, statistics reported."""
-    hv = Hypervisor(total_pages=HOST_PAGES, boot_id="populated")  # every populated host alike, so replies compare
+    (so they are fragmented and interleaved), targets written, statistics reported; and a
+    fourth whose guest fell silent and which was kept as crashed (on_crash=preserve), so its
+    client is told why it has no domain."""
+    # every populated host alike, so replies compare; reclaim on only while it is set up
+    hv = Hypervisor(total_pages=HOST_PAGES, boot_id="populated", reclaim_after_s=5.0)
     s = Sender(lambda ep, frame, now: hv.handle(ep, frame, now))
     G, A = Endpoint.GUEST, Endpoint.ADMIN
     web = s.call(G, "guest-web", "register", 10.0, name="web", memory_pages=2048, max_pages=4096)
     db = s.call(G, "guest-db", "register", 10.0, name="db", memory_pages=3000, max_pages=3000)
     s.call(G, "guest-idle", "register", 10.0, name="idle", memory_pages=1024, max_pages=8192)
+    s.call(G, "guest-lost", "register", 10.0, name="lost", memory_pages=256, max_pages=512, on_crash="preserve")
     s.call(G, "guest-web", "increase_reservation", 11.0, nr_pages=512)
     start, count = db["extents"][0]
     s.call(G, "guest-db", "decrease_reservation", 12.0, extents=[[start + 100, 200], [start + count - 50, 50]])
@@ -76,6 +80,11 @@ def populated_host() -> tuple[Hypervisor, HostWorld, Sender]:
     s.call(A, "toolstack", "mem_set", 15.0, domain="web", target_pages=3000)
     s.call(A, "toolstack", "mem_max", 15.0, domain="idle", max_pages=4096)
     s.call(G, "guest-db", "status", 16.0, balloon={"target_kb": 10_000, "current_kb": 11_000, "state": "retrying", "schedule_delay": 4})
+    s.call(G, "guest-idle", "status", 14.0)
+    for tick in range(40, 65):  # the service's sweeps, every 0.25 s from 10 s: "lost" crashes at 15 s
+        hv.sweep(tick / 4)
+    assert hv.table.state(hv.table.resolve("lost"), 16.0) == "crashed"
+    hv.reclaim_after_s = None
     domains = tuple(
         HostDomain(d.name, d.domid, d.client, tuple((e.start, e.count) for e in hv.pool.extents_of(d.domid)), d.max_pages)
         for d in hv.table.domains()
@@ -97,7 +106,7 @@ def host_fingerprint(hv: Hypervisor) -> bytes:
     pool, table = hv.pool, hv.table
     domains = [
         [d.domid, d.name, d.client, d.target_pages, d.max_pages, d.target_writes, table.short_of_memory(d), d.balloon, d.control,
-         [[e.start, e.count] for e in pool.extents_of(d.domid)]]
+         str(d.on_crash), str(d.liveness), table.is_guests(d), [[e.start, e.count] for e in pool.extents_of(d.domid)]]
         for d in table.domains()
     ]
     free = [[e.start, e.count] for e in pool.free_extents()]

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgpack
 
+from wire.domain_end import DomainEnd
 from wire.envelope import MAX_MESSAGE_BYTES, MAX_SEQ
 from wire.errors import ErrorCode
 
@@ -42,7 +43,9 @@ def check_reply(frame: Any, seq: int | None = None) -> dict[str, Any]:
         if "boot_id" in body:  # the hypervisor's, on an ESRCH to a guest operation
             assert body["error"] == "ESRCH", f"boot_id on a {body['error']!r} reply"
             assert type(body["boot_id"]) is str and 0 < len(body["boot_id"]) <= 64, body["boot_id"]
-        assert set(body) - {"boot_id"} == {"v", "seq", "ok", "error", "message"}, sorted(body)
+        if "reason" in body:  # why the guest's domain is gone, on the same ESRCH (wire/domain_end.py)
+            assert "boot_id" in body and body["reason"] in {str(end) for end in DomainEnd}, body["reason"]
+        assert set(body) - {"boot_id", "reason"} == {"v", "seq", "ok", "error", "message"}, sorted(body)
         assert body["error"] in ERROR_CODES, f"unknown error code {body['error']!r}"
         message = body["message"]
         assert type(message) is str, f"message must be a string, got {type(message).__name__}"

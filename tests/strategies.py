@@ -34,6 +34,7 @@ from wire.operations import (
     MAX_BURST,
     MAX_DOMAIN_PAGES,
     MAX_DOMID,
+    ON_CRASH,
     OPERATIONS,
     TRIGGERS,
     VIRQS,
@@ -395,7 +396,10 @@ def _host_call(draw: Any, world: HostWorld, op: str) -> tuple[str, dict[str, Any
         if op == "register":
             name = draw(st.one_of(st.sampled_from(tuple(d.name for d in world.domains) or ("x",)), ascii_names, printable_names))
             memory = draw(st.integers(1, max(1, world.total_pages // 8)) | st.integers(1, MAX_DOMAIN_PAGES))
-            return client, {"name": name, "memory_pages": memory, "max_pages": draw(st.integers(memory, min(MAX_DOMAIN_PAGES, memory * 4)))}
+            args = {"name": name, "memory_pages": memory, "max_pages": draw(st.integers(memory, min(MAX_DOMAIN_PAGES, memory * 4)))}
+            if _chance(draw, 3):
+                args["on_crash"] = _pick(draw, ON_CRASH)
+            return client, args
         if op == "increase_reservation":
             return client, {"nr_pages": draw(st.integers(1, MAX_BATCH_PAGES))}
         if op == "decrease_reservation":
@@ -419,11 +423,14 @@ def _host_call(draw: Any, world: HostWorld, op: str) -> tuple[str, dict[str, Any
         return client, {"snapshot": draw(st.integers(1, 8) | st.integers(1, MAX_SEQ)), "after": after}
     if op in ("info", "audit"):
         return client, {}
-    if op not in ("mem_set", "mem_max", "destroy", "guest_set"):
+    if op not in ("mem_set", "mem_max", "destroy", "guest_set", "on_crash"):
         raise AssertionError(f"no strategy for admin operation {op!r}")
     args: dict[str, Any] = {"domain": _domain_ref(draw, world)}
     if op == "guest_set":
         args["keys"] = _control_keys(draw)
+        return client, args
+    if op == "on_crash":
+        args["on_crash"] = _pick(draw, ON_CRASH)
         return client, args
     top = _pick(draw, world.domains).max_pages if world.domains else 4096
     if op == "mem_set":

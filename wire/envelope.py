@@ -3,7 +3,8 @@
 Request: {"v": 1, "op": str, "seq": int, "client": str, "args": map}
 Reply:   {"v": 1, "seq": int|nil, "ok": true, "result": map}
          {"v": 1, "seq": int|nil, "ok": false, "error": "EINVAL", "message": str}
-         ... and "boot_id": str on the hypervisor's ESRCH to a guest operation
+         ... and "boot_id": str on the hypervisor's ESRCH to a guest operation, and
+         "reason": str when it knows why that guest's domain is gone
 Event:   {"v": 1, "event": str, "args": map}          (unsolicited, server to client)
 
 docs/protocol.md is the contract; this module is its Python reading.
@@ -158,11 +159,14 @@ def ok_reply(seq: int | None, result: dict[str, Any]) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "seq": seq, "ok": True, "result": result}
 
 
-def error_reply(seq: int | None, code: ErrorCode, message: str, boot_id: str | None = None) -> dict[str, Any]:
-    """`boot_id`: on a guest's ESRCH, the hypervisor's (docs/protocol.md, "Hypervisor restarts")."""
+def error_reply(seq: int | None, code: ErrorCode, message: str, boot_id: str | None = None, reason: str | None = None) -> dict[str, Any]:
+    """`boot_id`: on a guest's ESRCH, the hypervisor's (docs/protocol.md, "Hypervisor restarts");
+    `reason`: why that guest's domain is gone, when the hypervisor remembers (wire/domain_end.py)."""
     reply = {"v": PROTOCOL_VERSION, "seq": seq, "ok": False, "error": str(code), "message": message}
     if boot_id is not None:
         reply["boot_id"] = boot_id
+    if reason is not None:
+        reply["reason"] = reason
     return reply
 
 

@@ -36,13 +36,15 @@ MAX_BOOT_ID = 64  # a boot id longer than this is not one
 
 
 class RemoteError(Exception):
-    """An error reply, as the client sees it; `boot_id` is the hypervisor's, on a guest's ESRCH."""
+    """An error reply, as the client sees it; `boot_id` is the hypervisor's, on a guest's ESRCH,
+    and `reason` why that guest's domain is gone (wire/domain_end.py), when the reply says."""
 
-    def __init__(self, code: str, message: str, boot_id: str | None = None) -> None:
+    def __init__(self, code: str, message: str, boot_id: str | None = None, reason: str | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.boot_id = boot_id
+        self.reason = reason
 
 
 class Unreachable(Exception):

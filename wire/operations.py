@@ -15,6 +15,7 @@ from wire.names import numeric_name
 from wire.shown import shown
 from wire.heartbeat import balloon_stats
 from wire.control import control_keys
+from wire.domain_end import OnCrash
 
 MAX_BATCH_PAGES = 512  # one page of frame list, as Linux's balloon driver batches
 MAX_DOMAIN_PAGES = 1 << 32  # 16 TiB: anything larger is a typo, not a domain
@@ -340,12 +341,16 @@ class Operation:
 
 
 _pages = integer(1, MAX_DOMAIN_PAGES)
+ON_CRASH = tuple(str(a) for a in OnCrash)  # what the host does with a domain whose guest fell silent
+_on_crash = choice(*ON_CRASH)
 
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in [
         # guest endpoint: a balloon driver's view of its own domain (DOMID_SELF)
-        Operation("register", Endpoint.GUEST, {"name": domain_name, "memory_pages": _pages, "max_pages": _pages}, binds=True),
+        Operation(
+            "register", Endpoint.GUEST, {"name": domain_name, "memory_pages": _pages, "max_pages": _pages}, {"on_crash": _on_crash}, binds=True
+        ),
         Operation("increase_reservation", Endpoint.GUEST, {"nr_pages": integer(1, MAX_BATCH_PAGES)}),
         Operation("decrease_reservation", Endpoint.GUEST, {"extents": extents(MAX_BATCH_PAGES)}),
         Operation("get_target", Endpoint.GUEST, read_only=True),
@@ -365,6 +370,8 @@ OPERATIONS: dict[str, Operation] = {
         Operation("audit", Endpoint.ADMIN, read_only=True),
         # a running guest's control keys (wire/control.py), kept with the domain and pushed to it
         Operation("guest_set", Endpoint.ADMIN, {"domain": domain_ref, "keys": control_keys}),
+        # xl's on_crash for one domain: destroy (the default) or preserve once its guest falls silent
+        Operation("on_crash", Endpoint.ADMIN, {"domain": domain_ref, "on_crash": _on_crash}),
         # irqbus, a guest's own session (the client that attached it)
         Operation("attach", Endpoint.IRQBUS, {"name": domain_name, "domid": integer(0, MAX_DOMID)}, binds=True),
         Operation("detach", Endpoint.IRQBUS),
