@@ -24,6 +24,7 @@ from guest.irqlink import IrqLink, Request
 from wire import envelope
 from wire import multipart
 from wire.client import RpcClient
+from wire.epoch import read_epoch
 from wire.errors import RemoteError, Unreachable
 from wire.operations import VIRQS
 
@@ -66,6 +67,7 @@ class IrqbusAttachment:
         self._refused: set[str] = set()  # drivers refused for good: not retried on re-attach
         self._next_report = 0.0
         self._reported_unknown = 0
+        self._reported_stale = 0
         self._since_request = 0  # events read since this guest last sent irqbus a request
 
     # -- Attachment ----------------------------------------------------------------------------------
@@ -127,6 +129,10 @@ class IrqbusAttachment:
         first = self._retry_at is None and not self.link.delivered
         try:
             result = self.client.call("attach", {"name": self.name, "domid": self.domid}, retries=1 if first else 0)
+            before = self.link.epoch
+            # before anything is reprogrammed: what that delivers is this instance's
+            if self.link.attached(read_epoch(result.get("epoch"))) and before is not None:
+                self.log.warning("irqbus restarted: generations start again", previous_epoch=before, epoch=self.link.epoch)
             for request in self.link.reprogram():  # lines already up (a re-attach)
                 self._call(request)
             for driver in self.link.drivers:
@@ -232,4 +238,9 @@ class IrqbusAttachment:
         if unknown != self._reported_unknown and now >= self._next_report:
             self.log.warning("interrupts on vectors with no handler", count=unknown - self._reported_unknown)
             self._reported_unknown = unknown
+            self._next_report = now + REPORT_EVERY_S
+        stale = self.link.stale
+        if stale != self._reported_stale and now >= self._next_report:
+            self.log.info("interrupts of an irqbus instance that is gone, not handled", count=stale - self._reported_stale)
+            self._reported_stale = stale
             self._next_report = now + REPORT_EVERY_S

@@ -62,6 +62,26 @@ class IrqLink:
         self.delivered = 0
         self.unknown_vectors = 0
         self.malformed = 0
+        self.epoch: int | None = None  # the irqbus instance this guest is attached to (wire.epoch)
+        self.stale = 0  # irq events of another instance, not handled
+
+    # -- the irqbus instance ------------------------------------------------------------------------
+
+    def attached(self, epoch: int | None) -> bool:
+        """The guest attached to the irqbus instance `epoch`; True if that is another instance
+        than before (it restarted).
+
+        Generation numbers start again at 1 in every instance, so each driver's claimed
+        generation, which belongs to the old one, is forgotten: otherwise every new
+        interrupt would look like one it claimed already. From now on an `irq` event of
+        another epoch is stale (its irqbus is gone) and is not handled (`on_irq`).
+        """
+        if epoch == self.epoch:
+            return False
+        self.epoch = epoch
+        for driver in self.drivers:
+            driver.claimed_gen = 0
+        return True
 
     # -- bringing drivers up -----------------------------------------------------------------------
 
@@ -207,7 +227,16 @@ class IrqLink:
     def on_irq(self, args: Any, now: float) -> Request | None:
         """An interrupt arrived: run the line's flow handler and its drivers; return what to
         tell irqbus (chip operations and status clears), if anything."""
-        vector = args.get("vector") if isinstance(args, dict) else None
+        if not isinstance(args, dict):
+            self.unknown_vectors += 1
+            return None
+        if args.get("epoch") != self.epoch:
+            # sent by an irqbus instance that is gone (events it queued before it died, read
+            # after this guest attached to the next one): its generations and its controllers
+            # are not this instance's, so nothing is handled nor acknowledged
+            self.stale += 1
+            return None
+        vector = args.get("vector")
         irq = self._irq_of_vector.get(vector) if type(vector) is int else None
         if irq is None:
             self.unknown_vectors += 1

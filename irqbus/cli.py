@@ -10,7 +10,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from irqbus.device import Pacer, run_device
+from irqbus.device import DeviceGone, DeviceRunner, Pacer, Route
+from irqbus.outage import DEFAULT_GUEST_GRACE_S, DEFAULT_MAX_RETRY_DELAY_S, Backoff
 from irqbus.dispatch import IrqBus
 from irqbus.queries import DEFAULT_QUERY_TIMEOUT_S
 from irqbus.service import IrqbusService
@@ -92,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--rate", type=positive_number("a positive rate"), required=True, metavar="HZ", help="interrupts per second")
     dev.add_argument("--count", type=_count, help="stop after this many interrupts (default: until stopped)")
     dev.add_argument("--burst", type=_burst, default=1, help="at most this many interrupts per request when behind (fast devices)")
+    dev.add_argument("--guest-grace", type=seconds, default=DEFAULT_GUEST_GRACE_S, metavar="SECONDS",
+                     help="after an irqbus restart, how long the new irqbus may go without the guest before the device "
+                          f"takes it for gone and exits (default {DEFAULT_GUEST_GRACE_S:g})")
+    dev.add_argument("--max-retry-delay", type=seconds, default=DEFAULT_MAX_RETRY_DELAY_S, metavar="SECONDS",
+                     help=f"the cap of the backoff while irqbus is away (default {DEFAULT_MAX_RETRY_DELAY_S:g})")
     dev.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -100,8 +106,10 @@ def serve(args: argparse.Namespace) -> int:
     log = logsetup.configure(args.log_level, "irqbus")
     endpoint = endpoints.endpoint(args.endpoint, endpoints.IRQBUS_ENV)
     stop = stop_on_signals()
-    service = IrqbusService(IrqBus(args.query_timeout), endpoint, log, debug=args.log_level == "debug")
-    log.info("serving", endpoint=endpoint, query_timeout_s=args.query_timeout)
+    bus = IrqBus(args.query_timeout, started=time.monotonic())
+    service = IrqbusService(bus, endpoint, log, debug=args.log_level == "debug")
+    # a new epoch: guests and devices re-declare their wiring here (docs/protocol.md, "irqbus restarts")
+    log.info("serving", endpoint=endpoint, query_timeout_s=args.query_timeout, epoch=bus.epoch)
     try:
         service.serve(stop.is_set)
     finally:
@@ -126,15 +134,22 @@ def _device_process(args: argparse.Namespace, client: RpcClient) -> int:
         return 2
     log = logsetup.configure(args.log_level, "device").bind(guest=args.guest, device=args.device)
     stop = stop_on_signals()
-    if args.pin is not None or args.msi:
-        attached = client.call("attach_device", _attach_args(args))
-        log.info("attached", domid=attached["domid"], kind=attached["kind"], pin=attached["pin"], trigger=attached["trigger"])
+    route = Route(_attach_args(args), args.level) if args.pin is not None or args.msi else None
     pacer = Pacer(args.rate, time.monotonic(), args.burst, args.count)
-    log.info("device running", rate=args.rate, count=args.count, burst=args.burst)
-    totals = run_device(client, args.guest, args.device, pacer, stop, log)
-    log.info("device stopped", raised=totals.raised, merged=totals.merged, delivered=totals.delivered)
+    runner = DeviceRunner(client, args.guest, args.device, pacer, stop, log, route, args.guest_grace, Backoff(args.max_retry_delay))
+    log.info("device running", rate=args.rate, count=args.count, burst=args.burst, guest_grace_s=args.guest_grace)
+    status = 0
+    try:
+        totals = runner.run()
+    except DeviceGone as err:
+        totals = runner.totals
+        log.error("device gone", message=str(err))
+        print(f"irqbus device: {for_terminal(str(err))}; exiting", file=sys.stderr)
+        status = 1
+    log.info("device stopped", raised=totals.raised, merged=totals.merged, delivered=totals.delivered,
+             missed=totals.missed, reasserted=totals.reasserted)
     print(f"{args.device} on {args.guest}: {totals.raised} interrupts raised, {totals.merged} merged into one still pending")
-    return 0
+    return status
 
 
 def run_client(args: argparse.Namespace) -> int:

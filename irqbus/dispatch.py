@@ -14,6 +14,7 @@ from irqbus.machine import Delivery, Device, DeviceKind, GuestMachine, msi_messa
 from irqbus.queries import DEFAULT_QUERY_TIMEOUT_S, PendingQueries, Query
 from irqbus.routing import Router
 from wire import envelope
+from wire.epoch import new_epoch
 from wire.errors import ErrorCode, WireError
 from wire.operations import Endpoint, lookup
 from wire import replay
@@ -23,7 +24,7 @@ from wire.shown import clip
 SHOW_PAGE_BYTES = 512 * 1024  # half the message limit: the envelope and one more guest always fit
 
 # Per-interrupt traffic is logged at debug level; everything else at info.
-QUIET_OPS = frozenset({"chip", "raise", "lower", "pulse", "msi", "show", "answer", "interrupts", "send_virq"})
+QUIET_OPS = frozenset({"chip", "raise", "lower", "pulse", "msi", "show", "answer", "interrupts", "send_virq", "locate"})
 
 
 @dataclass(slots=True)
@@ -57,17 +58,22 @@ class _Result:
     sends: list[Send] = field(default_factory=list)
 
 
-def irq_events(machine: GuestMachine, deliveries: list[Delivery]) -> list[Send]:
-    """Each delivery becomes an `irq` event on the guest's own session, and nowhere else; once
-    events were dropped for it (irqbus.backlog), each carries the count so far."""
+def irq_events(machine: GuestMachine, deliveries: list[Delivery], epoch: int) -> list[Send]:
+    """Each delivery becomes an `irq` event on the guest's own session, and nowhere else, with
+    this instance's epoch (its generations compare with this instance's only: wire.epoch);
+    once events were dropped for it (irqbus.backlog), each carries the count so far."""
     client, encode, event = machine.client, envelope.encode, envelope.event
     if machine.dropped:
-        return [Send(client, encode(event("irq", {**d.event_args(), "dropped": machine.dropped}))) for d in deliveries]
-    return [Send(client, encode(event("irq", d.event_args()))) for d in deliveries]
+        return [Send(client, encode(event("irq", {**d.event_args(epoch), "dropped": machine.dropped}))) for d in deliveries]
+    return [Send(client, encode(event("irq", d.event_args(epoch)))) for d in deliveries]
 
 
 class IrqBus:
-    def __init__(self, query_timeout_s: float = DEFAULT_QUERY_TIMEOUT_S) -> None:
+    def __init__(self, query_timeout_s: float = DEFAULT_QUERY_TIMEOUT_S, epoch: int | None = None, started: float | None = None) -> None:
+        """`epoch`: this instance's (wire.epoch; drawn when not given); `started`: its start on
+        the clock `now` comes from (the first request's time when not given), for `up_s`."""
+        self.epoch = new_epoch() if epoch is None else epoch
+        self.started = started
         self.router = Router()
         self.queries = PendingQueries(query_timeout_s)
         self.record = ReplayRecord()
@@ -89,6 +95,7 @@ class IrqBus:
             "msi": self._msi,
             "show": self._show,
             "interrupts": self._interrupts,
+            "locate": self._locate,
         }
         # Each operation with its argument schema, looked up once per request.
         self._served = {name: (lookup(name, Endpoint.IRQBUS), handler) for name, handler in self._handlers.items()}
@@ -109,6 +116,8 @@ class IrqBus:
         Nothing may be executed in between: the replay record must hold the reply before the
         next request is looked at.
         """
+        if self.started is None:
+            self.started = now
         try:
             req = envelope.decode_request(frame)
         except envelope.EnvelopeError as err:
@@ -202,7 +211,7 @@ class IrqBus:
         if not deliveries:
             return []
         allowed = self.backlog.admit(machine, len(deliveries))
-        return irq_events(machine, deliveries if allowed == len(deliveries) else deliveries[:allowed])
+        return irq_events(machine, deliveries if allowed == len(deliveries) else deliveries[:allowed], self.epoch)
 
     def _session(self, client: str, now: float) -> GuestMachine:
         machine = self.router.session(client)
@@ -227,7 +236,7 @@ class IrqBus:
             self.backlog.heard_from(old)
         self.record.bind(client)  # its record now lives as long as its session
         fields = self._guest_fields(machine, replaced=[f"{m.name}/{m.domid}" for m in replaced])
-        return _Result({"domid": machine.domid, "name": machine.name, "replaced": len(replaced)}, fields, sends)
+        return _Result({"domid": machine.domid, "name": machine.name, "replaced": len(replaced), "epoch": self.epoch}, fields, sends)
 
     def _detach(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self.router.session(client)
@@ -318,7 +327,7 @@ class IrqBus:
         kind = DeviceKind.MSI if msi else DeviceKind.PIN
         device, created = self.router.plug(machine, args["device"], kind, args.get("pin"), args.get("trigger") == "level")
         result = {"guest": machine.name, "domid": machine.domid, "device": device.name, "kind": str(device.kind),
-                  "pin": device.pin, "trigger": device.trigger, "created": created}
+                  "pin": device.pin, "trigger": device.trigger, "created": created, "epoch": self.epoch}
         fields = self._guest_fields(machine, device=device.name, kind=str(kind), pin=device.pin, trigger=device.trigger, created=created)
         return _Result(result, fields)
 
@@ -387,8 +396,29 @@ class IrqBus:
                 break
             page.append(snapshot)
         more = len(page) < len(machines)
-        result = {"guests": page, "open_queries": len(self.queries), "next": page[-1]["domid"] if more else None}
+        result = {"guests": page, "open_queries": len(self.queries), "next": page[-1]["domid"] if more else None,
+                  "epoch": self.epoch, "up_s": self.up_s(now)}
         return _Result(result, {"guests": len(page), "more": more})
+
+    def up_s(self, now: float) -> float:
+        """Seconds since this instance started (ms precision)."""
+        return round(max(0.0, now - (now if self.started is None else self.started)), 3)
+
+    def _locate(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+        """Where a guest (and one of its devices) stands at this instance, for a device process
+        that was refused with ESRCH: is this another irqbus than the one it plugged into, is the
+        guest attached yet, and is the device plugged into it (irqbus.outage decides)."""
+        result: dict[str, Any] = {"epoch": self.epoch, "up_s": self.up_s(now), "attached": False, "domid": None}
+        try:
+            machine = self.router.resolve(args["guest"])
+        except WireError:
+            machine = None
+        if machine is not None:
+            result.update(attached=True, domid=machine.domid)
+        if "device" in args:
+            owner = self.router.owner(args["device"])
+            result["device"] = "absent" if owner is None else "plugged" if owner is machine else "elsewhere"
+        return _Result(result, {"guest": args["guest"], **result})
 
     def _interrupts(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
         """Forward to the guest; the reply goes out when it answers (or the query times out)."""

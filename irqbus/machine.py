@@ -88,8 +88,8 @@ class Delivery:
     device: str | None
     status: dict[str, int]
 
-    def event_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {"vector": self.vector, "chip": str(self.source), "status": self.status}
+    def event_args(self, epoch: int) -> dict[str, Any]:
+        args: dict[str, Any] = {"vector": self.vector, "chip": str(self.source), "status": self.status, "epoch": epoch}
         if self.pin is not None:
             args["pin"] = self.pin
         if self.device is not None:

@@ -123,7 +123,7 @@ def populated_bus() -> tuple[IrqBus, BusWorld, Sender]:
     1, a level IOAPIC pin 20, an MSI device programmed and unmasked, the target virq bound.
     vm2: an edge pin 10 and a masked MSI device with an interrupt pending. An `interrupts`
     query to vm1 waits for its answer."""
-    bus = IrqBus(query_timeout_s=2.0)
+    bus = IrqBus(query_timeout_s=2.0, epoch=1)  # fixed: two populated buses answer alike
     s = Sender(lambda ep, frame, now: bus.handle(frame, now))
     B = Endpoint.IRQBUS
 

@@ -576,6 +576,8 @@ def _bus_call(draw: Any, world: BusWorld, op: str) -> tuple[str, dict[str, Any]]
         return client, args
     if op == "interrupts":
         return client, {**target, "format": _pick(draw, ("text", "json"))} if draw(st.booleans()) else target
+    if op == "locate":
+        return client, {**target, "device": _device(draw, world, guest)} if draw(st.booleans()) else target
     raise AssertionError(f"no strategy for irqbus operation {op!r}")
 
 

@@ -39,6 +39,9 @@ class Peer:
         return reply["result"]
 
 
+EPOCH = 42
+
+
 def reply_of(out: Outcome) -> dict[str, Any]:
     return msgpack.unpackb(out.reply)
 
@@ -49,7 +52,7 @@ def events_for(out: Outcome, client: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def bus() -> IrqBus:
-    return IrqBus(query_timeout_s=2.0)
+    return IrqBus(query_timeout_s=2.0, epoch=EPOCH)
 
 
 @pytest.fixture
@@ -80,7 +83,7 @@ def test_a_raise_becomes_an_irq_event_for_the_guest_and_nobody_else(bus, guest, 
     assert reply_of(out)["result"] == {"gen": 1, "merged": 0, "delivered": 1}
     assert [s.client for s in out.sends] == ["guest-vm1"]
     (event,) = events_for(out, "guest-vm1")
-    assert event == {"v": 1, "event": "irq", "args": {"vector": 0x25, "chip": "pic", "pin": 5, "status": {"nic0": 1}}}
+    assert event == {"v": 1, "event": "irq", "args": {"vector": 0x25, "chip": "pic", "pin": 5, "status": {"nic0": 1}, "epoch": EPOCH}}
     # the guest's level flow, with the clear its driver wrote: the line drops
     out = guest.send("chip", ops=[{"kind": k, "pin": 5} for k in ("mask", "ack", "unmask")], clear=[["nic0", 1]])
     assert reply_of(out)["ok"] and out.sends == []
@@ -327,7 +330,7 @@ def test_program_msi_plugs_an_msi_device_the_guest_enumerates(bus, guest, tool):
     assert reply_of(out)["result"]["delivered"] == 0  # masked until the driver unmasks
     out = guest.send("chip", ops=[{"kind": "unmask", "device": "net1"}])
     (event,) = events_for(out, "guest-vm1")
-    assert event["args"] == {"vector": 0x61, "chip": "msi", "device": "net1", "status": {"net1": 1}}
+    assert event["args"] == {"vector": 0x61, "chip": "msi", "device": "net1", "status": {"net1": 1}, "epoch": EPOCH}
     out = tool.send("msi", guest="vm1", address=0xFEE00000, data=0x61, count=3)
     assert len(events_for(out, "guest-vm1")) == 3
 
@@ -421,6 +424,33 @@ def test_virtual_interrupts_reach_only_the_guest_that_bound_them(bus, guest, too
     out = tool.send("send_virq", guest=1, virq="memory")
     assert reply_of(out)["result"] == {"delivered": 1}
     assert [s.client for s in out.sends] == ["guest-vm1"]
-    assert events_for(out, "guest-vm1") == [{"v": 1, "event": "irq", "args": {"vector": 0x41, "chip": "virq", "status": {}}}]
+    assert events_for(out, "guest-vm1") == [{"v": 1, "event": "irq", "args": {"vector": 0x41, "chip": "virq", "status": {}, "epoch": EPOCH}}]
     (g1, g2) = state(bus)["guests"]
     assert g1["virqs"] == {"memory": {"vector": 0x41, "sent": 1}} and g2["virqs"] == {}
+
+
+# --- restarts: the instance epoch and `locate` ------------------------------------------------------
+
+
+@T
+def test_every_instance_says_its_epoch_where_generations_are_read():
+    a, b = IrqBus(), IrqBus()
+    assert a.epoch != b.epoch and 1 <= a.epoch < 1 << 63  # drawn at start: a new instance, a new epoch
+    bus = IrqBus(epoch=EPOCH)
+    assert Peer(bus, "g").call("attach", name="vm1", domid=1)["epoch"] == EPOCH
+    assert Peer(bus, "t").call("attach_device", guest="vm1", device="nic0", pin=5)["epoch"] == EPOCH
+    shown = Peer(bus, "o").call("show")
+    assert shown["epoch"] == EPOCH and shown["up_s"] == 0
+
+
+@T
+def test_locate_says_which_instance_answers_and_where_the_guest_and_device_are(bus, guest, tool):
+    tool.now = 4.5  # the fixture's first request came at 1.0: the instance's start
+    assert tool.call("locate", guest="vm1", device="nic0") == {
+        "epoch": EPOCH, "up_s": 3.5, "attached": True, "domid": 1, "device": "plugged"}
+    assert tool.call("locate", guest=1, device="net9")["device"] == "absent"
+    assert tool.call("locate", guest="vm9") == {"epoch": EPOCH, "up_s": 3.5, "attached": False, "domid": None}
+    Peer(bus, "guest-vm2").call("attach", name="vm2", domid=2)
+    assert tool.call("locate", guest="vm2", device="nic0")["device"] == "elsewhere"
+    out = tool.send("locate", guest="vm1", device="bad name")
+    assert reply_of(out)["error"] == "EINVAL"

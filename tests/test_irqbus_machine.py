@@ -45,7 +45,7 @@ def test_edge_pulse_is_delivered_once_with_its_status_and_the_vector_of_its_pin(
     (d,) = done.deliveries
     assert (d.vector, d.source, d.pin, d.status) == (0x25, Source.PIC, 5, {"nic0": 1})
     assert vm.pics.in_service(5) and not vm.lines.level(5)
-    assert d.event_args() == {"vector": 0x25, "chip": "pic", "pin": 5, "status": {"nic0": 1}}
+    assert d.event_args(7) == {"vector": 0x25, "chip": "pic", "pin": 5, "status": {"nic0": 1}, "epoch": 7}
 
 
 @T
@@ -148,7 +148,7 @@ def test_msi_pending_while_masked_is_delivered_once_on_unmask(vm):
     assert (d.vector, d.source, d.device, d.status) == (0x61, Source.MSI, "net1", {"net1": 3})
     assert not net.msix.pending(0)
     (d,) = vm.raise_device(net).deliveries
-    assert d.event_args() == {"vector": 0x61, "chip": "msi", "device": "net1", "status": {"net1": 4}}
+    assert d.event_args(7) == {"vector": 0x61, "chip": "msi", "device": "net1", "status": {"net1": 4}, "epoch": 7}
     vm.chip([cmd("mask", device="net1")], [(net, 4)])
     assert vm.raise_device(net).deliveries == []
     assert len(vm.chip([cmd("unmask", device="net1")], [])) == 1

@@ -416,6 +416,8 @@ OPERATIONS: dict[str, Operation] = {
         # irqbus, inspection
         Operation("show", Endpoint.IRQBUS, {}, {"guest": domain_ref, "after": integer(-1, MAX_DOMID)}, read_only=True),
         Operation("interrupts", Endpoint.IRQBUS, {"guest": domain_ref}, {"format": choice("text", "json")}, read_only=True),
+        # irqbus, a device process after an ESRCH: which instance answers, is its guest attached
+        Operation("locate", Endpoint.IRQBUS, {"guest": domain_ref}, {"device": device_name}, read_only=True),
     ]
 }
 
