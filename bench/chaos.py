@@ -102,9 +102,13 @@ def guest_specs(n: int) -> list[GuestSpec]:
 def detect_support() -> tuple[Support, bool]:
     """What this tree's CLIs offer: (restart support, reclaim of dead guests)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    hv = subprocess.run([sys.executable, "-m", "hypervisor", "serve", "--help"], capture_output=True, text=True, env=env, cwd=REPO).stdout
-    irq = subprocess.run([sys.executable, "-m", "irqbus", "serve", "--help"], capture_output=True, text=True, env=env, cwd=REPO).stdout
-    irqbus_restart = "--state" in irq or "epoch" in irq
+    def help_of(*command: str) -> str:
+        return subprocess.run([sys.executable, "-m", *command, "--help"], capture_output=True, text=True, env=env, cwd=REPO).stdout
+
+    hv = help_of("hypervisor", "serve")
+    # irqbus restarts: an `irqbus device` that rides them out (it has a grace for its guest to
+    # come back to the new instance); the epoch that keeps drivers right comes with it
+    irqbus_restart = "--guest-grace" in help_of("irqbus", "device")
     return Support(hypervisor_restart="--state" in hv, irqbus_restart=irqbus_restart), "--reclaim-after" in hv
 
 

@@ -2,7 +2,8 @@
 
 - settled: every live guest's domain runs, its own report agrees with the books, and (unless
   it is the stuck one) it holds its target with its driver done;
-- the books: `audit` balances, and each guest's view of its pages (its heartbeat's balloon
+- the books: `audit` balances, each guest instance still has the domain it registered (the
+  same domid, registered once: a hypervisor restart must not cost it its domain), and its view of its pages (its heartbeat's balloon
   report, and the sum of its log: the pages it registered with, plus every grant, minus every
   release) equals the pages the hypervisor books to its domain. A retried request executed
   twice shows as books above the log's sum: the guest logs one grant per request, whatever
@@ -25,6 +26,8 @@ class Ledger:
     """One guest instance's own account of its pages, from its debug log."""
 
     registered_pages: int = 0
+    domid: int | None = None  # the domain it registered (latest registration)
+    registrations: int = 0  # more than one: it lost its domain and registered a new one
     granted: int = 0
     released: int = 0
     requests: int = 0
@@ -40,10 +43,12 @@ def ledger_from_log(events: Iterable[dict[str, Any]]) -> Ledger | None:
     """The account since the instance's latest registration (None before it registered)."""
     ledger: Ledger | None = None
     seen: set[int] = set()
+    registrations = 0
     for event in events:
         name = event.get("event")
         if name == "registered":
-            ledger, seen = Ledger(registered_pages=int(event["pages"])), set()
+            registrations += 1
+            ledger, seen = Ledger(int(event["pages"]), event.get("domid"), registrations), set()
         elif ledger is None or name not in ("increase", "decrease"):
             continue
         else:
@@ -110,6 +115,10 @@ def book_violations(
         if ledger is None:
             out.append(f"{name}: its log has no registration")
             continue
+        if ledger.domid != domain.get("domid"):
+            out.append(f"{name}: registered as domain {ledger.domid}, the books have it as {domain.get('domid')}")
+        if ledger.registrations > 1:
+            out.append(f"{name}: registered {ledger.registrations} times (it lost its domain and took a new one)")
         if ledger.pages != books:
             out.append(
                 f"{name}: its log accounts for {ledger.pages} pages (registered {ledger.registered_pages}, "

@@ -20,9 +20,9 @@ from bench.chaos_plan import ALL_KINDS, Action, Kind, Role, Support, choose_faul
 TARGETS = {Role.HYPERVISOR: ["hypervisor"], Role.IRQBUS: ["irqbus"], Role.GUEST: ["g0", "g1"], Role.DEVICE: ["nic"]}
 
 
-def domain(current: int, target: int, reported: int | None = None, state: str = "done", run: str = "running") -> dict:
+def domain(current: int, target: int, reported: int | None = None, state: str = "done", run: str = "running", domid: int = 1) -> dict:
     kb = (current if reported is None else reported) * 4
-    return {"current_pages": current, "target_pages": target, "state": run, "balloon": {"current_kb": kb, "state": state}}
+    return {"domid": domid, "current_pages": current, "target_pages": target, "state": run, "balloon": {"current_kb": kb, "state": state}}
 
 
 # --- the plan ------------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def log(*events: tuple) -> list[dict]:
     out = []
     for e in events:
         if e[0] == "registered":
-            out.append({"event": "registered", "pages": e[1]})
+            out.append({"event": "registered", "pages": e[1], "domid": e[2] if len(e) > 2 else 1})
         elif e[0] == "increase":
             out.append({"event": "increase", "seq": e[1], "granted": e[2], "current_pages": e[3]})
         else:
@@ -113,6 +113,7 @@ def test_the_ledger_sums_grants_and_releases_since_the_latest_registration() -> 
     events.insert(2, {"event": "balloon done"})
     ledger = ledger_from_log(events)
     assert (ledger.registered_pages, ledger.granted, ledger.released, ledger.requests, ledger.pages) == (20, 8, 5, 2, 23)
+    assert ledger.registrations == 2
     assert ledger.last_logged_pages == 23 and ledger.repeated_seqs == []
     assert ledger_from_log([{"event": "increase", "seq": 1, "granted": 3, "current_pages": 3}]) is None
 
@@ -175,3 +176,15 @@ def test_a_line_whose_interrupts_go_unhandled_is_a_violation() -> None:
         "device nic on g1: irq 11: 5 of 10 interrupts unhandled in the window"
     ]
     assert interrupt_violations("nic", "g1", None, None) == ["device nic on g1: its guest has no driver for it"]
+
+
+def test_a_guest_that_lost_its_domain_across_a_restart_is_a_violation() -> None:
+    # the first finding: a restarted hypervisor without its books, the guest registers anew
+    ledger = ledger_from_log(log(("registered", 2048, 3), ("increase", 4, 512, 2560), ("registered", 2048, 1)))
+    assert book_violations({"ok": True}, {"g0": domain(2048, 2048, domid=1)}, {"g0": ledger}) == [
+        "g0: registered 2 times (it lost its domain and took a new one)"
+    ]
+    ledger = ledger_from_log(log(("registered", 2048, 3)))
+    assert book_violations({"ok": True}, {"g0": domain(2048, 2048, domid=4)}, {"g0": ledger}) == [
+        "g0: registered as domain 3, the books have it as 4"
+    ]
