@@ -240,9 +240,14 @@ class ChaosHost:
 
     def attached(self) -> dict[str, dict[str, Any]] | None:
         """irqbus's guests by name: each with its domid and its devices."""
+        shown = self.show()
+        return None if shown is None else {g["name"]: g for g in shown["guests"]}
+
+    def show(self) -> dict[str, Any] | None:
+        """irqbus's `show`: its guests and (with restart support) its instance's epoch."""
         client = RpcClient(self.irq_endpoint, timeout=0.5, retries=1)
         try:
-            return {g["name"]: g for g in fetch_show(client)["guests"]}
+            return fetch_show(client)
         except (Unreachable, RemoteError):
             return None
         finally:
@@ -255,9 +260,13 @@ class ChaosHost:
         domain = (domains or {}).get(guest)
         return guest in attached and domain is not None and attached[guest].get("domid") == domain["domid"]
 
-    def device_running(self, device: str) -> bool:
-        """The device's current instance has attached and raises (its log says so)."""
-        return any(e.get("event") == "device running" for e in self.events(device))
+    def device_running(self, device: str, epoch: int | None) -> bool:
+        """The device's current instance raises into this irqbus instance: its log's latest
+        plug-in is into `epoch` (None: an irqbus without epochs, where attaching is enough).
+        irqbus listing the device is not enough: after a restart the guest declares it again
+        before the device process has found the new instance."""
+        plugs = [e for e in self.events(device) if e.get("event") in ("attached", "plugged in again")]
+        return bool(plugs) and (epoch is None or plugs[-1].get("epoch") == epoch)
 
     def interrupts(self, guest: str) -> list[dict[str, Any]] | None:
         client = RpcClient(self.irq_endpoint, timeout=1.0, retries=1)
@@ -301,10 +310,11 @@ class ChaosHost:
                 problems = ["the hypervisor does not answer"]
                 return False
             problems = settle_problems(domains, self.live_guests())
-            attached = self.attached()
-            if attached is None:
+            shown = self.show()
+            if shown is None:
                 problems.append("irqbus does not answer")
             else:
+                attached = {g["name"]: g for g in shown["guests"]}
                 for device, spec in self.devices.items():
                     if not self.alive(spec.name):
                         continue
@@ -313,8 +323,8 @@ class ChaosHost:
                         problems.append(f"{spec.name}: not attached to irqbus as its domain")
                     elif device not in {d.get("name") for d in guest.get("devices", [])}:
                         problems.append(f"{device}: not attached to {spec.name}")
-                    elif not self.device_running(device):
-                        problems.append(f"{device}: not running yet")
+                    elif not self.device_running(device, shown.get("epoch")):
+                        problems.append(f"{device}: not raising into this irqbus yet")
             return not problems
 
         self.wait_until(settled, self.cfg.settle_timeout_s)
