@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import random
 import signal
@@ -272,8 +273,7 @@ class ChaosHost:
             client.close()
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        import json
-
+        """The JSON lines of the current instance's log."""
         out = []
         for line in self.procs.log_of(self.current[name]).read_text(errors="replace").splitlines():
             try:
@@ -419,9 +419,7 @@ class ChaosHost:
         out = self.end(name, sig)
         if name in self.specs:
             out += self.replace_guest(name, killed=action is Action.KILL)
-        elif name in self.devices:
-            self.start(name)
-        else:
+        else:  # the hypervisor, irqbus or a device: the same command again
             self.start(name)
         return out, began
 
@@ -491,7 +489,11 @@ def run_chaos(cfg: ChaosConfig, out: Any = sys.stdout) -> Report:
             host.start_device_when_attached(device)
         for problem in host.settle() + host.check():
             report.violations.append(Violation(0, "start", problem))
-        pool = (host.toolstack().info())["total_pages"]
+        tool = host.toolstack()
+        try:
+            pool = tool.info()["total_pages"]
+        finally:
+            tool.close()
         index = 0
         while (cfg.faults is None or index < cfg.faults) and (cfg.duration_s is None or time.monotonic() - began < cfg.duration_s):
             index += 1
