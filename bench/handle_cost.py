@@ -3,12 +3,16 @@ no other processes, so that a profiler or callgrind sees only that.
 
 rpc_bench.py measures the same thing end to end, but on a shared machine its ratio moves by
 a third from run to run. Here the service's per-message step (`_serve_one`: handle, route
-bookkeeping, the log call, the reply's send) runs on rpc_bench's workload -- guests that
+bookkeeping; then the turn's `_commit` and `_flush`: the log call, the reply's send, as a turn
+of one request) runs on rpc_bench's workload -- guests that
 alternate increase_reservation(64) and decrease_reservation of what was granted -- against
 the echo server's step (send the request back), with the client's side (pack the request,
 unpack the reply) the same in both. The difference is the hypervisor's cost per request.
 
-    python bench/handle_cost.py [--requests 20000] [--mode both|hypervisor|echo] [--profile]
+    python bench/handle_cost.py [--requests 20000] [--mode both|hypervisor|echo] [--profile] [--state]
+
+--state gives the hypervisor a journal (hypervisor/journal.py) in a temporary directory: every
+request is then a turn with its own commit, the worst case of group commit.
 
 Instruction counts are repeatable where times are not: run one mode under callgrind at two
 request counts and divide the difference by the difference in requests, e.g.
@@ -34,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hypervisor.dispatch import Hypervisor  # noqa: E402  (after the path: run from anywhere)
+from hypervisor.journal import Journal  # noqa: E402
 from hypervisor.service import HypervisorService  # noqa: E402
 from wire import logsetup, multipart  # noqa: E402
 from wire.operations import Endpoint  # noqa: E402
@@ -71,17 +76,22 @@ class _Guest:
         return self.frame("increase_reservation", {"nr_pages": BATCH})
 
 
-def run(mode: str, requests: int, profile: bool = False) -> float:
+def run(mode: str, requests: int, profile: bool = False, state: bool = False) -> float:
     """Seconds per request of `mode`'s loop (client side included)."""
     log = logsetup.configure("info", "hypervisor")  # as `hypervisor serve` in rpc_bench: debug filtered
     with tempfile.TemporaryDirectory(prefix="bn-handle-") as tmp:
-        service = HypervisorService(Hypervisor(size_to_pages("4g")), f"ipc://{tmp}/g", f"ipc://{tmp}/a", log)
+        journal = Journal(f"{tmp}/hypervisor.db") if state else None
+        hv = journal.start(size_to_pages("4g"), 10.0, 0.0)[0] if journal else Hypervisor(size_to_pages("4g"))
+        service = HypervisorService(hv, f"ipc://{tmp}/g", f"ipc://{tmp}/a", log, journal=journal)
+        commit, flush = service._commit, service._flush
         sock = _Socket()  # the loop's stand-in for the guest socket
         guests, service.guests, service._endpoints = service.guests, sock, {sock: Endpoint.GUEST}
         try:
             clients = [_Guest(i) for i in range(CLIENTS)]
             for i, g in enumerate(clients):
                 service._serve_one(sock, g.identity, [g.frame("register", {"name": f"bench{i}", "memory_pages": 1024, "max_pages": 1 << 20})], False)
+                commit()
+                flush()
                 if not msgpack.unpackb(sock.last)["ok"]:
                     raise SystemExit(f"register refused: {msgpack.unpackb(sock.last)}")
             serve_one, send = service._serve_one, multipart.send
@@ -95,6 +105,8 @@ def run(mode: str, requests: int, profile: bool = False) -> float:
                 frame = g.next_frame()
                 if hypervisor:
                     serve_one(sock, g.identity, [frame], False)
+                    commit()
+                    flush()
                 else:
                     send(sock, [g.identity, frame])
                 reply = msgpack.unpackb(sock.last)
@@ -112,6 +124,8 @@ def run(mode: str, requests: int, profile: bool = False) -> float:
         finally:
             service.guests = guests
             service.close()
+            if journal is not None:
+                journal.close()
     return took / requests
 
 
@@ -120,13 +134,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--mode", choices=["both", "hypervisor", "echo"], default="both")
     parser.add_argument("--profile", action="store_true", help="cProfile the hypervisor loop")
+    parser.add_argument("--state", action="store_true", help="the hypervisor with a journal: a commit per request")
     args = parser.parse_args()
     if args.mode != "both":
-        per = run(args.mode, args.requests, args.profile)
+        per = run(args.mode, args.requests, args.profile, args.state)
         print(f"{args.mode}: {per * 1e6:.2f} us a request")
         return 0
     echo = min(run("echo", args.requests) for _ in range(3))
-    hv = min(run("hypervisor", args.requests, args.profile) for _ in range(3))
+    hv = min(run("hypervisor", args.requests, args.profile, args.state) for _ in range(3))
     print(f"echo step        {echo * 1e6:6.2f} us a request (client side included)")
     print(f"hypervisor step  {hv * 1e6:6.2f} us a request")
     print(f"handling cost    {(hv - echo) * 1e6:6.2f} us a request ({hv / echo:.2f}x the echo step)")

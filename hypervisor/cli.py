@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -154,6 +155,9 @@ def serve(args: argparse.Namespace) -> int:
     )
     try:
         service.serve(stop.is_set)
+    except sqlite3.Error as err:  # a commit failed: the batch's replies were not sent
+        print(f"hypervisor serve: the journal {args.state} could not be written ({err}); stopping: start again to recover", file=sys.stderr)
+        return 1
     finally:
         service.close()
         if journal is not None:

@@ -70,6 +70,9 @@ CREATE TABLE events (
 QUIET = frozenset(op.name for op in OPERATIONS.values() if op.read_only)
 # Outcome fields that have a column of their own; the rest go to `detail` as JSON.
 _COLUMNS = ("domid", "name", "granted", "released", "target_pages", "current_pages", "free_pages")
+# Operations that change a domain's pages only (the pool marks those): every other event's
+# domain is written again too, so a field a new code path set without DomainTable.touch is kept.
+_PAGES_ONLY = frozenset({"increase_reservation", "decrease_reservation"})
 _MONOTONIC = frozenset({"last_seen", "created"})  # set to the recovering process's now
 _DOMAIN_FIELDS = tuple(f.name for f in dataclasses.fields(Domain))
 # One encoder, made once: json.dumps with any option builds a new one per call.
@@ -99,7 +102,11 @@ class Recovery:
 def _enum_fields() -> dict[str, type[enum.Enum]]:
     """Domain fields typed with an Enum (or Enum | None): their values come back as members."""
     found = {}
-    for name, hint in typing.get_type_hints(Domain).items():
+    try:
+        hints = typing.get_type_hints(Domain)
+    except (NameError, TypeError):  # an annotation that names what is not importable here: plain values
+        return found
+    for name, hint in hints.items():
         for candidate in typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,):
             if isinstance(candidate, type) and issubclass(candidate, enum.Enum):
                 found[name] = candidate
@@ -223,7 +230,9 @@ class Journal:
             except (ValueError, TypeError) as err:
                 raise JournalError(f"{self.path}: the extents of domid {domid} cannot be read: {err}") from None
             if sum(c for _, c in extents) != pages:
-                raise JournalError(f"{self.path}: domid {domid}'s extents hold {sum(c for _, c in extents)} pages, its row says {pages}")
+                raise JournalError(
+                    f"{self.path}: the books do not balance: domid {domid}'s extents hold {sum(c for _, c in extents)} pages, its row says {pages}"
+                )
             holdings[domid] = extents
         try:
             pool = PagePool.from_holdings(kept_total, holdings)
@@ -262,23 +271,25 @@ class Journal:
         transaction. Returns whether anything was written. An error (disk full...) raises:
         the caller must not send the batch's replies (and should stop: its books are ahead
         of the journal)."""
-        table, pool, record = hypervisor.table, hypervisor.pool, hypervisor.record
-        events = self._events(table, outcomes)
+        table, record = hypervisor.table, hypervisor.record
+        pool = table.pool
+        wall = self.wall()
+        events = self._events(table, outcomes, wall)
         dirty_clients = record.dirty
         if not (table.dirty or table.destroyed or pool.dirty or dirty_clients or events):
             return False
         db = self._db
-        wall = self.wall()
-        with self._transaction():
+        db.execute("BEGIN IMMEDIATE")
+        try:
             if table.destroyed:
-                db.executemany("DELETE FROM domains WHERE domid = ?", [(domid,) for domid in table.destroyed])
+                _write(db, "DELETE FROM domains WHERE domid = ?", [(domid,) for domid in table.destroyed])
             if table.dirty or table.destroyed:
                 rows = []
                 for domid in table.dirty:
                     domain = table.find_domid(domid)
                     if domain is not None:
                         rows.append((domid, domain.name, domain.client, domain_fields(domain)))
-                db.executemany("INSERT OR REPLACE INTO domains (domid, name, client, fields) VALUES (?, ?, ?, ?)", rows)
+                _write(db, "INSERT OR REPLACE INTO domains (domid, name, client, fields) VALUES (?, ?, ?, ?)", rows)
                 db.execute("UPDATE meta SET value = ? WHERE key = 'next_domid'", (table.next_domid,))
             if pool.dirty:
                 gone, kept = [], []
@@ -288,31 +299,32 @@ class Journal:
                         kept.append((owner, pages, extents_json(pool.extents_of(owner))))
                     else:
                         gone.append((owner,))
-                if gone:
-                    db.executemany("DELETE FROM extents WHERE domid = ?", gone)
-                if kept:
-                    db.executemany("INSERT OR REPLACE INTO extents (domid, pages, extents) VALUES (?, ?, ?)", kept)
+                _write(db, "DELETE FROM extents WHERE domid = ?", gone)
+                _write(db, "INSERT OR REPLACE INTO extents (domid, pages, extents) VALUES (?, ?, ?)", kept)
             if dirty_clients:
                 gone, kept = [], []
                 for client in dirty_clients:
                     latest = record.latest(client)
                     bound = record.is_bound(client)
-                    if latest is None and not bound:
-                        gone.append((client,))
-                    elif latest is None:
-                        kept.append((client, 1, None, None, None, wall))
+                    if latest is not None:
+                        kept.append((client, bound, latest.seq, latest.digest, latest.reply, wall))
+                    elif bound:
+                        kept.append((client, True, None, None, None, wall))
                     else:
-                        kept.append((client, int(bound), latest.seq, latest.digest, latest.reply, wall))
-                if gone:
-                    db.executemany("DELETE FROM replay WHERE client = ?", gone)
-                if kept:
-                    db.executemany("INSERT OR REPLACE INTO replay (client, bound, seq, digest, reply, written) VALUES (?, ?, ?, ?, ?, ?)", kept)
-            if events:
-                db.executemany(
-                    "INSERT INTO events (time, domid, name, op, granted, released, target_pages, current_pages, free_pages, detail)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(wall, *row) for row in events],
-                )
+                        gone.append((client,))
+                _write(db, "DELETE FROM replay WHERE client = ?", gone)
+                _write(db, "INSERT OR REPLACE INTO replay (client, bound, seq, digest, reply, written) VALUES (?, ?, ?, ?, ?, ?)", kept)
+            _write(
+                db,
+                "INSERT INTO events (time, domid, name, op, granted, released, target_pages, current_pages, free_pages, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                events,
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
         table.dirty.clear()
         table.destroyed.clear()
         pool.dirty.clear()
@@ -320,23 +332,34 @@ class Journal:
             dirty_clients.clear()
         return True
 
-    def _events(self, table: DomainTable, outcomes: Iterable[Outcome]) -> list[tuple[Any, ...]]:
-        """An event row (without its time) for each outcome that changed something."""
+    def _events(self, table: DomainTable, outcomes: Iterable[Outcome], wall: float) -> list[tuple[Any, ...]]:
+        """An event row for each outcome that changed something."""
         rows = []
         for outcome in outcomes:
             op = outcome.op
             if op is None or outcome.error is not None or outcome.replayed or op in QUIET:
                 continue
             fields = outcome.fields
-            domid = fields.get("domid")
+            get = fields.get
+            domid = get("domid")
             domain = table.find_domid(domid) if type(domid) is int else None
-            name = fields.get("name", domain.name if domain is not None else None)
-            granted = fields.get("granted", fields.get("pages") if op == "register" else None)
-            target = fields.get("target_pages", domain.target_pages if domain is not None else None)
-            current = fields.get("current_pages", table.current_pages(domain) if domain is not None else None)
-            rest = {k: v for k, v in fields.items() if k not in _COLUMNS and not (op == "register" and k == "pages")}
-            detail = _to_json(rest) if rest else None
-            rows.append((domid, name, op, granted, fields.get("released"), target, current, fields.get("free_pages"), detail))
+            if domain is not None:
+                if op not in _PAGES_ONLY:
+                    table.dirty.add(domid)
+                name = get("name", domain.name)
+                target = get("target_pages", domain.target_pages)
+                current = get("current_pages")
+                if current is None:
+                    current = table.current_pages(domain)
+            else:
+                name, target, current = get("name"), get("target_pages"), get("current_pages")
+            granted = get("granted")
+            if granted is None and op == "register":
+                granted = get("pages")
+            rest = {k: v for k, v in fields.items() if k not in _COLUMNS}
+            if op == "register":
+                rest.pop("pages", None)
+            rows.append((wall, domid, name, op, granted, get("released"), target, current, get("free_pages"), _to_json(rest) if rest else None))
         return rows
 
     def _transaction(self) -> _Transaction:
@@ -359,10 +382,21 @@ class _Transaction:
             self.db.execute("ROLLBACK")
 
 
+def _write(db: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """`rows` through `sql`: one execute for the usual one row (executemany costs more)."""
+    if len(rows) == 1:
+        db.execute(sql, rows[0])
+    elif rows:
+        db.executemany(sql, rows)
+
+
 def _lock(path: str) -> int:
     """One hypervisor per journal: an exclusive flock on the file, held while it runs (flock
     locks are apart from the POSIX locks SQLite takes, so neither disturbs the other)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise JournalError(f"cannot open {path}: {err.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -124,19 +124,26 @@ class Processes:
 class Host:
     """A running `hypervisor serve`, the toolstack pointed at it, and its guests."""
 
-    def __init__(self, procs: Processes, memory: str = "1g", extra: tuple[str, ...] = (), log_level: str = "debug") -> None:
+    def __init__(
+        self, procs: Processes, memory: str = "1g", extra: tuple[str, ...] = (), log_level: str = "debug", state: Path | None = None,
+    ) -> None:
+        """`state`: the hypervisor's journal (`--state`); without it, each start is a host reboot."""
         self.procs = procs
         self.guest_endpoint = procs.ipc("hv")
         self.admin_endpoint = procs.ipc("admin")
+        self.state = state
+        journal = ("--state", str(state)) if state is not None else ()
         self._serve_args = (
             "serve", "--memory", memory,
-            "--guest-endpoint", self.guest_endpoint, "--admin-endpoint", self.admin_endpoint, "--log-level", log_level, *extra,
+            "--guest-endpoint", self.guest_endpoint, "--admin-endpoint", self.admin_endpoint, "--log-level", log_level,
+            *journal, *extra,
         )
         self.start()
         self.wait_serving()
 
     def start(self) -> subprocess.Popen:
-        """Start `hypervisor serve` as this host runs it (again, after a stop: a fresh one)."""
+        """Start `hypervisor serve` as this host runs it (again, after a stop: one that recovers
+        its journal, or a fresh one without)."""
         self.proc = self.procs.start("hypervisor", "hypervisor", *self._serve_args)
         return self.proc
 

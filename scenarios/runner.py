@@ -27,6 +27,7 @@ from wire.sizes import pages_to_mib, size_to_pages
 REGISTER_TIMEOUT_S = 30.0  # real seconds a guest may take to register
 GRACE_S = 2.0  # real seconds past the duration to wait for a driver's report an expectation needs
 BOOKS_SHOWN = 5  # unbalanced samples listed in the report (the rest counted)
+JOURNAL_FILE = "hypervisor.db"  # the hypervisor's journal, kept in the run's output folder
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Runner:
     def _start(self, name: str) -> None:
         """(Re)start a process as the scenario describes it."""
         s, host = self.scenario, self.host
-        if name == "hypervisor":  # a fresh one, as `hypervisor serve` starts today: no domains, a new boot id
+        if name == "hypervisor":  # with a journal it recovers the books (same boot id); without, a fresh host
             host.start()
             return
         if name == "irqbus":
@@ -169,7 +170,7 @@ class Runner:
         try:
             extra = ("--irqbus", self.irqbus_endpoint) if s.irqbus else ()
             try:
-                self.host = Host(self.procs, memory=s.memory, extra=extra, log_level="info")
+                self.host = Host(self.procs, memory=s.memory, extra=extra, log_level="info", state=self._journal(out_dir))
             except AssertionError:
                 run = Run(s, Recording(speed=s.speed), started=False)
                 run.problems.append(f"the hypervisor did not start: {last_error(self.procs.log('hypervisor'))}")
@@ -224,6 +225,18 @@ class Runner:
             if time.monotonic() > deadline:
                 return failed + [f"guest {n} did not register within {REGISTER_TIMEOUT_S:g} s: {last_error(self.procs.log(n))}" for n in waiting]
             time.sleep(0.05)
+
+    def _journal(self, out_dir: Path | None) -> Path | None:
+        """Where this run's hypervisor keeps its journal: OUTDIR/hypervisor.db, the run's record
+        (an earlier run's is removed: each run starts a new host). None: `journal = false`."""
+        if not self.scenario.journal:
+            return None
+        if out_dir is None:
+            return self.procs.dir / JOURNAL_FILE
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            (out_dir / (JOURNAL_FILE + suffix)).unlink(missing_ok=True)
+        return out_dir / JOURNAL_FILE
 
     def _stop_and_keep_logs(self, out_dir: Path) -> None:
         logs = out_dir / "logs"

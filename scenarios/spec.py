@@ -183,6 +183,10 @@ class Scenario:
     # Every timer and the timeline run `speed` times faster; times in the file and the report
     # stay scenario seconds (the guests' figures stay Linux seconds).
     speed: float = 1.0
+    # The hypervisor keeps its books in a journal (`--state OUTDIR/hypervisor.db`), so a restart
+    # on the timeline recovers them; `[hypervisor] journal = false` models one without (a
+    # restart is a host reboot).
+    journal: bool = True
 
     def guest(self, name: str) -> GuestSpec:
         return next(g for g in self.guests if g.name == name)
@@ -380,13 +384,14 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
     _table(
         data, where,
         {"name": str, "description": str, "memory": str, "duration": _NUM, "irqbus": bool, "sample_interval": _NUM,
-         "defaults": dict, "guest": list, "device": list, "timeline": list, "expect": list, "speed": _NUM},
+         "defaults": dict, "guest": list, "device": list, "timeline": list, "expect": list, "speed": _NUM, "hypervisor": dict},
         ("name", "memory", "duration", "guest"),
     )
     _size(data["memory"], f"{where}.memory")
     for key in ("duration", "sample_interval", "speed"):
         if key in data and not data[key] > 0:
             raise ScenarioError(f"{where}.{key}: expected a number above 0, got {data[key]!r}")
+    hypervisor = _table(data.get("hypervisor", {}), f"{where}.hypervisor", {"journal": bool}, ())
     defaults = data.get("defaults", {})
     guests = tuple(_guest(g, f"guest[{i}]", defaults) for i, g in enumerate(data["guest"]))
     names = [g.name for g in guests]
@@ -427,6 +432,7 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
         name=data["name"], description=data.get("description", ""), memory=data["memory"], duration=float(data["duration"]),
         guests=guests, devices=devices, timeline=timeline, expectations=expectations, irqbus=irqbus,
         sample_interval=float(data.get("sample_interval", 0.1)), path=path, speed=float(data.get("speed", 1.0)),
+        journal=hypervisor.get("journal", True),
     )
 
 

@@ -58,13 +58,15 @@ class Sender:
 HOST_PAGES = 16_384
 
 
-def populated_host() -> tuple[Hypervisor, HostWorld, Sender]:
+def populated_host(hv: Hypervisor | None = None) -> tuple[Hypervisor, HostWorld, Sender]:
     """Three domains whose pages were granted, given back from the middle and granted again
     (so they are fragmented and interleaved), targets written, statistics reported; and a
     fourth whose guest fell silent and which was kept as crashed (on_crash=preserve), so its
-    client is told why it has no domain."""
-    # every populated host alike, so replies compare; reclaim on only while it is set up
-    hv = Hypervisor(total_pages=HOST_PAGES, boot_id="populated", reclaim_after_s=5.0)
+    client is told why it has no domain. `hv`: an empty hypervisor of HOST_PAGES to populate
+    (e.g. one with a journal)."""
+    if hv is None:
+        hv = Hypervisor(total_pages=HOST_PAGES, boot_id="populated")  # every populated host alike, so replies compare
+    hv.reclaim_after_s = 5.0  # reclaim on only while it is set up
     s = Sender(lambda ep, frame, now: hv.handle(ep, frame, now))
     G, A = Endpoint.GUEST, Endpoint.ADMIN
     web = s.call(G, "guest-web", "register", 10.0, name="web", memory_pages=2048, max_pages=4096)

@@ -196,7 +196,9 @@ def test_routine_successes_are_debug_lines_and_notable_ones_info(tmp_path, level
     try:
         def send(seq: int, op: str, args: dict[str, Any]) -> None:
             frame = envelope.encode(envelope.request(op, seq, "guest-1", args))
-            service._serve_one(service.guests, b"peer", [frame], False)  # the reply goes nowhere
+            service._serve_one(service.guests, b"peer", [frame], False)
+            service._commit()
+            service._flush()  # the turn's end: the reply goes nowhere, the line is logged
 
         send(1, "register", {"name": "g1", "memory_pages": 1024, "max_pages": 4096})
         send(2, "increase_reservation", {"nr_pages": 512})  # granted in full: routine

@@ -63,6 +63,8 @@ def test_a_good_scenario_parses_with_defaults_and_sorted_timeline():
     assert "--driver" not in s.guests[0].cli_args("ipc://x", None)  # guest run's default
     assert "--max-retries" not in args_b  # the driver's own default
     assert s.with_guests(retry_delay=1.0).guests[0].retry_delay == 1.0
+    assert s.journal  # the runner gives the hypervisor a journal unless told not to
+    assert not parse(with_change(("hypervisor",), {"journal": False})).journal
 
 
 @pytest.mark.parametrize(
@@ -86,6 +88,8 @@ def test_a_good_scenario_parses_with_defaults_and_sorted_timeline():
         (("expect", 0, "check"), "vibes", "check"),
         (("expect", 0, "by"), KeyError, "needs 'by'"),
         (("expect", 0, "guests"), ["zed"], "no guest"),
+        (("hypervisor",), {"journal": "no"}, "hypervisor.journal"),
+        (("hypervisor",), {"state": "x.db"}, "unknown key"),
     ],
 )
 def test_mistakes_are_refused_by_name(path, value, words):
