@@ -14,6 +14,8 @@ from guest.generations import DEFAULT_GENERATION, RULES, DriverGeneration, parse
 from guest.interrupts_cli import interrupt_attachments, interrupts_options, show_interrupts
 from guest.pace import parse_pace
 from guest.service import DEFAULT_HEARTBEAT_S, GuestService, GuestSettings, HypervisorRestarted
+from wire.domain_end import DomainEnd
+from wire.operations import ON_CRASH
 from wire import endpoints, logsetup
 from wire.arguments import domain, positive_number, seconds, whole_number
 from wire.errors import RemoteError
@@ -30,10 +32,11 @@ MAX_NAME = 64  # the protocol's limit on a domain name
 class GuestExit(enum.IntEnum):
     """`guest run`'s exit statuses (README, "The guest")."""
 
-    OK = 0  # stopped by a signal, or its domain was destroyed
+    OK = 0  # stopped by a signal, or its domain was destroyed by the toolstack
     REFUSED = 1  # the hypervisor refused it (at registration: e.g. more memory than the host's)
     USAGE = 2  # bad flags
     HYPERVISOR_RESTARTED = 3  # the hypervisor it registered with restarted and knows nothing of its domain
+    RECLAIMED = 4  # the host gave up on it after a silence (serve --reclaim-after): reclaimed, or kept as crashed
 
 
 def default_name() -> str:
@@ -102,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     behaviour.add_argument("--ceiling", type=_size, help="the most the guest can hold, below maxmem (a memory hotplug limit): it never asks past it")
     behaviour.add_argument("--inaccuracy", type=_size, default=0, help="settle this much short of each target (squeezed's inaccurate guest), e.g. 4k")
     behaviour.add_argument("--stuck-every", type=seconds, metavar="SECONDS", help="alternately moving and stuck, SECONDS each (combines with --balloon-rate)")
+    run.add_argument(
+        "--on-crash", choices=ON_CRASH,
+        help="what the host does with this domain if it falls silent (hypervisor serve --reclaim-after): "
+        "destroy it and take its pages back (the host's default) or preserve it as crashed until `hypervisor destroy`",
+    )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     interrupts_options(run)
 
@@ -149,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         hotplug=args.hotplug,
         ceiling_pages=args.ceiling,
         inaccuracy_pages=args.inaccuracy,
+        on_crash=args.on_crash,
     )
     attachments, problem = interrupt_attachments(args, log)
     if problem:
@@ -168,6 +177,11 @@ def run(args: argparse.Namespace) -> int:
         return GuestExit.HYPERVISOR_RESTARTED
     finally:
         service.close()
+    if service.gone is not None:  # never a silent exit: say how the domain ended, and what follows
+        status = GuestExit.OK if service.gone.end is DomainEnd.DESTROYED else GuestExit.RECLAIMED
+        print(f"guest {for_terminal(args.name)}: {for_terminal(service.gone.message)}; exiting with status {int(status)}", file=sys.stderr)
+        log.info("stopped", status=int(status))
+        return status
     log.info("stopped")
     return 0
 

@@ -13,6 +13,7 @@ interrupt attachments stay in real time.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import time
 from collections.abc import Callable
@@ -27,12 +28,19 @@ from guest.floor import minimum_target_pages
 from guest.control import GuestControl
 from guest.memory import GuestMemory
 from guest.pace import Pace, Unlimited
-from wire.client import RpcClient
+from wire.client import Outage, RpcClient
+from wire.domain_end import DomainEnd, parse_domain_end
 from wire.errors import RemoteError, Unreachable
 from wire.extent import Extent
 from wire.pages import every_page
+from wire.shown import clip
 
 DEFAULT_HEARTBEAT_S = 1.0
+# While the hypervisor is away (stopped, restarting): the longest wait between two tries of a
+# request, and between two heartbeats. Short enough that a hypervisor back with its journal
+# hears from every guest within it (keep --reclaim-after well above it); long enough that a
+# long outage costs a few frames, not one per RPC timeout.
+DEFAULT_RETRY_CAP_S = 2.0
 MAX_IDLE_WAIT_S = 0.25  # how often the loop looks at the stop flag when nothing is due
 
 
@@ -48,6 +56,16 @@ class HypervisorRestarted(Exception):
         self.domid = domid
         self.registered_boot_id = registered_boot_id
         self.boot_id = boot_id
+
+
+@dataclass(frozen=True)
+class DomainGone:
+    """The guest's domain ended while it ran: how (the hypervisor's word, wire/domain_end.py)
+    and what the hypervisor said about it."""
+
+    domid: int | None
+    end: DomainEnd
+    message: str
 
 
 class Attachment(Protocol):
@@ -82,6 +100,8 @@ class GuestSettings:
     hotplug: bool = False  # memory hotplug: no growth cap from the boot balloon
     ceiling_pages: int | None = None  # the most the guest can hold (guest/control.py)
     inaccuracy_pages: int = 0  # settles this many pages short of its target
+    retry_cap_s: float = DEFAULT_RETRY_CAP_S
+    on_crash: str | None = None  # what the host does once this guest falls silent (None: its default, destroy)
 
 
 class GuestService:
@@ -97,7 +117,10 @@ class GuestService:
         self.log = log.bind(name=settings.name)
         self.clock = clock
         self.speed = settings.speed
-        self.client = RpcClient(settings.hypervisor, timeout=settings.rpc_timeout_s)
+        self.client = RpcClient(
+            settings.hypervisor, timeout=settings.rpc_timeout_s, backoff_cap=settings.retry_cap_s,
+            on_outage=self._hypervisor_unreachable, on_back=self._hypervisor_back,
+        )
         self.balloon: Balloon | None = None
         self.control: GuestControl | None = None
         self.domid: int | None = None
@@ -106,7 +129,8 @@ class GuestService:
         self._failed_steps = 0
         self._reported_state: DriverState | None = None
         self._report_now = False  # the driver changed state: tell the hypervisor at once
-        self._destroyed = False
+        self._heartbeat_gap = settings.heartbeat_s  # grows while the hypervisor is away
+        self.gone: DomainGone | None = None  # set when the domain ended under the guest
 
     def close(self) -> None:
         for attachment in self.attachments:
@@ -133,12 +157,10 @@ class GuestService:
 
     def register(self, should_stop: Callable[[], bool]) -> None:
         s = self.settings
-        result = self.client.call(
-            "register",
-            {"name": s.name, "memory_pages": s.memory_pages, "max_pages": s.max_pages},
-            retries=-1,
-            should_stop=should_stop,
-        )
+        args: dict[str, Any] = {"name": s.name, "memory_pages": s.memory_pages, "max_pages": s.max_pages}
+        if s.on_crash is not None:
+            args["on_crash"] = s.on_crash
+        result = self.client.call("register", args, retries=-1, should_stop=should_stop)
         if result.get("next") is not None:  # a fragmented host: the rest of the memory map
             call = functools.partial(self.client.call, retries=-1, should_stop=should_stop)
             result["extents"] = every_page(call, "memory_map", "extents", first=result)["extents"]
@@ -169,13 +191,15 @@ class GuestService:
         for sock in [self.client.socket, *(a.socket for a in self.attachments)]:
             poller.register(sock, zmq.POLLIN)
         next_heartbeat = self.clock()
-        while not should_stop() and not self._destroyed:
+        while not should_stop() and self.gone is None:
             self._drive(should_stop)
+            if self.gone is not None:
+                break
             now = self.clock()
             if now >= next_heartbeat or self._report_now:
                 self._report_now = False
                 self._heartbeat(should_stop)
-                next_heartbeat = now + self.settings.heartbeat_s
+                next_heartbeat = now + self._next_heartbeat_gap()
             for attachment in self.attachments:
                 attachment.tick(now)
             driver_due = self.balloon.next_wakeup()
@@ -190,8 +214,26 @@ class GuestService:
             for attachment in self.attachments:
                 if attachment.socket in ready:
                     attachment.on_readable(self.clock())
-        if not self._destroyed:
+        if self.gone is None:
             self._shutdown()
+
+    def _next_heartbeat_gap(self) -> float:
+        """The heartbeat's period; while the hypervisor is away, twice the last gap each time,
+        up to the retry cap (never below the period)."""
+        if self.client.outage is None:
+            self._heartbeat_gap = self.settings.heartbeat_s
+        else:
+            self._heartbeat_gap = min(2 * self._heartbeat_gap, max(self.settings.heartbeat_s, self.settings.retry_cap_s))
+        return self._heartbeat_gap
+
+    # --- the hypervisor going away and coming back --------------------------------------------
+
+    def _hypervisor_unreachable(self, outage: Outage) -> None:
+        since = datetime.datetime.fromtimestamp(outage.since_wall, datetime.UTC).isoformat().replace("+00:00", "Z")
+        self.log.warning("hypervisor unreachable", since=since, op=outage.op, seq=outage.seq, retry_cap_s=self.settings.retry_cap_s)
+
+    def _hypervisor_back(self, outage: Outage, seconds: float) -> None:
+        self.log.info("hypervisor back", outage_s=round(seconds, 3), op=outage.op, seq=outage.seq)
 
     def _shutdown(self) -> None:
         try:
@@ -275,9 +317,10 @@ class GuestService:
         name, args = event.get("event"), event.get("args", {})
         if name == "target":
             self._apply_target(args, pushed=True)
-        elif name == "destroyed":
-            self.log.info("domain destroyed by the toolstack")
-            self._destroyed = True
+        elif name in ("destroyed", "crashed"):
+            end = parse_domain_end(args.get("reason")) or (DomainEnd.CRASHED if name == "crashed" else DomainEnd.DESTROYED)
+            message = args.get("message")
+            self._ended(end, message if isinstance(message, str) else f"domain {self.domid} was {end}", via="event")
         elif name == "control":
             self._apply_control(args.get("control"), pushed=True)
 
@@ -295,12 +338,22 @@ class GuestService:
             self.log.warning("control refused", key=key, reason=why, via=via)
 
     def _no_such_domain(self, err: RemoteError) -> None:
-        """ESRCH: destroyed, if the books that say so are the ones the domain was registered in;
-        else the hypervisor restarted without it (raises HypervisorRestarted)."""
+        """ESRCH: the domain is gone, if the books that say so are the ones it was registered
+        in (how, their `reason` says: destroyed when they do not remember); else the hypervisor
+        restarted without it (raises HypervisorRestarted)."""
         if err.boot_id != self.boot_id:
             raise HypervisorRestarted(self.domid, self.boot_id, err.boot_id)
-        self.log.info("domain destroyed", seq=self.client.last_seq, message=err.message)
-        self._destroyed = True
+        self._ended(parse_domain_end(err.reason) or DomainEnd.DESTROYED, err.message, via="reply", seq=self.client.last_seq)
+
+    def _ended(self, end: DomainEnd, message: str, **fields: Any) -> None:
+        """One line, at the level the end deserves: a toolstack's destroy is an end as asked."""
+        if self.gone is not None:
+            return
+        self.gone = DomainGone(self.domid, end, clip(message, 400))
+        if end is DomainEnd.DESTROYED:
+            self.log.info("domain destroyed", message=self.gone.message, **fields)
+        else:
+            self.log.error(f"domain {end}", message=self.gone.message, **fields)
 
     def _apply_target(self, info: dict[str, Any], pushed: bool) -> None:
         """A target write (seen by its counter, so a write of the same value counts) reaches the driver."""
@@ -323,8 +376,8 @@ class GuestService:
     def _heartbeat(self, should_stop: Callable[[], bool]) -> None:
         try:
             result = self.client.call("status", {"balloon": self.balloon.stats().to_dict()}, retries=0)
-        except Unreachable:
-            self.log.warning("heartbeat unanswered")
+        except Unreachable:  # said once, when the outage began (_hypervisor_unreachable)
+            self.log.debug("heartbeat unanswered", seq=self.client.last_seq)
             return
         except RemoteError as err:
             if err.code == "ESRCH":

@@ -3,6 +3,7 @@ frame, the notifications to push and the figures to log come out."""
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -104,6 +105,12 @@ def _target_news(domain: Domain) -> list[Notification]:
     ]
 
 
+def _end_news(domain: Domain, event: str, stone: Tombstone) -> Notification:
+    """The guest's domain ended (`destroyed` or `crashed`): how, and the words its ESRCH has."""
+    args = {"domid": domain.domid, "reason": str(stone.end), "message": stone.message}
+    return Notification(domain.client, domain.domid, event=envelope.event(event, args))
+
+
 def _memory_news(waiting: list[Domain]) -> list[Notification]:
     return [Notification(d.client, d.domid, virq="memory") for d in waiting]
 
@@ -148,6 +155,8 @@ class Hypervisor:
         self.reclaim_after_s = reclaim_after_s
         self.tombstones = Tombstones()
         self._last_sweep: float | None = None
+        self._next_full_sweep = -math.inf  # when sweep next looks at every domain
+        self._quiet: dict[int, Domain] = {}  # the unresponsive domains, by domid: looked at every sweep
         self._snapshots: dict[str, list[_HeldSnapshot]] = {}  # by client, oldest client first
         self._snapshot_number = 0
         self._handlers: dict[str, Callable[[str, dict[str, Any], float], _Result]] = {
@@ -407,8 +416,8 @@ class Hypervisor:
         notes: list[Notification] = []
         if guests:
             self.record.release(domain.client, now)
-            self._bury(domain, DomainEnd.DESTROYED, f"domain {domain.domid} ({domain.name}) was destroyed by the toolstack")
-            notes.append(Notification(domain.client, domain.domid, event=envelope.event("destroyed", {"domid": domain.domid, "reason": "destroyed"})))
+            stone = self._bury(domain, DomainEnd.DESTROYED, f"domain {domain.domid} ({domain.name}) was destroyed by the toolstack")
+            notes.append(_end_news(domain, "destroyed", stone))
         notes += _memory_news(self.table.waiting_for_memory(domain))
         fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages}
         return _Result({"domid": domain.domid, "released": released}, fields, notes)
@@ -435,36 +444,53 @@ class Hypervisor:
         expires, so at exactly the timeout) with every request or heartbeat as the kick; what
         follows is xl's on_watchdog / on_crash (tools/xl/xl_vmcontrol.c handle_domain_death).
         The first sweep, and the first after a gap of STALL_S, restarts the count: time the
-        hypervisor itself was not listening is not the guests' silence."""
+        hypervisor itself was not listening is not the guests' silence.
+
+        Cheap on a large host: every domain is looked at only when the earliest a running one
+        could change has come (its last word + the liveness period or --reclaim-after); in
+        between, only the unresponsive ones are (to see them back, or reclaim them)."""
         table = self.table
         if self._last_sweep is None or now - self._last_sweep > STALL_S:
             table.listening_since = now
         self._last_sweep = now
-        outcomes: list[Outcome] = []
         reclaim_after = self.reclaim_after_s
-        for domain in table.in_creation_order():
-            if domain.liveness == DomainState.CRASHED:
+        soonest = table.liveness_s if reclaim_after is None else min(table.liveness_s, reclaim_after)
+        every = now >= self._next_full_sweep
+        if every:
+            self._quiet.clear()
+            self._next_full_sweep = now + soonest  # also when a domain is created after this sweep
+        outcomes: list[Outcome] = []
+        for domain in table.in_creation_order() if every else list(self._quiet.values()):
+            if not table.exists(domain) or domain.liveness == DomainState.CRASHED:
+                self._quiet.pop(domain.domid, None)
                 continue
             silent = table.silence(domain, now)
             if reclaim_after is not None and silent >= reclaim_after:
+                self._quiet.pop(domain.domid, None)
                 outcomes.append(self._preserve(domain, silent, now) if domain.on_crash == OnCrash.PRESERVE else self._reclaim(domain, silent, now))
                 continue
-            state = DomainState.UNRESPONSIVE if silent > table.liveness_s else DomainState.RUNNING
+            state = table.state(domain, now)
             if state != domain.liveness:
                 fields = {"domid": domain.domid, "name": domain.name, "state": str(state), "was": str(domain.liveness), "silent_s": round(silent, 3)}
                 domain.liveness = state
                 outcomes.append(Outcome(b"", "liveness", client=domain.client, fields=fields))
+            if state == DomainState.UNRESPONSIVE:
+                self._quiet[domain.domid] = domain
+            else:
+                self._quiet.pop(domain.domid, None)
+                if every:
+                    self._next_full_sweep = min(self._next_full_sweep, now - silent + soonest)
         return outcomes
 
     def _reclaim(self, domain: Domain, silent: float, now: float) -> Outcome:
         released = self.table.destroy(domain)
         self.record.release(domain.client, now)
-        self._bury(
+        stone = self._bury(
             domain, DomainEnd.RECLAIMED,
             f"domain {domain.domid} ({domain.name}) was reclaimed by the host: no request or heartbeat from its guest for "
             f"{silent:.1f} s (hypervisor serve --reclaim-after {self.reclaim_after_s:g}); its {released} pages returned to the pool",
         )
-        notes = [Notification(domain.client, domain.domid, event=envelope.event("destroyed", {"domid": domain.domid, "reason": "reclaimed"}))]
+        notes = [_end_news(domain, "destroyed", stone)]
         notes += _memory_news(self.table.waiting_for_memory(domain))
         fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages, "silent_s": round(silent, 3)}
         return Outcome(b"", "reclaim", client=domain.client, fields=fields, notifications=notes)
@@ -473,18 +499,20 @@ class Hypervisor:
         self.table.crash(domain)
         self.record.release(domain.client, now)
         pages = self.table.current_pages(domain)
-        self._bury(
+        stone = self._bury(
             domain, DomainEnd.CRASHED,
             f"domain {domain.domid} ({domain.name}) was declared crashed: no request or heartbeat from its guest for "
             f"{silent:.1f} s (hypervisor serve --reclaim-after {self.reclaim_after_s:g}); on_crash=preserve keeps it and its "
             f"{pages} pages for inspection until the toolstack destroys it",
         )
-        notes = [Notification(domain.client, domain.domid, event=envelope.event("crashed", {"domid": domain.domid, "reason": "crashed"}))]
+        notes = [_end_news(domain, "crashed", stone)]
         fields = {"domid": domain.domid, "name": domain.name, "pages": pages, "silent_s": round(silent, 3)}
         return Outcome(b"", "preserve", client=domain.client, fields=fields, notifications=notes)
 
-    def _bury(self, domain: Domain, end: DomainEnd, message: str) -> None:
-        self.tombstones.bury(domain.client, Tombstone(domain.domid, domain.name, end, message))
+    def _bury(self, domain: Domain, end: DomainEnd, message: str) -> Tombstone:
+        stone = Tombstone(domain.domid, domain.name, end, message)
+        self.tombstones.bury(domain.client, stone)
+        return stone
 
     def _guest_set(self, client: str, args: dict[str, Any], now: float) -> _Result:
         """Control keys for a running guest, as a toolstack writes xenstore keys under a domain's

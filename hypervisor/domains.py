@@ -110,11 +110,19 @@ class DomainTable:
         return now - max(domain.last_seen, self.listening_since)
 
     def state(self, domain: Domain, now: float) -> DomainState:
+        """Unresponsive: silent past the liveness period, counted while this hypervisor listened
+        (or, once shown unresponsive, at all: a hypervisor that was stopped meanwhile does not
+        make a silent guest look alive again; only its guest's word does)."""
         if domain.liveness == DomainState.CRASHED:
             return DomainState.CRASHED
-        if self.silence(domain, now) > self.liveness_s:
+        if now - domain.last_seen > self.liveness_s and (
+            domain.liveness == DomainState.UNRESPONSIVE or self.silence(domain, now) > self.liveness_s
+        ):
             return DomainState.UNRESPONSIVE
         return DomainState.RUNNING
+
+    def exists(self, domain: Domain) -> bool:
+        return self._by_id.get(domain.domid) is domain
 
     # --- lookups -------------------------------------------------------------------------
 

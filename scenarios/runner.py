@@ -169,6 +169,7 @@ class Runner:
         real_start = time.monotonic()
         try:
             extra = ("--irqbus", self.irqbus_endpoint) if s.irqbus else ()
+            extra += ("--reclaim-after", f"{self.clock.real(s.reclaim_after):g}") if s.reclaim_after is not None else ()
             try:
                 self.host = Host(self.procs, memory=s.memory, extra=extra, log_level="info", state=self._journal(out_dir))
             except AssertionError:

@@ -15,6 +15,7 @@ from typing import Any
 from guest.generations import DEFAULT_GENERATION, RULES, DriverGeneration
 from wire import heartbeat
 from wire.control import from_human
+from wire.operations import ON_CRASH
 from wire.sizes import size_to_pages
 
 
@@ -80,6 +81,7 @@ class GuestSpec:
     ceiling: str | None = None  # the most it can hold, below maxmem (never asks past it)
     inaccuracy: str | None = None  # settles this much short of each target, e.g. "4k"
     sticky_at: float | None = None  # stops moving for good at this time (a `behave` step: stuck = true)
+    on_crash: str | None = None  # destroy | preserve: what the host does if it falls silent (None: destroy)
     args: tuple[str, ...] = ()  # further `guest run` flags, passed through
 
     def cli_args(self, hypervisor: str, irqbus: str | None, speed: float = 1.0) -> list[str]:
@@ -89,6 +91,7 @@ class GuestSpec:
         out += ["--workload", self.workload] if self.workload else []
         out += ["--ceiling", self.ceiling] if self.ceiling else []
         out += ["--inaccuracy", self.inaccuracy] if self.inaccuracy else []
+        out += ["--on-crash", self.on_crash] if self.on_crash else []
         for part in self.behaviour.split("+"):
             kind, _, value = part.partition(":")
             out += {"normal": [], "stuck": ["--stuck"], "slow": ["--balloon-rate", value], "stuck-every": ["--stuck-every", value]}[kind]
@@ -187,6 +190,8 @@ class Scenario:
     # on the timeline recovers them; `[hypervisor] journal = false` models one without (a
     # restart is a host reboot).
     journal: bool = True
+    # hypervisor serve --reclaim-after, in scenario seconds (None: off, serve's default)
+    reclaim_after: float | None = None
 
     def guest(self, name: str) -> GuestSpec:
         return next(g for g in self.guests if g.name == name)
@@ -228,7 +233,7 @@ DRIVERS = tuple(g.value for g in DriverGeneration)
 _GUEST_KEYS = {
     "name": str, "memory": str, "maxmem": str, "workload": str, "behaviour": str, "driver": str,
     "max_retries": int, "retry_delay": _NUM, "max_retry_delay": _NUM, "heartbeat": _NUM, "devices": list, "args": list,
-    "memory_interrupt": bool, "ceiling": str, "inaccuracy": str, "sticky_at": _NUM,
+    "memory_interrupt": bool, "ceiling": str, "inaccuracy": str, "sticky_at": _NUM, "on_crash": str,
 }
 
 
@@ -244,6 +249,8 @@ def _guest(data: dict[str, Any], where: str, defaults: dict[str, Any]) -> GuestS
             raise ScenarioError(
                 f"{where}.behaviour: expected normal, stuck, slow:PAGES_PER_S, stuck-every:SECONDS, or slow:N+stuck-every:S"
             )
+    if "on_crash" in merged and merged["on_crash"] not in ON_CRASH:
+        raise ScenarioError(f"{where}.on_crash: expected one of {', '.join(ON_CRASH)}, got {merged['on_crash']!r}")
     if "driver" in merged and merged["driver"] not in DRIVERS:
         raise ScenarioError(f"{where}.driver: expected one of {', '.join(DRIVERS)}, got {merged['driver']!r}")
     driver = DriverGeneration(merged.get("driver", DEFAULT_GENERATION))
@@ -384,11 +391,11 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
     _table(
         data, where,
         {"name": str, "description": str, "memory": str, "duration": _NUM, "irqbus": bool, "sample_interval": _NUM,
-         "defaults": dict, "guest": list, "device": list, "timeline": list, "expect": list, "speed": _NUM, "hypervisor": dict},
+         "defaults": dict, "guest": list, "device": list, "timeline": list, "expect": list, "speed": _NUM, "hypervisor": dict, "reclaim_after": _NUM},
         ("name", "memory", "duration", "guest"),
     )
     _size(data["memory"], f"{where}.memory")
-    for key in ("duration", "sample_interval", "speed"):
+    for key in ("duration", "sample_interval", "speed", "reclaim_after"):
         if key in data and not data[key] > 0:
             raise ScenarioError(f"{where}.{key}: expected a number above 0, got {data[key]!r}")
     hypervisor = _table(data.get("hypervisor", {}), f"{where}.hypervisor", {"journal": bool}, ())
@@ -433,6 +440,7 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
         guests=guests, devices=devices, timeline=timeline, expectations=expectations, irqbus=irqbus,
         sample_interval=float(data.get("sample_interval", 0.1)), path=path, speed=float(data.get("speed", 1.0)),
         journal=hypervisor.get("journal", True),
+        reclaim_after=float(data["reclaim_after"]) if "reclaim_after" in data else None,
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ import structlog
 import structlog.testing
 
 from guest.cli import GuestExit
-from guest.service import GuestService, GuestSettings, HypervisorRestarted
+from guest.service import DomainGone, GuestService, GuestSettings, HypervisorRestarted
+from wire.domain_end import DomainEnd
 from tests.processes import REPO, Host, wait_for
 from wire.errors import RemoteError
 
@@ -29,8 +31,12 @@ def test_guest_run_exits_3_saying_the_hypervisor_restarted_but_0_when_destroyed(
 
     assert host.tool("destroy", "gone").returncode == 0  # the books it registered in say so: exit 0
     assert gone.wait(10) == GuestExit.OK
+    assert "(gone) was destroyed by the toolstack; exiting with status 0" in procs.log("gone")  # its stderr
+    (said,) = [e for e in procs.log_events("gone") if e.get("event") == "domain destroyed"]
+    assert said["level"] == "info" and said["via"] in ("event", "reply")
 
     procs.stop(host.proc)  # a clean stop; the next hypervisor starts afresh on the same endpoints
+    time.sleep(1.5)  # long enough for the guest's heartbeats to go unanswered a few times
     host.start()
     assert web.wait(15) == GuestExit.HYPERVISOR_RESTARTED == 3
     events = {e.get("event"): e for e in procs.log_events("web")}
@@ -39,6 +45,9 @@ def test_guest_run_exits_3_saying_the_hypervisor_restarted_but_0_when_destroyed(
     assert events["registered"]["boot_id"] == said["registered_boot_id"]
     assert "the hypervisor restarted" in procs.log("web") and "exiting with status 3" in procs.log("web")  # its stderr
     assert not {"domain destroyed", "domain destroyed by the toolstack"} & set(events)
+    assert [e["event"] for e in procs.log_events("web") if e.get("event", "").startswith("hypervisor ")] == [
+        "hypervisor unreachable", "hypervisor back", "hypervisor restarted",  # one line per change, not one per try
+    ]
     wait_for(lambda: host.tool("info").returncode == 0, 10, "the new hypervisor")
     assert host.json("list") == []
 
@@ -56,9 +65,21 @@ def test_an_esrch_is_destroyed_only_from_the_books_the_guest_registered_in():
         assert (lost.value.domid, lost.value.registered_boot_id, lost.value.boot_id) == (4, "aaaa", "bbbb")
         with pytest.raises(HypervisorRestarted):
             service._no_such_domain(RemoteError("ESRCH", "no domain", None))  # no boot id: not the books it knew
-        assert not service._destroyed
-        service._no_such_domain(RemoteError("ESRCH", "no domain", "aaaa"))
-        assert service._destroyed
+        assert service.gone is None
+        service._no_such_domain(RemoteError("ESRCH", "no domain", "aaaa"))  # no reason: the books forgot why
+        assert service.gone == DomainGone(4, DomainEnd.DESTROYED, "no domain")
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize("reason, end", [("reclaimed", DomainEnd.RECLAIMED), ("crashed", DomainEnd.CRASHED), ("destroyed", DomainEnd.DESTROYED), ("martian", DomainEnd.DESTROYED)])
+def test_the_reason_on_an_esrch_from_the_same_books_says_how_the_domain_ended(reason, end):
+    log = structlog.wrap_logger(structlog.testing.CapturingLogger())
+    service = GuestService(GuestSettings("web", 16, 16, "ipc:///nonexistent/hv"), log)
+    try:
+        service.domid, service.boot_id = 4, "aaaa"
+        service._no_such_domain(RemoteError("ESRCH", f"domain 4 (web) was {reason}", "aaaa", reason))
+        assert service.gone == DomainGone(4, end, f"domain 4 (web) was {reason}")
     finally:
         service.close()
 

@@ -152,7 +152,8 @@ def test_a_reclaim_tells_the_domains_short_of_memory_as_a_release_does(hv, clock
     assert reclaim.fields["name"] == "dead" and reclaim.fields["released"] == 6000
     assert [(n.client, n.domid, n.virq) for n in reclaim.notifications if n.virq] == [(needy.client, 2, "memory")]
     (event,) = [n for n in reclaim.notifications if n.event]
-    assert event.client == dead.client and event.event["event"] == "destroyed" and event.event["args"] == {"domid": 1, "reason": "reclaimed"}
+    assert event.client == dead.client and event.event["event"] == "destroyed" and event.event["args"]["reason"] == "reclaimed"
+    assert event.event["args"]["message"].startswith("domain 1 (dead) was reclaimed by the host")
     assert needy.ok("increase_reservation", nr_pages=512)["granted"] == 512
 
 
@@ -161,7 +162,7 @@ def test_a_returning_guest_is_told_why_its_domain_is_gone(hv, clock, admin):
     lost = guest(hv, clock, "lost")
     admin.ok("destroy", domain="gone")
     (event,) = [n.event for n in admin.last.notifications if n.event]
-    assert event["args"] == {"domid": 1, "reason": "destroyed"}
+    assert event["args"] == {"domid": 1, "reason": "destroyed", "message": "domain 1 (gone) was destroyed by the toolstack"}
     reply = gone.call("increase_reservation", nr_pages=1)
     assert (reply["error"], reply["reason"], reply["boot_id"]) == ("ESRCH", "destroyed", "b00t")
     assert reply["message"] == "domain 1 (gone) was destroyed by the toolstack"
@@ -207,3 +208,36 @@ def test_tombstones_are_bounded_and_a_new_registration_forgets_the_old_one(hv, c
     assert web.call("status")["reason"] == "destroyed"
     web.ok("register", name="web2", memory_pages=10, max_pages=10)  # the same client, a new domain
     assert hv.tombstones.find(web.client) is None
+
+
+def test_a_stall_does_not_make_an_unresponsive_guest_look_alive(hv, clock, admin):
+    quiet = guest(hv, clock, "quiet")
+    clock.sweep_to(LIVENESS_S + 1)
+    assert ops(clock.outcomes) == [("liveness", "quiet")]
+    clock.now += STALL_S + 10  # the hypervisor itself stopped
+    assert hv.sweep(clock.now) == []  # quiet stays unresponsive: only its guest's word changes that
+    assert admin.ok("list")["domains"][0]["state"] == "unresponsive"
+    quiet.ok("status")
+    (back,) = clock.sweep_to(clock.now + SWEEP_INTERVAL_S)
+    assert (back.fields["name"], back.fields["state"]) == ("quiet", "running")
+
+
+@pytest.mark.parametrize("destroyed_at", [LIVENESS_S + SWEEP_INTERVAL_S * i for i in range(1, 12)])  # up to the reclaim
+def test_an_unresponsive_domain_the_toolstack_destroyed_is_not_swept_again(destroyed_at):
+    hv = Hypervisor(TOTAL, liveness_s=LIVENESS_S, reclaim_after_s=RECLAIM_S)
+    clock = Clock(hv)
+    hv.sweep(0.0)
+    guest(hv, clock, "gone")
+    clock.sweep_to(destroyed_at)
+    assert ops(clock.outcomes) == [("liveness", "gone")]
+    Peer(hv, clock, A, "toolstack").ok("destroy", domain="gone")
+    assert clock.sweep_to(RECLAIM_S + 2) == []
+
+
+def test_a_domain_created_between_full_sweeps_is_watched_too(hv, clock):
+    guest(hv, clock, "old")
+    clock.sweep_to(1.0)
+    young = guest(hv, clock, "young")  # after the last full sweep
+    clock.sweep_to(1.0 + RECLAIM_S)
+    assert [o.fields["name"] for o in clock.outcomes if o.op == "reclaim"] == ["old", "young"]
+    assert hv.tombstones.find(young.client).end is DomainEnd.RECLAIMED

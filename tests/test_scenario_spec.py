@@ -161,6 +161,21 @@ def test_behave_steps_carry_control_keys_and_sticky_at_is_one():
     assert args[args.index("--ceiling") + 1] == "48m" and args[args.index("--inaccuracy") + 1] == "4k"
 
 
+def test_on_crash_and_reclaim_after_reach_the_command_lines_and_bad_ones_are_refused():
+    data = copy.deepcopy(GOOD)
+    data["guest"][0]["on_crash"] = "preserve"
+    data["reclaim_after"] = 5
+    s = parse(data)
+    args = s.guests[0].cli_args("ipc://x", None)
+    assert args[args.index("--on-crash") + 1] == "preserve" and "--on-crash" not in s.guests[1].cli_args("ipc://x", None)
+    assert s.reclaim_after == 5.0 and parse(GOOD).reclaim_after is None
+    data["guest"][0]["on_crash"] = "restart"
+    with pytest.raises(ScenarioError, match=r"guest\[0\]\.on_crash"):
+        parse(data)
+    with pytest.raises(ScenarioError, match="reclaim_after"):
+        parse({**copy.deepcopy(GOOD), "reclaim_after": 0})
+
+
 @pytest.mark.parametrize(
     "step, words",
     [

@@ -11,18 +11,38 @@ import collections
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from wire import envelope
 from wire import multipart
-from wire.errors import MAX_BOOT_ID, RemoteError, Unreachable
+from wire.errors import MAX_BOOT_ID, MAX_REASON, RemoteError, Unreachable
 
 EAGAIN_PAUSE_S = 0.25  # before resending a request the server could not take yet
 
 
+@dataclass(frozen=True)
+class Outage:
+    """The server stopped answering: the request that met the silence, and since when."""
+
+    op: str
+    seq: int
+    since: float  # time.monotonic() when that attempt was sent
+    since_wall: float  # the same instant as time.time(), for log lines
+
+
 class RpcClient:
+    """`backoff_cap`: a request retried without limit (retries=-1) waits twice as long for each
+    unanswered attempt, up to this many seconds (None: `timeout` each time). A reply that comes
+    meanwhile ends the wait at once, so a longer wait costs nothing when the server is merely
+    slow or stopped; it only spaces the resends to one that lost the request (restarted).
+
+    `on_outage(outage)` is called once when an attempt goes unanswered, `on_back(outage,
+    seconds)` once when anything arrives from the server again: a log line per change of
+    state, not per try."""
+
     def __init__(
         self,
         endpoint: str,
@@ -31,11 +51,18 @@ class RpcClient:
         timeout: float = 1.0,
         retries: int = 3,
         client_id: str | None = None,
+        backoff_cap: float | None = None,
+        on_outage: Callable[[Outage], None] | None = None,
+        on_back: Callable[[Outage, float], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.retries = retries
         self.client_id = client_id or secrets.token_hex(8)
+        self.backoff_cap = backoff_cap
+        self.outage: Outage | None = None  # set while the server is not answering
+        self._on_outage = on_outage
+        self._on_back = on_back
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1024)
         self._seq = 0
         self._context = context or zmq.Context.instance()
@@ -76,21 +103,42 @@ class RpcClient:
         frame = envelope.encode(envelope.request(op, seq, self.client_id, args or {}))
         budget = self.retries if retries is None else retries
         attempt = 0
+        started = time.monotonic()
+        wait = self.timeout
+        longest = max(self.timeout, self.backoff_cap) if budget < 0 and self.backoff_cap is not None else self.timeout
         while True:
+            sent = time.monotonic()
             self._send(frame)
-            reply = self._await_reply(seq, time.monotonic() + self.timeout)
-            if reply is not None:
+            reply = self._await_reply(seq, sent + wait)
+            if reply is None:
+                self._unanswered(op, seq, sent)
+                wait = min(2 * wait, longest)
+            else:
                 if reply["ok"]:
                     return reply.get("result") or {}
                 busy = reply.get("error") == "EAGAIN"  # not executed: the same frame may go again
                 if not busy or (budget >= 0 and attempt >= budget) or (should_stop is not None and should_stop()):
                     boot_id = reply.get("boot_id")
                     boot_id = boot_id if type(boot_id) is str and 0 < len(boot_id) <= MAX_BOOT_ID else None
-                    raise RemoteError(str(reply.get("error")), str(reply.get("message")), boot_id)
+                    reason = reply.get("reason")
+                    reason = reason if type(reason) is str and 0 < len(reason) <= MAX_REASON else None
+                    raise RemoteError(str(reply.get("error")), str(reply.get("message")), boot_id, reason)
                 time.sleep(min(self.timeout, EAGAIN_PAUSE_S))
             attempt += 1
             if (budget >= 0 and attempt > budget) or (should_stop is not None and should_stop()):
-                raise Unreachable(f"no reply from {self.endpoint} to {op!r} after {attempt} attempt(s) of {self.timeout:g} s")
+                raise Unreachable(f"no reply from {self.endpoint} to {op!r} after {attempt} attempt(s) in {time.monotonic() - started:.3g} s")
+
+    def _unanswered(self, op: str, seq: int, sent: float) -> None:
+        if self.outage is None:
+            self.outage = Outage(op, seq, sent, time.time() - (time.monotonic() - sent))
+            if self._on_outage is not None:
+                self._on_outage(self.outage)
+
+    def _heard(self) -> None:
+        """Something came from the server: an outage, if there was one, is over."""
+        outage, self.outage = self.outage, None
+        if outage is not None and self._on_back is not None:
+            self._on_back(outage, time.monotonic() - outage.since)
 
     def post(self, op: str, args: dict[str, Any] | None = None) -> int:
         """Send a request without waiting and return its seq; the caller reads the reply off
@@ -115,10 +163,10 @@ class RpcClient:
         """Block in libzmq itself (a receive timeout) rather than in a Python poll: right after
         a send, the less this process runs, the sooner the request is on its way."""
         while True:
+            # past the deadline, still a look at what is queued: a process stopped (SIGSTOP)
+            # while it waited finds the reply there when it runs again
             left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            self.socket.setsockopt(zmq.RCVTIMEO, max(1, int(left * 1000)))
+            self.socket.setsockopt(zmq.RCVTIMEO, max(1, int(left * 1000)) if left > 0 else 0)
             try:
                 frames = multipart.receive(self.socket)
             except zmq.Again:
@@ -136,6 +184,8 @@ class RpcClient:
             body = envelope.decode_incoming(frames[-1])
         except envelope.EnvelopeError:
             return None
+        if self.outage is not None:
+            self._heard()
         if "event" in body:
             self.events.append(body)
             return None

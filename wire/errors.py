@@ -33,6 +33,7 @@ class WireError(Exception):
 
 
 MAX_BOOT_ID = 64  # a boot id longer than this is not one
+MAX_REASON = 32  # nor is a longer `reason` one
 
 
 class RemoteError(Exception):
