@@ -6,7 +6,8 @@ refusal is known before a driver counts as up. Per-interrupt traffic is not wait
 `chip` request is posted and its reply read later, because the next interrupt on a busy line
 arrives right behind it. If irqbus forgets the guest (it restarted; an empty `chip` request
 every two seconds finds out even when nothing happens), the guest attaches again and
-reprograms its lines.
+reprograms its lines; the new instance's epoch makes its drivers forget the generations they
+claimed from the old one (guest/irqlink.py, `attached`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from irqbus.outage import DEFAULT_GUEST_GRACE_S, Backoff, Located, Step, next_step
+from irqbus.outage import DEFAULT_GUEST_GRACE_S, Backoff, DeviceWhere, Located, Step, next_step
 from wire.client import RpcClient
 from wire.epoch import read_epoch
 from wire.errors import RemoteError, Unreachable
@@ -169,6 +169,8 @@ class DeviceRunner:
         while not self.stop.is_set():
             try:
                 seen = Located.read(self.client.call("locate", self.target, retries=0))
+            except ValueError as err:
+                raise RemoteError("EPROTO", f"irqbus answered locate with something else ({err})") from None
             except Unreachable:
                 if not self.answered:
                     raise
@@ -199,18 +201,27 @@ class DeviceRunner:
                                   irqbus_up_s=seen.up_s, grace_s=self.grace_s, device=str(seen.device))
                 self.stop.wait(self.backoff.delay())
                 continue
-            what = "its guest" if step is Step.GUEST_GONE else "the device"
-            raise DeviceGone(
-                f"irqbus (up {seen.up_s:g} s) no longer has {what}: guest attached {seen.attached}, "
-                f"device {seen.device}" + (", in the irqbus instance it was plugged into" if seen.epoch == self.plugged_epoch else "")
-            )
+            raise DeviceGone(self._gone(step, seen))
         return False
+
+    def _gone(self, step: Step, seen: Located) -> str:
+        guest, device = self.target["guest"], self.target["device"]
+        if seen.epoch == self.plugged_epoch:
+            where = "the irqbus instance it was plugged into"
+        else:
+            where = f"irqbus (up {seen.up_s:g} s, the grace period is {self.grace_s:g} s)"
+        if step is Step.GUEST_GONE:
+            return f"guest {guest} is not attached to {where}: the device's guest is gone"
+        if seen.device is DeviceWhere.ELSEWHERE:
+            return f"device {device} is plugged into another guest than {guest} at {where}"
+        return f"device {device} is not plugged into guest {guest} at {where}: it was unplugged"
 
     def _plug_again(self, seen: Located) -> None:
         """A new irqbus instance: plug in again; a level device asserts its line again, since
         it cannot tell whether its driver serviced the last interrupt before irqbus went away
         (its status register was there) -- one interrupt more at most, never one lost."""
         assert self.route is not None
+        first = self.plugged_epoch is None  # it waited for its guest at the start
         self.plug()
         reasserted = False
         if self.route.level and self.totals.raised:
@@ -218,7 +229,7 @@ class DeviceRunner:
             self.totals.reasserted += 1
             self.totals.delivered += result.get("delivered", 0)
             reasserted = True
-        self.log.info("plugged in again", epoch=self.plugged_epoch, irqbus_up_s=seen.up_s, reasserted=reasserted)
+        self.log.info("attached" if first else "plugged in again", epoch=self.plugged_epoch, irqbus_up_s=seen.up_s, reasserted=reasserted)
 
     def _went_away(self) -> None:
         if self._away_since is None:
