@@ -43,9 +43,11 @@ RUN set -eu; \
     rm -rf /src; \
     hypervisor --help > /dev/null; guest --help > /dev/null
 
-# An unprivileged user; nothing here writes outside /tmp.
+# An unprivileged user; it writes only to /tmp and /var/lib/ballonet (the hypervisor's journal,
+# a named volume in compose.yaml: a new volume takes this directory's owner).
 RUN useradd --uid 10001 --user-group --home-dir /nonexistent --no-create-home \
-        --shell /usr/sbin/nologin ballonet
+        --shell /usr/sbin/nologin ballonet \
+    && mkdir -p /var/lib/ballonet && chown 10001:10001 /var/lib/ballonet
 USER 10001:10001
 WORKDIR /tmp
 
