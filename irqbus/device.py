@@ -198,7 +198,7 @@ class DeviceRunner:
                 if not self._waiting:
                     self._waiting = True
                     self.log.info("waiting for the guest and device to be declared again", epoch=seen.epoch,
-                                  irqbus_up_s=seen.up_s, grace_s=self.grace_s, device=str(seen.device))
+                                  irqbus_up_s=seen.up_s, grace_s=self.grace_s, guest_attached=seen.attached, device_is=str(seen.device))
                 self.stop.wait(self.backoff.delay())
                 continue
             raise DeviceGone(self._gone(step, seen))
