@@ -239,7 +239,12 @@ class GuestService:
         try:
             result = self.client.call("shutdown", retries=2)
             self.log.info("shut down", released=result.get("released"))
-        except (Unreachable, RemoteError) as err:
+        except RemoteError as err:
+            if err.code == "ESRCH":  # gone already: say how (or that the hypervisor restarted without it)
+                self._no_such_domain(err)
+            else:
+                self.log.warning("shutdown not confirmed", error=str(err))
+        except Unreachable as err:
             self.log.warning("shutdown not confirmed", error=str(err))
 
     # --- the balloon -------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "before serving (default: none; a restart is a host reboot)",
     )
     serve.add_argument(
-        "--synchronous", choices=[s.value for s in Synchronous], default=Synchronous.NORMAL.value,
+        "--synchronous", choices=[s.value for s in Synchronous], default=None,
         help="with --state, SQLite's synchronous mode: normal survives a process crash, full a power loss too (default normal)",
     )
     serve.add_argument("--guest-endpoint", help=f"where guests connect (env {endpoints.HYPERVISOR_ENV}, default {endpoints.DEFAULT_HYPERVISOR})")
@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve(args: argparse.Namespace) -> int:
+    if args.synchronous is not None and args.state is None:
+        print("hypervisor serve: --synchronous is the journal's durability: it needs --state FILE", file=sys.stderr)
+        return 2
+    args.synchronous = args.synchronous or Synchronous.NORMAL.value
     log = logsetup.configure(args.log_level, "hypervisor")
     guest_ep = endpoints.endpoint(args.guest_endpoint, endpoints.HYPERVISOR_ENV)
     admin_ep = endpoints.endpoint(args.admin_endpoint, endpoints.ADMIN_ENV)

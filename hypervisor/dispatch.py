@@ -429,6 +429,7 @@ class Hypervisor:
         if domain.liveness == DomainState.CRASHED:
             raise WireError(ErrorCode.EINVAL, f"{domain.name} (domid {domain.domid}) has crashed and is preserved; only `destroy` frees it")
         domain.on_crash = OnCrash(args["on_crash"])
+        self.table.touch(domain)
         return _Result({"domid": domain.domid, "on_crash": str(domain.on_crash)}, {"domid": domain.domid, "name": domain.name, "on_crash": str(domain.on_crash)})
 
     # --- silent guests (no request: the service calls sweep on a timer) --------------------
@@ -473,6 +474,7 @@ class Hypervisor:
             if state != domain.liveness:
                 fields = {"domid": domain.domid, "name": domain.name, "state": str(state), "was": str(domain.liveness), "silent_s": round(silent, 3)}
                 domain.liveness = state
+                table.touch(domain)
                 outcomes.append(Outcome(b"", "liveness", client=domain.client, fields=fields))
             if state == DomainState.UNRESPONSIVE:
                 self._quiet[domain.domid] = domain

@@ -97,6 +97,8 @@ class DomainTable:
         if self._by_id:
             raise ValueError("restore needs an empty domain table")
         for domain in domains:
+            if domain.liveness == DomainState.UNRESPONSIVE:  # a fresh liveness period (last_seen is now): no "back" news
+                domain.liveness = DomainState.RUNNING
             indexes = [(self._by_id, domain.domid, "domid"), (self._by_name, domain.name, "name")]
             if domain.liveness != DomainState.CRASHED:  # a crashed domain's guest was cut off (crash())
                 indexes.append((self._by_client, domain.client, "client"))

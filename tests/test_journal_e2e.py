@@ -124,3 +124,8 @@ def test_a_file_that_is_not_a_journal_is_refused(procs, tmp_path):
     path.write_bytes(b"not a database at all" * 100)
     result = serve(procs, path)
     assert result.returncode == 1 and "not a journal" in result.stderr
+
+
+def test_synchronous_without_a_journal_is_a_usage_error(procs):
+    result = procs.run("hypervisor", "serve", "--synchronous", "full", "--guest-endpoint", procs.ipc("g"), "--admin-endpoint", procs.ipc("a"))
+    assert result.returncode == 2 and "needs --state" in result.stderr, result.stderr

@@ -241,3 +241,30 @@ def test_a_domain_created_between_full_sweeps_is_watched_too(hv, clock):
     clock.sweep_to(1.0 + RECLAIM_S)
     assert [o.fields["name"] for o in clock.outcomes if o.op == "reclaim"] == ["old", "young"]
     assert hv.tombstones.find(young.client).end is DomainEnd.RECLAIMED
+
+
+def test_on_crash_and_liveness_changes_are_marked_for_the_journal(hv, clock, admin):
+    """A journal writes the domains the table marked dirty: a change made outside the table's
+    methods must be marked too, or a restart brings back the old value."""
+    hv.reclaim_after_s = None
+    guest(hv, clock, "web")
+    hv.table.dirty.clear()
+    admin.ok("on_crash", domain="web", on_crash="preserve")
+    assert hv.table.dirty == {1}
+    hv.table.dirty.clear()
+    (down,) = clock.sweep_to(30.0)
+    assert down.fields["state"] == "unresponsive" and hv.table.dirty == {1}
+
+
+def test_a_recovered_unresponsive_domain_starts_a_fresh_liveness_period_without_news(hv, clock):
+    """Recovery sets last_seen to its now (journal): the domain is running again for the table,
+    so its liveness must say so too, or the first sweep reports it 'back' without a word from it."""
+    hv.reclaim_after_s = None
+    guest(hv, clock, "web")
+    clock.sweep_to(30.0)
+    (domain,) = hv.table.domains()
+    assert domain.liveness == "unresponsive"
+    recovered = Hypervisor(TOTAL, liveness_s=LIVENESS_S, boot_id="b00t")
+    recovered.table.restore([domain], 2)
+    domain.last_seen = 40.0
+    assert domain.liveness == "running" and recovered.sweep(40.0) == []
