@@ -230,6 +230,9 @@ class Hypervisor:
             tombstone = self.tombstones.find(req.client)
             if tombstone is not None:
                 reason, message = str(tombstone.end), tombstone.message
+            elif (crashed := self.table.crashed_of(req.client)) is not None:  # e.g. after a restart on a journal
+                reason = str(DomainEnd.CRASHED)
+                message = f"domain {crashed.domid} ({crashed.name}) crashed: it is kept (on_crash=preserve) until the toolstack destroys it"
         reply = envelope.encode(envelope.error_reply(req.seq, code, message, boot_id, reason))
         domain = self.table.find_client(req.client)
         fields: dict[str, Any] = {"domid": domain.domid} if domain else {}

@@ -55,6 +55,7 @@ class DomainTable:
         self._by_id: dict[int, Domain] = {}
         self._by_name: dict[str, Domain] = {}
         self._by_client: dict[str, Domain] = {}
+        self._crashed_by_client: dict[str, Domain] = {}  # preserved domains, by the client cut off from them
         # Domains whose last increase was granted short (not for maxmem), in the order they
         # came short: told when pages free up. Kept apart so a release looks at them only,
         # not at every domain.
@@ -102,6 +103,8 @@ class DomainTable:
             indexes = [(self._by_id, domain.domid, "domid"), (self._by_name, domain.name, "name")]
             if domain.liveness != DomainState.CRASHED:  # a crashed domain's guest was cut off (crash())
                 indexes.append((self._by_client, domain.client, "client"))
+            else:
+                self._crashed_by_client[domain.client] = domain
             for index, key, what in indexes:
                 if key in index:
                     raise ValueError(f"two domains with {what} {key!r}")
@@ -193,6 +196,8 @@ class DomainTable:
         del self._by_name[domain.name]
         if self._by_client.get(domain.client) is domain:  # a crashed domain's guest is cut off already
             del self._by_client[domain.client]
+        if self._crashed_by_client.get(domain.client) is domain:
+            del self._crashed_by_client[domain.client]
         self._short.pop(domain.domid, None)
         self.dirty.discard(domain.domid)
         self.destroyed.add(domain.domid)
@@ -204,9 +209,15 @@ class DomainTable:
         LIBXL_ACTION_ON_SHUTDOWN_PRESERVE); its guest no longer owns it."""
         if self._by_client.get(domain.client) is domain:
             del self._by_client[domain.client]
+        self._crashed_by_client[domain.client] = domain
         self._short.pop(domain.domid, None)
         domain.liveness = DomainState.CRASHED
         self.dirty.add(domain.domid)
+
+    def crashed_of(self, client: str) -> Domain | None:
+        """The preserved domain `client`'s guest was cut off from, while it is kept (a journal
+        keeps it too, where the tombstone saying so is not kept)."""
+        return self._crashed_by_client.get(client)
 
     def is_guests(self, domain: Domain) -> bool:
         """Whether the domain still belongs to the guest that registered it (not crashed)."""

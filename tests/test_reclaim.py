@@ -268,3 +268,14 @@ def test_a_recovered_unresponsive_domain_starts_a_fresh_liveness_period_without_
     recovered.table.restore([domain], 2)
     domain.last_seen = 40.0
     assert domain.liveness == "running" and recovered.sweep(40.0) == []
+
+
+def test_a_preserved_domain_still_answers_for_its_guest_once_the_tombstones_are_gone(hv, clock):
+    """The tombstones live in memory; a crashed domain lives in the books (and the journal). A
+    hypervisor restarted on its journal has none, but the kept domain still says what happened."""
+    keep = guest(hv, clock, "keep", on_crash="preserve")
+    clock.sweep_to(RECLAIM_S)
+    hv.tombstones = Tombstones()  # as after a restart on a journal
+    reply = keep.call("status")
+    assert (reply["error"], reply["reason"]) == ("ESRCH", "crashed"), reply
+    assert "domain 1 (keep) crashed" in reply["message"]
