@@ -41,6 +41,8 @@ from hypervisor.dispatch import Hypervisor, Outcome, new_boot_id
 from hypervisor.domains import Domain, DomainTable
 from hypervisor.pool import PagePool
 from wire.operations import OPERATIONS
+from hypervisor.tombstones import Tombstone, Tombstones
+from wire.domain_end import DomainEnd
 from wire.replay import Latest, ReplayRecord
 
 SCHEMA_VERSION = 1
@@ -59,6 +61,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL);
 CREATE TABLE domains (domid INTEGER PRIMARY KEY, name TEXT NOT NULL, client TEXT NOT NULL, fields TEXT NOT NULL);
 CREATE TABLE extents (domid INTEGER PRIMARY KEY, pages INTEGER NOT NULL, extents TEXT NOT NULL);
 CREATE TABLE replay (client TEXT PRIMARY KEY, bound INTEGER NOT NULL, seq INTEGER, digest INTEGER, reply BLOB, written REAL NOT NULL);
+CREATE TABLE tombstones (client TEXT PRIMARY KEY, buried INTEGER NOT NULL, domid INTEGER NOT NULL, name TEXT NOT NULL, end TEXT NOT NULL, message TEXT NOT NULL);
 CREATE TABLE events (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, domid INTEGER, name TEXT, op TEXT NOT NULL,
     granted INTEGER, released INTEGER, target_pages INTEGER, current_pages INTEGER, free_pages INTEGER, detail TEXT
@@ -134,6 +137,7 @@ class Journal:
         """Open (or create) the file and take it for this process alone. Raises JournalError."""
         self.path = path
         self.wall = wall
+        self._burials = 0  # the `buried` order of the latest tombstone written
         self._lock_fd = _lock(path)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -261,6 +265,13 @@ class Journal:
         table.dirty.clear()
         pool.dirty.clear()
         hypervisor = Hypervisor.from_books(table, record, boot_id)
+        try:
+            for client, buried, domid, name, end, message in db.execute("SELECT * FROM tombstones ORDER BY buried"):
+                hypervisor.tombstones.bury(client, Tombstone(domid, name, DomainEnd(end), message))
+                self._burials = max(self._burials, buried)
+        except (ValueError, TypeError) as err:
+            raise JournalError(f"{self.path}: a tombstone cannot be read: {err}") from None
+        hypervisor.tombstones.dirty.clear()
         events = db.execute("SELECT count(*) FROM events").fetchone()[0]
         return hypervisor, Recovery(len(domains), pool.allocated_pages, len(record), events, boot_id)
 
@@ -276,7 +287,8 @@ class Journal:
         wall = self.wall()
         events = self._events(table, outcomes, wall)
         dirty_clients = record.dirty
-        if not (table.dirty or table.destroyed or pool.dirty or dirty_clients or events):
+        stones = hypervisor.tombstones
+        if not (table.dirty or table.destroyed or pool.dirty or dirty_clients or events or stones.dirty):
             return False
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -314,6 +326,8 @@ class Journal:
                         gone.append((client,))
                 _write(db, "DELETE FROM replay WHERE client = ?", gone)
                 _write(db, "INSERT OR REPLACE INTO replay (client, bound, seq, digest, reply, written) VALUES (?, ?, ?, ?, ?, ?)", kept)
+            if stones.dirty:
+                self._write_tombstones(db, stones)
             _write(
                 db,
                 "INSERT INTO events (time, domid, name, op, granted, released, target_pages, current_pages, free_pages, detail)"
@@ -330,7 +344,22 @@ class Journal:
         pool.dirty.clear()
         if dirty_clients:
             dirty_clients.clear()
+        stones.dirty.clear()
         return True
+
+    def _write_tombstones(self, db: sqlite3.Connection, stones: Tombstones) -> None:
+        """The ends buried or forgotten since the last commit; `buried` keeps their order (the
+        oldest is forgotten first), so a recovered hypervisor forgets the same ones."""
+        gone, kept = [], []
+        for client in stones.dirty:
+            stone = stones.find(client)
+            if stone is None:
+                gone.append((client,))
+            else:
+                self._burials += 1
+                kept.append((client, self._burials, stone.domid, stone.name, str(stone.end), stone.message))
+        _write(db, "DELETE FROM tombstones WHERE client = ?", gone)
+        _write(db, "INSERT OR REPLACE INTO tombstones (client, buried, domid, name, end, message) VALUES (?, ?, ?, ?, ?, ?)", kept)
 
     def _events(self, table: DomainTable, outcomes: Iterable[Outcome], wall: float) -> list[tuple[Any, ...]]:
         """An event row for each outcome that changed something."""

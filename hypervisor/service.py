@@ -106,10 +106,11 @@ class HypervisorService:
                 raise
         else:  # nothing keeps the marks: drop them, so they cannot grow
             table = self.hypervisor.table
-            if table.dirty or table.destroyed or table.pool.dirty:
+            if table.dirty or table.destroyed or table.pool.dirty or self.hypervisor.tombstones.dirty:
                 table.dirty.clear()
                 table.destroyed.clear()
                 table.pool.dirty.clear()
+                self.hypervisor.tombstones.dirty.clear()
 
     def _flush(self) -> None:
         """After the commit: send the batch's replies and notifications, then log its outcomes."""

@@ -24,6 +24,10 @@ class Tombstones:
     def __init__(self, capacity: int = TOMBSTONES) -> None:
         self.capacity = capacity
         self._by_client: OrderedDict[str, Tombstone] = OrderedDict()
+        # Clients whose tombstone was buried or forgotten since a journal last wrote them
+        # (hypervisor/journal.py drains it at each commit): a guest that comes back after a
+        # restart on the journal is still told why its domain is gone.
+        self.dirty: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._by_client)
@@ -32,12 +36,17 @@ class Tombstones:
         """Remember the end of `client`'s domain; the oldest is forgotten past the capacity."""
         self._by_client.pop(client, None)
         self._by_client[client] = tombstone
+        self.dirty.add(client)
         while len(self._by_client) > self.capacity:
-            self._by_client.popitem(last=False)
+            self.dirty.add(self._by_client.popitem(last=False)[0])
 
     def find(self, client: str) -> Tombstone | None:
         return self._by_client.get(client)
 
     def forget(self, client: str) -> None:
         """The client registered a new domain: its old end no longer answers for it."""
-        self._by_client.pop(client, None)
+        if self._by_client.pop(client, None) is not None:
+            self.dirty.add(client)
+
+    def in_burial_order(self) -> list[tuple[str, Tombstone]]:
+        return list(self._by_client.items())

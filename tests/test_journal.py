@@ -330,3 +330,28 @@ def test_a_domain_named_by_an_event_is_written_again_even_if_nobody_marked_it(tm
     journal, again, _ = open_journal(path, wall)
     assert again.table.resolve("g1").control == {"stuck": True}
     journal.close()
+
+
+def test_a_guest_is_told_why_its_domain_went_after_a_restart_on_the_journal(tmp_path, wall):
+    """The tombstones are journalled: a guest reclaimed (or destroyed) before the restart and
+    back after it is told so, with the reason, not a bare ESRCH it would read as destroyed."""
+    path = tmp_path / "hv.db"
+    journal, hv, _ = open_journal(path, wall)
+    hv.reclaim_after_s = 5.0
+    host = Host(journal, hv, wall)
+    lost, gone = host.peer(G, "c-lost"), host.peer(G, "c-gone")
+    lost.ok("register", name="lost", memory_pages=100, max_pages=300)
+    gone.ok("register", name="gone", memory_pages=100, max_pages=300)
+    host.peer(A, "xl").ok("destroy", domain="gone")
+    swept = [o for tick in range(0, 49) for o in hv.sweep(tick / 4)]  # as the service sweeps, to 12 s
+    assert [o.op for o in swept if o.op == "reclaim"] == ["reclaim"]
+    journal.commit(hv, swept)
+    before = hv.tombstones.in_burial_order()
+    journal.close()
+
+    journal, again, _ = open_journal(path, wall, now=50.0)
+    assert again.tombstones.in_burial_order() == before
+    for client, reason in (("c-lost", "reclaimed"), ("c-gone", "destroyed")):
+        reply = msgpack.unpackb(again.handle(G, envelope.encode(envelope.request("status", 9, client, {})), 51.0).reply)
+        assert (reply["error"], reply["reason"], reply["boot_id"]) == ("ESRCH", reason, again.boot_id), reply
+    journal.close()
