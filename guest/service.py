@@ -28,6 +28,7 @@ from guest.floor import minimum_target_pages
 from guest.control import GuestControl
 from guest.memory import GuestMemory
 from guest.pace import Pace, Unlimited
+from wire.backoff import Backoff
 from wire.client import Outage, RpcClient
 from wire.domain_end import DomainEnd, parse_domain_end
 from wire.errors import RemoteError, Unreachable
@@ -129,7 +130,7 @@ class GuestService:
         self._failed_steps = 0
         self._reported_state: DriverState | None = None
         self._report_now = False  # the driver changed state: tell the hypervisor at once
-        self._heartbeat_gap = settings.heartbeat_s  # grows while the hypervisor is away
+        self._heartbeat_waits = Backoff(max(settings.heartbeat_s, settings.retry_cap_s), settings.heartbeat_s)  # while the hypervisor is away
         self.gone: DomainGone | None = None  # set when the domain ended under the guest
 
     def close(self) -> None:
@@ -220,11 +221,10 @@ class GuestService:
     def _next_heartbeat_gap(self) -> float:
         """The heartbeat's period; while the hypervisor is away, twice the last gap each time,
         up to the retry cap (never below the period)."""
-        if self.client.outage is None:
-            self._heartbeat_gap = self.settings.heartbeat_s
-        else:
-            self._heartbeat_gap = min(2 * self._heartbeat_gap, max(self.settings.heartbeat_s, self.settings.retry_cap_s))
-        return self._heartbeat_gap
+        if self.client.outage is not None:
+            return self._heartbeat_waits.delay()
+        self._heartbeat_waits.reset()
+        return self._heartbeat_waits.delay()  # the period; the next, if away by then, twice it
 
     # --- the hypervisor going away and coming back --------------------------------------------
 

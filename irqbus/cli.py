@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from irqbus.device import DeviceGone, DeviceRunner, Pacer, Route
-from irqbus.outage import DEFAULT_GUEST_GRACE_S, DEFAULT_MAX_RETRY_DELAY_S, Backoff
+from irqbus.outage import DEFAULT_GUEST_GRACE_S, DEFAULT_MAX_RETRY_DELAY_S, device_backoff
 from irqbus.dispatch import IrqBus
 from irqbus.queries import DEFAULT_QUERY_TIMEOUT_S
 from irqbus.service import IrqbusService
@@ -136,7 +136,7 @@ def _device_process(args: argparse.Namespace, client: RpcClient) -> int:
     stop = stop_on_signals()
     route = Route(_attach_args(args), args.level) if args.pin is not None or args.msi else None
     pacer = Pacer(args.rate, time.monotonic(), args.burst, args.count)
-    runner = DeviceRunner(client, args.guest, args.device, pacer, stop, log, route, args.guest_grace, Backoff(args.max_retry_delay))
+    runner = DeviceRunner(client, args.guest, args.device, pacer, stop, log, route, args.guest_grace, device_backoff(args.max_retry_delay))
     log.info("device running", rate=args.rate, count=args.count, burst=args.burst, guest_grace_s=args.guest_grace)
     status = 0
     try:

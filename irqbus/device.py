@@ -15,7 +15,8 @@ from typing import Any
 
 import structlog
 
-from irqbus.outage import DEFAULT_GUEST_GRACE_S, Backoff, DeviceWhere, Located, Step, next_step
+from irqbus.outage import DEFAULT_GUEST_GRACE_S, DeviceWhere, Located, Step, device_backoff, next_step
+from wire.backoff import Backoff
 from wire.client import RpcClient
 from wire.epoch import read_epoch
 from wire.errors import RemoteError, Unreachable
@@ -104,7 +105,7 @@ class DeviceRunner:
         self.target: dict[str, Any] = {"guest": guest, "device": device}
         self.route = route
         self.grace_s = grace_s
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or device_backoff()
         self.totals = DeviceTotals()
         self.plugged_epoch: int | None = None
         self.answered = False  # irqbus answered once: from then on, its absence is an outage

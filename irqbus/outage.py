@@ -16,6 +16,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from wire.backoff import Backoff
 from wire.epoch import read_epoch
 
 DEFAULT_GUEST_GRACE_S = 10.0  # well above a guest's re-attach (guest/interrupts.py: ping 2 s, retry 2 s)
@@ -77,18 +78,6 @@ def next_step(seen: Located, plugged_epoch: int | None, can_plug: bool, grace_s:
     return Step.WAIT if young else Step.DEVICE_GONE  # whoever plugged it may still do so
 
 
-@dataclass
-class Backoff:
-    """Delays between retries: doubling from `first` up to `cap`, back to `first` on success."""
-
-    cap: float = DEFAULT_MAX_RETRY_DELAY_S
-    first: float = FIRST_RETRY_DELAY_S
-    _next: float = 0.0
-
-    def delay(self) -> float:
-        delay = min(self.cap, self._next or self.first)
-        self._next = min(self.cap, delay * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._next = 0.0
+def device_backoff(cap: float = DEFAULT_MAX_RETRY_DELAY_S) -> Backoff:
+    """An `irqbus device`'s asking of `locate` while irqbus is away: from 50 ms up to `cap`."""
+    return Backoff(cap, FIRST_RETRY_DELAY_S)

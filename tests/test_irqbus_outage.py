@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from irqbus.device import DeviceGone, DeviceRunner, Pacer, Route
-from irqbus.outage import Backoff, DeviceWhere, Located, Step, next_step
+from irqbus.outage import DeviceWhere, Located, Step, device_backoff, next_step
+from wire.backoff import Backoff
 from wire.errors import RemoteError, Unreachable
 
 T = pytest.mark.timeout(5)
@@ -156,7 +157,7 @@ def runner(bus: Bus, clock: Clock, stop_after: float, grace: float = 5.0) -> tup
     log = Log()
     route = Route({"guest": "vm1", "device": "nic0", "pin": 5, "trigger": "level"}, level=True)
     pacer = Pacer(rate=10, start=clock.now)
-    r = DeviceRunner(bus, "vm1", "nic0", pacer, Stop(clock, stop_after), log, route, grace, Backoff(cap=0.5), clock)  # type: ignore[arg-type]
+    r = DeviceRunner(bus, "vm1", "nic0", pacer, Stop(clock, stop_after), log, route, grace, device_backoff(cap=0.5), clock)  # type: ignore[arg-type]
     return r, log
 
 

@@ -117,3 +117,4 @@ def test_a_reply_already_queued_is_taken_even_past_the_deadline(net):
         assert told == []
     finally:
         client.close()
+

@@ -17,6 +17,7 @@ from typing import Any
 import zmq
 
 from wire import envelope
+from wire.backoff import Backoff
 from wire import multipart
 from wire.errors import MAX_BOOT_ID, MAX_REASON, RemoteError, Unreachable
 
@@ -104,15 +105,16 @@ class RpcClient:
         budget = self.retries if retries is None else retries
         attempt = 0
         started = time.monotonic()
-        wait = self.timeout
         longest = max(self.timeout, self.backoff_cap) if budget < 0 and self.backoff_cap is not None else self.timeout
+        waits = Backoff(longest, self.timeout)
+        wait = waits.delay()
         while True:
             sent = time.monotonic()
             self._send(frame)
             reply = self._await_reply(seq, sent + wait)
             if reply is None:
                 self._unanswered(op, seq, sent)
-                wait = min(2 * wait, longest)
+                wait = waits.delay()
             else:
                 if reply["ok"]:
                     return reply.get("result") or {}
