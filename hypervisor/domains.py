@@ -93,8 +93,12 @@ class DomainTable:
         self.dirty.add(domain.domid)
 
     def restore(self, domains: list[Domain], next_domid: int) -> None:
-        """Recovery: the domains a journal kept, in an empty table. Raises ValueError on two with
-        one domid, name or client; the caller audits the books afterwards."""
+        """Recovery: the domains a journal kept, in an empty table (its pool already rebuilt).
+        Raises ValueError on two with one domid, name or client; the caller audits the books
+        afterwards. Who was granted short is not journalled (it changes with every grant): each
+        guest's domain below its target and its max is taken to be waiting for memory, so it is
+        told when pages free up; one that was not loses nothing but a wake-up of its driver, which
+        then asks again as on any wake."""
         if self._by_id:
             raise ValueError("restore needs an empty domain table")
         for domain in domains:
@@ -109,6 +113,8 @@ class DomainTable:
                 if key in index:
                     raise ValueError(f"two domains with {what} {key!r}")
                 index[key] = domain  # type: ignore[index]
+            if domain.liveness != DomainState.CRASHED and self.pool.owned_pages(domain.domid) < min(domain.target_pages, domain.max_pages):
+                self._short[domain.domid] = domain
         self._next_domid = next_domid if 1 <= next_domid <= MAX_DOMID else 1
 
     def current_pages(self, domain: Domain) -> int:

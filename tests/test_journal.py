@@ -355,3 +355,28 @@ def test_a_guest_is_told_why_its_domain_went_after_a_restart_on_the_journal(tmp_
         reply = msgpack.unpackb(again.handle(G, envelope.encode(envelope.request("status", 9, client, {})), 51.0).reply)
         assert (reply["error"], reply["reason"], reply["boot_id"]) == ("ESRCH", reason, again.boot_id), reply
     journal.close()
+
+
+def test_a_guest_granted_short_before_a_restart_is_told_when_pages_free_after_it(tmp_path, wall):
+    """Who came short is not journalled; recovery takes each domain below its target to be
+    waiting, so the `memory` interrupt still goes out when another domain gives pages back."""
+    path = tmp_path / "hv.db"
+    journal, hv, _ = open_journal(path, wall, total=1000)
+    host = Host(journal, hv, wall)
+    big, small = host.peer(G, "c-big"), host.peer(G, "c-small")
+    big.ok("register", name="big", memory_pages=800, max_pages=800)
+    small.ok("register", name="small", memory_pages=100, max_pages=400)
+    host.peer(A, "xl").ok("mem_set", domain="small", target_pages=400)
+    assert small.ok("increase_reservation", nr_pages=300)["granted"] == 100  # the host is full
+    assert hv.table.short_of_memory(hv.table.resolve("small"))
+    journal.close()
+
+    journal, again, _ = open_journal(path, wall, total=1000, now=50.0)
+    assert again.table.short_of_memory(again.table.resolve("small"))
+    assert not again.table.short_of_memory(again.table.resolve("big"))
+    extents = [list(e) for e in again.pool.extents_of(1)][:1]
+    frame = envelope.encode(envelope.request("decrease_reservation", 2, "c-big", {"extents": [[extents[0][0], 50]]}))
+    released = again.handle(G, frame, 51.0)
+    assert released.error is None, released.message
+    assert [(n.domid, n.virq) for n in released.notifications if n.virq] == [(2, "memory")]
+    journal.close()
