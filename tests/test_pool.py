@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 import tracemalloc
 
 import pytest
@@ -64,15 +63,15 @@ def test_bad_total_rejected(bad) -> None:
 
 
 @pytest.mark.timeout(5)
-def test_one_tebibyte_pool_is_instant() -> None:
+def test_one_tebibyte_pool_costs_nothing_per_page() -> None:
+    """Memory, not time, is the test's measure (timings belong in bench/pool_bench.py): a pool
+    that kept anything per page would take gigabytes here."""
     tracemalloc.start()
-    t0 = time.perf_counter()
     pool = PagePool(2**28)
     got = pool.allocate(7, 512)
-    elapsed = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert elapsed < 0.2 and peak < 100_000  # nothing per page: microseconds and a few KiB
+    assert peak < 100_000  # a few KiB
     assert got == [Extent(2**28 - 512, 512)]
     assert pool.free_extents() == [Extent(0, 2**28 - 512)]
     assert pool.audit() == []
