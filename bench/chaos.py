@@ -57,6 +57,7 @@ from bench.chaos_plan import Action, Fault, Role, Support, ALL_KINDS, choose_fau
 from hypervisor.toolstack import Toolstack  # noqa: E402
 from irqbus.show import fetch_show  # noqa: E402
 from scenarios.launch import Processes  # noqa: E402
+from wire.security import Server
 from wire.client import RpcClient  # noqa: E402
 from wire.errors import RemoteError, Unreachable  # noqa: E402
 from wire.sizes import parse_size  # noqa: E402
@@ -253,7 +254,7 @@ class ChaosHost:
 
     def show(self) -> dict[str, Any] | None:
         """irqbus's `show`: its guests and (with restart support) its instance's epoch."""
-        client = RpcClient(self.irq_endpoint, timeout=0.5, retries=1)
+        client = RpcClient(self.irq_endpoint, server=Server.IRQBUS, timeout=0.5, retries=1)
         try:
             return fetch_show(client)
         except (Unreachable, RemoteError):
@@ -270,7 +271,7 @@ class ChaosHost:
 
     def interrupts(self, guest: str) -> list[dict[str, Any]] | None:
         """The guest's /proc/interrupts rows (`guest interrupts --json`, through irqbus)."""
-        client = RpcClient(self.irq_endpoint, timeout=1.0, retries=1)
+        client = RpcClient(self.irq_endpoint, server=Server.IRQBUS, timeout=1.0, retries=1)
         try:
             return client.call("interrupts", {"guest": guest, "format": "json"}).get("rows", [])
         except (Unreachable, RemoteError):

@@ -16,7 +16,9 @@ from guest.pace import parse_pace
 from guest.service import DEFAULT_HEARTBEAT_S, GuestService, GuestSettings, HypervisorRestarted
 from wire.domain_end import DomainEnd
 from wire.operations import ON_CRASH
-from wire import endpoints, logsetup
+from wire import endpoints, logsetup, security
+from wire.keys import Role, key_name_for
+from wire.security import Server
 from wire.arguments import domain, positive_number, seconds, whole_number
 from wire.errors import RemoteError
 from wire.heartbeat import MAX_COUNT, MAX_DELAY_S
@@ -112,12 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     interrupts_options(run)
+    security.add_arguments(run, "guest-NAME")
 
     show = sub.add_parser("interrupts", help="print a running guest's /proc/interrupts (asked through irqbus)")
     show.add_argument("name", type=domain, help="guest name or domid")
     show.add_argument("--json", action="store_true", help="the rows as JSON, with per-action counts")
     show.add_argument("--irqbus", help=f"irqbus endpoint (env {endpoints.IRQBUS_ENV}, default {endpoints.DEFAULT_IRQBUS})")
     show.add_argument("--timeout", type=seconds, default=1.0, help="seconds to wait for each of 3 attempts")
+    security.add_arguments(show, "toolstack")
     return parser
 
 
@@ -125,6 +129,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.name:
         args.name = default_name()
     log = logsetup.configure(args.log_level, "guest")
+    if args.key == "guest-NAME":
+        args.key = key_name_for(args.name)
+    hypervisor_ep = endpoints.endpoint(args.hypervisor, endpoints.HYPERVISOR_ENV)
+    irqbus_ep = getattr(args, "irqbus", None) or os.environ.get(endpoints.IRQBUS_ENV)
+    if (failed := security.setup(args, Role.GUEST, [hypervisor_ep, *([irqbus_ep] if irqbus_ep else [])], "guest run",
+                                 (Server.HYPERVISOR, *((Server.IRQBUS,) if irqbus_ep else ())))) is not None:
+        return failed
     max_pages = args.maxmem if args.maxmem is not None else args.memory
     if max_pages < args.memory:
         print("guest run: --maxmem must not be below --memory", file=sys.stderr)

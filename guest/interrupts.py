@@ -25,6 +25,7 @@ from guest.irqlink import IrqLink, Request
 from wire import envelope
 from wire import multipart
 from wire.client import RpcClient
+from wire.security import Server
 from wire.epoch import read_epoch
 from wire.errors import RemoteError, Unreachable
 from wire.operations import VIRQS
@@ -54,7 +55,7 @@ class IrqbusAttachment:
         self.endpoint = endpoint
         self.link = IrqLink(specs, spurious, virqs)
         self.notify: Callable[[str], None] = lambda name: None
-        self.client = RpcClient(endpoint, timeout=timeout_s, retries=1)
+        self.client = RpcClient(endpoint, server=Server.IRQBUS, timeout=timeout_s, retries=1)
         self.socket: zmq.Socket = self.client.socket
         self.log = log
         self.clock = clock

@@ -17,8 +17,10 @@ from guest.drivers import DriverSpec, check_specs, parse_device
 from guest.interrupts import IrqbusAttachment
 from guest.irq import SpuriousPolicy
 from guest.service import Attachment
-from wire import endpoints
+from wire import endpoints, security
+from wire.keys import Role
 from wire.arguments import positive_number
+from wire.security import Server
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable, report_failure
 from wire.operations import VIRQS
@@ -89,7 +91,9 @@ def lines_for_terminal(text: str) -> str:
 
 def show_interrupts(args: argparse.Namespace) -> int:
     endpoint = endpoints.endpoint(args.irqbus, endpoints.IRQBUS_ENV)
-    client = RpcClient(endpoint, timeout=args.timeout, retries=2)
+    if (failed := security.setup(args, Role.TOOLSTACK, [endpoint], "guest interrupts", (Server.IRQBUS,))) is not None:
+        return failed
+    client = RpcClient(endpoint, server=Server.IRQBUS, timeout=args.timeout, retries=2)
     try:
         result = client.call("interrupts", {"guest": args.name, "format": "json" if args.json else "text"})
     except (Unreachable, RemoteError) as err:

@@ -30,6 +30,7 @@ from guest.memory import GuestMemory
 from guest.pace import Pace, Unlimited
 from wire.backoff import Backoff
 from wire.client import Outage, RpcClient
+from wire.security import Server
 from wire.domain_end import DomainEnd, parse_domain_end
 from wire.errors import RemoteError, Unreachable
 from wire.extent import Extent
@@ -119,7 +120,7 @@ class GuestService:
         self.clock = clock
         self.speed = settings.speed
         self.client = RpcClient(
-            settings.hypervisor, timeout=settings.rpc_timeout_s, backoff_cap=settings.retry_cap_s,
+            settings.hypervisor, server=Server.HYPERVISOR, timeout=settings.rpc_timeout_s, backoff_cap=settings.retry_cap_s,
             on_outage=self._hypervisor_unreachable, on_back=self._hypervisor_back,
         )
         self.balloon: Balloon | None = None

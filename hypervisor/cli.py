@@ -19,8 +19,10 @@ from hypervisor.service import HypervisorService
 from hypervisor.toolstack import Toolstack, format_info, format_list, format_snapshot
 from hypervisor.virq import VirqSender
 from irqbus.show import fetch_show
-from wire import endpoints, logsetup
+from wire import endpoints, logsetup, security
+from wire.keys import Role
 from wire.arguments import domain, seconds, whole_number
+from wire.security import Server
 from wire.client import RpcClient
 from wire.control import parse_assignments
 from wire.operations import ON_CRASH
@@ -83,11 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(or kept as crashed, with on_crash=preserve); default: never (a slow guest is not a dead one)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    security.add_arguments(serve, "hypervisor")
 
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--admin-endpoint", help=f"the hypervisor's admin endpoint (env {endpoints.ADMIN_ENV})")
         cmd.add_argument("--timeout", type=seconds, default=1.0, help="seconds to wait for each of 3 attempts")
+        security.add_arguments(cmd, "toolstack")
         return cmd
 
     for name, help_text in [
@@ -127,6 +131,10 @@ def serve(args: argparse.Namespace) -> int:
     guest_ep = endpoints.endpoint(args.guest_endpoint, endpoints.HYPERVISOR_ENV)
     admin_ep = endpoints.endpoint(args.admin_endpoint, endpoints.ADMIN_ENV)
     irqbus_ep = args.irqbus or os.environ.get(endpoints.IRQBUS_ENV)
+    if (failed := security.setup(args, Role.HYPERVISOR, [guest_ep, admin_ep, *([irqbus_ep] if irqbus_ep else [])], "hypervisor serve",
+                                 (Server.IRQBUS,) if irqbus_ep else ())) is not None:
+        return failed
+    log.info("keys", **security.current().describe())
     stop = stop_on_signals()
     journal: Journal | None = None
     if args.state is None:
@@ -172,6 +180,10 @@ def serve(args: argparse.Namespace) -> int:
 
 def run_client(args: argparse.Namespace) -> int:
     endpoint = endpoints.endpoint(args.admin_endpoint, endpoints.ADMIN_ENV)
+    irqbus_ep = getattr(args, "irqbus", None) or os.environ.get(endpoints.IRQBUS_ENV)
+    if (failed := security.setup(args, Role.TOOLSTACK, [endpoint, *([irqbus_ep] if irqbus_ep else [])], f"hypervisor {args.command}",
+                                 (Server.HYPERVISOR, *((Server.IRQBUS,) if irqbus_ep else ())))) is not None:
+        return failed
     tool = Toolstack(endpoint, timeout=args.timeout)
     try:
         if args.command == "top":
@@ -214,7 +226,7 @@ def run_client(args: argparse.Namespace) -> int:
 def run_top(args: argparse.Namespace, tool: Toolstack) -> int:
     stop = stop_on_signals()
     irqbus_ep = args.irqbus or os.environ.get(endpoints.IRQBUS_ENV)
-    irqbus = RpcClient(irqbus_ep, timeout=0.3, retries=0) if irqbus_ep else None
+    irqbus = RpcClient(irqbus_ep, server=Server.IRQBUS, timeout=0.3, retries=0) if irqbus_ep else None
 
     def interrupts() -> dict[str, int] | None:
         """Interrupts delivered to each guest so far, as irqbus counts them (None: no irqbus)."""

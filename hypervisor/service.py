@@ -23,6 +23,8 @@ from wire import envelope
 from wire import multipart
 from wire.errors import ErrorCode
 from wire.operations import Endpoint
+from wire import security as security_module
+from wire.security import Security
 
 POLL_MS = 100
 HARD_FRAME_LIMIT = 64 << 20  # past this ZeroMQ drops the peer; up to it we answer EMSGSIZE
@@ -39,8 +41,11 @@ class HypervisorService:
         context: zmq.Context | None = None,
         virqs: VirqSender | None = None,
         journal: Journal | None = None,
+        security: Security | None = None,
     ) -> None:
         self.hypervisor = hypervisor
+        self.security = security or security_module.current()
+        self._authenticated = not self.security.insecure
         self.journal = journal
         # The turn's batch, held until it is committed: its outcomes (for the journal's events
         # and the log), the frames to send (replies, and pushed events: `note` says which), the
@@ -64,6 +69,7 @@ class HypervisorService:
         sock = self._context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, HARD_FRAME_LIMIT)
+        self.security.secure_server(sock)
         sock.bind(address)
         return sock
 
@@ -137,7 +143,7 @@ class HypervisorService:
         """Serve what is queued without a poll per message; the budget keeps the sockets fair."""
         for _ in range(budget):
             try:
-                identity, body, req = multipart.receive_routed(sock, multipart.NOBLOCK)
+                identity, body, req, user = multipart.receive_routed(sock, multipart.NOBLOCK, self._authenticated)
             except zmq.Again:
                 return
             self._serve_one(sock, identity, body, req)

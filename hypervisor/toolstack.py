@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from wire.client import RpcClient
+from wire.security import Server
 from wire.extent import PAGE_KIB
 from wire.pages import every_page
 from wire.shown import for_terminal
@@ -14,7 +15,7 @@ from wire.sizes import pages_to_mib
 
 class Toolstack:
     def __init__(self, endpoint: str, timeout: float = 1.0, retries: int = 2) -> None:
-        self.client = RpcClient(endpoint, timeout=timeout, retries=retries)
+        self.client = RpcClient(endpoint, server=Server.HYPERVISOR, timeout=timeout, retries=retries)
 
     def close(self) -> None:
         self.client.close()

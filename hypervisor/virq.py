@@ -13,6 +13,8 @@ import structlog
 import zmq
 
 from wire import envelope
+from wire import security
+from wire.security import Server
 
 
 class VirqSender:
@@ -22,6 +24,7 @@ class VirqSender:
         self.socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.IMMEDIATE, 1)
+        security.current().secure_client(self.socket, Server.IRQBUS)
         self.socket.connect(endpoint)
         self.client_id = "hypervisor-" + secrets.token_hex(6)
         self.seq = 0

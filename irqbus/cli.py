@@ -16,7 +16,9 @@ from irqbus.dispatch import IrqBus
 from irqbus.queries import DEFAULT_QUERY_TIMEOUT_S
 from irqbus.service import IrqbusService
 from irqbus.show import fetch_show, format_show
-from wire import endpoints, logsetup
+from wire import endpoints, logsetup, security
+from wire.keys import Role
+from wire.security import Server
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable, report_failure
 from wire.arguments import domain, positive_number, seconds, whole_number
@@ -53,11 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--endpoint", help=ep_help)
     serve.add_argument("--query-timeout", type=seconds, default=DEFAULT_QUERY_TIMEOUT_S, help="seconds a guest has to answer a forwarded query")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    security.add_arguments(serve, "irqbus")
 
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--endpoint", help=ep_help)
         cmd.add_argument("--timeout", type=seconds, default=1.0, help="seconds to wait for each of 2 attempts")
+        security.add_arguments(cmd, "toolstack")
         return cmd
 
     def device_command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -105,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(args: argparse.Namespace) -> int:
     log = logsetup.configure(args.log_level, "irqbus")
     endpoint = endpoints.endpoint(args.endpoint, endpoints.IRQBUS_ENV)
+    if (failed := security.setup(args, None, [endpoint], "irqbus serve")) is not None:
+        return failed
+    log.info("keys", **security.current().describe())
     stop = stop_on_signals()
     bus = IrqBus(args.query_timeout, started=time.monotonic())
     service = IrqbusService(bus, endpoint, log, debug=args.log_level == "debug")
@@ -154,7 +161,9 @@ def _device_process(args: argparse.Namespace, client: RpcClient) -> int:
 
 def run_client(args: argparse.Namespace) -> int:
     endpoint = endpoints.endpoint(args.endpoint, endpoints.IRQBUS_ENV)
-    client = RpcClient(endpoint, timeout=args.timeout, retries=1)
+    if (failed := security.setup(args, Role.TOOLSTACK, [endpoint], f"irqbus {args.command}", (Server.IRQBUS,))) is not None:
+        return failed
+    client = RpcClient(endpoint, server=Server.IRQBUS, timeout=args.timeout, retries=1)
     try:
         if args.command == "show":
             result = fetch_show(client, args.guest)

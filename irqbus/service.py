@@ -17,6 +17,8 @@ from irqbus.dispatch import QUIET_OPS, IrqBus, Outcome
 from wire import envelope
 from wire import multipart
 from wire.errors import ErrorCode
+from wire import security as security_module
+from wire.security import Security
 
 POLL_MS = 100
 HARD_FRAME_LIMIT = 64 << 20  # past this ZeroMQ drops the peer; up to it we answer EMSGSIZE
@@ -35,8 +37,11 @@ class IrqbusService:
         clock: Callable[[], float] = time.monotonic,
         context: zmq.Context | None = None,
         debug: bool = False,
+        security: Security | None = None,
     ) -> None:
         self.bus = bus
+        self.security = security or security_module.current()
+        self._authenticated = not self.security.insecure
         self.log = log
         self.clock = clock
         self.debug = debug
@@ -45,6 +50,7 @@ class IrqbusService:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, HARD_FRAME_LIMIT)
         self.socket.setsockopt(zmq.SNDHWM, SEND_QUEUE)
+        self.security.secure_server(self.socket)
         self.socket.bind(endpoint)
         self._routes: dict[str, list[bytes]] = {}  # client id -> its reply envelope, for events and held replies
         self._dropped = 0
@@ -77,7 +83,7 @@ class IrqbusService:
         """Serve what is queued without a poll per message."""
         for _ in range(DRAIN_BUDGET):
             try:
-                identity, body, req = multipart.receive_routed(self.socket, multipart.NOBLOCK)
+                identity, body, req, user = multipart.receive_routed(self.socket, multipart.NOBLOCK, self._authenticated)
             except zmq.Again:
                 return
             self._serve_one(identity, body, req)

@@ -20,6 +20,7 @@ from scenarios.clock import ScenarioClock
 from scenarios.launch import Host, Processes
 from scenarios.recording import Recording, Sample, StepRecord
 from scenarios.spec import DRIVER_CHECKS, Action, Check, Expectation, Scenario, Step, StepOutcome
+from wire.security import Server
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable
 from wire.sizes import pages_to_mib, size_to_pages
@@ -379,7 +380,7 @@ class Runner:
 
     def _line_state(self, exp: Expectation) -> tuple[bool, str]:
         """Ask each guest, through irqbus, whether genirq disabled the line (nobody cared)."""
-        client = RpcClient(self.irqbus_endpoint, timeout=1.0, retries=2)
+        client = RpcClient(self.irqbus_endpoint, server=Server.IRQBUS, timeout=1.0, retries=2)
         bad, seen = [], []
         try:
             for guest in exp.guests:

@@ -1,8 +1,27 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
 
 from tests.processes import Processes
+from wire.keys import KEYS_ENV, KeyDir, Role
+
+# The run's own key directory (docs/protocol.md): every process the tests start, and the tests'
+# own clients, find their keys here (created on first use), never in the user's.
+_KEYS = tempfile.mkdtemp(prefix="ballonet-test-keys-")
+os.environ[KEYS_ENV] = _KEYS
+# provisioned before any process starts, as a host's are (ballonet keys create)
+_dir = KeyDir(_KEYS)
+_dir.pair("hypervisor", role=Role.HYPERVISOR)
+_dir.pair("irqbus")
+_dir.pair("toolstack", role=Role.TOOLSTACK)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_KEYS, ignore_errors=True)
 
 
 @pytest.fixture

@@ -6,8 +6,12 @@ import json
 import subprocess
 from typing import Any
 
+import zmq
+
 from scenarios.launch import REPO, Processes, wait_for
 from scenarios.launch import Host as _Host
+from wire import security
+from wire.security import Server
 
 __all__ = ["REPO", "Host", "Irqbus", "Processes", "wait_for"]
 
@@ -55,3 +59,11 @@ class Irqbus:
         """How often each action on `irq` said HANDLED."""
         row = self.interrupts(guest).get(irq)
         return {a["name"]: a["handled"] for a in row["actions"]} if row else {}
+
+
+def secure(sock: zmq.Socket, endpoint: str) -> zmq.Socket:
+    """CURVE for a test's raw socket, as for the tests' own clients (the run's toolstack key):
+    irqbus's endpoints are named irq*, the hypervisor's anything else (scenarios.launch)."""
+    server = Server.IRQBUS if endpoint.rsplit("/", 1)[-1].startswith("irq") else Server.HYPERVISOR
+    security.current().secure_client(sock, server)
+    return sock

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 import zmq
 
-from tests.processes import Host, Irqbus, Processes, wait_for
+from tests.processes import secure, Host, Irqbus, Processes, wait_for
 
 MIB = 1 << 20
 
@@ -29,7 +29,7 @@ class Socket:
     def __init__(self, ctx: zmq.Context, kind: int, endpoint: str) -> None:
         self.sock = ctx.socket(kind)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
+        secure(self.sock, endpoint).connect(endpoint)
         self.kind = kind
 
     def send(self, *frames: bytes) -> None:

@@ -11,7 +11,7 @@ from guest.memory import GuestMemory
 from hypervisor.dispatch import Hypervisor
 from hypervisor.toolstack import format_list
 from hypervisor.top import Frame, render
-from tests.processes import Host
+from tests.processes import secure, Host
 from wire import envelope
 from wire.extent import Extent
 from guest.generations import DriverGeneration
@@ -164,7 +164,7 @@ def test_list_and_top_survive_a_guest_that_sends_garbage(procs):
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(host.guest_endpoint)
+    secure(sock, host.guest_endpoint).connect(host.guest_endpoint)
 
     def call(seq: int, op: str, **args) -> dict:
         sock.send(msgpack.packb({"v": 1, "op": op, "seq": seq, "client": "evil", "args": args}))

@@ -11,7 +11,7 @@ import msgpack
 import pytest
 import zmq
 
-from tests.processes import REPO, Host
+from tests.processes import secure, REPO, Host
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,7 +23,7 @@ class RawClient:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
+        secure(self.sock, endpoint).connect(endpoint)
         self.client, self.seq = client, 0
 
     def close(self) -> None:
@@ -176,7 +176,7 @@ def test_a_req_socket_client_is_served_too(host):
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(host.admin_endpoint)
+    secure(sock, host.admin_endpoint).connect(host.admin_endpoint)
     try:
         sock.send(msgpack.packb({"v": 1, "op": "info", "seq": 1, "client": "req-client", "args": {}}))
         assert sock.poll(5000)

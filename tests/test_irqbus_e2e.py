@@ -16,7 +16,7 @@ import msgpack
 import pytest
 import zmq
 
-from tests.processes import REPO, Host, Irqbus, Processes, wait_for
+from tests.processes import secure, REPO, Host, Irqbus, Processes, wait_for
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def test_bad_input_is_answered_and_irqbus_keeps_serving(procs, bus):
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(bus.endpoint)
+    secure(sock, bus.endpoint).connect(bus.endpoint)
 
     def ask(frame: bytes | list[bytes]) -> dict[str, Any]:
         sock.send_multipart(frame if isinstance(frame, list) else [frame])
@@ -201,7 +201,7 @@ def test_show_reports_every_guest_when_they_do_not_fit_in_one_message(procs, bus
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(bus.endpoint)
+    secure(sock, bus.endpoint).connect(bus.endpoint)
     seqs: dict[str, int] = {}
 
     def call(client: str, op: str, **args: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import msgpack
 import pytest
 import zmq
 
-from tests.processes import Host, Irqbus, Processes, wait_for
+from tests.processes import secure, Host, Irqbus, Processes, wait_for
 from tests.test_irqbus_e2e import wait_line_up
 
 DEVICE_TIMERS = ("--timeout", "0.3", "--max-retry-delay", "0.2")
@@ -99,7 +99,7 @@ def test_a_device_waits_for_its_guest_and_ends_when_the_guest_detaches(procs):
     ctx = zmq.Context()
     guest = ctx.socket(zmq.DEALER)
     guest.setsockopt(zmq.LINGER, 0)
-    guest.connect(bus.endpoint)
+    secure(guest, bus.endpoint).connect(bus.endpoint)
 
     def call(seq: int, op: str, **args: Any) -> dict[str, Any]:
         guest.send(msgpack.packb({"v": 1, "op": op, "seq": seq, "client": "vm9-irq", "args": args}))

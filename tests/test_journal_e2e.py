@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tests.processes import Host, wait_for
+from wire.security import Server
 from wire.client import RpcClient
 
 pytestmark = pytest.mark.timeout(90)
@@ -64,7 +65,7 @@ def journal(tmp_path_factory):
     try:
         path = tmp_path_factory.mktemp("journal") / "hv.db"
         host = Host(procs, memory="64m", state=path)
-        with RpcClient(host.guest_endpoint, client_id="c-one") as one, RpcClient(host.guest_endpoint, client_id="c-two") as two:
+        with RpcClient(host.guest_endpoint, server=Server.HYPERVISOR, client_id="c-one") as one, RpcClient(host.guest_endpoint, server=Server.HYPERVISOR, client_id="c-two") as two:
             one.call("register", {"name": "one", "memory_pages": 1000, "max_pages": 2000})
             two.call("register", {"name": "two", "memory_pages": 500, "max_pages": 2000})
         procs.stop(host.proc)

@@ -8,7 +8,7 @@ import pytest
 import zmq
 
 from hypervisor.dispatch import LIST_PAGE_BYTES, Hypervisor
-from tests.processes import Host
+from tests.processes import secure, Host
 from wire import envelope
 from wire.envelope import MAX_MESSAGE_BYTES
 from wire.errors import RemoteError
@@ -134,7 +134,7 @@ def test_hypervisor_list_reads_every_page_of_4096_domains(procs):
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(host.guest_endpoint)
+    secure(sock, host.guest_endpoint).connect(host.guest_endpoint)
     try:
         requests = [("register", {"name": name(i), "memory_pages": 1, "max_pages": 1}, i) for i in range(DOMAINS)]
         requests += [("status", {"balloon": full_stats(i)}, i) for i in range(DOMAINS)]

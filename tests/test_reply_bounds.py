@@ -96,14 +96,14 @@ def test_a_guest_registers_on_a_fragmented_host(procs):
     retried forever, holding a domain it could not use."""
     import zmq
 
-    from tests.processes import Host, wait_for
+    from tests.processes import Host, secure, wait_for
 
     total = 320_000  # 160,000 single free pages: a 1.1 MB register reply before paging
     host = Host(procs, memory=f"{total * 4}k", log_level="info")
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(host.guest_endpoint)
+    secure(sock, host.guest_endpoint).connect(host.guest_endpoint)
 
     def call(seq: int, op: str, **args) -> dict:
         sock.send(frame(op, seq, "hog", **args))

@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from wire import envelope, multipart
+from wire.security import Security
 from wire.client import RpcClient, Unreachable
 
 pytestmark = pytest.mark.timeout(20)
@@ -28,7 +29,7 @@ class Server:
     def serve(self, deaf: int, answered: int) -> threading.Thread:
         def run() -> None:
             while len(self.frames) < deaf + answered and self.sock.poll(5000):
-                identity, frames, _ = multipart.receive_routed(self.sock)
+                identity, frames, _, _ = multipart.receive_routed(self.sock)
                 self.frames.append(frames[0])
                 if len(self.frames) > deaf:
                     seq = msgpack.unpackb(frames[0])["seq"]
@@ -65,7 +66,7 @@ def test_a_request_retried_without_limit_backs_off_to_the_cap_and_the_outage_is_
     ctx, server, endpoint = net
     told: list[tuple] = []
     client = RpcClient(
-        endpoint, context=ctx, timeout=0.05, backoff_cap=0.2,
+        endpoint, server="hypervisor", security=Security.insecure_mode(), context=ctx, timeout=0.05, backoff_cap=0.2,
         on_outage=lambda o: told.append(("gone", o.op, o.seq)), on_back=lambda o, s: told.append(("back", o.op, o.seq, s)),
     )
     waits = record_waits(client)
@@ -85,7 +86,7 @@ def test_a_request_retried_without_limit_backs_off_to_the_cap_and_the_outage_is_
 def test_unanswered_one_shot_requests_make_one_outage_and_have_no_backoff(net):
     ctx, server, endpoint = net
     told: list[str] = []
-    client = RpcClient(endpoint, context=ctx, timeout=0.05, backoff_cap=5.0, on_outage=lambda o: told.append(f"gone {o.seq}"),
+    client = RpcClient(endpoint, server="hypervisor", security=Security.insecure_mode(), context=ctx, timeout=0.05, backoff_cap=5.0, on_outage=lambda o: told.append(f"gone {o.seq}"),
                        on_back=lambda o, s: told.append(f"back {o.seq}"))
     waits = record_waits(client)
     try:
@@ -107,7 +108,7 @@ def test_a_reply_already_queued_is_taken_even_past_the_deadline(net):
     came meanwhile is there, and is no outage."""
     ctx, server, endpoint = net
     told: list[str] = []
-    client = RpcClient(endpoint, context=ctx, timeout=0.05, on_outage=lambda o: told.append("gone"))
+    client = RpcClient(endpoint, server="hypervisor", security=Security.insecure_mode(), context=ctx, timeout=0.05, on_outage=lambda o: told.append("gone"))
     try:
         thread = server.serve(deaf=0, answered=1)
         seq = client.post("status")

@@ -19,7 +19,7 @@ from scenarios import report
 from scenarios.recording import Recording, Sample, StepRecord
 from scenarios.runner import Run
 from scenarios.spec import Scenario
-from tests.processes import REPO, Irqbus
+from tests.processes import REPO, Irqbus, secure
 from wire.errors import RemoteError, report_failure
 
 ESC = "\x1b]0;owned\x07\x1b[2J\x1b[31m"
@@ -90,7 +90,7 @@ def test_guest_interrupts_escapes_what_the_guest_answers(procs):
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(bus.endpoint)
+    secure(sock, bus.endpoint).connect(bus.endpoint)
     asker = None
     try:
         sock.send(msgpack.packb({"v": 1, "op": "attach", "seq": 1, "client": "evil", "args": {"name": "evil", "domid": 1}}))
@@ -134,7 +134,7 @@ def test_a_server_logging_to_a_terminal_escapes_what_clients_wrote(procs):
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    secure(sock, endpoint).connect(endpoint)
     out = b""
     try:
         sock.send(msgpack.packb({"v": 1, "op": "nuke" + ESC, "seq": 1, "client": "c" + ESC, "args": {}}))

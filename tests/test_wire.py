@@ -177,13 +177,13 @@ def test_receive_routed_tells_req_from_a_dealers_two_frames(tmp_path):
         dealer.connect(endpoint)
         req.send(b"from req")
         assert router.poll(2000)
-        identity, frames, is_req = multipart.receive_routed(router)
+        identity, frames, is_req, _ = multipart.receive_routed(router)
         assert (frames, is_req) == ([b"from req"], True)
         multipart.send(router, [*multipart.envelope_of(identity, is_req), b"answer"])
         assert req.poll(2000) and req.recv() == b"answer"
         dealer.send_multipart([b"", b"payload"])
         assert router.poll(2000)
-        _, frames, is_req = multipart.receive_routed(router)
+        _, frames, is_req, _ = multipart.receive_routed(router)
         assert (frames, is_req) == ([b"", b"payload"], False)
     finally:
         for sock in (router, req, dealer):
@@ -200,6 +200,7 @@ def test_the_client_resends_a_request_the_server_could_not_take_yet(tmp_path):
 
     from wire import multipart
     from wire.client import RpcClient
+    from wire.security import Security, Server
     from wire.errors import RemoteError
 
     ctx = zmq.Context()
@@ -211,7 +212,7 @@ def test_the_client_resends_a_request_the_server_could_not_take_yet(tmp_path):
     def serve(answers: list[dict]) -> None:
         for answer in answers:
             assert server.poll(5000)
-            identity, frames, _ = multipart.receive_routed(server)
+            identity, frames, _, _ = multipart.receive_routed(server)
             seen.append(frames[0])
             seq = msgpack.unpackb(frames[0])["seq"]
             multipart.send(server, [identity, envelope.encode({"v": 1, "seq": seq, **answer})])
@@ -220,13 +221,13 @@ def test_the_client_resends_a_request_the_server_could_not_take_yet(tmp_path):
     try:
         thread = threading.Thread(target=serve, args=([busy, busy, {"ok": True, "result": {"x": 1}}],))
         thread.start()
-        with RpcClient(endpoint, context=ctx, timeout=1.0, retries=3) as client:
+        with RpcClient(endpoint, server=Server.HYPERVISOR, security=Security.insecure_mode(), context=ctx, timeout=1.0, retries=3) as client:
             assert client.call("mem_set", {"domain": "a", "target_pages": 1}) == {"x": 1}
         thread.join(5)
         assert len(seen) == 3 and len(set(seen)) == 1  # the very same frame, three times
         thread = threading.Thread(target=serve, args=([busy, busy],))
         thread.start()
-        with RpcClient(endpoint, context=ctx, timeout=1.0, retries=1) as client, pytest.raises(RemoteError) as err:
+        with RpcClient(endpoint, server=Server.HYPERVISOR, security=Security.insecure_mode(), context=ctx, timeout=1.0, retries=1) as client, pytest.raises(RemoteError) as err:
             client.call("mem_set", {"domain": "a", "target_pages": 1})
         assert err.value.code == "EAGAIN"
         thread.join(5)

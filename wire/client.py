@@ -17,9 +17,13 @@ from typing import Any
 import zmq
 
 from wire import envelope
+from wire import security as security_module
 from wire.backoff import Backoff
 from wire import multipart
 from wire.errors import MAX_BOOT_ID, MAX_REASON, RemoteError, Unreachable
+from wire.security import Security, Server
+
+_HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 EAGAIN_PAUSE_S = 0.25  # before resending a request the server could not take yet
 
@@ -42,12 +46,17 @@ class RpcClient:
 
     `on_outage(outage)` is called once when an attempt goes unanswered, `on_back(outage,
     seconds)` once when anything arrives from the server again: a log line per change of
-    state, not per try."""
+    state, not per try.
+
+    `server` names whose public key the connection expects (wire.security): the process's
+    setting (`security.current()`) unless `security` is given."""
 
     def __init__(
         self,
         endpoint: str,
         *,
+        server: Server | str,
+        security: Security | None = None,
         context: zmq.Context | None = None,
         timeout: float = 1.0,
         retries: int = 3,
@@ -67,8 +76,15 @@ class RpcClient:
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1024)
         self._seq = 0
         self._context = context or zmq.Context.instance()
+        self.server = Server(server)
+        self.security = security or security_module.current()
         self.socket = self._context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.security.secure_client(self.socket, self.server)
+        # CURVE: a handshake that fails (a wrong server key, a server without CURVE) is silence
+        # to the sender; the monitor lets an Unreachable say why.
+        self._monitor = None if self.security.insecure else self.socket.get_monitor_socket(_HANDSHAKE_FAILED)
+        self.handshake_failures = 0
         self.socket.connect(endpoint)
 
     @property
@@ -77,7 +93,25 @@ class RpcClient:
         return self._seq
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self.socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         self.socket.close(linger=0)
+
+    def handshake_hint(self) -> str:
+        """Why the server may be silent: the CURVE handshakes that failed so far, if any."""
+        if self._monitor is not None:
+            while self._monitor.poll(0):
+                self._monitor.recv_multipart()
+                self.handshake_failures += 1
+        if not self.handshake_failures:
+            return ""
+        where = self.security.keys.public_file(str(self.server)) if self.security.keys is not None else f"{self.server}.key"
+        return (
+            f"; the CURVE handshake failed {self.handshake_failures} time(s): the server's key is not the one in {where} "
+            f"(a wrong or stale server key), or the server runs --insecure"
+        )
 
     def __enter__(self) -> RpcClient:
         return self
@@ -128,7 +162,9 @@ class RpcClient:
                 time.sleep(min(self.timeout, EAGAIN_PAUSE_S))
             attempt += 1
             if (budget >= 0 and attempt > budget) or (should_stop is not None and should_stop()):
-                raise Unreachable(f"no reply from {self.endpoint} to {op!r} after {attempt} attempt(s) in {time.monotonic() - started:.3g} s")
+                raise Unreachable(
+                    f"no reply from {self.endpoint} to {op!r} after {attempt} attempt(s) in {time.monotonic() - started:.3g} s{self.handshake_hint()}"
+                )
 
     def _unanswered(self, op: str, seq: int, sent: float) -> None:
         if self.outage is None:

@@ -12,6 +12,7 @@ class ErrorCode(enum.StrEnum):
     EINVAL = "EINVAL"  # a field has the wrong type or is out of range
     ENOMEM = "ENOMEM"  # the pool cannot build what was asked (domain creation)
     EPERM = "EPERM"  # the caller may not do this (someone else's pages, not its endpoint)
+    EACCES = "EACCES"  # the caller's key has no right to this (wire.gate): who it is, not what it asked
     ESRCH = "ESRCH"  # no such domain, or the client has not registered one
     EEXIST = "EEXIST"  # a domain with that name exists
     EPROTO = "EPROTO"  # the envelope is broken: not msgpack, wrong version, bad sequence
@@ -56,7 +57,8 @@ def report_failure(err: RemoteError | Unreachable, command: str, server: str, en
     """How every client command tells its user that the server refused it or never answered;
     the exit status is 1 either way. The server's words are escaped for the terminal."""
     if isinstance(err, Unreachable):
-        print(f"{command}: no {server} answered at {endpoint} (is `{server} serve` running?)", file=sys.stderr)
+        hint = str(err).partition("; ")[2]  # the client's own diagnosis (a failed CURVE handshake)
+        print(f"{command}: no {server} answered at {endpoint} (is `{server} serve` running?){'; ' + hint if hint else ''}", file=sys.stderr)
     else:
         print(f"{command}: {for_terminal(err.code)}: {for_terminal(err.message)}", file=sys.stderr)
     return 1

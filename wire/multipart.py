@@ -32,9 +32,10 @@ def send(sock: zmq.Socket, parts: list[bytes], flags: int = 0) -> None:
     sock.send(parts[-1], flags)
 
 
-def receive_routed(sock: zmq.Socket, flags: int = 0) -> tuple[bytes, list[bytes], bool]:
-    """A ROUTER's message: the peer's identity, the message's frames, and whether the peer is
-    a REQ socket. A REQ peer's empty delimiter frame is removed here; the peer type comes from
+def receive_routed(sock: zmq.Socket, flags: int = 0, authenticated: bool = False) -> tuple[bytes, list[bytes], bool, str | None]:
+    """A ROUTER's message: the peer's identity, the message's frames, whether the peer is
+    a REQ socket, and (`authenticated`: a CURVE socket) the public key it authenticated with,
+    as the ZAP handler named it (wire.security), else None. A REQ peer's empty delimiter frame is removed here; the peer type comes from
     the connection's ZMTP metadata ("Socket-Type"), so a DEALER that sends ["", payload] is
     not mistaken for REQ (its message has two frames), and no event is pushed to a REQ peer,
     which would drop the connection on an unsolicited message."""
@@ -52,7 +53,13 @@ def receive_routed(sock: zmq.Socket, flags: int = 0) -> tuple[bytes, list[bytes]
             req = True
         if req:
             del frames[0]
-    return identity, [f.bytes for f in frames], req
+    user = None
+    if authenticated and frames:
+        try:
+            user = frames[-1].get("User-Id")
+        except zmq.ZMQError:
+            user = None
+    return identity, [f.bytes for f in frames], req, user
 
 
 def envelope_of(identity: bytes, req: bool) -> list[bytes]:

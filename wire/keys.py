@@ -1,0 +1,295 @@
+"""Long-term CURVE keys and who may do what with them, in one directory per host (or per run).
+
+The directory (`--keys DIR`, else $BALLONET_KEYS, else $XDG_CONFIG_HOME/ballonet, else
+~/.config/ballonet) holds, per key NAME, the two files ZeroMQ's own tools use (zmq.auth,
+CZMQ's zcert): `NAME.key` with the public key and `NAME.key_secret` with both, mode 0600.
+Servers find their clients' rights in `authorized` (one line per key: role, public key, name,
+and for a device the guests it may be plugged into); clients find a server's public key in
+`hypervisor.key` or `irqbus.key`. A key a command creates on first use is authorized for that
+command's role at once: whoever can write this directory already holds the host.
+
+Why files and not a database: Docker secrets, `scp` and `chmod` all work on files, and a
+non-Python client reads the same ones (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+KEYS_ENV = "BALLONET_KEYS"
+AUTHORIZED = "authorized"
+PUBLIC_SUFFIX = ".key"
+SECRET_SUFFIX = ".key_secret"
+Z85_KEY_CHARS = 40  # a 32-byte Curve25519 key in Z85
+MAX_GUEST_SCOPE = 64
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_Z85 = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
+
+
+class Role(enum.StrEnum):
+    """What a key may do (wire.authority says which operation needs which)."""
+
+    TOOLSTACK = "toolstack"  # dom0: the admin endpoint, and everything on irqbus but virqs
+    HYPERVISOR = "hypervisor"  # raises virqs on irqbus and tells it which key owns which domain
+    GUEST = "guest"  # registers a domain (only needed where the hypervisor runs `--guests authorized`)
+    DEVICE = "device"  # plugs itself into the guests it is scoped to, raises on what it plugged
+
+
+class KeyFileError(Exception):
+    """A key file is missing, malformed or unsafe; the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    name: str
+    public: bytes  # Z85, 40 bytes
+    secret: bytes | None  # None: only the public half is here (another process's key)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One line of `authorized`."""
+
+    role: Role
+    key: str  # Z85 public key
+    name: str
+    guests: frozenset[int] = frozenset()  # a device's scope; empty: any guest
+
+    def line(self) -> str:
+        scope = f" guests={','.join(str(g) for g in sorted(self.guests))}" if self.guests else ""
+        return f"{self.role} {self.key} {self.name}{scope}"
+
+
+@dataclass
+class Authorized:
+    """The parsed `authorized` file: the roles of each key."""
+
+    grants: list[Grant] = field(default_factory=list)
+
+    def roles(self, key: str) -> frozenset[Role]:
+        return frozenset(g.role for g in self.grants if g.key == key)
+
+    def device_scope(self, key: str) -> frozenset[int] | None:
+        """The guests a device key may plug into: None when it is no device, empty for any."""
+        scopes = [g.guests for g in self.grants if g.key == key and g.role is Role.DEVICE]
+        if not scopes:
+            return None
+        if any(not s for s in scopes):
+            return frozenset()
+        return frozenset().union(*scopes)
+
+
+def default_dir(flag: str | None = None) -> Path:
+    """A flag wins over $BALLONET_KEYS, which wins over the XDG configuration directory."""
+    if flag:
+        return Path(flag)
+    if os.environ.get(KEYS_ENV):
+        return Path(os.environ[KEYS_ENV])
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "ballonet"
+
+
+def check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise KeyFileError(f"bad key name {name!r}: letters, digits, '_', '.', '-', at most 64, not starting with a symbol")
+    return name
+
+
+def check_public(key: str) -> str:
+    if not _Z85.fullmatch(key):
+        raise KeyFileError(f"not a Z85 public key (40 characters): {key[:60]!r}")
+    return key
+
+
+class KeyDir:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"KeyDir({str(self.path)!r})"
+
+    # -- key pairs -------------------------------------------------------------------------------
+
+    def public_file(self, name: str) -> Path:
+        return self.path / (check_name(name) + PUBLIC_SUFFIX)
+
+    def secret_file(self, name: str) -> Path:
+        return self.path / (check_name(name) + SECRET_SUFFIX)
+
+    def public_file_exists(self, name: str) -> bool:
+        return bool(_NAME.fullmatch(name)) and self.public_file(name).exists()
+
+    def exists(self, name: str) -> bool:
+        return self.secret_file(name).exists()
+
+    def pair(self, name: str, *, create: bool = True, role: Role | None = None) -> KeyPair:
+        """This process's own key pair NAME, created (and, with `role`, authorized) on first use."""
+        secret_file = self.secret_file(name)
+        if not secret_file.exists():
+            if not create:
+                raise KeyFileError(f"no secret key {secret_file} (create it with `ballonet keys create {name}`)")
+            pair = self.create(name)
+            if role is not None:
+                self.authorize(Grant(role, pair.public.decode(), name))
+            return pair
+        self._check_private(secret_file)
+        public, secret = read_cert(secret_file)
+        if secret is None:
+            raise KeyFileError(f"{secret_file} holds no secret-key line")
+        return KeyPair(name, public, secret)
+
+    def public(self, name: str) -> bytes:
+        """Another process's public key NAME (a server's, for its clients)."""
+        public_file = self.public_file(name)
+        if not public_file.exists():
+            raise KeyFileError(
+                f"no public key {public_file}: copy the server's {name}{PUBLIC_SUFFIX} there, "
+                f"or start `{name} serve` with the same --keys/{KEYS_ENV}"
+            )
+        public, _ = read_cert(public_file)
+        return public
+
+    def create(self, name: str) -> KeyPair:
+        """A new key pair NAME; refuses to replace one (revoke and delete it first)."""
+        self._ensure_dir()
+        if self.secret_file(name).exists():
+            raise KeyFileError(f"key {name!r} exists in {self.path}")
+        public, secret = zmq.curve_keypair()
+        banner = f"#   ballonet key {name}: written by `ballonet keys`; the secret file is 0600\n"
+        write_atomic(self.public_file(name), cert_text(banner, public, None), 0o644)
+        write_atomic(self.secret_file(name), cert_text(banner, public, secret), 0o600)
+        return KeyPair(name, public, secret)
+
+    def names(self) -> list[str]:
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name[: -len(PUBLIC_SUFFIX)] for p in self.path.glob("*" + PUBLIC_SUFFIX) if _NAME.fullmatch(p.name[: -len(PUBLIC_SUFFIX)]))
+
+    # -- authorization ---------------------------------------------------------------------------
+
+    @property
+    def authorized_file(self) -> Path:
+        return self.path / AUTHORIZED
+
+    def authorized(self) -> Authorized:
+        path = self.authorized_file
+        if not path.exists():
+            return Authorized()
+        mode = path.stat().st_mode
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise KeyFileError(f"{path} is writable by others (mode {stat.S_IMODE(mode):o}): anyone could grant themselves a role; chmod go-w it")
+        return parse_authorized(path.read_text(encoding="utf-8"), str(path))
+
+    def authorize(self, grant: Grant) -> None:
+        """Add `grant` (a key already granted the same role gets the new scope instead)."""
+        current = self.authorized().grants
+        kept = [g for g in current if not (g.key == grant.key and g.role == grant.role)]
+        self._write_authorized([*kept, grant])
+
+    def revoke(self, key: str, role: Role | None = None) -> int:
+        """Remove the key's grants (of `role`, or all); returns how many went."""
+        current = self.authorized().grants
+        kept = [g for g in current if not (g.key == key and (role is None or g.role == role))]
+        self._write_authorized(kept)
+        return len(current) - len(kept)
+
+    def _write_authorized(self, grants: Iterable[Grant]) -> None:
+        self._ensure_dir()
+        text = "# role public-key name [guests=DOMID,...]   (ballonet keys authorize/revoke)\n"
+        text += "".join(g.line() + "\n" for g in grants)
+        write_atomic(self.authorized_file, text, 0o644)
+
+    # -- safety ----------------------------------------------------------------------------------
+
+    def _ensure_dir(self) -> None:
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    @staticmethod
+    def _check_private(path: Path) -> None:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyFileError(f"{path} is readable by others (mode {stat.S_IMODE(mode):o}): refusing to use a leaked secret key; chmod 600 it, or revoke it and create another")
+
+
+def parse_authorized(text: str, where: str = AUTHORIZED) -> Authorized:
+    grants = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):  # whole-line comments only: '#' is a Z85 digit
+            continue
+        words = line.split()
+        try:
+            if len(words) not in (3, 4):
+                raise KeyFileError("expected: role public-key name [guests=DOMID,...]")
+            role = Role(words[0]) if words[0] in Role.__members__.values() else None
+            if role is None:
+                raise KeyFileError(f"unknown role {words[0]!r} (one of {', '.join(Role)})")
+            guests: frozenset[int] = frozenset()
+            if len(words) == 4:
+                if not words[3].startswith("guests="):
+                    raise KeyFileError(f"unexpected {words[3]!r}")
+                guests = frozenset(int(g) for g in words[3][len("guests="):].split(","))
+                if len(guests) > MAX_GUEST_SCOPE:
+                    raise KeyFileError(f"more than {MAX_GUEST_SCOPE} guests")
+            grants.append(Grant(role, check_public(words[1]), check_name(words[2]), guests))
+        except (KeyFileError, ValueError) as err:
+            raise KeyFileError(f"{where}:{number}: {err}") from None
+    return Authorized(grants)
+
+
+def cert_text(banner: str, public: bytes, secret: bytes | None) -> str:
+    """ZeroMQ's certificate format (ZPL), as zmq.auth and CZMQ's zcert read and write it."""
+    text = banner + "metadata\ncurve\n" + f'    public-key = "{public.decode()}"\n'
+    if secret is not None:
+        text += f'    secret-key = "{secret.decode()}"\n'
+    return text
+
+
+def read_cert(path: Path) -> tuple[bytes, bytes | None]:
+    public = secret = None
+    for raw in path.read_bytes().splitlines():
+        line = raw.strip()
+        if line.startswith(b"public-key"):
+            public = line.split(b"=", 1)[1].strip(b" \t'\"")
+        elif line.startswith(b"secret-key"):
+            secret = line.split(b"=", 1)[1].strip(b" \t'\"")
+    if public is None or len(public) != Z85_KEY_CHARS or (secret is not None and len(secret) != Z85_KEY_CHARS):
+        raise KeyFileError(f"{path} is not a ZeroMQ certificate with a 40-character Z85 public-key line")
+    return public, secret
+
+
+def write_atomic(path: Path, text: str, mode: int) -> None:
+    """Write then rename, so a reader never sees half a file, and the secret is never readable
+    by others, not even for an instant (created with its mode, not chmod'ed after)."""
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name, dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def key_name_for(guest: str) -> str:
+    """A guest's default key name: `guest-NAME`, or for a name a file may not carry (any
+    printable text up to 64 characters is a domain name) its safe characters and a digest."""
+    candidate = "guest-" + guest
+    if _NAME.fullmatch(candidate):
+        return candidate
+    import hashlib
+
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", guest)[:40]
+    return f"guest-{safe}-{hashlib.blake2b(guest.encode(), digest_size=6).hexdigest()}"

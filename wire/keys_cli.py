@@ -1,0 +1,111 @@
+"""`ballonet keys`: list, create, authorize, revoke, show and import the host's keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from wire.keys import Grant, KeyDir, KeyFileError, Role, check_name, check_public, default_dir, KEYS_ENV, cert_text, read_cert, write_atomic
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ballonet", description="ballonet's host-wide tools")
+    sub = parser.add_subparsers(dest="tool", required=True)
+    keys = sub.add_parser("keys", help="the CURVE keys of this host (docs/protocol.md)")
+    keys.add_argument("--keys", metavar="DIR", help=f"key directory (env {KEYS_ENV}; default $XDG_CONFIG_HOME/ballonet)")
+    cmd = keys.add_subparsers(dest="command", required=True)
+    listing = cmd.add_parser("list", help="every key here, and the roles `authorized` gives each")
+    listing.add_argument("--json", action="store_true")
+    create = cmd.add_parser("create", help="a new key pair NAME (secret 0600); with --role, authorized at once")
+    create.add_argument("name")
+    scope_options(create, required=False)
+    authorize = cmd.add_parser("authorize", help="give a key a role (takes effect at once, also on open sessions)")
+    authorize.add_argument("key", help="a key name here, a .key file, or a 40-character Z85 public key")
+    authorize.add_argument("--name", help="the name to list it under (default: the key's name)")
+    scope_options(authorize, required=True)
+    revoke = cmd.add_parser("revoke", help="take a key's roles away (its next request is refused, even mid-session)")
+    revoke.add_argument("key", help="a key name here, a .key file, or a Z85 public key")
+    revoke.add_argument("--role", choices=[str(r) for r in Role], help="only this role (default: all)")
+    show = cmd.add_parser("show", help="print a key's public half (Z85), e.g. to authorize it on another host")
+    show.add_argument("name")
+    imp = cmd.add_parser("import", help="keep another host's public key as NAME.key (a server's, for its clients)")
+    imp.add_argument("name")
+    imp.add_argument("key", help="a .key file or a Z85 public key")
+    return parser
+
+
+def scope_options(cmd: argparse.ArgumentParser, required: bool) -> None:
+    cmd.add_argument("--role", choices=[str(r) for r in Role], required=required, help="toolstack, hypervisor, guest or device")
+    cmd.add_argument("--guest", type=int, action="append", default=[], metavar="DOMID", help="a device's guests (repeat; default any)")
+
+
+def resolve(keys: KeyDir, ref: str) -> tuple[str, str]:
+    """(public key, name) for a key name in the directory, a certificate file, or a Z85 key."""
+    if len(ref) == 40 and not Path(ref).exists() and not keys.public_file_exists(ref):
+        return check_public(ref), "imported"
+    path = Path(ref)
+    if path.suffix in (".key", ".key_secret") and path.exists():
+        return read_cert(path)[0].decode(), path.name.split(".")[0]
+    return keys.public(check_name(ref)).decode(), ref
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    keys = KeyDir(default_dir(args.keys))
+    try:
+        if args.command == "list":
+            authorized = keys.authorized()
+            rows = []
+            names = keys.names()
+            for name in names:
+                public = keys.public(name).decode()
+                rows.append({"name": name, "public_key": public, "secret": keys.exists(name), "roles": sorted(authorized.roles(public))})
+            listed = {r["public_key"] for r in rows}
+            for grant in authorized.grants:  # authorized keys whose files live elsewhere
+                if grant.key not in listed:
+                    listed.add(grant.key)
+                    rows.append({"name": grant.name, "public_key": grant.key, "secret": False, "roles": sorted(authorized.roles(grant.key))})
+            for row in rows:
+                scope = authorized.device_scope(row["public_key"])
+                row["guests"] = sorted(scope) if scope else None
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                print(f"keys in {keys.path}")
+                for row in rows:
+                    where = f" guests={','.join(map(str, row['guests']))}" if row["guests"] else ""
+                    print(f"  {row['name']:<24} {row['public_key']}  {'secret ' if row['secret'] else 'public '} {','.join(row['roles']) or '-'}{where}")
+        elif args.command == "create":
+            pair = keys.create(check_name(args.name))
+            if args.role:
+                keys.authorize(Grant(Role(args.role), pair.public.decode(), pair.name, frozenset(args.guest)))
+            print(f"{pair.name}: {pair.public.decode()} ({keys.secret_file(pair.name)}, 0600)")
+        elif args.command == "authorize":
+            public, name = resolve(keys, args.key)
+            keys.authorize(Grant(Role(args.role), public, check_name(args.name or name), frozenset(args.guest)))
+            print(f"{args.name or name}: {args.role}{' on guests ' + ','.join(map(str, args.guest)) if args.guest else ''}")
+        elif args.command == "revoke":
+            public, name = resolve(keys, args.key)
+            gone = keys.revoke(public, Role(args.role) if args.role else None)
+            if not gone:
+                print(f"ballonet keys revoke: {name} had no {args.role or 'role'} to revoke", file=sys.stderr)
+                return 1
+            print(f"{name}: {gone} grant(s) revoked")
+        elif args.command == "show":
+            print(keys.public(check_name(args.name)).decode())
+        elif args.command == "import":
+            public, _ = resolve(keys, args.key)
+            keys.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(keys.public_file(check_name(args.name)), cert_text(f"#   ballonet public key {args.name}, imported\n", public.encode(), None), 0o644)
+            print(f"{args.name}: {public}")
+    except KeyFileError as err:
+        print(f"ballonet keys {args.command}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
