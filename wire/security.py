@@ -143,7 +143,7 @@ def current() -> Security:
 
 def add_arguments(parser: argparse.ArgumentParser, default_key: str) -> None:
     group = parser.add_argument_group("security (CURVE; docs/protocol.md)")
-    group.add_argument("--keys", metavar="DIR", help=f"key directory (env {KEYS_ENV}; default $XDG_CONFIG_HOME/ballonet)")
+    group.add_argument("--keys", dest="key_dir", metavar="DIR", help=f"key directory (env {KEYS_ENV}; default $XDG_CONFIG_HOME/ballonet)")
     group.add_argument("--key", metavar="NAME", default=default_key, help=f"this process's key in DIR, created on first use (default {default_key})")
     group.add_argument("--insecure", action="store_true", help="no authentication or encryption: loopback and ipc:// endpoints only")
     group.add_argument("--insecure-network", action="store_true", help="with --insecure: allow it on other addresses too")
@@ -164,7 +164,7 @@ def from_arguments(args: argparse.Namespace, role: Role | None, endpoints: list[
         print("warning: --insecure: nothing is authenticated or encrypted; any local process may act as any guest or the toolstack", file=sys.stderr)
         return Security.insecure_mode()
     try:
-        return Security.curve(KeyDir(default_dir(args.keys)), args.key, role)
+        return Security.curve(KeyDir(default_dir(args.key_dir)), args.key, role)
     except KeyFileError as err:
         raise SecurityError(str(err)) from None
 
