@@ -19,11 +19,21 @@ in turn, and the devices take turns in short blocks -- relay, irqbus, irqbus, re
 so that every stretch of noise is seen by both. The ratios are of the pooled samples; the
 spread of the per-block ratios is printed to show how much one block alone can be trusted.
 
+Security (issue 13): each path is measured in both modes in the same run, all four setups taking
+their turns -- relay and irqbus with --insecure, relay and irqbus under CURVE. Under CURVE every
+socket on both sides is a CURVE socket with the keys it has in a deployment: the relay and irqbus
+with irqbus's key (and a ZAP handler admitting any key), the receiver and the guest with the
+guest's key, both devices with the device key. The run makes its own key directory (a temporary
+one, provisioned with wire.keys.KeyDir.pair) and starts irqbus with `--keys DIR` or `--insecure`;
+under CURVE the bench tells irqbus, with the hypervisor's key, which key owns the guest's domain
+(`owners`), as the hypervisor does. The closing table gives, per path and mode, both p50s, their
+ratio and the goal (at most 1.5x).
+
 `unseen`: samples whose raise the handler never saw on its own because it merged into a later
 interrupt (an i8259 pin holds one request while the previous one is in service, until the
 guest's ack comes back); the relay cannot merge, so any there are losses.
 
-    python bench/irq_bench.py [--samples 3000] [--rounds 100] [--period-ms 1] [--seconds 3]
+    python bench/irq_bench.py [--samples 3000] [--rounds 100] [--period-ms 1] [--seconds 3] [--modes insecure,curve]
 """
 
 from __future__ import annotations
@@ -46,6 +56,15 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from wire.keys import KeyDir, Role  # noqa: E402  (after the path: run from anywhere)
+from wire.security import Security, Server  # noqa: E402
+
+INSECURE, CURVE = "insecure", "curve"
+MODES = (INSECURE, CURVE)
+GUEST_KEY, DEVICE_KEY = "guest-bench", "device"
+GUEST_DOMID = 1
+P50_GOAL, P99_GOAL = 1.5, 2.0
+
 PATHS = {  # name: (guest --device spec, irqbus attach args)
     "i8259 edge pin 5": ("bench0:pin=5:edge", {"pin": 5, "trigger": "edge"}),
     "IOAPIC edge pin 20": ("bench0:pin=20:edge", {"pin": 20, "trigger": "edge"}),
@@ -54,13 +73,45 @@ PATHS = {  # name: (guest --device spec, irqbus attach args)
 }
 
 
+# --- keys ------------------------------------------------------------------------------------------
+
+
+def provision(keys: Path) -> None:
+    """The run's key directory, as a host's is provisioned (the keys each process would use)."""
+    directory = KeyDir(keys)
+    directory.pair("irqbus")
+    directory.pair("hypervisor", role=Role.HYPERVISOR)
+    directory.pair(GUEST_KEY, role=Role.GUEST)
+    directory.pair(DEVICE_KEY, role=Role.DEVICE)
+
+
+def security_of(mode: str, keys: str, key_name: str) -> Security:
+    return Security.curve(KeyDir(keys), key_name) if mode == CURVE else Security.insecure_mode()
+
+
+def announce_owner(endpoint: str, keys: str) -> None:
+    """What the hypervisor tells irqbus when the guest registers: which key owns its domain. An
+    irqbus that does not know `owners` yet (rights not checked) answers ENOSYS: nothing to tell."""
+    from wire.client import RpcClient
+    from wire.errors import RemoteError
+
+    guest = KeyDir(keys).public(GUEST_KEY).decode()
+    with RpcClient(endpoint, server=Server.IRQBUS, security=security_of(CURVE, keys, "hypervisor"), timeout=2.0, retries=5) as client:
+        try:
+            client.call("owners", {"domains": [[GUEST_DOMID, guest]]})
+        except RemoteError as err:
+            if err.code != "ENOSYS":
+                raise
+
+
 # --- the baseline: a raw two-hop relay ------------------------------------------------------------
 
 
-def relay(endpoint: str, ready: Any, stop: Any) -> None:
+def relay(endpoint: str, mode: str, keys: str, ready: Any, stop: Any) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.SNDHWM, 200_000)
+    security_of(mode, keys, "irqbus").secure_server(sock)  # irqbus's key and ZAP handler
     sock.bind(endpoint)
     receiver = None
     ready.set()
@@ -79,12 +130,14 @@ def relay(endpoint: str, ready: Any, stop: Any) -> None:
                 sock.send_multipart([receiver, frame])
             sock.send_multipart([identity, b"ack"])
     sock.close(0)
-    ctx.term()
+    if mode == INSECURE:  # under CURVE the ZAP thread still holds the context; the process ends here anyway
+        ctx.term()
 
 
-def relay_receiver(endpoint: str, ready: Any, stop: Any, results: Any) -> None:
+def relay_receiver(endpoint: str, mode: str, keys: str, ready: Any, stop: Any, results: Any) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
+    security_of(mode, keys, GUEST_KEY).secure_client(sock, Server.IRQBUS)
     sock.connect(endpoint)
     sock.send(b"receiver")
     ready.set()
@@ -104,9 +157,10 @@ def relay_receiver(endpoint: str, ready: Any, stop: Any, results: Any) -> None:
 
 
 class RelayDevice:
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, mode: str, keys: str) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
+        security_of(mode, keys, DEVICE_KEY).secure_client(self.sock, Server.IRQBUS)
         self.sock.connect(endpoint)
         self.i = 0
 
@@ -124,15 +178,16 @@ class RelayDevice:
 # --- irqbus: the real bus, the real guest attachment ----------------------------------------------
 
 
-def guest_process(endpoint: str, spec: str, ready: Any, stop: Any, results: Any) -> None:
+def guest_process(endpoint: str, mode: str, keys: str, spec: str, ready: Any, stop: Any, results: Any) -> None:
     import structlog
 
     from guest.drivers import parse_device
     from guest.interrupts import IrqbusAttachment
     from guest.irq import IrqReturn
-    from wire import logsetup
+    from wire import logsetup, security
 
     logsetup.configure("warning", "bench-guest")
+    security.configure(security_of(mode, keys, GUEST_KEY))  # as `guest run` would: its guest key
     attachment = IrqbusAttachment(endpoint, [parse_device(spec)], structlog.get_logger())
     driver = attachment.link.drivers[0]
     seen: dict[int, float] = {}
@@ -146,7 +201,7 @@ def guest_process(endpoint: str, spec: str, ready: Any, stop: Any, results: Any)
         return ret
 
     driver.handler = timed  # type: ignore[method-assign]
-    attachment.started(1, "bench", time.monotonic(), lambda name: None)
+    attachment.started(GUEST_DOMID, "bench", time.monotonic(), lambda name: None)
     ready.set()
     poller = zmq.Poller()
     poller.register(attachment.socket, zmq.POLLIN)
@@ -158,11 +213,10 @@ def guest_process(endpoint: str, spec: str, ready: Any, stop: Any, results: Any)
 
 
 class IrqbusDevice:
-    def __init__(self, endpoint: str, attach: dict[str, Any]) -> None:
-        from wire.security import Server
-from wire.client import RpcClient
+    def __init__(self, endpoint: str, mode: str, keys: str, attach: dict[str, Any]) -> None:
+        from wire.client import RpcClient
 
-        self.client = RpcClient(endpoint, server=Server.IRQBUS, timeout=5.0)
+        self.client = RpcClient(endpoint, server=Server.IRQBUS, security=security_of(mode, keys, DEVICE_KEY), timeout=5.0)
         self.client.call("attach_device", {"guest": "bench", "device": "bench0", **attach})
         self.target = {"guest": "bench", "device": "bench0"}
 
@@ -176,10 +230,10 @@ from wire.client import RpcClient
 # --- the devices take turns -----------------------------------------------------------------------
 
 
-def device_process(endpoint: str, attach: dict[str, Any] | None, commands: Any, results: Any) -> None:
+def device_process(endpoint: str, mode: str, keys: str, attach: dict[str, Any] | None, commands: Any, results: Any) -> None:
     """Raise on command: ("latency", n, period) one at a time, spaced; ("throughput", seconds)
     back to back; ("stop",)."""
-    device: RelayDevice | IrqbusDevice = RelayDevice(endpoint) if attach is None else IrqbusDevice(endpoint, attach)
+    device: RelayDevice | IrqbusDevice = RelayDevice(endpoint, mode, keys) if attach is None else IrqbusDevice(endpoint, mode, keys, attach)
     time.sleep(0.3)
     while True:
         command = commands.get()
@@ -211,9 +265,10 @@ def _sleep_until(deadline: float) -> None:
 
 @dataclass
 class Side:
-    """One setup (relay or irqbus) with its device, and what its device sent so far."""
+    """One setup (relay or irqbus, in one mode) with its device, and what its device sent so far."""
 
     name: str
+    mode: str
     commands: Any
     results: Any
     device: Any
@@ -255,37 +310,59 @@ def summarise(side: Side, seen: dict[int, float]) -> dict[str, float]:
     }
 
 
-def measure(tmp: Path, args: argparse.Namespace, name: str) -> tuple[dict[str, float], dict[str, float], list[float]]:
+@dataclass
+class Measured:
+    """One path in one mode: the relay's figures, irqbus's, and the per-block p50 ratios."""
+
+    relay: dict[str, float]
+    irqbus: dict[str, float]
+    blocks: list[float]
+
+
+def measure(tmp: Path, args: argparse.Namespace, name: str) -> dict[str, Measured]:
+    """One path, every mode's relay and irqbus taking turns; each mode's figures."""
     spec, attach = PATHS[name]
-    relay_ep = f"ipc://{tmp}/relay"
-    bus_ep = f"ipc://{tmp}/irqbus"
+    keys = str(tmp / "keys")
     stop = mp.Event()
-    relay_seen, guest_seen = mp.Queue(), mp.Queue()
     procs: list[mp.Process] = []
     sides: list[Side] = []
-    bus = subprocess.Popen(
-        [sys.executable, "-m", "irqbus", "serve", "--endpoint", bus_ep, "--log-level", "warning"],
-        cwd=REPO, stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(REPO)),
-    )
+    buses: list[subprocess.Popen[bytes]] = []
+    seen_queues: dict[tuple[str, str], Any] = {}
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     try:
-        ready = [mp.Event() for _ in range(3)]
-        procs.append(mp.Process(target=relay, args=(relay_ep, ready[0], stop)))
-        procs[-1].start()
-        ready[0].wait(10)
-        procs.append(mp.Process(target=relay_receiver, args=(relay_ep, ready[1], stop, relay_seen)))
-        procs[-1].start()
+        ready: list[Any] = []
+        for mode in args.modes:
+            relay_ep, bus_ep = f"ipc://{tmp}/{mode}-relay", f"ipc://{tmp}/{mode}-irqbus"
+            flags = ["--keys", keys] if mode == CURVE else ["--insecure"]
+            buses.append(subprocess.Popen(
+                [sys.executable, "-m", "irqbus", "serve", "--endpoint", bus_ep, "--log-level", "warning", *flags],
+                cwd=REPO, stderr=subprocess.DEVNULL, env=env,
+            ))
+            seen_queues[mode, "relay"], seen_queues[mode, "irqbus"] = mp.Queue(), mp.Queue()
+            relay_ready = mp.Event()
+            procs.append(mp.Process(target=relay, args=(relay_ep, mode, keys, relay_ready, stop)))
+            procs[-1].start()
+            relay_ready.wait(10)
+            ready.append(mp.Event())
+            procs.append(mp.Process(target=relay_receiver, args=(relay_ep, mode, keys, ready[-1], stop, seen_queues[mode, "relay"])))
+            procs[-1].start()
         time.sleep(0.8)  # irqbus is up
-        procs.append(mp.Process(target=guest_process, args=(bus_ep, spec, ready[2], stop, guest_seen)))
-        procs[-1].start()
-        for event in ready[1:]:
+        for mode in args.modes:
+            bus_ep = f"ipc://{tmp}/{mode}-irqbus"
+            if mode == CURVE:
+                announce_owner(bus_ep, keys)
+            ready.append(mp.Event())
+            procs.append(mp.Process(target=guest_process, args=(bus_ep, mode, keys, spec, ready[-1], stop, seen_queues[mode, "irqbus"])))
+            procs[-1].start()
+        for event in ready:
             event.wait(20)
-        for side_name, side_ep, side_attach in (("relay", relay_ep, None), ("irqbus", bus_ep, attach)):
-            commands, results = mp.Queue(), mp.Queue()
-            device = mp.Process(target=device_process, args=(side_ep, side_attach, commands, results))
-            device.start()
-            procs.append(device)
-            sides.append(Side(side_name, commands, results, device))
-        base, bus_side = sides
+        for mode in args.modes:
+            for side_name, side_attach in (("relay", None), ("irqbus", attach)):
+                commands, results = mp.Queue(), mp.Queue()
+                device = mp.Process(target=device_process, args=(f"ipc://{tmp}/{mode}-{side_name}", mode, keys, side_attach, commands, results))
+                device.start()
+                procs.append(device)
+                sides.append(Side(side_name, mode, commands, results, device))
         block = max(1, args.samples // args.rounds)
         for r in range(args.rounds):
             for side in sides if r % 2 == 0 else sides[::-1]:  # neither always goes first
@@ -298,13 +375,18 @@ def measure(tmp: Path, args: argparse.Namespace, name: str) -> tuple[dict[str, f
             side.device.join(10)
         time.sleep(0.3)  # the last raises reach their handlers
         stop.set()
-        seen_relay, seen_guest = relay_seen.get(timeout=60), guest_seen.get(timeout=60)
-        block_ratios = [
-            statistics.median(latencies(b, seen_guest)) / statistics.median(latencies(a, seen_relay))
-            for a, b in zip(base.block_sent, bus_side.block_sent)
-            if latencies(a, seen_relay) and latencies(b, seen_guest)
-        ]
-        return summarise(base, seen_relay), summarise(bus_side, seen_guest), block_ratios
+        seen = {key: q.get(timeout=60) for key, q in seen_queues.items()}
+        measured = {}
+        for mode in args.modes:
+            base, bus_side = [s for s in sides if s.mode == mode]
+            seen_relay, seen_guest = seen[mode, "relay"], seen[mode, "irqbus"]
+            block_ratios = [
+                statistics.median(latencies(b, seen_guest)) / statistics.median(latencies(a, seen_relay))
+                for a, b in zip(base.block_sent, bus_side.block_sent)
+                if latencies(a, seen_relay) and latencies(b, seen_guest)
+            ]
+            measured[mode] = Measured(summarise(base, seen_relay), summarise(bus_side, seen_guest), block_ratios)
+        return measured
     finally:
         stop.set()
         for side in sides:
@@ -313,8 +395,21 @@ def measure(tmp: Path, args: argparse.Namespace, name: str) -> tuple[dict[str, f
             p.join(10)
             if p.is_alive():
                 p.kill()
-        bus.terminate()
-        bus.wait(10)
+        for bus in buses:
+            bus.terminate()
+        for bus in buses:
+            try:
+                bus.wait(10)
+            except subprocess.TimeoutExpired:
+                bus.kill()
+                bus.wait()
+
+
+def modes(text: str) -> list[str]:
+    chosen = [m.strip() for m in text.split(",") if m.strip()]
+    if not chosen or any(m not in MODES for m in chosen) or len(set(chosen)) != len(chosen):
+        raise argparse.ArgumentTypeError(f"a comma-separated list of {', '.join(MODES)}")
+    return chosen
 
 
 def main() -> int:
@@ -324,18 +419,31 @@ def main() -> int:
     parser.add_argument("--period-ms", type=float, default=1.0, help="spacing of latency samples")
     parser.add_argument("--seconds", type=float, default=3.0, help="throughput run per side and path")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated: " + ", ".join(PATHS))
+    parser.add_argument("--modes", type=modes, default=list(MODES), help="the security modes that take turns (default: insecure,curve)")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bn-ib-"))
-    print(f"{'path':<28} {'p50 us':>8} {'p99 us':>8} {'unseen':>6} {'irq/s':>8}   {'p50 x':>6} {'p99 x':>6} {'rate x':>6}   per-block p50 x")
-    verdicts = []
-    for name in [p.strip() for p in args.paths.split(",") if p.strip()]:
-        base, m, blocks = measure(tmp, args, name)
-        r50, r99, rr = m["p50"] / base["p50"], m["p99"] / base["p99"], m["rate"] / base["rate"]
-        spread = f"{min(blocks):.2f} / {statistics.median(blocks):.2f} / {max(blocks):.2f} (min/median/max)" if blocks else ""
-        print(f"{'raw relay (baseline)':<28} {base['p50']:>8.0f} {base['p99']:>8.0f} {base['unseen']:>6.0f} {base['rate']:>8.0f}")
-        print(f"{'irqbus ' + name:<28} {m['p50']:>8.0f} {m['p99']:>8.0f} {m['unseen']:>6.0f} {m['rate']:>8.0f}   {r50:>6.2f} {r99:>6.2f} {rr:>6.2f}   {spread}")
-        verdicts.append(r50 <= 1.5 and r99 <= 2.0)
-    print("goal: p50 within 1.5x and p99 within 2x of the relay:", "met" if all(verdicts) else "NOT met")
+    print(f"{'path':<28} {'mode':<9} {'p50 us':>8} {'p99 us':>8} {'unseen':>6} {'irq/s':>8}   {'p50 x':>6} {'p99 x':>6} {'rate x':>6}   per-block p50 x")
+    results: list[tuple[str, str, Measured]] = []
+    with tempfile.TemporaryDirectory(prefix="bn-ib-") as tmp:
+        provision(Path(tmp) / "keys")
+        for name in [p.strip() for p in args.paths.split(",") if p.strip()]:
+            for mode, m in measure(Path(tmp), args, name).items():
+                base, bus = m.relay, m.irqbus
+                r50, r99, rr = bus["p50"] / base["p50"], bus["p99"] / base["p99"], bus["rate"] / base["rate"]
+                spread = f"{min(m.blocks):.2f} / {statistics.median(m.blocks):.2f} / {max(m.blocks):.2f} (min/median/max)" if m.blocks else ""
+                print(f"{'raw relay (baseline)':<28} {mode:<9} {base['p50']:>8.0f} {base['p99']:>8.0f} {base['unseen']:>6.0f} {base['rate']:>8.0f}")
+                print(f"{'irqbus ' + name:<28} {mode:<9} {bus['p50']:>8.0f} {bus['p99']:>8.0f} {bus['unseen']:>6.0f} {bus['rate']:>8.0f}   "
+                      f"{r50:>6.2f} {r99:>6.2f} {rr:>6.2f}   {spread}")
+                results.append((name, mode, m))
+    print()
+    print(f"{'mode':<9} {'path':<20} {'relay p50 us':>12} {'irqbus p50 us':>13} {'p50 x':>6}   goal")
+    for name, mode, m in sorted(results, key=lambda row: args.modes.index(row[1])):
+        ratio = m.irqbus["p50"] / m.relay["p50"]
+        print(f"{mode:<9} {name:<20} {m.relay['p50']:>12.0f} {m.irqbus['p50']:>13.0f} {ratio:>6.2f}   "
+              f"at most {P50_GOAL}x: {'met' if ratio <= P50_GOAL else 'NOT met'}")
+    for mode in args.modes:
+        ok = all(m.irqbus["p50"] <= P50_GOAL * m.relay["p50"] and m.irqbus["p99"] <= P99_GOAL * m.relay["p99"]
+                 for _, md, m in results if md == mode)
+        print(f"goal ({mode}): p50 within {P50_GOAL}x and p99 within {P99_GOAL}x of the relay:", "met" if ok else "NOT met")
     return 0
 
 
