@@ -34,18 +34,37 @@ def run_bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(150)
 def test_rpc_bench_runs_and_the_books_balance() -> None:
-    result = run_bench("bench/rpc_bench.py", "--clients", "2", "--seconds", "0.3", "--rounds", "6", "--samples", "12", "--state", timeout=100)
+    """Both modes in one run: each mode's hypervisor served the clients (its books balance after
+    their calls) and the closing table has a verdict per mode and server."""
+    result = run_bench("bench/rpc_bench.py", "--clients", "2", "--seconds", "0.3", "--rounds", "6", "--samples", "12", "--state", timeout=130)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert any(line.startswith("raw echo (baseline)") for line in lines), result.stdout
-    assert any(line.startswith("hypervisor reservation") for line in lines), result.stdout
-    assert any(line.startswith("hypervisor + journal") for line in lines), result.stdout
-    assert "audit after the run        books balance" in lines, result.stdout
-    assert "audit of the journalled    books balance" in lines, result.stdout
+    for mode in ("insecure", "curve"):
+        assert any(line.startswith(f"-- {mode} (") for line in lines), result.stdout
+        for subject in ("hypervisor reservation", "hypervisor + journal"):
+            assert any(line.split()[:1] == [mode] and subject in line and " at least 0." in line for line in lines), result.stdout
+    assert sum(line.startswith("raw echo (baseline)") for line in lines) == 2, result.stdout
+    assert lines.count("audit after the run        books balance") == 2, result.stdout
+    assert lines.count("audit of the journalled    books balance") == 2, result.stdout
     assert any(line.startswith("goal: throughput at least 0.8x") for line in lines), result.stdout
     assert any(line.startswith("goal: with the journal (normal) at least 0.6x") for line in lines), result.stdout
+    assert any(line.startswith("CURVE / insecure req/s: echo x") for line in lines), result.stdout
+
+
+@pytest.mark.timeout(120)
+def test_irq_bench_runs_in_both_modes() -> None:
+    """One path, both modes: every setup delivered (its p50 is a number, so its handler saw
+    raises), and the closing table has a verdict per mode."""
+    result = run_bench("bench/irq_bench.py", "--samples", "20", "--rounds", "2", "--seconds", "0.2", "--paths", "MSI-X", timeout=100)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for mode in ("insecure", "curve"):
+        assert any(line.startswith("raw relay (baseline)") and line.split()[3] == mode for line in lines), result.stdout
+        assert any(line.startswith("irqbus MSI-X") and line.split()[2] == mode for line in lines), result.stdout
+        assert any(line.split()[:2] == [mode, "MSI-X"] and "at most 1.5x: " in line for line in lines), result.stdout
+        assert any(line.startswith(f"goal ({mode}): ") for line in lines), result.stdout
 
 
 @pytest.mark.timeout(120)
