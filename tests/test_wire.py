@@ -191,6 +191,43 @@ def test_receive_routed_tells_req_from_a_dealers_two_frames(tmp_path):
         ctx.term()
 
 
+def test_receive_routed_names_the_key_a_curve_peer_authenticated_with(tmp_path):
+    """On a CURVE ROUTER the message carries its connection's key (the ZAP handler's User-Id):
+    each client's own public key, Z85; None when the caller does not ask (an insecure server)."""
+    import zmq
+
+    from wire import multipart
+    from wire.keys import KeyDir, Role
+    from wire.security import Security, Server
+
+    keys = KeyDir(tmp_path / "keys")
+    server_side = Security.curve(keys, "hypervisor", Role.HYPERVISOR)
+    ctx = zmq.Context()
+    endpoint = f"ipc://{tmp_path}/curve"
+    router = ctx.socket(zmq.ROUTER)
+    clients = {name: ctx.socket(zmq.DEALER) for name in ("guest-a", "guest-b")}
+    try:
+        server_side.secure_server(router)
+        router.bind(endpoint)
+        for name, sock in clients.items():
+            Security.curve(keys, name, Role.GUEST).secure_client(sock, Server.HYPERVISOR)
+            sock.connect(endpoint)
+        seen = {}
+        for name, sock in clients.items():
+            sock.send(name.encode())
+            assert router.poll(5000)
+            _, frames, _, user = multipart.receive_routed(router, 0, authenticated=True)
+            seen[frames[0].decode()] = user
+        assert seen == {name: keys.public(name).decode() for name in clients}
+        clients["guest-a"].send(b"again")
+        assert router.poll(5000)
+        assert multipart.receive_routed(router)[3] is None
+    finally:
+        for sock in (router, *clients.values()):
+            sock.close(0)
+        ctx.destroy(0)
+
+
 @pytest.mark.timeout(20)
 def test_the_client_resends_a_request_the_server_could_not_take_yet(tmp_path):
     """EAGAIN means "not executed": the same frame goes again after a pause, within the budget."""

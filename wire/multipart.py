@@ -12,6 +12,7 @@ import zmq
 
 NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
+_USER_ID = b"User-Id"  # bytes: Frame.get encodes a str on every call
 
 
 def receive(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
@@ -56,7 +57,7 @@ def receive_routed(sock: zmq.Socket, flags: int = 0, authenticated: bool = False
     user = None
     if authenticated and frames:
         try:
-            user = frames[-1].get("User-Id")
+            user = frames[-1].get(_USER_ID)
         except zmq.ZMQError:
             user = None
     return identity, [f.bytes for f in frames], req, user
