@@ -428,7 +428,7 @@ def report(args: argparse.Namespace, sides: list[Side], audits: dict[str, str]) 
                   f"{'met' if ratio >= JOURNAL_GOAL else 'NOT met'} ({ratio:.2f}x, {ratios[INSECURE][HYPERVISOR]:.2f}x without it)")
             met = met and ratio >= JOURNAL_GOAL
     print()
-    print(f"{'mode':<9} {'subject':<24} {'echo req/s':>10} {'subject req/s':>13} {'ratio':>6}   goal")
+    print(f"{'mode':<9} {'subject':<24} {'echo req/s':>10} {'subject req/s':>13} {'ratio':>6}   goal")  # 3 decimals: 0.699 is not met
     for mode, group in by_mode.items():
         echo = figures(group[0])
         for side in group[1:]:
@@ -437,7 +437,7 @@ def report(args: argparse.Namespace, sides: list[Side], audits: dict[str, str]) 
             ratio = ratios[mode][name]
             ok = ratio >= goal
             met = met and ok
-            print(f"{mode:<9} {LABELS[name]:<24} {echo.rate:>10,.0f} {figures(side).rate:>13,.0f} {ratio:>6.2f}   "
+            print(f"{mode:<9} {LABELS[name]:<24} {echo.rate:>10,.0f} {figures(side).rate:>13,.0f} {ratio:>6.3f}   "
                   f"at least {goal}x: {'met' if ok else 'NOT met'}")
     if INSECURE in by_mode and CURVE in by_mode:
         costs = []
