@@ -14,12 +14,14 @@ non-Python client reads the same ones (docs/protocol.md).
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
 import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import zmq
 
 KEYS_ENV = "BALLONET_KEYS"
 AUTHORIZED = "authorized"
+LOCK = ".lock"
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 Z85_KEY_CHARS = 40  # a 32-byte Curve25519 key in Z85
@@ -114,6 +117,30 @@ def check_public(key: str) -> str:
 class KeyDir:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._held = 0  # depth of _locked() in this object
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Every change to the directory under one lock: processes started together (a run's
+        guests, two devices on key `device`) create their keys on first use and add their
+        grants to `authorized` at the same moment, and a read-modify-write of it must not
+        lose another's grant, nor two processes make two different pairs of one name."""
+        if self._held:
+            self._held += 1
+            try:
+                yield
+            finally:
+                self._held -= 1
+            return
+        self._ensure_dir()
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._held = 1
+            yield
+        finally:
+            self._held = 0
+            os.close(fd)
 
     def __repr__(self) -> str:
         return f"KeyDir({str(self.path)!r})"
@@ -138,10 +165,12 @@ class KeyDir:
         if not secret_file.exists():
             if not create:
                 raise KeyFileError(f"no secret key {secret_file} (create it with `ballonet keys create {name}`)")
-            pair = self.create(name)
-            if role is not None:
-                self.authorize(Grant(role, pair.public.decode(), name))
-            return pair
+            with self._locked():
+                if not secret_file.exists():  # nobody made it while we waited for the lock
+                    public, secret = zmq.curve_keypair()
+                    if role is not None:  # granted before the key is there for anyone to use
+                        self.authorize(Grant(role, public.decode(), name))
+                    return self._write_pair(name, public, secret)
         self._check_private(secret_file)
         public, secret = read_cert(secret_file)
         if secret is None:
@@ -161,13 +190,16 @@ class KeyDir:
 
     def create(self, name: str) -> KeyPair:
         """A new key pair NAME; refuses to replace one (revoke and delete it first)."""
-        self._ensure_dir()
-        if self.secret_file(name).exists():
-            raise KeyFileError(f"key {name!r} exists in {self.path}")
-        public, secret = zmq.curve_keypair()
+        with self._locked():
+            if self.secret_file(name).exists():
+                raise KeyFileError(f"key {name!r} exists in {self.path}")
+            return self._write_pair(name, *zmq.curve_keypair())
+
+    def _write_pair(self, name: str, public: bytes, secret: bytes) -> KeyPair:
         banner = f"#   ballonet key {name}: written by `ballonet keys`; the secret file is 0600\n"
-        write_atomic(self.public_file(name), cert_text(banner, public, None), 0o644)
+        # the secret first: the public file is what a client waits for (wire.security.setup)
         write_atomic(self.secret_file(name), cert_text(banner, public, secret), 0o600)
+        write_atomic(self.public_file(name), cert_text(banner, public, None), 0o644)
         return KeyPair(name, public, secret)
 
     def names(self) -> list[str]:
@@ -192,16 +224,18 @@ class KeyDir:
 
     def authorize(self, grant: Grant) -> None:
         """Add `grant` (a key already granted the same role gets the new scope instead)."""
-        current = self.authorized().grants
-        kept = [g for g in current if not (g.key == grant.key and g.role == grant.role)]
-        self._write_authorized([*kept, grant])
+        with self._locked():
+            current = self.authorized().grants
+            kept = [g for g in current if not (g.key == grant.key and g.role == grant.role)]
+            self._write_authorized([*kept, grant])
 
     def revoke(self, key: str, role: Role | None = None) -> int:
         """Remove the key's grants (of `role`, or all); returns how many went."""
-        current = self.authorized().grants
-        kept = [g for g in current if not (g.key == key and (role is None or g.role == role))]
-        self._write_authorized(kept)
-        return len(current) - len(kept)
+        with self._locked():
+            current = self.authorized().grants
+            kept = [g for g in current if not (g.key == key and (role is None or g.role == role))]
+            self._write_authorized(kept)
+            return len(current) - len(kept)
 
     def _write_authorized(self, grants: Iterable[Grant]) -> None:
         self._ensure_dir()
