@@ -34,6 +34,7 @@ PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 Z85_KEY_CHARS = 40  # a 32-byte Curve25519 key in Z85
 MAX_GUEST_SCOPE = 64
+SERVER_NAMES = ("hypervisor", "irqbus")  # wire.security.Server: whose public key clients need
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _Z85 = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
@@ -67,6 +68,22 @@ class Grant:
     key: str  # Z85 public key
     name: str
     guests: frozenset[int] = frozenset()  # a device's scope; empty: any guest
+
+    def check(self) -> Grant:
+        """A grant `authorized` can hold: refused here rather than written into a file that no
+        server (nor `ballonet keys list`) could then read."""
+        check_public(self.key)
+        check_name(self.name)
+        if self.guests and self.role is not Role.DEVICE:
+            raise KeyFileError(f"guests=... scopes a device key only, not a {self.role} key")
+        if len(self.guests) > MAX_GUEST_SCOPE:
+            raise KeyFileError(f"{len(self.guests)} guests: a device key is scoped to at most {MAX_GUEST_SCOPE} (or to any guest)")
+        from wire.operations import MAX_DOMID  # here: most key files scope nothing, and it is a heavy import
+
+        bad = sorted(g for g in self.guests if not 0 <= g <= MAX_DOMID)
+        if bad:
+            raise KeyFileError(f"guest {bad[0]} is no domid (0 to {MAX_DOMID})")
+        return self
 
     def line(self) -> str:
         scope = f" guests={','.join(str(g) for g in sorted(self.guests))}" if self.guests else ""
@@ -181,10 +198,12 @@ class KeyDir:
         """Another process's public key NAME (a server's, for its clients)."""
         public_file = self.public_file(name)
         if not public_file.exists():
-            raise KeyFileError(
-                f"no public key {public_file}: copy the server's {name}{PUBLIC_SUFFIX} there, "
-                f"or start `{name} serve` with the same --keys/{KEYS_ENV}"
-            )
+            if name in SERVER_NAMES:
+                raise KeyFileError(
+                    f"no public key {public_file}: copy the server's {name}{PUBLIC_SUFFIX} there "
+                    f"(`ballonet keys import {name} FILE`), or start `{name} serve` with the same --keys/{KEYS_ENV}"
+                )
+            raise KeyFileError(f"no key {name!r} in {self.path} (`ballonet keys list` shows them; `ballonet keys create {name}` makes one)")
         public, _ = read_cert(public_file)
         return public
 
@@ -224,6 +243,7 @@ class KeyDir:
 
     def authorize(self, grant: Grant) -> None:
         """Add `grant` (a key already granted the same role gets the new scope instead)."""
+        grant.check()
         with self._locked():
             current = self.authorized().grants
             kept = [g for g in current if not (g.key == grant.key and g.role == grant.role)]
@@ -273,9 +293,7 @@ def parse_authorized(text: str, where: str = AUTHORIZED) -> Authorized:
                 if not words[3].startswith("guests="):
                     raise KeyFileError(f"unexpected {words[3]!r}")
                 guests = frozenset(int(g) for g in words[3][len("guests="):].split(","))
-                if len(guests) > MAX_GUEST_SCOPE:
-                    raise KeyFileError(f"more than {MAX_GUEST_SCOPE} guests")
-            grants.append(Grant(role, check_public(words[1]), check_name(words[2]), guests))
+            grants.append(Grant(role, words[1], words[2], guests).check())
         except (KeyFileError, ValueError) as err:
             raise KeyFileError(f"{where}:{number}: {err}") from None
     return Authorized(grants)
