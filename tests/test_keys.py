@@ -305,3 +305,12 @@ def test_security_curve_makes_the_key_and_describes_it_without_its_secret(tmp_pa
     described = chosen.describe()
     assert described["public_key"] == chosen.own.public.decode()
     assert chosen.own.secret.decode() not in repr(described)
+
+
+def test_a_key_directory_others_may_write_to_is_refused(procs, tmp_path):
+    keys = KeyDir(tmp_path / "keys")
+    keys.pair("toolstack", role=Role.TOOLSTACK)
+    os.chmod(keys.path, 0o777)  # anyone could put their own hypervisor.key or authorized here
+    result = cli(procs, "hypervisor", "list", "--keys", str(keys.path), "--admin-endpoint", procs.ipc("adm"))
+    assert result.returncode == 2
+    assert "is writable by others (mode 777)" in result.stderr and "chmod 700" in result.stderr

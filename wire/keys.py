@@ -188,6 +188,7 @@ class KeyDir:
                     if role is not None:  # granted before the key is there for anyone to use
                         self.authorize(Grant(role, public.decode(), name))
                     return self._write_pair(name, public, secret)
+        self.check_dir()
         self._check_private(secret_file)
         public, secret = read_cert(secret_file)
         if secret is None:
@@ -233,6 +234,7 @@ class KeyDir:
         return self.path / AUTHORIZED
 
     def authorized(self) -> Authorized:
+        self.check_dir()
         path = self.authorized_file
         if not path.exists():
             return Authorized()
@@ -267,6 +269,19 @@ class KeyDir:
 
     def _ensure_dir(self) -> None:
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def check_dir(self) -> None:
+        """A directory others may write to lets them swap a server's public key or `authorized`
+        for their own (a replaced file passes every file check), so it is refused as a whole."""
+        try:
+            mode = self.path.stat().st_mode
+        except FileNotFoundError:
+            return
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise KeyFileError(
+                f"key directory {self.path} is writable by others (mode {stat.S_IMODE(mode):o}): anyone could replace "
+                f"a server's public key or the authorized file; chmod 700 it"
+            )
 
     @staticmethod
     def _check_private(path: Path) -> None:

@@ -192,9 +192,7 @@ def is_local(endpoint: str) -> bool:
     return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
-SERVER_KEY_WAIT_S = 10.0
-
-
+SERVER_KEY_WAIT_S = 10.0  # for each server's key
 SERVER_KEY_TOLD_S = 1.0  # a wait longer than this is said on stderr, so a silent client is no mystery
 
 
