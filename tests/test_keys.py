@@ -314,3 +314,12 @@ def test_a_key_directory_others_may_write_to_is_refused(procs, tmp_path):
     result = cli(procs, "hypervisor", "list", "--keys", str(keys.path), "--admin-endpoint", procs.ipc("adm"))
     assert result.returncode == 2
     assert "is writable by others (mode 777)" in result.stderr and "chmod 700" in result.stderr
+
+
+def test_a_revoked_key_is_not_granted_again_when_its_process_restarts(tmp_path):
+    """Created on first use *and* authorized then, never after: a revocation sticks."""
+    keys = KeyDir(tmp_path)
+    public = keys.pair("guest-web", role=Role.GUEST).public.decode()
+    assert keys.revoke(public) == 1
+    assert keys.pair("guest-web", role=Role.GUEST).public.decode() == public
+    assert keys.authorized().roles(public) == frozenset()
