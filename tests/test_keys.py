@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -323,3 +324,23 @@ def test_a_revoked_key_is_not_granted_again_when_its_process_restarts(tmp_path):
     assert keys.revoke(public) == 1
     assert keys.pair("guest-web", role=Role.GUEST).public.decode() == public
     assert keys.authorized().roles(public) == frozenset()
+
+
+def test_the_zap_thread_leaves_the_stop_signals_to_the_main_thread(tmp_path):
+    """A server's ZAP handler thread blocks SIGTERM and SIGINT, as wire/signals expects of
+    every thread but the main one (it blocks them there to hold off a second one)."""
+    import zmq
+
+    context = zmq.Context()
+    sock = context.socket(zmq.ROUTER)
+    try:
+        before = {t.native_id for t in threading.enumerate()}
+        Security.curve(KeyDir(tmp_path), "hypervisor").secure_server(sock)
+        started = [t for t in threading.enumerate() if t.native_id not in before]
+        assert started, "no ZAP thread started"
+        for thread in started:
+            status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+            blocked = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")), 16)
+            assert blocked & (1 << (signal.SIGTERM - 1)) and blocked & (1 << (signal.SIGINT - 1)), f"{thread.name}: SigBlk {blocked:x}"
+    finally:
+        sock.close(0)

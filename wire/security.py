@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import enum
 import ipaddress
+import signal
 import sys
 import threading
 import time
@@ -107,7 +108,15 @@ def _start_zap(context: zmq.Context) -> None:
         from zmq.auth.thread import ThreadAuthenticator  # only servers need it
 
         auth = ThreadAuthenticator(context)
-        auth.start()
+        # its thread starts with SIGTERM and SIGINT blocked (a thread takes its creator's mask),
+        # so they reach the main thread, whose handler blocks them there to hold off the next
+        # (wire/signals.py); an unblocked thread would take those, and tests of it in one process
+        stop = {signal.SIGTERM, signal.SIGINT}
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        try:
+            auth.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
         auth.configure_curve(domain=ZAP_DOMAIN, location=zmq.auth.CURVE_ALLOW_ANY)
         _zap_started[id(context)] = auth  # lives as long as the process: the servers' sockets do
 
