@@ -16,6 +16,9 @@ device's interrupts are handled by its driver over a short window. A process tha
 no fault told it to is a violation too. A recovery is timed from the fault's signal (from the
 SIGCONT for a stop) until the host has settled, restarts and a dead guest's reclaim included. A fault kind the host is not built to survive (no
 `--state`: a hypervisor restart is a host reboot) is reported as unsupported, never faked.
+CURVE on every endpoint, as a host runs: each run makes its own key directory (WORKDIR/keys, or
+the temporary folder's), the toolstack's, hypervisor's and irqbus's keys provisioned before any
+process starts; the user's own keys are never read or written.
 
     python bench/chaos.py [--faults 200 | --duration 600] [--seed 1] [--guests 4] [--workdir DIR]
 
@@ -57,7 +60,7 @@ from bench.chaos_plan import Action, Fault, Role, Support, ALL_KINDS, choose_fau
 from hypervisor.toolstack import Toolstack  # noqa: E402
 from irqbus.show import fetch_show  # noqa: E402
 from scenarios.launch import Processes  # noqa: E402
-from wire.security import Server
+from wire.security import Security, Server  # noqa: E402
 from wire.client import RpcClient  # noqa: E402
 from wire.errors import RemoteError, Unreachable  # noqa: E402
 from wire.sizes import parse_size  # noqa: E402
@@ -166,8 +169,10 @@ class Report:
 class ChaosHost:
     """The host's processes, started and restarted through their CLIs, and what they report."""
 
-    def __init__(self, cfg: ChaosConfig, procs: Processes, support: Support, reclaim: bool) -> None:
+    def __init__(self, cfg: ChaosConfig, procs: Processes, support: Support, reclaim: bool, security: Security | None = None) -> None:
+        """`security`: the bench's own calls (None: the process's setting, wire.security.current())."""
         self.cfg = cfg
+        self.security = security
         self.procs = procs
         self.support = support
         self.reclaim = reclaim
@@ -227,7 +232,7 @@ class ChaosHost:
     # --- what they report --------------------------------------------------------------------
 
     def toolstack(self) -> Toolstack:
-        return Toolstack(self.admin_endpoint, timeout=0.5, retries=1)
+        return Toolstack(self.admin_endpoint, timeout=0.5, retries=1, security=self.security)
 
     def domains(self) -> dict[str, dict[str, Any]] | None:
         tool = self.toolstack()
@@ -254,7 +259,7 @@ class ChaosHost:
 
     def show(self) -> dict[str, Any] | None:
         """irqbus's `show`: its guests and (with restart support) its instance's epoch."""
-        client = RpcClient(self.irq_endpoint, server=Server.IRQBUS, timeout=0.5, retries=1)
+        client = RpcClient(self.irq_endpoint, server=Server.IRQBUS, timeout=0.5, retries=1, security=self.security)
         try:
             return fetch_show(client)
         except (Unreachable, RemoteError):
@@ -271,7 +276,7 @@ class ChaosHost:
 
     def interrupts(self, guest: str) -> list[dict[str, Any]] | None:
         """The guest's /proc/interrupts rows (`guest interrupts --json`, through irqbus)."""
-        client = RpcClient(self.irq_endpoint, server=Server.IRQBUS, timeout=1.0, retries=1)
+        client = RpcClient(self.irq_endpoint, server=Server.IRQBUS, timeout=1.0, retries=1, security=self.security)
         try:
             return client.call("interrupts", {"guest": guest, "format": "json"}).get("rows", [])
         except (Unreachable, RemoteError):
@@ -478,7 +483,8 @@ def run_chaos(cfg: ChaosConfig, out: Any = sys.stdout) -> Report:
     rng = random.Random(cfg.seed)
     kinds = supported_kinds(support)
     procs = Processes(cfg.workdir)
-    host = ChaosHost(cfg, procs, support, reclaim)
+    # its own keys (WORKDIR/keys): CURVE on every endpoint as a host runs it, the user's keys untouched
+    host = ChaosHost(cfg, procs, support, reclaim, procs.own_keys())
     began = time.monotonic()
 
     def say(text: str) -> None:

@@ -17,6 +17,12 @@ only). After every batch:
 - protocol: replies that are not a valid envelope under 1 MiB (tests/replies.py), a retry
   answered differently, a stale seq not refused EPROTO, a multi-frame message not refused EPROTO.
 
+Through CURVE, as an attacker with a valid key would: each host has its own key directory (in
+the run's temporary folder), and of each endpoint's fuzzing sockets half call with the
+toolstack's key (every right: the deepest reach into the cores) and half with a key of no role
+(a stranger on the host, refused where it has no right); the bench's own probes and puppets
+use the toolstack's.
+
 RSS (VmRSS) of each server is read before the first batch and after the last. The goal:
 100,000 messages, 0 crashes, 0 hangs, 0 state changes, RSS growth under 64 MiB each.
 
@@ -61,6 +67,7 @@ from tests.strategies import (  # noqa: E402
     host_requests,
 )
 from wire.operations import OPERATIONS, Endpoint  # noqa: E402
+from wire.security import Security, Server  # noqa: E402
 
 GOAL_MESSAGES = 100_000
 GOAL_RSS_MIB = 64
@@ -99,6 +106,7 @@ class Tally:
     errors: Counter = field(default_factory=Counter)
     by_endpoint: Counter = field(default_factory=Counter)
     ways: Counter = field(default_factory=Counter)
+    keys: Counter = field(default_factory=Counter)  # messages by the key they were sent with
     clients: set[str] = field(default_factory=set)
     batches_checked: int = 0  # broken batches refused throughout, the state compared
     batches_accepting: int = 0  # broken batches in which something was accepted all the same
@@ -113,14 +121,16 @@ class Tally:
 class Slot:
     """One client socket to one endpoint; replaced when it stops answering."""
 
-    def __init__(self, ctx: zmq.Context, address: str, kind: int) -> None:
+    def __init__(self, ctx: zmq.Context, address: str, kind: int, security: Security, server: Server) -> None:
         self.ctx, self.address, self.kind = ctx, address, kind
+        self.security, self.server = security, server
         self.sock = self._open()
 
     def _open(self) -> zmq.Socket:
         sock = self.ctx.socket(self.kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 100_000)
+        self.security.secure_client(sock, self.server)
         sock.connect(self.address)
         return sock
 
@@ -160,6 +170,10 @@ class FuzzedHost:
     def __init__(self, procs: Processes, ctx: zmq.Context, timeout: float, generation: int) -> None:
         self.procs, self.ctx, self.timeout = procs, ctx, timeout
         tag = f"g{generation}"
+        # the host's own keys, before any process starts; a stranger's key: valid, no role
+        self.security = procs.own_keys()
+        assert procs.keys is not None
+        stranger = Security.curve(procs.keys, "stranger")
         self.addr = {Endpoint.GUEST: procs.ipc(f"hv{tag}"), Endpoint.ADMIN: procs.ipc(f"adm{tag}"), Endpoint.IRQBUS: procs.ipc(f"irq{tag}")}
         self.irqbus = procs.start(f"irqbus.{tag}", "irqbus", "serve", "--endpoint", self.addr[Endpoint.IRQBUS], "--query-timeout", "0.05", "--log-level", "error")
         self.hypervisor = procs.start(
@@ -168,8 +182,12 @@ class FuzzedHost:
         )
         self.tag = tag
         self.servers = {"hypervisor": self.hypervisor, "irqbus": self.irqbus}
-        self.slots = {ep: [Slot(ctx, a, zmq.DEALER) for _ in range(6)] + [Slot(ctx, a, zmq.REQ) for _ in range(2)] for ep, a in self.addr.items()}
-        self.own = {ep: Slot(ctx, a, zmq.DEALER) for ep, a in self.addr.items()}  # the bench's probes
+        server = {Endpoint.GUEST: Server.HYPERVISOR, Endpoint.ADMIN: Server.HYPERVISOR, Endpoint.IRQBUS: Server.IRQBUS}
+        self.slots = {
+            ep: [Slot(ctx, a, kind, (self.security, stranger)[i % 2], server[ep]) for i, kind in enumerate([zmq.DEALER] * 6 + [zmq.REQ] * 2)]
+            for ep, a in self.addr.items()
+        }
+        self.own = {ep: Slot(ctx, a, zmq.DEALER, self.security, server[ep]) for ep, a in self.addr.items()}  # the bench's probes
         self.seqs: dict[str, int] = {}
         self.guests: dict[str, subprocess.Popen] = {}
         self.guest_logs: dict[str, str] = {}
@@ -490,6 +508,7 @@ class Campaign:
         t.sent += 1
         t.by_endpoint[str(draft.endpoint)] += 1
         t.ways[way + (" REQ" if slot.kind == zmq.REQ else "")] += 1
+        t.keys[slot.security.own.name if slot.security.own else "insecure"] += 1
         if slot.kind == zmq.REQ and len(parts) > 1:
             parts = parts[-1:]
         self.last_reply = frame = slot.exchange(parts, seq, self.args.timeout)
@@ -584,6 +603,7 @@ class Campaign:
         print(f"fuzz: {t.sent:,} messages in {elapsed:.0f} s ({t.sent / max(elapsed, 1e-9):.0f}/s) from {len(t.clients):,} client ids")
         print(f"  endpoints: {eps}")
         print(f"  sent as: {ways}")
+        print(f"  with keys: {', '.join(f'{k} {v:,}' for k, v in sorted(t.keys.items()))} (CURVE)")
         print(f"  accepted         {t.accepted:>9,}")
         print(f"  clean errors     {t.clean_errors:>9,}  ({', '.join(f'{k} {v:,}' for k, v in t.errors.most_common())})")
         print(f"  unanswered       {t.unanswered:>9,}  (no reply within {self.args.timeout:g} s; the socket is replaced)")

@@ -41,7 +41,9 @@ from hypervisor.dispatch import Hypervisor  # noqa: E402  (after the path: run f
 from hypervisor.journal import Journal  # noqa: E402
 from hypervisor.service import HypervisorService  # noqa: E402
 from wire import logsetup, multipart  # noqa: E402
+from wire.keys import KeyDir, Role  # noqa: E402
 from wire.operations import Endpoint  # noqa: E402
+from wire.security import Security  # noqa: E402
 from wire.sizes import size_to_pages  # noqa: E402
 
 BATCH = 64  # as rpc_bench
@@ -82,7 +84,10 @@ def run(mode: str, requests: int, profile: bool = False, state: bool = False) ->
     with tempfile.TemporaryDirectory(prefix="bn-handle-") as tmp:
         journal = Journal(f"{tmp}/hypervisor.db") if state else None
         hv = journal.start(size_to_pages("4g"), 10.0, 0.0)[0] if journal else Hypervisor(size_to_pages("4g"))
-        service = HypervisorService(hv, f"ipc://{tmp}/g", f"ipc://{tmp}/a", log, journal=journal)
+        # its sockets are bound as `hypervisor serve` binds them, CURVE with a key of this run's
+        # own (never the user's key directory); the loop then bypasses them
+        security = Security.curve(KeyDir(f"{tmp}/keys"), "hypervisor", Role.HYPERVISOR)
+        service = HypervisorService(hv, f"ipc://{tmp}/g", f"ipc://{tmp}/a", log, journal=journal, security=security)
         commit, flush = service._commit, service._flush
         sock = _Socket()  # the loop's stand-in for the guest socket
         guests, service.guests, service._endpoints = service.guests, sock, {sock: Endpoint.GUEST}

@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
             )
     guest_set = client_command("guest-set", "change a running guest's behaviour: its pace, floor, ceiling, inaccuracy, driver tunables")
     guest_set.add_argument("domain", type=domain, help="domain name or id")
-    guest_set.add_argument("keys", nargs="+", type=_assignment, metavar="KEY=VALUE", help=f"one or more of: {control_help}")
+    # dest `settings`: `keys` is the key directory's (--keys, wire.security.add_arguments)
+    guest_set.add_argument("settings", nargs="+", type=_assignment, metavar="KEY=VALUE", help=f"one or more of: {control_help}")
     client_command("destroy", "destroy a domain and return its pages").add_argument("domain", type=domain, help="domain name or id")
     on_crash = client_command("on-crash", "what the host does with a domain whose guest falls silent (serve --reclaim-after), as xl's on_crash")
     on_crash.add_argument("domain", type=domain, help="domain name or id")
@@ -214,7 +215,7 @@ def run_client(args: argparse.Namespace) -> int:
         elif args.command == "on-crash":
             tool.on_crash(args.domain, args.action)
         elif args.command == "guest-set":
-            result = tool.guest_set(args.domain, dict(args.keys))
+            result = tool.guest_set(args.domain, dict(args.settings))
             print(f"domain {result['domid']}: " + " ".join(f"{k}={for_terminal(str(v))}" for k, v in sorted(result["control"].items())))
     except (Unreachable, RemoteError) as err:
         return report_failure(err, f"hypervisor {args.command}", "hypervisor", endpoint)

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from wire.client import RpcClient
-from wire.security import Server
+from wire.security import Security, Server
 from wire.extent import PAGE_KIB
 from wire.pages import every_page
 from wire.shown import for_terminal
@@ -14,8 +14,9 @@ from wire.sizes import pages_to_mib
 
 
 class Toolstack:
-    def __init__(self, endpoint: str, timeout: float = 1.0, retries: int = 2) -> None:
-        self.client = RpcClient(endpoint, server=Server.HYPERVISOR, timeout=timeout, retries=retries)
+    def __init__(self, endpoint: str, timeout: float = 1.0, retries: int = 2, security: Security | None = None) -> None:
+        """`security`: whose key to call with (None: the process's, wire.security.current())."""
+        self.client = RpcClient(endpoint, server=Server.HYPERVISOR, timeout=timeout, retries=retries, security=security)
 
     def close(self) -> None:
         self.client.close()

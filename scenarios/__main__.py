@@ -9,6 +9,7 @@ from pathlib import Path
 from scenarios import report
 from scenarios.runner import Runner
 from scenarios.spec import ScenarioError, load
+from wire import security
 from wire.signals import unwind_on_signals
 
 SHIPPED = Path(__file__).resolve().parent
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {scenario.name}: {scenario.description}")
         progress = report.Progress()
         runner = Runner(scenario, None if args.quiet else progress.sample, None if args.quiet else progress.step)
+        security.configure(runner.security)  # anything of this process that calls does so with the run's own key
         out_dir = args.out / scenario.name
         try:
             result = runner.run(out_dir)

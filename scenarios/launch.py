@@ -14,6 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from wire.keys import KEYS_ENV, KeyDir, Role
+from wire.security import Security
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -27,6 +30,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def provision(keys: KeyDir) -> Security:
+    """The servers' keys (hypervisor: role hypervisor, for irqbus; irqbus: a server only) and the
+    toolstack's, as a host's are provisioned (`ballonet keys create`): a server writes its public
+    key on first use anyway, but its clients would wait for it (wire.security.setup)."""
+    keys.pair("hypervisor", role=Role.HYPERVISOR)
+    keys.pair("irqbus")
+    return Security.curve(keys, "toolstack", Role.TOOLSTACK)
 
 
 SERVERS = ("irqbus", "hypervisor")  # stopped after every other process, in this order
@@ -48,6 +60,17 @@ class Processes:
         self._logs: dict[int, Path] = {}  # pid -> that instance's log
         self.env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         self.own_groups = own_groups
+        self.keys: KeyDir | None = None  # own_keys(); else the processes inherit $BALLONET_KEYS
+
+    def own_keys(self) -> Security:
+        """A key directory of this run's own (DIR/keys, 0700, gone with DIR): the hypervisor's,
+        irqbus's and the toolstack's keys made before any process starts, and every process
+        started from now on pointed at it ($BALLONET_KEYS). Returns the toolstack's setting, for
+        the run's own clients (`security=`): a run never reads or writes the user's keys, and two
+        runs never share one."""
+        self.keys = KeyDir(self.dir / "keys")
+        self.env[KEYS_ENV] = str(self.keys.path)
+        return provision(self.keys)
 
     def ipc(self, name: str) -> str:
         return f"ipc://{self.dir}/{name}"

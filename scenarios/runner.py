@@ -85,6 +85,10 @@ class Runner:
         self.on_sample = on_sample
         self.on_step = on_step
         self.procs = Processes()
+        # the run's own keys (the run's folder, removed with it; docs/protocol.md): provisioned
+        # before any process starts, every process pointed at them, the runner's clients using
+        # the toolstack key there; the user's own key directory is never read or written
+        self.security = self.procs.own_keys()
         self.host: Host | None = None
         self.tool: Toolstack | None = None
         self.sampler: Toolstack | None = None  # samples only: one try each (see run)
@@ -177,10 +181,10 @@ class Runner:
                 run = Run(s, Recording(speed=s.speed), started=False)
                 run.problems.append(f"the hypervisor did not start: {last_error(self.procs.log('hypervisor'))}")
                 return run
-            self.tool = Toolstack(self.host.admin_endpoint)
+            self.tool = Toolstack(self.host.admin_endpoint, security=self.security)
             # samples ask once and move on: while the hypervisor is down, a retrying client would
             # hold the timeline back by seconds (a minute of scenario time at speed 20)
-            self.sampler = Toolstack(self.host.admin_endpoint, timeout=max(0.25, self.clock.real(s.sample_interval)), retries=0)
+            self.sampler = Toolstack(self.host.admin_endpoint, timeout=max(0.25, self.clock.real(s.sample_interval)), retries=0, security=self.security)
             if s.irqbus:
                 self._start("irqbus")
             for g in s.guests:
@@ -380,7 +384,7 @@ class Runner:
 
     def _line_state(self, exp: Expectation) -> tuple[bool, str]:
         """Ask each guest, through irqbus, whether genirq disabled the line (nobody cared)."""
-        client = RpcClient(self.irqbus_endpoint, server=Server.IRQBUS, timeout=1.0, retries=2)
+        client = RpcClient(self.irqbus_endpoint, server=Server.IRQBUS, timeout=1.0, retries=2, security=self.security)
         bad, seen = [], []
         try:
             for guest in exp.guests:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from scenarios.launch import Processes
+from wire.keys import KEYS_ENV
 
 SHIPPED = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.toml"))
 
@@ -19,13 +20,18 @@ SHIPPED = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.
 def test_shipped_scenario_passes(procs, path, tmp_path):
     # started through `procs`, so that on failure or timeout the runner gets SIGTERM and stops
     # every process it started itself
-    runner = procs.start("runner", "scenarios", "run", str(path), "--out", str(tmp_path))
+    # the user's key directory is the runner's $BALLONET_KEYS: the run must use its own
+    users_keys = tmp_path / "users-keys"
+    runner = procs.start("runner", "scenarios", "run", str(path), "--out", str(tmp_path / "out"), env={KEYS_ENV: str(users_keys)})
     assert runner.wait(170) == 0, procs.log("runner")[-4000:]
-    out = next(tmp_path.iterdir())
+    assert not users_keys.exists()
+    out = next((tmp_path / "out").iterdir())
     assert {"series.csv", "series.json", "plot.svg", "report.txt", "report.html"} <= {p.name for p in out.iterdir()}
     assert json.loads((out / "series.json").read_text())["samples"]
     assert "PASSED" in (out / "report.txt").read_text()
     assert (out / "logs" / "hypervisor.log").exists()
+    started = [json.loads(line) for line in (out / "logs" / "hypervisor.log").read_text().splitlines() if '"event": "keys"' in line]
+    assert started and started[0]["security"] == "curve", started  # the run's own keys, CURVE on
 
 
 # --- issue 10's findings: one short run shared by the assertions about it ---------------------

@@ -14,12 +14,14 @@ non-Python client reads the same ones (docs/protocol.md).
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
 import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +29,12 @@ import zmq
 
 KEYS_ENV = "BALLONET_KEYS"
 AUTHORIZED = "authorized"
+LOCK = ".lock"
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 Z85_KEY_CHARS = 40  # a 32-byte Curve25519 key in Z85
 MAX_GUEST_SCOPE = 64
+SERVER_NAMES = ("hypervisor", "irqbus")  # wire.security.Server: whose public key clients need
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _Z85 = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
@@ -64,6 +68,22 @@ class Grant:
     key: str  # Z85 public key
     name: str
     guests: frozenset[int] = frozenset()  # a device's scope; empty: any guest
+
+    def check(self) -> Grant:
+        """A grant `authorized` can hold: refused here rather than written into a file that no
+        server (nor `ballonet keys list`) could then read."""
+        check_public(self.key)
+        check_name(self.name)
+        if self.guests and self.role is not Role.DEVICE:
+            raise KeyFileError(f"guests=... scopes a device key only, not a {self.role} key")
+        if len(self.guests) > MAX_GUEST_SCOPE:
+            raise KeyFileError(f"{len(self.guests)} guests: a device key is scoped to at most {MAX_GUEST_SCOPE} (or to any guest)")
+        from wire.operations import MAX_DOMID  # here: most key files scope nothing, and it is a heavy import
+
+        bad = sorted(g for g in self.guests if not 0 <= g <= MAX_DOMID)
+        if bad:
+            raise KeyFileError(f"guest {bad[0]} is no domid (0 to {MAX_DOMID})")
+        return self
 
     def line(self) -> str:
         scope = f" guests={','.join(str(g) for g in sorted(self.guests))}" if self.guests else ""
@@ -114,6 +134,30 @@ def check_public(key: str) -> str:
 class KeyDir:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._held = 0  # depth of _locked() in this object
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Every change to the directory under one lock: processes started together (a run's
+        guests, two devices on key `device`) create their keys on first use and add their
+        grants to `authorized` at the same moment, and a read-modify-write of it must not
+        lose another's grant, nor two processes make two different pairs of one name."""
+        if self._held:
+            self._held += 1
+            try:
+                yield
+            finally:
+                self._held -= 1
+            return
+        self._ensure_dir()
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._held = 1
+            yield
+        finally:
+            self._held = 0
+            os.close(fd)
 
     def __repr__(self) -> str:
         return f"KeyDir({str(self.path)!r})"
@@ -138,10 +182,13 @@ class KeyDir:
         if not secret_file.exists():
             if not create:
                 raise KeyFileError(f"no secret key {secret_file} (create it with `ballonet keys create {name}`)")
-            pair = self.create(name)
-            if role is not None:
-                self.authorize(Grant(role, pair.public.decode(), name))
-            return pair
+            with self._locked():
+                if not secret_file.exists():  # nobody made it while we waited for the lock
+                    public, secret = zmq.curve_keypair()
+                    if role is not None:  # granted before the key is there for anyone to use
+                        self.authorize(Grant(role, public.decode(), name))
+                    return self._write_pair(name, public, secret)
+        self.check_dir()
         self._check_private(secret_file)
         public, secret = read_cert(secret_file)
         if secret is None:
@@ -152,22 +199,27 @@ class KeyDir:
         """Another process's public key NAME (a server's, for its clients)."""
         public_file = self.public_file(name)
         if not public_file.exists():
-            raise KeyFileError(
-                f"no public key {public_file}: copy the server's {name}{PUBLIC_SUFFIX} there, "
-                f"or start `{name} serve` with the same --keys/{KEYS_ENV}"
-            )
+            if name in SERVER_NAMES:
+                raise KeyFileError(
+                    f"no public key {public_file}: copy the server's {name}{PUBLIC_SUFFIX} there "
+                    f"(`ballonet keys import {name} FILE`), or start `{name} serve` with the same --keys/{KEYS_ENV}"
+                )
+            raise KeyFileError(f"no key {name!r} in {self.path} (`ballonet keys list` shows them; `ballonet keys create {name}` makes one)")
         public, _ = read_cert(public_file)
         return public
 
     def create(self, name: str) -> KeyPair:
         """A new key pair NAME; refuses to replace one (revoke and delete it first)."""
-        self._ensure_dir()
-        if self.secret_file(name).exists():
-            raise KeyFileError(f"key {name!r} exists in {self.path}")
-        public, secret = zmq.curve_keypair()
+        with self._locked():
+            if self.secret_file(name).exists():
+                raise KeyFileError(f"key {name!r} exists in {self.path}")
+            return self._write_pair(name, *zmq.curve_keypair())
+
+    def _write_pair(self, name: str, public: bytes, secret: bytes) -> KeyPair:
         banner = f"#   ballonet key {name}: written by `ballonet keys`; the secret file is 0600\n"
-        write_atomic(self.public_file(name), cert_text(banner, public, None), 0o644)
+        # the secret first: the public file is what a client waits for (wire.security.setup)
         write_atomic(self.secret_file(name), cert_text(banner, public, secret), 0o600)
+        write_atomic(self.public_file(name), cert_text(banner, public, None), 0o644)
         return KeyPair(name, public, secret)
 
     def names(self) -> list[str]:
@@ -182,6 +234,7 @@ class KeyDir:
         return self.path / AUTHORIZED
 
     def authorized(self) -> Authorized:
+        self.check_dir()
         path = self.authorized_file
         if not path.exists():
             return Authorized()
@@ -192,16 +245,19 @@ class KeyDir:
 
     def authorize(self, grant: Grant) -> None:
         """Add `grant` (a key already granted the same role gets the new scope instead)."""
-        current = self.authorized().grants
-        kept = [g for g in current if not (g.key == grant.key and g.role == grant.role)]
-        self._write_authorized([*kept, grant])
+        grant.check()
+        with self._locked():
+            current = self.authorized().grants
+            kept = [g for g in current if not (g.key == grant.key and g.role == grant.role)]
+            self._write_authorized([*kept, grant])
 
     def revoke(self, key: str, role: Role | None = None) -> int:
         """Remove the key's grants (of `role`, or all); returns how many went."""
-        current = self.authorized().grants
-        kept = [g for g in current if not (g.key == key and (role is None or g.role == role))]
-        self._write_authorized(kept)
-        return len(current) - len(kept)
+        with self._locked():
+            current = self.authorized().grants
+            kept = [g for g in current if not (g.key == key and (role is None or g.role == role))]
+            self._write_authorized(kept)
+            return len(current) - len(kept)
 
     def _write_authorized(self, grants: Iterable[Grant]) -> None:
         self._ensure_dir()
@@ -213,6 +269,19 @@ class KeyDir:
 
     def _ensure_dir(self) -> None:
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def check_dir(self) -> None:
+        """A directory others may write to lets them swap a server's public key or `authorized`
+        for their own (a replaced file passes every file check), so it is refused as a whole."""
+        try:
+            mode = self.path.stat().st_mode
+        except FileNotFoundError:
+            return
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise KeyFileError(
+                f"key directory {self.path} is writable by others (mode {stat.S_IMODE(mode):o}): anyone could replace "
+                f"a server's public key or the authorized file; chmod 700 it"
+            )
 
     @staticmethod
     def _check_private(path: Path) -> None:
@@ -239,9 +308,7 @@ def parse_authorized(text: str, where: str = AUTHORIZED) -> Authorized:
                 if not words[3].startswith("guests="):
                     raise KeyFileError(f"unexpected {words[3]!r}")
                 guests = frozenset(int(g) for g in words[3][len("guests="):].split(","))
-                if len(guests) > MAX_GUEST_SCOPE:
-                    raise KeyFileError(f"more than {MAX_GUEST_SCOPE} guests")
-            grants.append(Grant(role, check_public(words[1]), check_name(words[2]), guests))
+            grants.append(Grant(role, words[1], words[2], guests).check())
         except (KeyFileError, ValueError) as err:
             raise KeyFileError(f"{where}:{number}: {err}") from None
     return Authorized(grants)

@@ -16,7 +16,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="tool", required=True)
     keys = sub.add_parser("keys", help="the CURVE keys of this host (docs/protocol.md)")
     keys.add_argument("--keys", metavar="DIR", help=f"key directory (env {KEYS_ENV}; default $XDG_CONFIG_HOME/ballonet)")
-    cmd = keys.add_subparsers(dest="command", required=True)
+    # also after the command (`ballonet keys list --keys DIR`), as every other CLI takes it
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--keys", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    cmd = keys.add_subparsers(dest="command", required=True, parser_class=lambda **kw: argparse.ArgumentParser(parents=[where], **kw))
     listing = cmd.add_parser("list", help="every key here, and the roles `authorized` gives each")
     listing.add_argument("--json", action="store_true")
     create = cmd.add_parser("create", help="a new key pair NAME (secret 0600); with --role, authorized at once")
@@ -49,7 +52,13 @@ def resolve(keys: KeyDir, ref: str) -> tuple[str, str]:
     path = Path(ref)
     if path.suffix in (".key", ".key_secret") and path.exists():
         return read_cert(path)[0].decode(), path.name.split(".")[0]
-    return keys.public(check_name(ref)).decode(), ref
+    if not keys.public_file_exists(check_name(ref)):  # a key authorized by name, its file elsewhere
+        named = {g.key for g in keys.authorized().grants if g.name == ref}
+        if len(named) == 1:
+            return named.pop(), ref
+        if named:
+            raise KeyFileError(f"{len(named)} keys are authorized as {ref!r}: name one by its public key (`ballonet keys list`)")
+    return keys.public(ref).decode(), ref
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     where = f" guests={','.join(map(str, row['guests']))}" if row["guests"] else ""
                     print(f"  {row['name']:<24} {row['public_key']}  {'secret ' if row['secret'] else 'public '} {','.join(row['roles']) or '-'}{where}")
         elif args.command == "create":
+            if args.guest and not args.role:
+                raise KeyFileError("--guest scopes a device: add --role device")
+            if args.role:  # the grant checked before the key exists, so a refused one leaves nothing
+                Grant(Role(args.role), "0" * 40, check_name(args.name), frozenset(args.guest)).check()
             pair = keys.create(check_name(args.name))
             if args.role:
                 keys.authorize(Grant(Role(args.role), pair.public.decode(), pair.name, frozenset(args.guest)))
@@ -97,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "show":
             print(keys.public(check_name(args.name)).decode())
         elif args.command == "import":
+            if keys.exists(check_name(args.name)):
+                raise KeyFileError(f"{args.name!r} is a key pair of this directory ({keys.secret_file(args.name)}): importing another public key under its name would part it from its secret; choose another name")
             public, _ = resolve(keys, args.key)
             keys.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             write_atomic(keys.public_file(check_name(args.name)), cert_text(f"#   ballonet public key {args.name}, imported\n", public.encode(), None), 0o644)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import enum
 import ipaddress
+import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import zmq
 
@@ -108,7 +108,15 @@ def _start_zap(context: zmq.Context) -> None:
         from zmq.auth.thread import ThreadAuthenticator  # only servers need it
 
         auth = ThreadAuthenticator(context)
-        auth.start()
+        # its thread starts with SIGTERM and SIGINT blocked (a thread takes its creator's mask),
+        # so they reach the main thread, whose handler blocks them there to hold off the next
+        # (wire/signals.py); an unblocked thread would take those, and tests of it in one process
+        stop = {signal.SIGTERM, signal.SIGINT}
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        try:
+            auth.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
         auth.configure_curve(domain=ZAP_DOMAIN, location=zmq.auth.CURVE_ALLOW_ANY)
         _zap_started[id(context)] = auth  # lives as long as the process: the servers' sockets do
 
@@ -176,16 +184,45 @@ def is_local(endpoint: str) -> bool:
         return True
     if scheme != "tcp":
         return False
-    host = urlsplit("//" + rest).hostname or ""
+    # ZeroMQ's own form (zmq_tcp(7)): HOST:PORT, an IPv6 HOST in brackets; a source address
+    # (`SRC;HOST:PORT`), user info or a path are no URL parts to it, so none is local here
+    host, colon, _port = rest.rpartition(":")
+    if not colon:
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False  # '*', an interface name or a DNS name: not provably local
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is IPv4's loopback too
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
-SERVER_KEY_WAIT_S = 10.0
+SERVER_KEY_WAIT_S = 10.0  # for each server's key
+SERVER_KEY_TOLD_S = 1.0  # a wait longer than this is said on stderr, so a silent client is no mystery
+
+
+def wait_for_server_key(keys: KeyDir, server: Server | str, command: str) -> None:
+    """Wait up to SERVER_KEY_WAIT_S for `server`'s public key (its own `serve` writes it on
+    first use); KeyFileError saying what to do when it never comes."""
+    path = keys.public_file(str(server))
+    start = time.monotonic()
+    told = False
+    while not path.exists():
+        waited = time.monotonic() - start
+        if waited >= SERVER_KEY_WAIT_S:
+            raise KeyFileError(
+                f"no public key of {server} in {keys.path} after waiting {SERVER_KEY_WAIT_S:g} s for {path.name}: "
+                f"start `{server} serve` with the same key directory (--keys or ${KEYS_ENV}), "
+                f"or copy its {path.name} here (`ballonet keys import {server} FILE`)"
+            )
+        if not told and waited >= SERVER_KEY_TOLD_S:
+            print(f"{command}: waiting up to {SERVER_KEY_WAIT_S:g} s for {path} ({server} serve writes it when it starts)", file=sys.stderr)
+            told = True
+        time.sleep(0.05)
 
 
 def setup(args: argparse.Namespace, role: Role | None, endpoints: list[str], command: str, servers: tuple[Server, ...] = ()) -> int | None:
@@ -197,11 +234,12 @@ def setup(args: argparse.Namespace, role: Role | None, endpoints: list[str], com
     try:
         chosen = configure(from_arguments(args, role, endpoints))
         if chosen.keys is not None:
-            deadline = time.monotonic() + SERVER_KEY_WAIT_S
+            # an unsafe or unreadable `authorized` stops the process at start, with what to do,
+            # rather than a server that refuses every key (wire.gate keeps no good rights)
+            chosen.keys.authorized()
             for server in servers:
-                while not chosen.keys.public_file(str(server)).exists() and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                chosen.server_key(server)  # raises with the message
+                wait_for_server_key(chosen.keys, server, command)
+                chosen.server_key(server)  # a malformed file raises with its own message
     except (SecurityError, KeyFileError) as err:
         print(f"{command}: {err}", file=sys.stderr)
         return 2
