@@ -28,6 +28,7 @@ from wire.operations import Endpoint
 from wire import security as security_module
 from wire.security import Security
 
+_EACCES = ErrorCode.EACCES
 POLL_MS = 100
 HARD_FRAME_LIMIT = 64 << 20  # past this ZeroMQ drops the peer; up to it we answer EMSGSIZE
 
@@ -180,6 +181,8 @@ class HypervisorService:
             return
         endpoint = self._endpoints[sock]
         outcome = self.hypervisor.handle(endpoint, body[0], self.clock(), self.gate.peer(user))
+        if outcome.error is _EACCES and self.gate.recheck():  # refused on rights a moment old: a refusal changed nothing
+            outcome = self.hypervisor.handle(endpoint, body[0], self.clock(), self.gate.peer(user))
         self._outbox.append((sock, [*route, outcome.reply], None))
         # the guest endpoint (`sock is`, as reading Endpoint.GUEST costs an Enum class lookup)
         if sock is self.guests and outcome.client is not None and outcome.error is None:

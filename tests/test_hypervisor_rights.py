@@ -8,13 +8,16 @@ import itertools
 
 import msgpack
 import pytest
+import structlog
 
 from hypervisor.dispatch import Hypervisor, Ownership
 from hypervisor.rights import Guests
+from hypervisor.service import HypervisorService
 from tests.populated import host_fingerprint
 from wire import envelope
-from wire.gate import INSECURE, Peer
-from wire.keys import Role
+from wire.gate import INSECURE, RELOAD_S, Peer
+from wire.keys import KeyDir, Role
+from wire.security import Security
 from wire.operations import OPERATIONS, Endpoint
 
 pytestmark = pytest.mark.timeout(10)
@@ -140,3 +143,54 @@ def test_irqbus_is_told_who_owns_a_domain_and_when_it_is_gone(hv):
     _, out = call(hv, A, TOOLSTACK, "xl", "destroy", domain="victim")
     assert [(n.ownership, n.domid) for n in out.notifications if n.ownership] == [(Ownership.GONE, 1)]
     assert hv.owners() == []
+
+
+# --- the shell: the Peer of each message's key (wire.gate) -----------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def service(tmp_path):
+    kd = KeyDir(tmp_path / "keys")
+    clock = Clock()
+    log = structlog.wrap_logger(None, processors=[lambda *_: (_ for _ in ()).throw(structlog.DropEvent)])
+    svc = HypervisorService(Hypervisor(2048), f"ipc://{tmp_path}/g", f"ipc://{tmp_path}/a", log, clock=clock,
+                            security=Security(kd, kd.pair("hypervisor", role=Role.HYPERVISOR)))
+    svc.keydir, svc.fake_clock = kd, clock
+    yield svc
+    svc.close()
+
+
+def admin_reply(svc: HypervisorService, user: str, op: str = "info", seq: int = 1) -> dict:
+    frame = envelope.encode(envelope.request(op, seq, "xl", {}))
+    svc._serve_one(svc.admin, b"peer", [frame], False, user)
+    reply = msgpack.unpackb(svc._outbox[-1][1][-1])
+    svc._commit()
+    svc._flush()
+    return reply
+
+
+def test_a_key_authorized_a_moment_ago_is_served_its_first_request(service):
+    """A command creates and authorizes its key on first use and sends at once, sooner than the
+    gate's next look at `authorized` (RELOAD_S): the refusal looks again before it is final."""
+    ops = service.keydir.pair("ops", role=Role.TOOLSTACK).public.decode()  # the clock stands still
+    assert admin_reply(service, ops)["ok"]
+    stranger = service.keydir.pair("stranger").public.decode()
+    assert admin_reply(service, stranger)["error"] == "EACCES"
+
+
+def test_a_revocation_applies_to_the_next_request_after_the_loops_next_look(service):
+    ops = service.keydir.pair("ops", role=Role.TOOLSTACK).public.decode()
+    assert admin_reply(service, ops, seq=1)["ok"]
+    service.keydir.revoke(ops)
+    service.fake_clock.now += RELOAD_S
+    service.gate.refresh()  # what serve() does at the top of each turn
+    reply = admin_reply(service, ops, seq=2)
+    assert (reply["error"], reply["message"].startswith(f"key {ops[:8]!r} is not a toolstack key")) == ("EACCES", True)
