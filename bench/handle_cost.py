@@ -90,11 +90,15 @@ def run(mode: str, requests: int, profile: bool = False, state: bool = False) ->
         service = HypervisorService(hv, f"ipc://{tmp}/g", f"ipc://{tmp}/a", log, journal=journal, security=security)
         commit, flush = service._commit, service._flush
         sock = _Socket()  # the loop's stand-in for the guest socket
+        # the key the guests' connections authenticated with, as `_drain` hands it on (CURVE):
+        # the per-message peer lookup and the client scoped by it are part of the cost
+        own = service.security.own
+        user = own.public.decode() if own is not None else None
         guests, service.guests, service._endpoints = service.guests, sock, {sock: Endpoint.GUEST}
         try:
             clients = [_Guest(i) for i in range(CLIENTS)]
             for i, g in enumerate(clients):
-                service._serve_one(sock, g.identity, [g.frame("register", {"name": f"bench{i}", "memory_pages": 1024, "max_pages": 1 << 20})], False)
+                service._serve_one(sock, g.identity, [g.frame("register", {"name": f"bench{i}", "memory_pages": 1024, "max_pages": 1 << 20})], False, user)
                 commit()
                 flush()
                 if not msgpack.unpackb(sock.last)["ok"]:
@@ -109,7 +113,7 @@ def run(mode: str, requests: int, profile: bool = False, state: bool = False) ->
                 g = clients[k % CLIENTS]
                 frame = g.next_frame()
                 if hypervisor:
-                    serve_one(sock, g.identity, [frame], False)
+                    serve_one(sock, g.identity, [frame], False, user)
                     commit()
                     flush()
                 else:

@@ -15,6 +15,7 @@ from hypervisor import top
 from hypervisor.dispatch import Hypervisor
 from hypervisor.domains import DEFAULT_LIVENESS_S
 from hypervisor.journal import Journal, JournalError, Synchronous
+from hypervisor.rights import Guests
 from hypervisor.service import HypervisorService
 from hypervisor.toolstack import Toolstack, format_info, format_list, format_snapshot
 from hypervisor.virq import VirqSender
@@ -83,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--reclaim-after", type=seconds, metavar="SECONDS",
         help="a domain whose guest sent no request or heartbeat for SECONDS is destroyed and its pages return to the pool "
         "(or kept as crashed, with on_crash=preserve); default: never (a slow guest is not a dead one)",
+    )
+    serve.add_argument(
+        "--guests", choices=[g.value for g in Guests], default=Guests.ANY.value,
+        help="which keys the guest endpoint serves: any (the default: any key registers a domain, bound to that key) or "
+        "authorized (only keys with role guest, for every guest operation: `ballonet keys authorize NAME --role guest`)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     security.add_arguments(serve, "hypervisor")
@@ -159,12 +165,13 @@ def serve(args: argparse.Namespace) -> int:
                 "recovered", state=args.state, domains=recovery.domains, pages=recovery.pages, records=recovery.records,
                 events=recovery.events, boot_id=recovery.boot_id, synchronous=args.synchronous,
             )
-    virqs = VirqSender(irqbus_ep, log) if irqbus_ep else None
+    virqs = VirqSender(irqbus_ep, log, owners=hypervisor.owners) if irqbus_ep else None
     hypervisor.reclaim_after_s = args.reclaim_after
+    hypervisor.guests = Guests(args.guests)
     service = HypervisorService(hypervisor, guest_ep, admin_ep, log, virqs=virqs, journal=journal)
     log.info(
         "serving", guest_endpoint=guest_ep, admin_endpoint=admin_ep, irqbus=irqbus_ep, total_pages=hypervisor.pool.total_pages,
-        boot_id=hypervisor.boot_id, state=args.state, reclaim_after_s=args.reclaim_after,
+        boot_id=hypervisor.boot_id, state=args.state, reclaim_after_s=args.reclaim_after, guests=args.guests,
     )
     try:
         service.serve(stop.is_set)

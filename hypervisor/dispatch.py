@@ -3,6 +3,7 @@ frame, the notifications to push and the figures to log come out."""
 
 from __future__ import annotations
 
+import enum
 import math
 import secrets
 from collections.abc import Callable, Sequence
@@ -11,12 +12,16 @@ from typing import Any
 
 from hypervisor.domains import DEFAULT_LIVENESS_S, Domain, DomainState, DomainTable
 from hypervisor.pool import PagePool
+from hypervisor.rights import Guests, not_guest, not_toolstack
 from hypervisor.tombstones import Tombstone, Tombstones
 from wire import envelope, replay
 from wire.domain_end import DomainEnd, OnCrash
 from wire.replay import ReplayRecord, Verdict, replay_refusal
 from wire.shown import clip
 from wire.errors import ErrorCode, WireError
+from wire.gate import INSECURE, Peer
+from wire.identity import scoped
+from wire.keys import Role
 from wire.operations import Endpoint, lookup
 
 # A page of `list`: half the message limit, so the envelope and one more domain always fit.
@@ -38,6 +43,7 @@ MAP_PAGE_EXTENTS = 32768
 # The verdicts handle() tests on every request, as module constants: reading a member off an
 # Enum class costs ~1,000 instructions in Python 3.11 (as much as decoding the request's args).
 _REPLAY, _STALE, _REUSED = Verdict.REPLAY, Verdict.STALE, Verdict.REUSED
+_ADMIN, _AUTHORIZED, _TOOLSTACK, _GUEST, _EACCES = Endpoint.ADMIN, Guests.AUTHORIZED, Role.TOOLSTACK, Role.GUEST, ErrorCode.EACCES
 
 # A gap this long between two sweeps means the hypervisor itself was not running (stopped,
 # swapped out, a loop that hung): its guests' silence is counted again from the sweep after it.
@@ -49,15 +55,24 @@ STALL_S = 1.0
 QUIET_OPS = frozenset({"get_target", "memory_map", "status", "list", "snapshot", "info", "increase_reservation", "decrease_reservation"})
 
 
+class Ownership(enum.Enum):
+    """What irqbus is told of a domain's owner (hypervisor/virq.py, irqbus's `owners`)."""
+
+    OWNED = "owned"  # registered: the key in its guest's scoped client owns it
+    GONE = "gone"  # destroyed, reclaimed or crashed: no guest owns it any more
+
+
 @dataclass
 class Notification:
-    """News for a guest: an `event` pushed on the hypervisor's own socket to the guest behind
-    `client`, or a virtual interrupt `virq` raised on domain `domid` through irqbus."""
+    """News about the guest behind `client`, sent after the commit: an `event` pushed on the
+    hypervisor's own socket to that guest, a virtual interrupt `virq` raised on domain `domid`
+    through irqbus, or (`ownership`) irqbus told which key owns domain `domid`."""
 
     client: str
     domid: int
     event: dict[str, Any] | None = None
     virq: str | None = None
+    ownership: Ownership | None = None
 
 
 
@@ -111,6 +126,10 @@ def _end_news(domain: Domain, event: str, stone: Tombstone) -> Notification:
     return Notification(domain.client, domain.domid, event=envelope.event(event, args))
 
 
+def _owner_news(domain: Domain, ownership: Ownership) -> Notification:
+    return Notification(domain.client, domain.domid, ownership=ownership)
+
+
 def _memory_news(waiting: list[Domain]) -> list[Notification]:
     return [Notification(d.client, d.domid, virq="memory") for d in waiting]
 
@@ -153,6 +172,7 @@ class Hypervisor:
         self.record = ReplayRecord()
         # None: a silent guest's domain is only ever shown unresponsive (hypervisor serve's default)
         self.reclaim_after_s = reclaim_after_s
+        self.guests = Guests.ANY  # which keys the guest endpoint serves (hypervisor/rights.py)
         self.tombstones = Tombstones()
         self._last_sweep: float | None = None
         self._next_full_sweep = -math.inf  # when sweep next looks at every domain
@@ -190,53 +210,75 @@ class Hypervisor:
     def pool(self) -> PagePool:
         return self.table.pool
 
-    def handle(self, endpoint: Endpoint, frame: bytes, now: float) -> Outcome:
+    def owners(self) -> list[tuple[int, str]]:
+        """Every domain that still has its guest, with the guest's scoped client: who irqbus
+        lets attach for it (hypervisor/owners.py)."""
+        table = self.table
+        return [(d.domid, d.client) for d in table.in_creation_order() if table.is_guests(d)]
+
+    def handle(self, endpoint: Endpoint, frame: bytes, now: float, peer: Peer = INSECURE) -> Outcome:
+        """One request from `peer` (the key its connection authenticated with; INSECURE on an
+        --insecure server). Its `client` is scoped by that key before anything is looked up:
+        the record, the domain, the snapshots all key on the scoped name (wire.identity), so a
+        client string taken from a log names nothing under another key."""
         try:
             req = envelope.decode_request(frame)
         except envelope.EnvelopeError as err:
             reply = envelope.encode(envelope.error_reply(err.seq, err.code, err.message))
             return Outcome(reply, seq=err.seq, error=err.code, message=err.message)
 
+        client = scoped(peer.key, req.client)
+        if endpoint is _ADMIN:
+            if _TOOLSTACK not in peer.roles:
+                return self._denied(req, client, peer, not_toolstack(peer))
+        elif self.guests is _AUTHORIZED and _GUEST not in peer.roles:
+            return self._denied(req, client, peer, not_guest(peer))
+
         frame_digest = replay.digest(frame)
-        verdict, latest = self.record.verdict(req.client, req.seq, frame_digest)
+        verdict, latest = self.record.verdict(client, req.seq, frame_digest)
         if verdict is _REPLAY:
             assert latest is not None and latest.reply is not None
-            return Outcome(latest.reply, req.op, req.seq, req.client, replayed=True)
+            return Outcome(latest.reply, req.op, req.seq, client, replayed=True)
         if verdict is _STALE or verdict is _REUSED:
-            return self._error(req, endpoint, ErrorCode.EPROTO, replay_refusal(verdict, req.seq))
+            return self._error(req, client, endpoint, ErrorCode.EPROTO, replay_refusal(verdict, req.seq))
 
         try:
             op = lookup(req.op, endpoint)
             args = op.validate(req.args)
-            if latest is None and not (op.read_only or op.binds) and not self.record.admit(req.client, now):
+            if latest is None and not (op.read_only or op.binds) and not self.record.admit(client, now):
                 raise WireError(ErrorCode.EAGAIN, "the server is recording as many recent requests as it can hold; retry later")
-            done = self._handlers[op.name](req.client, args, now)
+            done = self._handlers[op.name](client, args, now)
         except WireError as err:
-            outcome = self._error(req, endpoint, err.code, err.message)
-            self.record.remember(req.client, req.seq, frame_digest, outcome.reply, now, changed=False)
+            outcome = self._error(req, client, endpoint, err.code, err.message)
+            self.record.remember(client, req.seq, frame_digest, outcome.reply, now, changed=False)
             return outcome
         reply = envelope.encode_ok(req.seq, done.result)
-        self.record.remember(req.client, req.seq, frame_digest, None if op.read_only else reply, now, changed=not op.read_only)
+        self.record.remember(client, req.seq, frame_digest, None if op.read_only else reply, now, changed=not op.read_only)
         routine = op.name in QUIET_OPS and not done.notable
-        return Outcome(reply, req.op, req.seq, req.client, done.fields, done.notifications, routine)
+        return Outcome(reply, req.op, req.seq, client, done.fields, done.notifications, routine)
 
-    def _error(self, req: envelope.Request, endpoint: Endpoint, code: ErrorCode, message: str) -> Outcome:
+    def _denied(self, req: envelope.Request, client: str, peer: Peer, message: str) -> Outcome:
+        """EACCES: the key may not use this endpoint. Nothing is looked up or recorded."""
+        reply = envelope.encode(envelope.error_reply(req.seq, _EACCES, message))
+        return Outcome(reply, clip(req.op, 40), req.seq, client, {"key": peer.short()}, error=_EACCES, message=message)
+
+    def _error(self, req: envelope.Request, client: str, endpoint: Endpoint, code: ErrorCode, message: str) -> Outcome:
         # A guest told "no domain for you" learns which books said so: the ones it registered
         # with (its domain was destroyed) or others (this hypervisor restarted without it).
         boot_id = reason = None
         if code is ErrorCode.ESRCH and endpoint is Endpoint.GUEST:
             boot_id = self.boot_id
             # ... and, while the hypervisor remembers, why: destroyed, reclaimed or crashed
-            tombstone = self.tombstones.find(req.client)
+            tombstone = self.tombstones.find(client)
             if tombstone is not None:
                 reason, message = str(tombstone.end), tombstone.message
-            elif (crashed := self.table.crashed_of(req.client)) is not None:  # e.g. after a restart on a journal
+            elif (crashed := self.table.crashed_of(client)) is not None:  # e.g. after a restart on a journal
                 reason = str(DomainEnd.CRASHED)
                 message = f"domain {crashed.domid} ({crashed.name}) crashed: it is kept (on_crash=preserve) until the toolstack destroys it"
         reply = envelope.encode(envelope.error_reply(req.seq, code, message, boot_id, reason))
-        domain = self.table.find_client(req.client)
+        domain = self.table.find_client(client)
         fields: dict[str, Any] = {"domid": domain.domid} if domain else {}
-        return Outcome(reply, clip(req.op, 40), req.seq, req.client, fields, error=code, message=message)
+        return Outcome(reply, clip(req.op, 40), req.seq, client, fields, error=code, message=message)
 
     # --- guest endpoint --------------------------------------------------------------------
 
@@ -257,7 +299,7 @@ class Hypervisor:
             **_target(domain),
         }
         fields = {"domid": domain.domid, "name": domain.name, "pages": args["memory_pages"], "free_pages": self.pool.free_pages, "on_crash": str(domain.on_crash)}
-        return _Result(result, fields)
+        return _Result(result, fields, [_owner_news(domain, Ownership.OWNED)])
 
     def _increase(self, client: str, args: dict[str, Any], now: float) -> _Result:
         domain = self.table.guest(client, now)
@@ -298,7 +340,8 @@ class Hypervisor:
         released = self.table.destroy(domain)
         self.record.release(client, now)
         fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages}
-        return _Result({"domid": domain.domid, "released": released}, fields, _memory_news(self.table.waiting_for_memory(domain)))
+        notes = [_owner_news(domain, Ownership.GONE), *_memory_news(self.table.waiting_for_memory(domain))]
+        return _Result({"domid": domain.domid, "released": released}, fields, notes)
 
     # --- admin endpoint --------------------------------------------------------------------
 
@@ -420,7 +463,7 @@ class Hypervisor:
         if guests:
             self.record.release(domain.client, now)
             stone = self._bury(domain, DomainEnd.DESTROYED, f"domain {domain.domid} ({domain.name}) was destroyed by the toolstack")
-            notes.append(_end_news(domain, "destroyed", stone))
+            notes += [_end_news(domain, "destroyed", stone), _owner_news(domain, Ownership.GONE)]
         notes += _memory_news(self.table.waiting_for_memory(domain))
         fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages}
         return _Result({"domid": domain.domid, "released": released}, fields, notes)
@@ -495,7 +538,7 @@ class Hypervisor:
             f"domain {domain.domid} ({domain.name}) was reclaimed by the host: no request or heartbeat from its guest for "
             f"{silent:.1f} s (hypervisor serve --reclaim-after {self.reclaim_after_s:g}); its {released} pages returned to the pool",
         )
-        notes = [_end_news(domain, "destroyed", stone)]
+        notes = [_end_news(domain, "destroyed", stone), _owner_news(domain, Ownership.GONE)]
         notes += _memory_news(self.table.waiting_for_memory(domain))
         fields = {"domid": domain.domid, "name": domain.name, "released": released, "free_pages": self.pool.free_pages, "silent_s": round(silent, 3)}
         return Outcome(b"", "reclaim", client=domain.client, fields=fields, notifications=notes)
@@ -510,7 +553,7 @@ class Hypervisor:
             f"{silent:.1f} s (hypervisor serve --reclaim-after {self.reclaim_after_s:g}); on_crash=preserve keeps it and its "
             f"{pages} pages for inspection until the toolstack destroys it",
         )
-        notes = [_end_news(domain, "crashed", stone)]
+        notes = [_end_news(domain, "crashed", stone), _owner_news(domain, Ownership.GONE)]
         fields = {"domid": domain.domid, "name": domain.name, "pages": pages, "silent_s": round(silent, 3)}
         return Outcome(b"", "preserve", client=domain.client, fields=fields, notifications=notes)
 

@@ -16,16 +16,19 @@ from collections.abc import Callable
 import structlog
 import zmq
 
-from hypervisor.dispatch import SWEEP_INTERVAL_S, Hypervisor, Notification, Outcome
+from hypervisor.dispatch import SWEEP_INTERVAL_S, Hypervisor, Notification, Outcome, Ownership
 from hypervisor.journal import Journal
 from hypervisor.virq import VirqSender
 from wire import envelope
 from wire import multipart
 from wire.errors import ErrorCode
+from wire.gate import Gate
+from wire.identity import shown_client
 from wire.operations import Endpoint
 from wire import security as security_module
 from wire.security import Security
 
+_EACCES = ErrorCode.EACCES
 POLL_MS = 100
 HARD_FRAME_LIMIT = 64 << 20  # past this ZeroMQ drops the peer; up to it we answer EMSGSIZE
 
@@ -46,13 +49,15 @@ class HypervisorService:
         self.hypervisor = hypervisor
         self.security = security or security_module.current()
         self._authenticated = not self.security.insecure
+        # who each message's key is, per message (a revocation applies to open sessions)
+        self.gate = Gate(self.security.keys, clock, lambda problem: log.warning("authorized keys not reloaded", problem=problem))
         self.journal = journal
         # The turn's batch, held until it is committed: its outcomes (for the journal's events
         # and the log), the frames to send (replies, and pushed events: `note` says which), the
         # virtual interrupts to raise.
         self._batch: list[tuple[Endpoint | None, Outcome]] = []
         self._outbox: list[tuple[zmq.Socket, list[bytes], Notification | None]] = []
-        self._virqs_out: list[tuple[int, str]] = []
+        self._irqbus_out: list[Notification] = []  # virqs and owners news, in the order they came
         self.virqs = virqs
         self.log = log
         # Routine successes are debug lines: when those are filtered out, _log builds nothing
@@ -80,6 +85,8 @@ class HypervisorService:
             self.virqs.close()
 
     def serve(self, should_stop: Callable[[], bool]) -> None:
+        """The loop; each turn: re-read `authorized` if it changed, serve what came, sweep,
+        commit, then send (wire.gate, `_commit`, `_flush`)."""
         poller = zmq.Poller()
         poller.register(self.guests, zmq.POLLIN)
         poller.register(self.admin, zmq.POLLIN)
@@ -87,6 +94,7 @@ class HypervisorService:
             poller.register(self.virqs.socket, zmq.POLLIN)
         next_sweep = 0.0
         while not should_stop():
+            self.gate.refresh()
             for sock, _ in poller.poll(POLL_MS):
                 if self.virqs is not None and sock is self.virqs.socket:
                     self.virqs.drain()
@@ -127,13 +135,21 @@ class HypervisorService:
             try:
                 multipart.send(sock, frames, multipart.NOBLOCK)
             except zmq.Again:  # the guest is not reading; its heartbeat carries the target too
-                self.log.warning("notification dropped", client=note.client, event=note.event.get("event") if note.event else None)
+                self.log.warning("notification dropped", client=shown_client(note.client), event=note.event.get("event") if note.event else None)
         self._outbox.clear()
-        if self._virqs_out:
-            if self.virqs is not None:
-                for domid, virq in self._virqs_out:
-                    self.virqs.send(domid, virq)
-            self._virqs_out.clear()
+        virqs = self.virqs
+        if self._irqbus_out:
+            if virqs is not None:
+                for note in self._irqbus_out:
+                    if note.virq is not None:
+                        virqs.send(note.domid, note.virq)
+                    elif note.ownership is Ownership.OWNED:
+                        virqs.owned(note.domid, note.client)
+                    else:
+                        virqs.gone(note.domid)
+            self._irqbus_out.clear()
+        if virqs is not None:
+            virqs.tick(self.clock())  # the owners ping, or the whole list when irqbus needs it
         for endpoint, outcome in self._batch:
             if not outcome.routine or self._routine_logged:
                 self._log(endpoint, outcome)
@@ -146,9 +162,17 @@ class HypervisorService:
                 identity, body, req, user = multipart.receive_routed(sock, multipart.NOBLOCK, self._authenticated)
             except zmq.Again:
                 return
-            self._serve_one(sock, identity, body, req)
+            if user is None and self._authenticated:  # never on CURVE (ZAP names every peer); if it were: no rights
+                msg = "the connection carries no authenticated key"
+                self.log.warning("request refused", error=str(ErrorCode.EACCES), message=msg, req_peer=req)
+                reply = envelope.encode(envelope.error_reply(None, ErrorCode.EACCES, msg))
+                self._outbox.append((sock, [*multipart.envelope_of(identity, req), reply], None))
+                continue
+            self._serve_one(sock, identity, body, req, user)
 
-    def _serve_one(self, sock: zmq.Socket, identity: bytes, body: list[bytes], req: bool) -> None:
+    def _serve_one(self, sock: zmq.Socket, identity: bytes, body: list[bytes], req: bool, user: str | None = None) -> None:
+        """One message; `user`: the public key its connection authenticated with (None: an
+        insecure socket's peer, who may do everything; `_drain` never passes None on CURVE)."""
         route = multipart.envelope_of(identity, req)
         if len(body) != 1:
             msg = f"expected one frame per message, got {len(body)}"
@@ -156,7 +180,9 @@ class HypervisorService:
             self._outbox.append((sock, [*route, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))], None))
             return
         endpoint = self._endpoints[sock]
-        outcome = self.hypervisor.handle(endpoint, body[0], self.clock())
+        outcome = self.hypervisor.handle(endpoint, body[0], self.clock(), self.gate.peer(user))
+        if outcome.error is _EACCES and self.gate.recheck():  # refused on rights a moment old: a refusal changed nothing
+            outcome = self.hypervisor.handle(endpoint, body[0], self.clock(), self.gate.peer(user))
         self._outbox.append((sock, [*route, outcome.reply], None))
         # the guest endpoint (`sock is`, as reading Endpoint.GUEST costs an Enum class lookup)
         if sock is self.guests and outcome.client is not None and outcome.error is None:
@@ -171,8 +197,8 @@ class HypervisorService:
         and its line logged after it. Routes are read now, as of this outcome."""
         self._batch.append((endpoint, outcome))
         for note in outcome.notifications:
-            if note.virq is not None:
-                self._virqs_out.append((note.domid, note.virq))
+            if note.virq is not None or note.ownership is not None:
+                self._irqbus_out.append(note)
                 continue
             if note.event is None:
                 continue
@@ -183,7 +209,9 @@ class HypervisorService:
                 self._routes.pop(note.client, None)
 
     def _log(self, endpoint: Endpoint | None, outcome: Outcome) -> None:
-        fields = dict(outcome.fields, op=outcome.op, seq=outcome.seq, client=outcome.client, endpoint=str(endpoint) if endpoint else None)
+        # the client as shown_client has it: its key's first characters and its name's, never
+        # the whole (on an insecure socket the client string is a guest's only credential)
+        fields = dict(outcome.fields, op=outcome.op, seq=outcome.seq, client=shown_client(outcome.client), endpoint=str(endpoint) if endpoint else None)
         if outcome.error is not None:
             self.log.warning("request refused", error=str(outcome.error), message=outcome.message, **fields)
         elif outcome.replayed:

@@ -25,8 +25,10 @@ from hypothesis import strategies as st
 
 from wire.control import KEYS as CONTROL_KEYS
 from wire.envelope import MAX_CLIENT_ID, MAX_MESSAGE_BYTES, MAX_SEQ
+from wire.gate import Peer
 from wire.heartbeat import DRIVER_GENERATIONS, DRIVER_STATES
 from wire.heartbeat import FIELDS as HEARTBEAT_FIELDS
+from wire.keys import Role
 from wire.operations import (
     CHIP_KINDS,
     IRQBUS_PINS,
@@ -768,3 +770,16 @@ def host_broken(draw: Any, world: HostWorld) -> Draft:
 def bus_broken(draw: Any, world: BusWorld) -> Draft:
     """A mangled request or garbage, for irqbus: nearly always refused."""
     return _garbage(draw, Endpoint.IRQBUS) if _chance(draw, 20) else _mutate(draw, _bus_draft(draw, world), BROKEN_MUTATIONS)
+
+
+# --- who calls (wire.gate.Peer: the key a connection authenticated with, and its roles) ---------
+
+Z85_DIGITS = string.digits + string.ascii_lowercase + string.ascii_uppercase + ".-:+=^!/*?&<>()[]{}@%$#"
+public_keys = st.text(Z85_DIGITS, min_size=40, max_size=40)
+
+
+def peers_without(role: Role) -> st.SearchStrategy[Peer]:
+    """An authenticated caller with any roles but `role` (none: a key in no line of `authorized`)."""
+    others = [r for r in Role if r is not role]
+    scope = st.none() | st.frozensets(st.integers(0, MAX_DOMID), max_size=3)
+    return st.builds(Peer, public_keys, st.frozensets(st.sampled_from(others)), scope)

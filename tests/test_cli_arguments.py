@@ -13,11 +13,20 @@ from guest.drivers import parse_device
 from hypervisor import cli as hypervisor_cli
 from irqbus import cli as irqbus_cli
 from tests.processes import Processes
+from wire import security
 from wire.arguments import domain, positive_number, seconds, whole_number
 from wire.sizes import parse_size
 
 pytestmark = pytest.mark.timeout(20)
 NOWHERE = "ipc:///nonexistent/ballonet-test"
+
+
+@pytest.fixture(autouse=True)
+def _keep_this_processs_key(monkeypatch):
+    """A CLI's main() run in this process sets the process's key (wire.security.setup: `guest
+    run` takes key guest-NAME); the tests' later clients in this process must keep the
+    toolstack key, or the admin endpoint refuses them (EACCES)."""
+    monkeypatch.setattr(security, "_current", security.current())
 UNICODE_NUMBERS = ["²", "①", "٣", "١٢", "𝟕", "Ⅻ", "-1", " 7", "1_0", "+3"]
 
 

@@ -30,10 +30,13 @@ from tests.strategies import (
     host_requests,
     host_well_formed,
     many_keys,
+    peers_without,
 )
 from wire import envelope
 from wire.envelope import MAX_MESSAGE_BYTES
-from wire.operations import Endpoint
+from wire.identity import scoped
+from wire.keys import Role
+from wire.operations import OPERATIONS, Endpoint
 
 pytestmark = pytest.mark.timeout(120)
 G, A = Endpoint.GUEST, Endpoint.ADMIN
@@ -217,3 +220,49 @@ def test_a_domain_is_never_found_by_digits_that_are_not_ascii(op, text, client):
     reply = check_reply(out.reply, seq)
     assert not reply["ok"], f"{op} {text!r} acted on domain {reply['result'].get('domid')}"
     assert host_fingerprint(hv) == before
+
+
+# --- rights (hypervisor/rights.py): who calls is the key, never a field --------------------------
+
+
+GUEST_OPS_BUT_REGISTER = tuple(name for name, op in OPERATIONS.items() if op.endpoint is G and name != "register")
+
+
+def _record(hv) -> tuple:
+    """What the replay record holds: a refused caller must not even get a record."""
+    return len(hv.record), hv.record.unbound_bytes
+
+
+@FUZZ_SETTINGS
+@given(requests, peers_without(Role.TOOLSTACK))
+def test_the_admin_endpoint_changes_nothing_for_a_key_without_role_toolstack(draft, peer):
+    """Anything, well-formed or not, of either endpoint's operations, sent to the admin
+    endpoint by a key that is no toolstack key: refused, and nothing changes."""
+    hv, _, sender = populated_host()
+    before, record = host_fingerprint(hv), _record(hv)
+    seq = sender.next_seq(draft.client)
+    out = hv.handle(A, draft.frame(seq), NOW, peer)
+    reply = check_reply(out.reply, draft.readable_seq(seq))
+    assert not reply["ok"], reply
+    if draft.readable_seq(seq) is not None and reply["error"] not in ("EPROTO", "EMSGSIZE"):
+        assert reply["error"] == "EACCES", reply
+    assert host_fingerprint(hv) == before and _record(hv) == record
+    assert not out.notifications
+
+
+@FUZZ_SETTINGS
+@given(host_well_formed(HOST_WORLD, GUEST_OPS_BUT_REGISTER), peers_without(Role.TOOLSTACK), st.data())
+def test_a_guests_client_string_under_another_key_touches_no_domain(draft, peer, data):
+    """A guest operation naming a victim's client (its string stolen from a log) with the
+    thief's own key: the victim's domain, pages and record are as they were."""
+    hv, world, sender = populated_host()
+    victim = data.draw(st.sampled_from(world.domains), "victim")
+    draft = _on_client(replace(draft, endpoint=G), victim.client)
+    before = host_fingerprint(hv)
+    seq = sender.next_seq(draft.client)
+    out = hv.handle(G, draft.frame(seq), NOW, peer)
+    reply = check_reply(out.reply, seq)
+    assert (reply["ok"], reply["error"]) == (False, "ESRCH"), reply
+    assert host_fingerprint(hv) == before
+    assert out.client == scoped(peer.key, victim.client) and hv.record.latest(out.client) is None
+    assert not out.notifications

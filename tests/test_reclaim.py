@@ -15,7 +15,7 @@ import itertools
 import msgpack
 import pytest
 
-from hypervisor.dispatch import STALL_S, SWEEP_INTERVAL_S, Hypervisor, Outcome
+from hypervisor.dispatch import STALL_S, SWEEP_INTERVAL_S, Hypervisor, Outcome, Ownership
 from hypervisor.tombstones import Tombstone, Tombstones
 from wire import envelope
 from wire.domain_end import DomainEnd
@@ -121,7 +121,8 @@ def test_preserve_keeps_the_crashed_domain_and_its_pages_until_the_toolstack_des
     assert ops(clock.outcomes) == [("liveness", "keep"), ("preserve", "keep")]
     preserve = clock.outcomes[-1]
     assert preserve.fields == {"domid": 1, "name": "keep", "pages": 1000, "silent_s": RECLAIM_S}
-    assert [n.event["event"] for n in preserve.notifications] == ["crashed"]
+    assert [n.event["event"] for n in preserve.notifications if n.event] == ["crashed"]
+    assert [(n.domid, n.ownership) for n in preserve.notifications if n.ownership] == [(1, Ownership.GONE)]  # irqbus: no owner now
     (row,) = admin.ok("list")["domains"]
     assert (row["state"], row["current_pages"], row["on_crash"]) == ("crashed", 1000, "preserve")
     assert hv.pool.free_pages == TOTAL - 1000 and admin.ok("audit")["ok"]

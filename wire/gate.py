@@ -43,7 +43,7 @@ class Gate:
         self.clock = clock
         self._on_problem = on_problem
         self._authorized = Authorized()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._next_look = 0.0
         self._peers: dict[str, Peer] = {}
         self._problem: str | None = None
@@ -73,7 +73,9 @@ class Gate:
         path = self.keys.authorized_file
         try:
             st = os.stat(path)
-            stamp = (st.st_mtime_ns, st.st_size)
+            # the inode too: `authorized` is replaced by a rename (wire.keys.write_atomic), and two
+            # writes of one size within the file system's timestamp granularity share an mtime
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         except FileNotFoundError:
             stamp = None
         if stamp == self._stamp and not force:
@@ -92,6 +94,14 @@ class Gate:
         self._peers.clear()
         self.reloads += 1
         return True
+
+    def recheck(self) -> bool:
+        """A key was just refused: look at `authorized` now rather than at the next RELOAD_S, so
+        a key authorized a moment ago (a command creates and authorizes its key on first use,
+        then sends at once) is not refused its first request. One stat when nothing changed;
+        True when the rights did (the refused request may then be served)."""
+        self._next_look = 0.0
+        return self.refresh()
 
     def keys_with(self, role: Role) -> list[str]:
         return [g.key for g in self._authorized.grants if g.role is role]
