@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
     guest_set = client_command("guest-set", "change a running guest's behaviour: its pace, floor, ceiling, inaccuracy, driver tunables")
     guest_set.add_argument("domain", type=domain, help="domain name or id")
-    # dest `settings`: `keys` is the key directory's (--keys, wire.security.add_arguments)
+    # dest `settings`, not `keys`: KEY=VALUE pairs, not the key directory (--keys)
     guest_set.add_argument("settings", nargs="+", type=_assignment, metavar="KEY=VALUE", help=f"one or more of: {control_help}")
     client_command("destroy", "destroy a domain and return its pages").add_argument("domain", type=domain, help="domain name or id")
     on_crash = client_command("on-crash", "what the host does with a domain whose guest falls silent (serve --reclaim-after), as xl's on_crash")

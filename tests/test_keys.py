@@ -193,7 +193,7 @@ def test_insecure_off_loopback_is_refused_without_insecure_network(procs):
 
 
 def namespace(**kw: object) -> argparse.Namespace:
-    args = argparse.Namespace(keys=None, key="toolstack", insecure=False, insecure_network=False)
+    args = argparse.Namespace(key_dir=None, key="toolstack", insecure=False, insecure_network=False)
     vars(args).update(kw)
     return args
 
