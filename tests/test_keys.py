@@ -267,7 +267,7 @@ def own_setting(monkeypatch):
 def test_a_server_key_that_never_comes_is_exit_2_with_what_to_do(own_setting, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(security, "SERVER_KEY_WAIT_S", 0.4)
     monkeypatch.setattr(security, "SERVER_KEY_TOLD_S", 0.1)
-    failed = security.setup(namespace(keys=str(tmp_path)), Role.TOOLSTACK, ["ipc:///x"], "hypervisor list", (Server.HYPERVISOR,))
+    failed = security.setup(namespace(key_dir=str(tmp_path)), Role.TOOLSTACK, ["ipc:///x"], "hypervisor list", (Server.HYPERVISOR,))
     err = capsys.readouterr().err
     assert failed == 2
     assert f"hypervisor list: waiting up to 0.4 s for {tmp_path / 'hypervisor.key'}" in err
@@ -280,7 +280,7 @@ def test_a_server_key_written_while_the_client_waits_is_taken(own_setting, monke
     server = threading.Timer(0.3, lambda: KeyDir(tmp_path).pair("irqbus"))
     server.start()
     try:
-        assert security.setup(namespace(keys=str(tmp_path)), Role.TOOLSTACK, ["ipc:///x"], "irqbus show", (Server.IRQBUS,)) is None
+        assert security.setup(namespace(key_dir=str(tmp_path)), Role.TOOLSTACK, ["ipc:///x"], "irqbus show", (Server.IRQBUS,)) is None
     finally:
         server.join()
     assert security.current().server_key(Server.IRQBUS) == KeyDir(tmp_path).public("irqbus")
