@@ -154,7 +154,10 @@ class IrqbusService:
         if quiet and not self.debug:  # the interrupt path: nothing to format
             return
         client = shown_client(outcome.client)
-        if outcome.error is not None:
+        if outcome.error is ErrorCode.EAGAIN and outcome.op == "attach":
+            # a guest a moment ahead of the hypervisor's `owners`: it asks again every 0.2 s
+            self.log.debug("attach deferred", message=outcome.message, seq=outcome.seq, client=client, key=outcome.key)
+        elif outcome.error is not None:
             fields = dict(outcome.fields, op=outcome.op, seq=outcome.seq, client=client, key=outcome.key)
             self.log.warning("request refused", error=str(outcome.error), message=outcome.message, **fields)
         elif outcome.replayed:
