@@ -54,7 +54,7 @@ class Outcome:
     result: dict[str, Any] | None = None  # executed, its reply not yet encoded and recorded
     digest: int | None = None  # the request frame's, for the replay record
     read_only: bool = False
-    key: str = "insecure"  # the caller's key, short (wire.gate.Peer.short), for the log line
+    peer: Peer = INSECURE  # the caller's key, for the log line
 
 
 @dataclass(slots=True)
@@ -137,19 +137,18 @@ class IrqBus:
             return Outcome(reply, seq=err.seq, error=err.code, message=err.message)
 
         client = req.client if peer.key is None else scoped(peer.key, req.client)
-        key = peer.short()
         frame_digest = replay.digest(frame)
         verdict, latest = self.record.verdict(client, req.seq, frame_digest)
         if verdict is Verdict.REPLAY:
             assert latest is not None
-            return Outcome(latest.reply, req.op, req.seq, client, replayed=True, key=key)
+            return Outcome(latest.reply, req.op, req.seq, client, replayed=True, peer=peer)
         if verdict is Verdict.STALE or verdict is Verdict.REUSED:
-            return self._error(req, client, key, ErrorCode.EPROTO, replay_refusal(verdict, req.seq))
+            return self._error(req, client, peer, ErrorCode.EPROTO, replay_refusal(verdict, req.seq))
         waiting = self.queries.waiting(client, req.seq) if len(self.queries) else None
         if waiting is not None:  # a retried question whose guest has not answered yet: keep waiting
             if waiting.op != req.op:
-                return self._error(req, client, key, ErrorCode.EPROTO, replay_refusal(Verdict.REUSED, req.seq))
-            return Outcome(None, req.op, req.seq, client, replayed=True, fields={"query": waiting.id}, key=key)
+                return self._error(req, client, peer, ErrorCode.EPROTO, replay_refusal(Verdict.REUSED, req.seq))
+            return Outcome(None, req.op, req.seq, client, replayed=True, fields={"query": waiting.id}, peer=peer)
 
         try:
             served = self._served.get(req.op)
@@ -164,11 +163,11 @@ class IrqBus:
                 raise WireError(ErrorCode.EAGAIN, "irqbus is recording as many recent requests as it can hold; retry later")
             done = handler(client, peer, args, now, req.seq)
         except WireError as err:
-            outcome = self._error(req, client, key, err.code, err.message)
+            outcome = self._error(req, client, peer, err.code, err.message)
             self.record.remember(client, req.seq, frame_digest, outcome.reply, now, changed=False)
             return outcome
         return Outcome(None, req.op, req.seq, client, fields=done.fields, sends=done.sends, result=done.result,
-                       digest=frame_digest, read_only=op.read_only, key=key)
+                       digest=frame_digest, read_only=op.read_only, peer=peer)
 
     def commit(self, outcome: Outcome, now: float) -> None:
         """Encode an executed request's reply and record it for retries."""
@@ -203,13 +202,13 @@ class IrqBus:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _error(self, req: envelope.Request, client: str, key: str, code: ErrorCode, message: str) -> Outcome:
+    def _error(self, req: envelope.Request, client: str, peer: Peer, code: ErrorCode, message: str) -> Outcome:
         reply = envelope.encode(envelope.error_reply(req.seq, code, message))
         fields: dict[str, Any] = {}
         if self.router.is_guest(client):
             machine = self.router.session(client)
             fields = {"domid": machine.domid, "guest": machine.name}
-        return Outcome(reply, clip(req.op, 40), req.seq, client, error=code, message=message, fields=fields, key=key)
+        return Outcome(reply, clip(req.op, 40), req.seq, client, error=code, message=message, fields=fields, peer=peer)
 
     def _fail_query(self, query: Query, code: ErrorCode, message: str) -> Outcome:
         """A query's asker gets its error; `interrupts` is read-only, so nothing is recorded."""

@@ -156,14 +156,14 @@ class IrqbusService:
         client = shown_client(outcome.client)
         if outcome.error is ErrorCode.EAGAIN and outcome.op == "attach":
             # a guest a moment ahead of the hypervisor's `owners`: it asks again every 0.2 s
-            self.log.debug("attach deferred", message=outcome.message, seq=outcome.seq, client=client, key=outcome.key)
+            self.log.debug("attach deferred", message=outcome.message, seq=outcome.seq, client=client, key=outcome.peer.short())
         elif outcome.error is not None:
-            fields = dict(outcome.fields, op=outcome.op, seq=outcome.seq, client=client, key=outcome.key)
+            fields = dict(outcome.fields, op=outcome.op, seq=outcome.seq, client=client, key=outcome.peer.short())
             self.log.warning("request refused", error=str(outcome.error), message=outcome.message, **fields)
         elif outcome.replayed:
             what = "request answered from record" if outcome.reply is not None else "retry of a request still waiting for its guest"
-            self.log.info(what, op=outcome.op, seq=outcome.seq, client=client, key=outcome.key, **outcome.fields)
+            self.log.info(what, op=outcome.op, seq=outcome.seq, client=client, key=outcome.peer.short(), **outcome.fields)
         elif quiet:
-            self.log.debug(outcome.op, seq=outcome.seq, client=client, key=outcome.key, **outcome.fields)
+            self.log.debug(outcome.op, seq=outcome.seq, client=client, key=outcome.peer.short(), **outcome.fields)
         else:
-            self.log.info(outcome.op, seq=outcome.seq, client=client, key=outcome.key, **outcome.fields)
+            self.log.info(outcome.op, seq=outcome.seq, client=client, key=outcome.peer.short(), **outcome.fields)
