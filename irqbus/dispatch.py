@@ -361,6 +361,8 @@ class IrqBus:
         machine = self.router.resolve(args["guest"])
         device = self.router.device(machine, args["device"])
         rights.require_driver(peer, machine, device, op)
+        if device.key is None and not peer.has(Role.TOOLSTACK):  # a device its guest declared: the first device key to drive it keeps it
+            device.key = peer.key
         return machine, device
 
     def _attach_device(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
@@ -411,19 +413,19 @@ class IrqBus:
         if raw != (False, False):  # any vector, past every mask: the toolstack's test tool only
             rights.require_toolstack(peer, "a raw MSI write (address/data)", "; a device key sends its device's own MSI-X message (msi with 'device' alone)")
         machine = self.router.resolve(args["guest"])
-        device = self.router.device(machine, args["device"]) if "device" in args else None
-        if device is not None:
-            rights.require_driver(peer, machine, device, "msi")
         count = args.get("count", 1)
         if raw == (False, False):
-            if device is None:
+            if "device" not in args:
                 raise WireError(ErrorCode.EINVAL, "msi: name a 'device', or give 'address' and 'data'")
+            device = self.router.device(machine, args["device"])
             if device.kind is not DeviceKind.MSI:
                 raise WireError(ErrorCode.EINVAL, f"device {device.name} is on pin {device.pin}, not an MSI device")
+            machine, device = self._device(peer, args, "msi")
             done = machine.raise_device(device, count)
             return self._raised(machine, device, done.deliveries, done.merged)
         if raw != (True, True):
             raise WireError(ErrorCode.EINVAL, "msi: 'address' and 'data' go together")
+        device = self.router.device(machine, args["device"]) if "device" in args else None  # the writer (toolstack only)
         deliveries = machine.write_msi(args["address"], args["data"], device, count)
         vector = args["data"] & 0xFF
         result = {"vector": vector, "delivered": len(deliveries), "gen": device.gen if device else None}

@@ -85,9 +85,17 @@ def attach_device_key(peer: Peer, machine: GuestMachine, existing: Device | None
 def require_driver(peer: Peer, machine: GuestMachine, device: Device, op: str) -> None:
     """raise, lower, pulse, msi, detach_device, locate of a device: the toolstack, or the key
     the device was plugged in with while it is a device key for that guest (a revoked key
-    loses the right at its next request)."""
+    loses the right at its next request). A device its guest declared (`program_msi`, as
+    after an irqbus restart, before its device process plugs it in again) has no key yet:
+    any device key for the guest may drive it, and the first that does keeps it (the caller
+    records it)."""
     if peer.has(Role.TOOLSTACK):
         return
+    if device.key is None:
+        if device_key_for(peer, machine):
+            return
+        raise refused(peer, f"is not a device key for guest {machine.name} (domain {machine.domid})",
+                      f"{_AUTHORIZE} device [--guest {machine.domid}]")
     if device.key != peer.key:
         raise refused(peer, f"does not drive device {device.name}",
                       f"'{op}' is for the key that plugged the device in (irqbus attach --device-key), or a toolstack key")

@@ -166,6 +166,18 @@ def test_a_device_the_guest_declared_is_claimed_by_the_first_device_key(bus):
     assert bus.router.guests["vm1"].devices["net1"].key == DEV_ON_1.key
 
 
+def test_a_device_the_guest_declared_is_driven_by_the_first_device_key_that_drives_it(bus):
+    """After an irqbus restart the guest declares its MSI device again before the device
+    process plugs it back in: the device process finds it plugged (locate) and raises."""
+    Client(bus, "irq", VM1).call("program_msi", device="net1", address=0xFEE00000, data=0x41)
+    Client(bus, "x", STRANGER).refused("locate", guest="vm1", device="net1")
+    Client(bus, "x", DEV).call("locate", guest="vm1", device="net1")
+    assert bus.router.guests["vm1"].devices["net1"].key is None  # locate reads only
+    Client(bus, "x", DEV_ON_1).call("raise", guest="vm1", device="net1")
+    assert bus.router.guests["vm1"].devices["net1"].key == DEV_ON_1.key
+    Client(bus, "x", DEV).refused("raise", guest="vm1", device="net1")
+
+
 @pytest.mark.parametrize("op,args", [
     ("raise", {}), ("lower", {}), ("pulse", {"count": 2}), ("detach_device", {}), ("locate", {}),
 ])
