@@ -228,3 +228,42 @@ def test_an_insecure_bus_refuses_nothing_of_this():
     anyone.call("msi", guest="vm1", address=0xFEE00000, data=0x45)
     anyone.call("send_virq", guest="vm1", virq="target")
     anyone.call("show")
+
+
+@pytest.mark.parametrize("args,where", [
+    ({"domains": [[1, "short"]]}, "domains[0][1]"),
+    ({"domains": [[1, "a" * 39 + "~"]]}, "domains[0][1]"),  # '~' is no Z85 digit
+    ({"domains": [[-1, key("a")]]}, "domains[0][0]"),
+    ({"domains": [[1, key("a")]] * 4097}, "domains"),
+    ({"gone": list(range(4097))}, "gone"),
+    ({"gone": [1, "2"]}, "gone[1]"),
+    ({"replace": 1}, "replace"),
+])
+def test_owners_checks_its_arguments(bus, args, where):
+    message = Client(bus, "hv", HV).refused("owners", code="EINVAL", **args)
+    assert f"'{where}'" in message
+
+
+def test_attach_device_takes_a_z85_key_only(bus):
+    message = Client(bus, "tool", TOOL).refused("attach_device", code="EINVAL", guest="vm1", device="x0", pin=3, key="device")
+    assert "'key': expected a Z85 public key" in message
+
+
+def test_the_attach_commands_device_key_is_a_z85_key_or_a_key_name(tmp_path):
+    """`irqbus attach --device-key`: a Z85 key as it is; a key name of the key directory, its
+    public key, created (and authorized as a device key) on first use."""
+    from irqbus.cli import device_key
+    from wire import security
+    from wire.keys import KeyDir
+
+    keys = KeyDir(tmp_path / "keys")
+    before = security._current
+    security.configure(security.Security(keys, keys.pair("toolstack", role=Role.TOOLSTACK)))
+    try:
+        assert device_key(key("Q")) == key("Q")
+        made = device_key("dev-1")
+        assert made == keys.public("dev-1").decode()
+        assert keys.authorized().device_scope(made) == frozenset()  # a device key, any guest
+        assert device_key("dev-1") == made  # the same key the second time
+    finally:
+        security._current = before
