@@ -102,6 +102,8 @@ class IrqbusService:
             return
         now = self.clock()
         outcome = self.bus.execute(body[0], now, req, self.gate.peer(user))
+        if outcome.error is ErrorCode.EACCES and self.gate.recheck():  # refused on rights a moment old (a new key, authorized at once)
+            outcome = self.bus.execute(body[0], now, req, self.gate.peer(user))
         client = outcome.client
         # An attached guest's events go to its DEALER: a REQ peer using the same client id
         # (which the protocol forbids) must not take them over.

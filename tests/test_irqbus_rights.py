@@ -267,3 +267,14 @@ def test_the_attach_commands_device_key_is_a_z85_key_or_a_key_name(tmp_path):
         assert device_key("dev-1") == made  # the same key the second time
     finally:
         security._current = before
+
+
+def test_a_refusal_for_want_of_a_right_is_not_recorded_so_it_can_be_served_once_granted(bus):
+    """The shell runs a refused request again when `authorized` changed meanwhile (a command
+    that creates and authorizes its key on first use and sends at once): same client, seq and
+    frame, from a client whose record irqbus keeps (the device key's, which plugged nic0 in)."""
+    frame = msgpack.packb({"v": 1, "op": "attach_device", "seq": next(_SEQ), "client": "dev", "args": {"guest": "vm1", "device": "n9", "pin": 9}})
+    refused = msgpack.unpackb(bus.handle(frame, 5.0, peer=Peer(DEV.key, frozenset())).reply)
+    assert refused["error"] == "EACCES"
+    served = msgpack.unpackb(bus.handle(frame, 5.0, peer=DEV).reply)
+    assert served["ok"], served

@@ -93,5 +93,13 @@ class Gate:
         self.reloads += 1
         return True
 
+    def recheck(self) -> bool:
+        """A key was just refused: look at `authorized` now rather than at the next RELOAD_S, so
+        a key authorized a moment ago (a command creates and authorizes its key on first use,
+        then sends at once) is not refused its first request. One stat when nothing changed;
+        True when the rights did (the refused request may then be served)."""
+        self._next_look = 0.0
+        return self.refresh()
+
     def keys_with(self, role: Role) -> list[str]:
         return [g.key for g in self._authorized.grants if g.role is role]
