@@ -159,8 +159,8 @@ def guest_process(endpoint: str, spec: str, ready: Any, stop: Any, results: Any)
 
 class IrqbusDevice:
     def __init__(self, endpoint: str, attach: dict[str, Any]) -> None:
-        from wire.client import RpcClient
         from wire.security import Server
+from wire.client import RpcClient
 
         self.client = RpcClient(endpoint, server=Server.IRQBUS, timeout=5.0)
         self.client.call("attach_device", {"guest": "bench", "device": "bench0", **attach})
