@@ -31,6 +31,10 @@ from wire.errors import RemoteError, Unreachable
 from wire.operations import VIRQS
 
 ATTACH_RETRY_S = 2.0
+# irqbus answers EAGAIN until the hypervisor told it which key owns this domain (irqbus.rights):
+# a moment after the guest registered, so it is asked again soon, and said once
+OWNER_WAIT_S = 0.2
+OWNER_WARN_S = 5.0  # still not: the hypervisor is not telling it (no --irqbus there, or other keys)
 PING_S = 2.0  # an idle guest still notices within this long that irqbus restarted and forgot it
 RETRY_TIMEOUT_S = 0.2
 DRAIN_BUDGET = 1024
@@ -71,6 +75,8 @@ class IrqbusAttachment:
         self._reported_unknown = 0
         self._reported_stale = 0
         self._since_request = 0  # events read since this guest last sent irqbus a request
+        self._waiting_owner: float | None = None  # since when irqbus does not know this domain's key
+        self._warned_owner = False
 
     # -- Attachment ----------------------------------------------------------------------------------
 
@@ -148,9 +154,21 @@ class IrqbusAttachment:
             self.log.warning("irqbus not answering; will retry", endpoint=self.endpoint, retry_in_s=ATTACH_RETRY_S)
             return
         except RemoteError as err:
+            if err.code == "EAGAIN":
+                self._retry_at = now + OWNER_WAIT_S
+                if self._waiting_owner is None:
+                    self._waiting_owner = now
+                    self.log.info("irqbus does not know this domain's key yet; waiting", message=err.message)
+                elif now - self._waiting_owner >= OWNER_WARN_S and not self._warned_owner:
+                    self._warned_owner = True
+                    self.log.warning("irqbus still does not know this domain's key: is the hypervisor started with --irqbus, "
+                                     "with the same key directory?", waited_s=round(now - self._waiting_owner, 1))
+                return
             self._retry_at = now + ATTACH_RETRY_S
             self.log.error("irqbus refused the guest", error=err.code, message=err.message)
             return
+        self._waiting_owner = None
+        self._warned_owner = False
         self.client.timeout = self.timeout_s
         self.attached = True
         self._retry_at = None

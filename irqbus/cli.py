@@ -17,7 +17,7 @@ from irqbus.queries import DEFAULT_QUERY_TIMEOUT_S
 from irqbus.service import IrqbusService
 from irqbus.show import fetch_show, format_show
 from wire import endpoints, logsetup, security
-from wire.keys import Role
+from wire.keys import KeyFileError, Role, check_public
 from wire.security import Server
 from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable, report_failure
@@ -57,15 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     security.add_arguments(serve, "irqbus")
 
-    def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
+    def client_command(name: str, help_text: str, key: str = "toolstack") -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--endpoint", help=ep_help)
         cmd.add_argument("--timeout", type=seconds, default=1.0, help="seconds to wait for each of 2 attempts")
-        security.add_arguments(cmd, "toolstack")
+        security.add_arguments(cmd, key)
         return cmd
 
-    def device_command(name: str, help_text: str) -> argparse.ArgumentParser:
-        cmd = client_command(name, help_text)
+    def device_command(name: str, help_text: str, key: str = "toolstack") -> argparse.ArgumentParser:
+        cmd = client_command(name, help_text, key)
         cmd.add_argument("guest", type=domain, help="guest name or domid")
         cmd.add_argument("device", help="device name")
         return cmd
@@ -79,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     show = client_command("show", "guests, pins, devices, controller registers")
     show.add_argument("guest", nargs="?", type=domain, help="only this guest (name or domid)")
     show.add_argument("--json", action="store_true")
-    route_options(device_command("attach", "attach a device to a guest's pin or to MSI"), required=True)
+    attach = device_command("attach", "attach a device to a guest's pin or to MSI")
+    route_options(attach, required=True)
+    attach.add_argument("--device-key", metavar="NAME|Z85",
+                        help="the key that will drive the device (raise, lower, ...): a key NAME in the key directory "
+                             "(created on first use, authorized as a device key) or a Z85 public key; default: this command's own")
     device_command("detach", "unplug a device")
     device_command("raise", "the device interrupts (level: holds its line; edge: pulses; MSI: a message)").add_argument(
         "--count", type=_burst, default=1, help="interrupts to raise at once")
@@ -92,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     msi.add_argument("--data", type=_int, help="raw message data, e.g. 0x41 (vector 0x41, fixed, edge)")
     msi.add_argument("--count", type=_burst, default=1)
 
-    dev = device_command("device", "run an emulated device raising interrupts at a rate")
+    dev = device_command("device", "run an emulated device raising interrupts at a rate", key="device")
     route_options(dev, required=False)
     dev.add_argument("--rate", type=positive_number("a positive rate"), required=True, metavar="HZ", help="interrupts per second")
     dev.add_argument("--count", type=_count, help="stop after this many interrupts (default: until stopped)")
@@ -135,6 +139,21 @@ def _attach_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def device_key(text: str) -> str:
+    """`--device-key`: a Z85 public key as it is, or a key NAME of this process's key directory
+    (created on first use and authorized as a device key, as `irqbus device` would)."""
+    try:
+        return check_public(text)
+    except KeyFileError:
+        pass
+    keys = security.current().keys
+    if keys is None:
+        raise KeyFileError("--device-key NAME needs a key directory: without CURVE (--insecure) no key drives a device")
+    if keys.public_file_exists(text):
+        return keys.public(text).decode()
+    return keys.pair(text, role=Role.DEVICE).public.decode()
+
+
 def _device_process(args: argparse.Namespace, client: RpcClient) -> int:
     if args.level and args.pin is None:
         print("irqbus device: --level is for pin devices (--pin N)", file=sys.stderr)
@@ -161,7 +180,8 @@ def _device_process(args: argparse.Namespace, client: RpcClient) -> int:
 
 def run_client(args: argparse.Namespace) -> int:
     endpoint = endpoints.endpoint(args.endpoint, endpoints.IRQBUS_ENV)
-    if (failed := security.setup(args, Role.TOOLSTACK, [endpoint], f"irqbus {args.command}", (Server.IRQBUS,))) is not None:
+    role = Role.DEVICE if args.command == "device" else Role.TOOLSTACK  # a key created on first use gets this role
+    if (failed := security.setup(args, role, [endpoint], f"irqbus {args.command}", (Server.IRQBUS,))) is not None:
         return failed
     client = RpcClient(endpoint, server=Server.IRQBUS, timeout=args.timeout, retries=1)
     try:
@@ -172,7 +192,14 @@ def run_client(args: argparse.Namespace) -> int:
             if args.level and args.msi:
                 print("irqbus attach: --level is for pin devices", file=sys.stderr)
                 return 2
-            r = client.call("attach_device", _attach_args(args))
+            call_args = _attach_args(args)
+            if args.device_key:
+                try:
+                    call_args["key"] = device_key(args.device_key)
+                except KeyFileError as err:
+                    print(f"irqbus attach: {err}", file=sys.stderr)
+                    return 2
+            r = client.call("attach_device", call_args)
             where = "MSI" if r["kind"] == "msi" else f"pin {r['pin']} ({r['trigger']})"
             print(f"{for_terminal(r['device'])} {'attached to' if r['created'] else 'already on'} {for_terminal(r['guest'])} (domid {r['domid']}) {where}")
         elif args.command == "detach":

@@ -9,13 +9,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from irqbus import rights
 from irqbus.backlog import Backlog
 from irqbus.machine import Delivery, Device, DeviceKind, GuestMachine, msi_message
 from irqbus.queries import DEFAULT_QUERY_TIMEOUT_S, PendingQueries, Query
+from irqbus.owners import Owners
 from irqbus.routing import Router
 from wire import envelope
 from wire.epoch import new_epoch
 from wire.errors import ErrorCode, WireError
+from wire.gate import INSECURE, Peer
+from wire.keys import Role
+from wire.identity import scoped, shown_client
 from wire.operations import Endpoint, lookup
 from wire import replay
 from wire.replay import ReplayRecord, Verdict, replay_refusal
@@ -24,7 +29,7 @@ from wire.shown import clip
 SHOW_PAGE_BYTES = 512 * 1024  # half the message limit: the envelope and one more guest always fit
 
 # Per-interrupt traffic is logged at debug level; everything else at info.
-QUIET_OPS = frozenset({"chip", "raise", "lower", "pulse", "msi", "show", "answer", "interrupts", "send_virq", "locate"})
+QUIET_OPS = frozenset({"chip", "raise", "lower", "pulse", "msi", "show", "answer", "interrupts", "send_virq", "locate", "owners"})
 
 
 @dataclass(slots=True)
@@ -49,6 +54,7 @@ class Outcome:
     result: dict[str, Any] | None = None  # executed, its reply not yet encoded and recorded
     digest: int | None = None  # the request frame's, for the replay record
     read_only: bool = False
+    peer: Peer = INSECURE  # the caller's key, for the log line
 
 
 @dataclass(slots=True)
@@ -78,7 +84,8 @@ class IrqBus:
         self.queries = PendingQueries(query_timeout_s)
         self.record = ReplayRecord()
         self.backlog = Backlog()
-        self._handlers: dict[str, Callable[[str, dict[str, Any], float, int], _Result]] = {
+        self.owners = Owners()
+        self._handlers: dict[str, Callable[[str, Peer, dict[str, Any], float, int], _Result]] = {
             "attach": self._attach,
             "detach": self._detach,
             "program_pin": self._program_pin,
@@ -86,6 +93,7 @@ class IrqBus:
             "chip": self._chip,
             "bind_virq": self._bind_virq,
             "send_virq": self._send_virq,
+            "owners": self._owners,
             "answer": self._answer,
             "attach_device": self._attach_device,
             "detach_device": self._detach_device,
@@ -102,14 +110,18 @@ class IrqBus:
 
     # -- the shell's entry points ------------------------------------------------------------------
 
-    def handle(self, frame: bytes, now: float, req_peer: bool = False) -> Outcome:
+    def handle(self, frame: bytes, now: float, req_peer: bool = False, peer: Peer = INSECURE) -> Outcome:
         """Execute a request and commit its reply."""
-        outcome = self.execute(frame, now, req_peer)
+        outcome = self.execute(frame, now, req_peer, peer)
         self.commit(outcome, now)
         return outcome
 
-    def execute(self, frame: bytes, now: float, req_peer: bool = False) -> Outcome:
+    def execute(self, frame: bytes, now: float, req_peer: bool = False, peer: Peer = INSECURE) -> Outcome:
         """Execute a request: its events (`sends`) are ready to go, its reply is not.
+
+        `peer`: the key the request came with (irqbus.rights); the client it names is a name
+        within that key's namespace (wire.identity), so the replay record, the sessions and
+        the open queries are all keyed by the scoped name.
 
         Why two steps: a device's `raise` is waiting on the guest's interrupt, not on the
         device's own reply, so the shell sends the events first and then calls `commit`.
@@ -124,18 +136,19 @@ class IrqBus:
             reply = envelope.encode(envelope.error_reply(err.seq, err.code, err.message))
             return Outcome(reply, seq=err.seq, error=err.code, message=err.message)
 
+        client = req.client if peer.key is None else scoped(peer.key, req.client)
         frame_digest = replay.digest(frame)
-        verdict, latest = self.record.verdict(req.client, req.seq, frame_digest)
+        verdict, latest = self.record.verdict(client, req.seq, frame_digest)
         if verdict is Verdict.REPLAY:
             assert latest is not None
-            return Outcome(latest.reply, req.op, req.seq, req.client, replayed=True)
+            return Outcome(latest.reply, req.op, req.seq, client, replayed=True, peer=peer)
         if verdict is Verdict.STALE or verdict is Verdict.REUSED:
-            return self._error(req, ErrorCode.EPROTO, replay_refusal(verdict, req.seq))
-        waiting = self.queries.waiting(req.client, req.seq) if len(self.queries) else None
+            return self._error(req, client, peer, ErrorCode.EPROTO, replay_refusal(verdict, req.seq))
+        waiting = self.queries.waiting(client, req.seq) if len(self.queries) else None
         if waiting is not None:  # a retried question whose guest has not answered yet: keep waiting
             if waiting.op != req.op:
-                return self._error(req, ErrorCode.EPROTO, replay_refusal(Verdict.REUSED, req.seq))
-            return Outcome(None, req.op, req.seq, req.client, replayed=True, fields={"query": waiting.id})
+                return self._error(req, client, peer, ErrorCode.EPROTO, replay_refusal(Verdict.REUSED, req.seq))
+            return Outcome(None, req.op, req.seq, client, replayed=True, fields={"query": waiting.id}, peer=peer)
 
         try:
             served = self._served.get(req.op)
@@ -146,15 +159,16 @@ class IrqBus:
             args = op.validate(req.args)
             if req_peer and op.name == "attach":
                 raise WireError(ErrorCode.EPROTO, "a guest must connect a DEALER socket: irqbus sends it events, which a REQ socket cannot take")
-            if latest is None and not (op.read_only or op.binds) and not self.record.admit(req.client, now):
+            if latest is None and not (op.read_only or op.binds) and not self.record.admit(client, now):
                 raise WireError(ErrorCode.EAGAIN, "irqbus is recording as many recent requests as it can hold; retry later")
-            done = handler(req.client, args, now, req.seq)
+            done = handler(client, peer, args, now, req.seq)
         except WireError as err:
-            outcome = self._error(req, err.code, err.message)
-            self.record.remember(req.client, req.seq, frame_digest, outcome.reply, now, changed=False)
+            outcome = self._error(req, client, peer, err.code, err.message)
+            if err.code is not ErrorCode.EACCES:  # not recorded: the shell may run it again once the key has the right
+                self.record.remember(client, req.seq, frame_digest, outcome.reply, now, changed=False)
             return outcome
-        return Outcome(None, req.op, req.seq, req.client, fields=done.fields, sends=done.sends, result=done.result,
-                       digest=frame_digest, read_only=op.read_only)
+        return Outcome(None, req.op, req.seq, client, fields=done.fields, sends=done.sends, result=done.result,
+                       digest=frame_digest, read_only=op.read_only, peer=peer)
 
     def commit(self, outcome: Outcome, now: float) -> None:
         """Encode an executed request's reply and record it for retries."""
@@ -189,13 +203,13 @@ class IrqBus:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _error(self, req: envelope.Request, code: ErrorCode, message: str) -> Outcome:
+    def _error(self, req: envelope.Request, client: str, peer: Peer, code: ErrorCode, message: str) -> Outcome:
         reply = envelope.encode(envelope.error_reply(req.seq, code, message))
         fields: dict[str, Any] = {}
-        if self.router.is_guest(req.client):
-            machine = self.router.session(req.client)
+        if self.router.is_guest(client):
+            machine = self.router.session(client)
             fields = {"domid": machine.domid, "guest": machine.name}
-        return Outcome(reply, clip(req.op, 40), req.seq, req.client, error=code, message=message, fields=fields)
+        return Outcome(reply, clip(req.op, 40), req.seq, client, error=code, message=message, fields=fields, peer=peer)
 
     def _fail_query(self, query: Query, code: ErrorCode, message: str) -> Outcome:
         """A query's asker gets its error; `interrupts` is read-only, so nothing is recorded."""
@@ -227,32 +241,42 @@ class IrqBus:
 
     # -- a guest's session -------------------------------------------------------------------------
 
-    def _attach(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
-        machine, replaced = self.router.attach(args["name"], args["domid"], client, now)
+    def _attach(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
+        name, domid = args["name"], args["domid"]
+        owner_key = rights.attach_owner(peer, domid, self.owners.of(domid))
+        for old in self.router.replaced_by(name, domid, client):
+            rights.may_replace(peer, old, self.owners.of(old.domid))
+        machine, replaced = self.router.attach(name, domid, client, now)
+        machine.owner_key = owner_key
         sends: list[Send] = []
         for old in replaced:
             sends += self._fail_queries_of(old, f"guest {old.name} re-attached")
             self.record.release(old.client, now)
             self.backlog.heard_from(old)
         self.record.bind(client)  # its record now lives as long as its session
-        fields = self._guest_fields(machine, replaced=[f"{m.name}/{m.domid}" for m in replaced])
+        fields = self._guest_fields(machine, replaced=[f"{m.name}/{m.domid}" for m in replaced], owner=owner_key is not None)
         return _Result({"domid": machine.domid, "name": machine.name, "replaced": len(replaced), "epoch": self.epoch}, fields, sends)
 
-    def _detach(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+    def _detach(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self.router.session(client)
-        sends = self._fail_queries_of(machine, f"guest {machine.name} detached")
-        devices = self.router.detach(machine)
-        self.record.release(client, now)
-        self.backlog.heard_from(machine)
+        sends, devices = self._end_session(machine, now, f"guest {machine.name} detached")
         return _Result({"domid": machine.domid, "devices": devices}, self._guest_fields(machine, devices=devices), sends)
 
-    def _program_pin(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+    def _end_session(self, machine: GuestMachine, now: float, why: str) -> tuple[list[Send], list[str]]:
+        """The guest's session goes, with its devices; whoever waits on it is told `why`."""
+        sends = self._fail_queries_of(machine, why)
+        devices = self.router.detach(machine)
+        self.record.release(machine.client, now)
+        self.backlog.heard_from(machine)
+        return sends, devices
+
+    def _program_pin(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self._session(client, now)
         deliveries = machine.program_pin(args["pin"], args["trigger"], args.get("vector"))
         fields = self._guest_fields(machine, pin=args["pin"], trigger=args["trigger"], vector=args.get("vector"))
         return _Result({"delivered": len(deliveries)}, fields, self._events(machine, deliveries))
 
-    def _program_msi(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+    def _program_msi(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
         """A driver programs its device's MSI-X entry; the device need not have been attached
         yet (the guest enumerates it first), so an unknown name is plugged in as MSI."""
         machine = self._session(client, now)
@@ -269,7 +293,7 @@ class IrqBus:
         fields = self._guest_fields(machine, device=device.name, vector=message.vector)
         return _Result({"vector": message.vector}, fields, self._events(machine, deliveries))
 
-    def _chip(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+    def _chip(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self._session(client, now)
         router = self.router
         clears = [(router.device(machine, name), gen) for name, gen in args.get("clear", ())]
@@ -281,20 +305,40 @@ class IrqBus:
         fields = self._guest_fields(machine, ops=len(commands), cleared=len(clears), delivered=len(deliveries))
         return _Result({}, fields, self._events(machine, deliveries))
 
-    def _bind_virq(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+    def _bind_virq(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self._session(client, now)
         machine.bind_virq(args["virq"], args["vector"])
         return _Result({}, self._guest_fields(machine, virq=args["virq"], vector=args["vector"]))
 
-    def _send_virq(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+    def _send_virq(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
         """From the hypervisor. A guest that did not bind the interrupt (it opted out) is not
         an error: the answer says nothing was delivered."""
+        rights.require_hypervisor(peer, "send_virq")
         machine = self.router.resolve(args["guest"])
         deliveries = machine.send_virq(args["virq"])
         fields = self._guest_fields(machine, virq=args["virq"], delivered=len(deliveries))
         return _Result({"delivered": len(deliveries)}, fields, self._events(machine, deliveries))
 
-    def _answer(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+    def _owners(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
+        """From the hypervisor: which key registered which domain (irqbus.owners). A session
+        attached as its domain's owner by a key that no longer owns it (the domain went, or
+        is another's now) is ended: its key has no right to those interrupts any more."""
+        rights.require_hypervisor(peer, "owners")
+        domains, gone = args.get("domains", []), args.get("gone", [])
+        named = self.owners.update(domains, gone, args.get("replace", False))
+        sends: list[Send] = []
+        detached = []
+        if named:
+            for machine in list(self.router.guests.values()):
+                if machine.owner_key is not None and machine.domid in named and self.owners.of(machine.domid) != machine.owner_key:
+                    ended, _ = self._end_session(machine, now, f"guest {machine.name}'s domain is no longer its key's")
+                    sends += ended
+                    detached.append(f"{machine.name}/{machine.domid}")
+        fields = {"domains": len(domains), "gone": len(gone), "replace": args.get("replace", False), "owners": len(self.owners),
+                  "detached": detached, "changed": bool(named)}
+        return _Result({"epoch": self.epoch, "owners": len(self.owners)}, fields, sends)
+
+    def _answer(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self._session(client, now)
         query = self.queries.find(args["query"], client)
         key = "rows" if query.format == "json" else "text"
@@ -308,41 +352,50 @@ class IrqBus:
                 f"answer to query {query.id}: the reply would be {len(reply)} bytes, over the limit of {envelope.MAX_MESSAGE_BYTES}",
             )
         self.queries.close(query)
-        fields = self._guest_fields(machine, query=query.id, asker=query.asker)
+        fields = self._guest_fields(machine, query=query.id, asker=shown_client(query.asker))
         return _Result({}, fields, [Send(query.asker, reply)])
 
     # -- devices -----------------------------------------------------------------------------------
 
-    def _device(self, args: dict[str, Any]) -> tuple[GuestMachine, Device]:
+    def _device(self, peer: Peer, args: dict[str, Any], op: str) -> tuple[GuestMachine, Device]:
+        """The guest and device a device operation names, if `peer` may drive the device."""
         machine = self.router.resolve(args["guest"])
-        return machine, self.router.device(machine, args["device"])
+        device = self.router.device(machine, args["device"])
+        rights.require_driver(peer, machine, device, op)
+        if device.key is None and not peer.has(Role.TOOLSTACK):  # a device its guest declared: the first device key to drive it keeps it
+            device.key = peer.key
+        return machine, device
 
-    def _attach_device(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+    def _attach_device(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
         machine = self.router.resolve(args["guest"])
         msi = args.get("msi", False)
         if msi == ("pin" in args):
             raise WireError(ErrorCode.EINVAL, "attach_device: give either 'pin' or 'msi': true")
         if msi and "trigger" in args:
             raise WireError(ErrorCode.EINVAL, "attach_device: MSI is edge only; 'trigger' is for pin devices")
+        owner = self.router.owner(args["device"])
+        existing = machine.devices[args["device"]] if owner is machine else None
+        key = rights.attach_device_key(peer, machine, existing, args.get("key"))
         kind = DeviceKind.MSI if msi else DeviceKind.PIN
         device, created = self.router.plug(machine, args["device"], kind, args.get("pin"), args.get("trigger") == "level")
+        device.key = key
         result = {"guest": machine.name, "domid": machine.domid, "device": device.name, "kind": str(device.kind),
                   "pin": device.pin, "trigger": device.trigger, "created": created, "epoch": self.epoch}
         fields = self._guest_fields(machine, device=device.name, kind=str(kind), pin=device.pin, trigger=device.trigger, created=created)
         return _Result(result, fields)
 
-    def _detach_device(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
-        machine, device = self._device(args)
+    def _detach_device(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine, device = self._device(peer, args, "detach_device")
         deliveries = self.router.unplug(machine, device)
         return _Result({"device": device.name}, self._guest_fields(machine, device=device.name), self._events(machine, deliveries))
 
-    def _raise(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
-        machine, device = self._device(args)
+    def _raise(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine, device = self._device(peer, args, "raise")
         done = machine.raise_device(device, args.get("count", 1))
         return self._raised(machine, device, done.deliveries, done.merged)
 
-    def _pulse(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
-        machine, device = self._device(args)
+    def _pulse(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine, device = self._device(peer, args, "pulse")
         done = machine.pulse_device(device, args.get("count", 1))
         return self._raised(machine, device, done.deliveries, done.merged)
 
@@ -351,25 +404,29 @@ class IrqBus:
         fields = {"domid": machine.domid, "guest": machine.name, "device": device.name, **result}
         return _Result(result, fields, self._events(machine, deliveries))
 
-    def _lower(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
-        machine, device = self._device(args)
+    def _lower(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
+        machine, device = self._device(peer, args, "lower")
         deliveries = machine.lower_device(device)
         return _Result({"gen": device.gen}, self._guest_fields(machine, device=device.name), self._events(machine, deliveries))
 
-    def _msi(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
-        machine = self.router.resolve(args["guest"])
-        device = self.router.device(machine, args["device"]) if "device" in args else None
+    def _msi(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
         raw = ("address" in args, "data" in args)
+        if raw != (False, False):  # any vector, past every mask: the toolstack's test tool only
+            rights.require_toolstack(peer, "a raw MSI write (address/data)", "; a device key sends its device's own MSI-X message (msi with 'device' alone)")
+        machine = self.router.resolve(args["guest"])
         count = args.get("count", 1)
         if raw == (False, False):
-            if device is None:
+            if "device" not in args:
                 raise WireError(ErrorCode.EINVAL, "msi: name a 'device', or give 'address' and 'data'")
+            device = self.router.device(machine, args["device"])
             if device.kind is not DeviceKind.MSI:
                 raise WireError(ErrorCode.EINVAL, f"device {device.name} is on pin {device.pin}, not an MSI device")
+            machine, device = self._device(peer, args, "msi")
             done = machine.raise_device(device, count)
             return self._raised(machine, device, done.deliveries, done.merged)
         if raw != (True, True):
             raise WireError(ErrorCode.EINVAL, "msi: 'address' and 'data' go together")
+        device = self.router.device(machine, args["device"]) if "device" in args else None  # the writer (toolstack only)
         deliveries = machine.write_msi(args["address"], args["data"], device, count)
         vector = args["data"] & 0xFF
         result = {"vector": vector, "delivered": len(deliveries), "gen": device.gen if device else None}
@@ -378,13 +435,15 @@ class IrqBus:
 
     # -- inspection --------------------------------------------------------------------------------
 
-    def _show(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+    def _show(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
         """One page of guests by domid, from the first after `after`: a thousand guests with
         their devices do not fit in one message. `next` is the cursor for the following page
         (nil on the last); a cursor, unlike an offset, skips no guest when others come and go."""
         if "guest" in args:
             machines = [self.router.resolve(args["guest"])]
+            rights.require_viewer(peer, machines[0], self.owners.of(machines[0].domid), "show")
         else:
+            rights.require_toolstack(peer, "'show' of every guest", "; a guest's own key may show that guest")
             after = args.get("after", -1)
             machines = sorted((m for m in self.router.guests.values() if m.domid > after), key=lambda m: m.domid)
         page: list[dict[str, Any]] = []
@@ -404,7 +463,7 @@ class IrqBus:
         """Seconds since this instance started (ms precision)."""
         return round(max(0.0, now - (now if self.started is None else self.started)), 3)
 
-    def _locate(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+    def _locate(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
         """Where a guest (and one of its devices) stands at this instance, for a device process
         that was refused with ESRCH: is this another irqbus than the one it plugged into, is the
         guest attached yet, and is the device plugged into it (irqbus.outage decides)."""
@@ -413,16 +472,22 @@ class IrqBus:
             machine = self.router.resolve(args["guest"])
         except WireError:
             machine = None
+        owner = self.router.owner(args["device"]) if "device" in args else None
+        if peer.key is not None and not peer.has(Role.TOOLSTACK):
+            if owner is not None:  # a plugged device: its own driver asks
+                rights.require_driver(peer, owner, owner.devices[args["device"]], "locate")
+            elif not peer.has(Role.DEVICE) and (machine is None or peer.key not in (self.owners.of(machine.domid), machine.owner_key)):
+                raise rights.refused(peer, "is neither a device key nor the guest's", "'locate' is for devices, the guest itself and the toolstack")
         if machine is not None:
             result.update(attached=True, domid=machine.domid)
         if "device" in args:
-            owner = self.router.owner(args["device"])
             result["device"] = "absent" if owner is None else "plugged" if owner is machine else "elsewhere"
         return _Result(result, {"guest": args["guest"], **result})
 
-    def _interrupts(self, client: str, args: dict[str, Any], now: float, seq: int) -> _Result:
+    def _interrupts(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
         """Forward to the guest; the reply goes out when it answers (or the query times out)."""
         machine = self.router.resolve(args["guest"])
+        rights.require_viewer(peer, machine, self.owners.of(machine.domid), "interrupts")
         fmt = args.get("format", "text")
         query = self.queries.open(machine.client, machine.name, client, seq, "interrupts", fmt, now)
         event = envelope.encode(envelope.event("query", {"query": query.id, "what": "interrupts", "format": fmt}))

@@ -63,6 +63,7 @@ class Device:
     seen_gen: int = 0  # the latest generation an irq event showed the guest
     merged: int = 0  # raises that merged into one the guest had not seen yet
     asserted: bool = False  # what this device drives on its pin right now
+    key: str | None = None  # the key that may drive it (irqbus.rights); None: none yet, or insecure
 
     @property
     def trigger(self) -> str | None:
@@ -125,6 +126,7 @@ class GuestMachine:
         self.name = name
         self.domid = domid
         self.client = client
+        self.owner_key: str | None = None  # attached as its domain's owner (irqbus.rights); None: by the toolstack
         self.attached_at = now
         self.last_seen = now
         self.pics = CascadedPICs()

@@ -41,7 +41,7 @@ class Router:
         mine = self._by_client.get(client)
         if mine is not None and mine.name != name:
             raise WireError(ErrorCode.EEXIST, f"this client is attached as guest {mine.name}; detach first")
-        stale = [m for m in self.guests.values() if m.name == name or m.domid == domid]
+        stale = self.replaced_by(name, domid, client)
         if not stale and len(self.guests) >= MAX_GUESTS:
             raise WireError(ErrorCode.ENOSPC, f"{MAX_GUESTS} guests are attached already")
         for old in stale:
@@ -50,6 +50,13 @@ class Router:
         self.guests[name] = machine
         self._by_client[client] = machine
         return machine, stale
+
+    def replaced_by(self, name: str, domid: int, client: str) -> list[GuestMachine]:
+        """The sessions an attach of `name`/`domid` by `client` would replace (none for a retry)."""
+        existing = self.guests.get(name)
+        if existing is not None and existing.client == client and existing.domid == domid:
+            return []
+        return [m for m in self.guests.values() if m.name == name or m.domid == domid]
 
     def detach(self, machine: GuestMachine) -> list[str]:
         """Remove a guest with every device plugged into it; returns the devices' names."""

@@ -17,6 +17,8 @@ from irqbus.dispatch import QUIET_OPS, IrqBus, Outcome
 from wire import envelope
 from wire import multipart
 from wire.errors import ErrorCode
+from wire.gate import Gate
+from wire.identity import shown_client
 from wire import security as security_module
 from wire.security import Security
 
@@ -44,6 +46,8 @@ class IrqbusService:
         self._authenticated = not self.security.insecure
         self.log = log
         self.clock = clock
+        # who each key is, per message (irqbus.rights); `authorized` is read again when it changes
+        self.gate = Gate(self.security.keys, clock, lambda problem: log.warning("authorized keys", problem=problem))
         self.debug = debug
         self._context = context or zmq.Context.instance()
         self.socket = self._context.socket(zmq.ROUTER)
@@ -65,6 +69,7 @@ class IrqbusService:
         poller = zmq.Poller()  # kept: Socket.poll builds and registers a new Poller per call
         poller.register(self.socket, zmq.POLLIN)
         while not should_stop():
+            self.gate.refresh()
             wait_ms = POLL_MS
             deadline = self.bus.next_deadline()
             if deadline is not None:
@@ -86,9 +91,9 @@ class IrqbusService:
                 identity, body, req, user = multipart.receive_routed(self.socket, multipart.NOBLOCK, self._authenticated)
             except zmq.Again:
                 return
-            self._serve_one(identity, body, req)
+            self._serve_one(identity, body, req, user)
 
-    def _serve_one(self, identity: bytes, body: list[bytes], req: bool) -> None:
+    def _serve_one(self, identity: bytes, body: list[bytes], req: bool, user: str | None = None) -> None:
         route = multipart.envelope_of(identity, req)
         if len(body) != 1:
             msg = f"expected one frame per message, got {len(body)}"
@@ -96,7 +101,9 @@ class IrqbusService:
             multipart.send(self.socket, [*route, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
             return
         now = self.clock()
-        outcome = self.bus.execute(body[0], now, req_peer=req)
+        outcome = self.bus.execute(body[0], now, req, self.gate.peer(user))
+        if outcome.error is ErrorCode.EACCES and self.gate.recheck():  # refused on rights a moment old (a new key, authorized at once)
+            outcome = self.bus.execute(body[0], now, req, self.gate.peer(user))
         client = outcome.client
         # An attached guest's events go to its DEALER: a REQ peer using the same client id
         # (which the protocol forbids) must not take them over.
@@ -125,7 +132,7 @@ class IrqbusService:
         self._dropped += 1
         now = self.clock()
         if now >= self._next_drop_report:
-            self.log.warning("frames dropped", client=client, reason=why, dropped=self._dropped)
+            self.log.warning("frames dropped", client=shown_client(client), reason=why, dropped=self._dropped)
             self._next_drop_report = now + DROP_REPORT_EVERY_S
 
     def _prune(self, now: float) -> None:
@@ -143,14 +150,22 @@ class IrqbusService:
         self._next_prune = now + PRUNE_EVERY_S
 
     def _log(self, outcome: Outcome) -> None:
-        if outcome.error is not None:
-            fields = dict(outcome.fields, op=outcome.op, seq=outcome.seq, client=outcome.client)
+        """One line per request but the per-interrupt ones (debug); a client is named by
+        enough of it to follow, never all of it (wire.identity.shown_client)."""
+        quiet = outcome.error is None and not outcome.replayed and outcome.op in QUIET_OPS and not outcome.fields.get("changed")
+        if quiet and not self.debug:  # the interrupt path: nothing to format
+            return
+        client = shown_client(outcome.client)
+        if outcome.error is ErrorCode.EAGAIN and outcome.op == "attach":
+            # a guest a moment ahead of the hypervisor's `owners`: it asks again every 0.2 s
+            self.log.debug("attach deferred", message=outcome.message, seq=outcome.seq, client=client, key=outcome.peer.short())
+        elif outcome.error is not None:
+            fields = dict(outcome.fields, op=outcome.op, seq=outcome.seq, client=client, key=outcome.peer.short())
             self.log.warning("request refused", error=str(outcome.error), message=outcome.message, **fields)
         elif outcome.replayed:
             what = "request answered from record" if outcome.reply is not None else "retry of a request still waiting for its guest"
-            self.log.info(what, op=outcome.op, seq=outcome.seq, client=outcome.client, **outcome.fields)
-        elif outcome.op in QUIET_OPS:
-            if self.debug:
-                self.log.debug(outcome.op, seq=outcome.seq, client=outcome.client, **outcome.fields)
+            self.log.info(what, op=outcome.op, seq=outcome.seq, client=client, key=outcome.peer.short(), **outcome.fields)
+        elif quiet:
+            self.log.debug(outcome.op, seq=outcome.seq, client=client, key=outcome.peer.short(), **outcome.fields)
         else:
-            self.log.info(outcome.op, seq=outcome.seq, client=outcome.client, **outcome.fields)
+            self.log.info(outcome.op, seq=outcome.seq, client=client, key=outcome.peer.short(), **outcome.fields)

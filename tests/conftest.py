@@ -18,6 +18,7 @@ _dir = KeyDir(_KEYS)
 _dir.pair("hypervisor", role=Role.HYPERVISOR)
 _dir.pair("irqbus")
 _dir.pair("toolstack", role=Role.TOOLSTACK)
+_dir.pair("device", role=Role.DEVICE)  # `irqbus device`'s default key, any guest: tests start several at once
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -16,6 +16,8 @@ import msgpack
 from hypervisor.dispatch import Hypervisor
 from irqbus.dispatch import IrqBus
 from tests.strategies import BusDevice, BusGuest, BusWorld, Draft, HostDomain, HostWorld, envelope_draft
+from wire.gate import Peer
+from wire.keys import Role
 from wire.operations import Endpoint
 
 NOW = 100.0  # every fuzzed request arrives at this time; the setup happens earlier
@@ -29,6 +31,7 @@ class Sender:
 
     deliver: Callable[[Endpoint, bytes, float], Any]
     seqs: dict[str, int] = field(default_factory=dict)
+    peer: Peer | None = None  # a secured bus: call with this key rather than the client's own
 
     def next_seq(self, client: str | None) -> int:
         if client is None:
@@ -121,18 +124,54 @@ def host_fingerprint(hv: Hypervisor) -> bytes:
 # --- irqbus ------------------------------------------------------------------------------------
 
 
-def populated_bus() -> tuple[IrqBus, BusWorld, Sender]:
+def _key(c: str) -> str:
+    return (c * 40)[:40]  # 40 Z85 characters
+
+
+# The keys of a secured bus (irqbus.rights): who each client of the populated world is.
+BUS_PEERS = {
+    "toolstack": Peer(_key("T"), frozenset({Role.TOOLSTACK})),
+    "hypervisor": Peer(_key("H"), frozenset({Role.HYPERVISOR})),
+    "vm1": Peer(_key("a"), frozenset({Role.GUEST})),
+    "vm2": Peer(_key("b"), frozenset({Role.GUEST})),
+    "device": Peer(_key("D"), frozenset({Role.DEVICE}), frozenset()),  # any guest
+    "device-vm2": Peer(_key("E"), frozenset({Role.DEVICE}), frozenset({2})),
+    "stranger": Peer(_key("S"), frozenset()),
+}
+_PEER_OF_CLIENT = {"irq-vm1": "vm1", "irq-vm2": "vm2", "tool": "toolstack", "asker": "toolstack", "hv": "hypervisor",
+                   "fresh-1": "stranger", "fresh-2": "device", "fresh-3": "device-vm2"}
+
+
+def peer_of(frame: bytes) -> Peer:
+    """The key a client of the populated world calls with; a stranger's for anything else."""
+    try:
+        client = msgpack.unpackb(frame).get("client")
+    except Exception:  # garbage: whoever sent it has no rights
+        client = None
+    return BUS_PEERS[_PEER_OF_CLIENT.get(client, "stranger") if isinstance(client, str) else "stranger"]
+
+
+def populated_bus(secure: bool = False) -> tuple[IrqBus, BusWorld, Sender]:
     """vm1: a level pin 5 shared by nic0 and disk0 (nic0's interrupt in service), an edge pin
     1, a level IOAPIC pin 20, an MSI device programmed and unmasked, the target virq bound.
     vm2: an edge pin 10 and a masked MSI device with an interrupt pending. An `interrupts`
-    query to vm1 waits for its answer."""
+    query to vm1 waits for its answer.
+
+    `secure`: each client calls with its key (BUS_PEERS; `Sender.peer` overrides it): the
+    hypervisor told irqbus who owns vm1 and vm2, and the guests attached with those keys;
+    kbd is driven by the device key, ioa0 by vm2's scoped device key (the toolstack said so)."""
     bus = IrqBus(query_timeout_s=2.0, epoch=1)  # fixed: two populated buses answer alike
-    s = Sender(lambda ep, frame, now: bus.handle(frame, now))
+    if secure:
+        s = Sender(lambda ep, frame, now: bus.handle(frame, now, peer=s.peer or peer_of(frame)))
+    else:
+        s = Sender(lambda ep, frame, now: bus.handle(frame, now))
     B = Endpoint.IRQBUS
 
     def call(client: str, op: str, **args: Any) -> dict[str, Any] | None:
         return s.call(B, client, op, 20.0, **args)
 
+    if secure:
+        call("hv", "owners", domains=[[1, BUS_PEERS["vm1"].key], [2, BUS_PEERS["vm2"].key]], replace=True)
     call("irq-vm1", "attach", name="vm1", domid=1)
     call("irq-vm1", "program_pin", pin=5, trigger="level")
     call("irq-vm1", "program_pin", pin=20, trigger="level", vector=0x50)
@@ -141,8 +180,12 @@ def populated_bus() -> tuple[IrqBus, BusWorld, Sender]:
     call("irq-vm1", "bind_virq", virq="target", vector=0x60)
     call("tool", "attach_device", guest="vm1", device="nic0", pin=5, trigger="level")
     call("tool", "attach_device", guest="vm1", device="disk0", pin=5, trigger="level")
-    call("tool", "attach_device", guest="vm1", device="kbd", pin=1)
-    call("tool", "attach_device", guest="vm1", device="ioa0", pin=20, trigger="level")
+    if secure:
+        call("fresh-2", "attach_device", guest="vm1", device="kbd", pin=1)
+        call("tool", "attach_device", guest="vm1", device="ioa0", pin=20, trigger="level", key=BUS_PEERS["device-vm2"].key)
+    else:
+        call("tool", "attach_device", guest="vm1", device="kbd", pin=1)
+        call("tool", "attach_device", guest="vm1", device="ioa0", pin=20, trigger="level")
     call("irq-vm2", "attach", name="vm2", domid=2)
     call("irq-vm2", "program_pin", pin=10, trigger="edge")
     call("irq-vm2", "chip", ops=[{"kind": "unmask", "pin": 10}])
@@ -161,6 +204,7 @@ def populated_bus() -> tuple[IrqBus, BusWorld, Sender]:
         tool_clients=("tool", "asker"),
         fresh_clients=("fresh-1", "fresh-2", "fresh-3"),
         open_queries=((1, "irq-vm1", "text"),),
+        keys=tuple(p.key for p in BUS_PEERS.values() if p.key is not None),
     )
     return bus, world, s
 
@@ -171,10 +215,12 @@ BUS_RECORDED = ("irq-vm1", "irq-vm2", "tool")  # two sessions, and a client that
 
 def bus_fingerprint(bus: IrqBus, now: float = NOW) -> bytes:
     """Every guest as `show` reports it (but when it was last heard from), whose session it
-    is, and the open queries."""
+    is and with which key, which key drives each device, who owns which domain, and the
+    open queries."""
     guests = []
     for machine in sorted(bus.router.guests.values(), key=lambda m: m.domid):
         snapshot = machine.snapshot(now)
         snapshot.pop("last_seen_s", None)
-        guests.append([machine.client, snapshot])
-    return msgpack.packb([guests, len(bus.router), len(bus.queries), bus.queries.next_deadline()])
+        drivers = sorted((d.name, d.key) for d in machine.devices.values())
+        guests.append([machine.client, machine.owner_key, drivers, snapshot])
+    return msgpack.packb([guests, len(bus.router), len(bus.queries), bus.queries.next_deadline(), bus.owners.items()])

@@ -231,6 +231,7 @@ class BusWorld:
     tool_clients: tuple[str, ...]
     fresh_clients: tuple[str, ...]
     open_queries: tuple[tuple[int, str, str], ...] = ()  # (query id, guest client, format)
+    keys: tuple[str, ...] = ()  # Z85 public keys the world's guests and devices use
 
 
 # --- values ----------------------------------------------------------------------------------
@@ -524,6 +525,31 @@ def _answer(draw: Any, world: BusWorld) -> tuple[str, dict[str, Any]]:
     return client, {"query": query, "text": draw(st.text(max_size=200))}
 
 
+Z85_CHARS = string.digits + string.ascii_letters + ".-:+=^!/*?&<>()[]{}@%$#"  # ZeroMQ's Z85 alphabet (RFC 32)
+z85_keys = st.text(alphabet=Z85_CHARS, min_size=40, max_size=40)
+
+
+def _key(draw: Any, world: BusWorld) -> str:
+    """Mostly a key the world knows; else a fresh one."""
+    return _pick(draw, world.keys) if world.keys and draw(st.booleans()) else draw(z85_keys)
+
+
+def _domid(draw: Any, world: BusWorld) -> int:
+    return _pick(draw, [g.domid for g in world.guests]) if world.guests and draw(st.booleans()) else draw(st.integers(0, MAX_DOMID))
+
+
+def _owners(draw: Any, world: BusWorld) -> dict[str, Any]:
+    """The hypervisor's word on who owns which domain: a ping (nothing), news, or a full list."""
+    args: dict[str, Any] = {}
+    if draw(st.booleans()):
+        args["domains"] = [[_domid(draw, world), _key(draw, world)] for _ in range(draw(st.integers(0, 4)))]
+    if draw(st.booleans()):
+        args["gone"] = [_domid(draw, world) for _ in range(draw(st.integers(0, 3)))]
+    if draw(st.booleans()):
+        args["replace"] = draw(st.booleans())
+    return args
+
+
 def _bus_call(draw: Any, world: BusWorld, op: str) -> tuple[str, dict[str, Any]]:
     """(client, args) for one irqbus operation."""
     if op in ("attach", "detach", "program_pin", "program_msi", "chip", "bind_virq"):
@@ -552,12 +578,13 @@ def _bus_call(draw: Any, world: BusWorld, op: str) -> tuple[str, dict[str, Any]]
     target: dict[str, Any] = {"guest": _guest_ref(draw, world, guest)}
     count = {"count": draw(st.integers(1, 8) | st.integers(1, MAX_BURST))} if draw(st.booleans()) else {}
     if op == "attach_device":
+        driver = {"key": _key(draw, world)} if _chance(draw, 4) else {}
         if _chance(draw, 4):
-            return client, {**target, "device": _device(draw, world, guest), "msi": True}
+            return client, {**target, "device": _device(draw, world, guest), "msi": True, **driver}
         where = {"pin": _pick(draw, _DEVICE_PINS)}
         if draw(st.booleans()):
             where["trigger"] = _pick(draw, TRIGGERS)
-        return client, {**target, "device": _device(draw, world, guest), **where}
+        return client, {**target, "device": _device(draw, world, guest), **where, **driver}
     if op in ("detach_device", "lower"):
         return client, {**target, "device": _device(draw, world, guest)}
     if op in ("raise", "pulse"):
@@ -571,6 +598,8 @@ def _bus_call(draw: Any, world: BusWorld, op: str) -> tuple[str, dict[str, Any]]
         return client, args
     if op == "send_virq":
         return client, {**target, "virq": _pick(draw, VIRQS)}
+    if op == "owners":
+        return client, _owners(draw, world)
     if op == "show":
         args = dict(target) if draw(st.booleans()) else {}
         if draw(st.booleans()):

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
-from tests.populated import BUS_RECORDED, BUS_WORLD, NOW, bus_fingerprint, populated_bus
+from tests.populated import BUS_PEERS, BUS_RECORDED, BUS_WORLD, NOW, bus_fingerprint, populated_bus
 from tests.replies import check_pushed, check_reply
 from tests.strategies import (
     BUS_OPS,
@@ -88,6 +88,43 @@ def _answers_every_frame(drafts: list[Draft]) -> None:
 @given(st.lists(requests, min_size=1, max_size=4))
 def test_every_frame_gets_a_valid_reply_and_a_refusal_changes_nothing(drafts):
     _answers_every_frame(drafts)
+
+
+# --- with keys (irqbus.rights): each client calls with its own key, or with anyone's --------------
+
+SECURE_WORLD = populated_bus(secure=True)[1]
+secure_requests = bus_requests(SECURE_WORLD)
+_WHO = st.sampled_from((None, None, None, *BUS_PEERS))  # None: the client's own key
+
+
+@FUZZ_SETTINGS
+@given(st.lists(st.tuples(secure_requests, _WHO), min_size=1, max_size=4))
+def test_with_keys_every_frame_gets_a_valid_reply_and_a_refusal_changes_nothing(calls):
+    bus, _, sender = populated_bus(secure=True)
+    for draft, who in calls:
+        sender.peer = BUS_PEERS[who] if who else None
+        before = bus_fingerprint(bus)
+        out, seq = sender.send(draft)
+        reply = _check_outcome(out, draft.readable_seq(seq))
+        if reply is not None and not reply["ok"]:
+            assert bus_fingerprint(bus) == before, f"refused {draft.op} ({draft.mutation}) changed the state: {reply['message']}"
+            assert not out.sends
+
+
+@FUZZ_SETTINGS
+@given(st.lists(secure_requests, min_size=1, max_size=4))
+def test_a_key_with_no_role_and_no_domain_is_refused_everything_and_changes_nothing(drafts):
+    """Whatever client string it writes (a guest's, the toolstack's), a stranger's key owns
+    nothing on the bus: every request is refused, nothing is sent to anyone."""
+    bus, _, sender = populated_bus(secure=True)
+    sender.peer = BUS_PEERS["stranger"]
+    before = bus_fingerprint(bus)
+    for draft in drafts:
+        out, seq = sender.send(draft)
+        reply = _check_outcome(out, draft.readable_seq(seq))
+        assert reply is not None and not reply["ok"], f"a stranger's {draft.op} was accepted: {reply}"
+        assert not out.sends
+    assert bus_fingerprint(bus) == before
 
 
 @pytest.mark.parametrize("draft", KNOWN)

@@ -106,7 +106,7 @@ def test_a_req_asker_gets_its_held_reply(procs: Processes, ctx):
     """`interrupts` is forwarded to the guest; the reply that comes later still carries REQ's
     delimiter, so the REQ socket takes it."""
     host, bus = Host(procs, memory="64m"), Irqbus(procs)
-    host.guest("vm1", "--memory", "8m", "--irqbus", bus.endpoint)
+    host.guest("vm1", "--memory", "8m", "--irqbus", bus.endpoint, "--key", "toolstack")  # this host tells irqbus no owners
     wait_for(lambda: "vm1" in bus.show(), 20, "vm1 to attach")
     asker = Socket(ctx, zmq.REQ, bus.endpoint)
     r = asker.call("req-asker", 1, "interrupts", guest="vm1", format="json")

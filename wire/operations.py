@@ -16,6 +16,7 @@ from wire.shown import shown
 from wire.heartbeat import balloon_stats
 from wire.control import control_keys
 from wire.domain_end import OnCrash
+from wire.keys import KeyFileError, check_public
 
 MAX_BATCH_PAGES = 512  # one page of frame list, as Linux's balloon driver batches
 MAX_DOMAIN_PAGES = 1 << 32  # 16 TiB: anything larger is a typo, not a domain
@@ -249,6 +250,37 @@ def status_clears(name: str, value: Any) -> list[tuple[str, int]]:
     return out
 
 
+def z85_key(name: str, value: Any) -> str:
+    """A CURVE public key as ZAP names it (wire.keys): 40 Z85 characters."""
+    if not isinstance(value, str):
+        raise _invalid(name, "a Z85 public key (40 characters)", value)
+    try:
+        return check_public(value)
+    except KeyFileError:
+        raise _invalid(name, "a Z85 public key (40 characters)", value) from None
+
+
+MAX_OWNERS = 4096  # pairs (or gone domids) in one `owners`: a host's domains go in a few chunks
+
+
+def owner_pairs(name: str, value: Any) -> list[tuple[int, str]]:
+    """[[domid, key], ...]: which key registered each domain, as the hypervisor tells irqbus."""
+    if not isinstance(value, list) or len(value) > MAX_OWNERS:
+        raise _invalid(name, f"a list of at most {MAX_OWNERS} [domid, key] pairs", value)
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, list) or len(item) != 2:
+            raise _invalid(f"{name}[{i}]", "[domid, key]", item)
+        out.append((_domid(f"{name}[{i}][0]", item[0]), z85_key(f"{name}[{i}][1]", item[1])))
+    return out
+
+
+def domid_list(name: str, value: Any) -> list[int]:
+    if not isinstance(value, list) or len(value) > MAX_OWNERS:
+        raise _invalid(name, f"a list of at most {MAX_OWNERS} domids", value)
+    return [_domid(f"{name}[{i}]", item) for i, item in enumerate(value)]
+
+
 def long_text(max_len: int) -> Validator:
     """Multi-line text (a /proc table): any characters but NUL, at most max_len."""
 
@@ -399,7 +431,8 @@ OPERATIONS: dict[str, Operation] = {
             "attach_device",
             Endpoint.IRQBUS,
             {"guest": domain_ref, "device": device_name},
-            {"pin": _pin, "trigger": choice(*TRIGGERS), "msi": boolean},
+            # `key`: the toolstack names the key that may drive the device (default: the caller's)
+            {"pin": _pin, "trigger": choice(*TRIGGERS), "msi": boolean, "key": z85_key},
         ),
         Operation("detach_device", Endpoint.IRQBUS, {"guest": domain_ref, "device": device_name}),
         Operation("raise", Endpoint.IRQBUS, {"guest": domain_ref, "device": device_name}, {"count": integer(1, MAX_BURST)}),
@@ -413,6 +446,9 @@ OPERATIONS: dict[str, Operation] = {
         ),
         # irqbus, the hypervisor's virtual interrupts
         Operation("send_virq", Endpoint.IRQBUS, {"guest": domain_ref, "virq": choice(*VIRQS)}),
+        # irqbus, the hypervisor: which key registered which domain (irqbus/owners.py); no
+        # arguments is its ping, whose `epoch` tells it irqbus restarted and must hear them all
+        Operation("owners", Endpoint.IRQBUS, {}, {"domains": owner_pairs, "replace": boolean, "gone": domid_list}),
         # irqbus, inspection
         Operation("show", Endpoint.IRQBUS, {}, {"guest": domain_ref, "after": integer(-1, MAX_DOMID)}, read_only=True),
         Operation("interrupts", Endpoint.IRQBUS, {"guest": domain_ref}, {"format": choice("text", "json")}, read_only=True),
