@@ -35,7 +35,6 @@ BASE_RECIPE=1 # bump when the recipe below changes: a cached base with another l
 IMAGE=${BALLONET_IMAGE:-ballonet:local}
 MIRROR=${BALLONET_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PROJECT=ballonet-smoke # its own compose project: never touches a stack you started yourself
-TOOLS=$PROJECT-tools   # a toolstack container kept running for the checks (docker exec is fast)
 GUESTS=3
 export PATH="$PATH:/usr/sbin:/sbin"
 export DEBIAN_FRONTEND=noninteractive
@@ -67,8 +66,7 @@ cleanup() {
       "${COMPOSE[@]}" logs --no-color --tail=200
     fi
     say "tearing down"
-    docker rm -f "$TOOLS" > /dev/null 2>&1
-    "${COMPOSE[@]}" down -v --remove-orphans --timeout 5 > "$WORK/down.log" 2>&1 || cat "$WORK/down.log"
+    "${COMPOSE[@]}" --profile tools down -v --remove-orphans --timeout 5 > "$WORK/down.log" 2>&1 || cat "$WORK/down.log"
   fi
   if [ -n "$DOCKERD_PID" ] && [ "${BALLONET_KEEP_DOCKERD:-0}" != 1 ]; then
     say "stopping the dockerd this script started (pid $DOCKERD_PID)"
@@ -203,7 +201,7 @@ if [ "${COMPOSE[0]}" != docker-compose ] && command -v docker-compose > /dev/nul
 fi
 
 step "compose up with $GUESTS guests"
-"${COMPOSE[@]}" down -v --remove-orphans --timeout 5 > /dev/null 2>&1 || true # a previous run's leftovers
+"${COMPOSE[@]}" --profile tools down -v --remove-orphans --timeout 5 > /dev/null 2>&1 || true # a previous run's leftovers
 # The stack publishes 127.0.0.1:5600-5602: say plainly if something on the host holds them.
 python3 - << 'EOF' || fail "a port the stack publishes is taken on the host (a local hypervisor or irqbus? another stack?)"
 import socket, sys
@@ -222,15 +220,17 @@ sys.exit(1 if busy else 0)
 EOF
 STACK_UP=1
 UP_START=$EPOCHREALTIME
-quiet compose-up timeout 300 "${COMPOSE[@]}" up -d --no-build --scale guest=$GUESTS
-done_step "compose up -d (hypervisor healthy, guests and device started)"
+# --profile tools: also the toolstack, idle, to exec into: the servers' containers hold no
+# toolstack key (each service only what it needs), so the checks call through it
+quiet compose-up timeout 300 "${COMPOSE[@]}" --profile tools up -d --no-build --scale guest=$GUESTS
+done_step "compose up -d (hypervisor healthy, guests, device and toolstack started)"
 
+# (docker's own filters: a compose v1 command costs seconds on a loaded machine)
+containers() { docker ps -q --filter "label=com.docker.compose.project=$PROJECT" ${1:+--filter "label=com.docker.compose.service=$1"}; }
+TOOLS=$(containers toolstack)
+[ -n "$TOOLS" ] || fail "no toolstack container"
 toolstack() { "${COMPOSE[@]}" run --rm -T toolstack "$@"; } # the toolstack service, on demand
-tools() { docker exec -i "$TOOLS" "$@"; }                  # the toolstack, kept running
-# The servers' containers hold no toolstack key (each service only what it needs): the checks
-# call through a toolstack container that stays up while they run.
-docker rm -f "$TOOLS" > /dev/null 2>&1 || true
-quiet tools-up "${COMPOSE[@]}" run -d --no-deps --name "$TOOLS" toolstack sh -c 'trap "exit 0" INT TERM; sleep infinity & wait'
+tools() { docker exec -i "$TOOLS" "$@"; }                  # the toolstack container, kept running
 
 # wait_for DESCRIPTION TIMEOUT_S PYTHON_CHECK -- COMMAND...: run COMMAND every half second
 # until PYTHON_CHECK (an expression over `d`, its JSON output) is true.
@@ -254,8 +254,6 @@ wait_for() {
 list_json() { tools hypervisor list --json; }
 
 step "keys: CURVE on both servers, no secret key in any container's environment"
-# (docker's own filters: a compose v1 command costs seconds on a loaded machine)
-containers() { docker ps -q --filter "label=com.docker.compose.project=$PROJECT" ${1:+--filter "label=com.docker.compose.service=$1"}; }
 for service in hypervisor irqbus; do
   # shellcheck disable=SC2046 # one id
   docker logs $(containers "$service") 2>&1 | grep -q '"security": "curve"' || fail "$service did not start under CURVE"
