@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The compose stack, for real: install Docker if missing, start dockerd if it is not running,
-# build the base image locally (debootstrap; no registry), build ballonet's image on it, bring
-# up hypervisor + irqbus + 3 guests + the emulated device, check that the guests registered,
-# converge after `mem-set` (down and up) and that the books balance, check interrupts flow,
-# crash the hypervisor (SIGKILL) and check that its restart policy brings it back with its
-# journal and the guests carry on (same domids, audit, a mem-set), and ALWAYS tear the stack
-# down (printing every service's log on failure).
+# build the base image locally (debootstrap; no registry), build ballonet's image on it, make
+# the stack's keys (scripts/compose-keys.sh, in this run's folder), bring up hypervisor +
+# irqbus + 3 guests + the emulated device, all under CURVE, check that no secret key is in a
+# container's environment, that the guests registered, converge after `mem-set` (down and up)
+# and that the books balance, check interrupts flow, crash the hypervisor (SIGKILL) and check
+# that its restart policy brings it back with its journal and the guests carry on (same
+# domids, audit, a mem-set), check that keys without the right are refused (a guest's
+# container minting its own "toolstack" key, an unknown key from the host) and changed
+# nothing, and ALWAYS tear the stack down (printing every service's log on failure).
 #
 #   scripts/compose-smoke.sh                 # the whole smoke test (.ci/run runs this)
 #   scripts/compose-smoke.sh --images-only   # only Docker, the base image and ballonet:local
@@ -39,6 +42,7 @@ export BALLONET_IMAGE=$IMAGE BALLONET_BASE=$BASE_IMAGE
 export COMPOSE_PROJECT_NAME=$PROJECT
 
 WORK=$(mktemp -d /var/tmp/ballonet-smoke.XXXXXX)
+export BALLONET_COMPOSE_KEYS=$WORK/keys # this run's keys, made after the images (never in them)
 START=$EPOCHREALTIME
 STEP_START=$START
 TIMINGS=()
@@ -62,7 +66,7 @@ cleanup() {
       "${COMPOSE[@]}" logs --no-color --tail=200
     fi
     say "tearing down"
-    "${COMPOSE[@]}" down -v --remove-orphans --timeout 5 > "$WORK/down.log" 2>&1 || cat "$WORK/down.log"
+    "${COMPOSE[@]}" --profile tools down -v --remove-orphans --timeout 5 > "$WORK/down.log" 2>&1 || cat "$WORK/down.log"
   fi
   if [ -n "$DOCKERD_PID" ] && [ "${BALLONET_KEEP_DOCKERD:-0}" != 1 ]; then
     say "stopping the dockerd this script started (pid $DOCKERD_PID)"
@@ -186,6 +190,10 @@ fi
 
 # --- the stack ---------------------------------------------------------------------------------
 
+step "keys (scripts/compose-keys.sh)"
+quiet compose-keys scripts/compose-keys.sh "$BALLONET_COMPOSE_KEYS"
+done_step "keys: 5 key pairs and authorized, in the image's own ballonet keys"
+
 step "compose config"
 quiet compose-config "${COMPOSE[@]}" config -q
 if [ "${COMPOSE[0]}" != docker-compose ] && command -v docker-compose > /dev/null; then
@@ -193,7 +201,7 @@ if [ "${COMPOSE[0]}" != docker-compose ] && command -v docker-compose > /dev/nul
 fi
 
 step "compose up with $GUESTS guests"
-"${COMPOSE[@]}" down -v --remove-orphans --timeout 5 > /dev/null 2>&1 || true # a previous run's leftovers
+"${COMPOSE[@]}" --profile tools down -v --remove-orphans --timeout 5 > /dev/null 2>&1 || true # a previous run's leftovers
 # The stack publishes 127.0.0.1:5600-5602: say plainly if something on the host holds them.
 python3 - << 'EOF' || fail "a port the stack publishes is taken on the host (a local hypervisor or irqbus? another stack?)"
 import socket, sys
@@ -212,11 +220,17 @@ sys.exit(1 if busy else 0)
 EOF
 STACK_UP=1
 UP_START=$EPOCHREALTIME
-quiet compose-up timeout 300 "${COMPOSE[@]}" up -d --no-build --scale guest=$GUESTS
-done_step "compose up -d (hypervisor healthy, guests and device started)"
+# --profile tools: also the toolstack, idle, to exec into: the servers' containers hold no
+# toolstack key (each service only what it needs), so the checks call through it
+quiet compose-up timeout 300 "${COMPOSE[@]}" --profile tools up -d --no-build --scale guest=$GUESTS
+done_step "compose up -d (hypervisor healthy, guests, device and toolstack started)"
 
-xc() { "${COMPOSE[@]}" exec -T "$@"; }                    # a command in a running service
+# (docker's own filters: a compose v1 command costs seconds on a loaded machine)
+containers() { docker ps -q --filter "label=com.docker.compose.project=$PROJECT" ${1:+--filter "label=com.docker.compose.service=$1"}; }
+TOOLS=$(containers toolstack)
+[ -n "$TOOLS" ] || fail "no toolstack container"
 toolstack() { "${COMPOSE[@]}" run --rm -T toolstack "$@"; } # the toolstack service, on demand
+tools() { docker exec -i "$TOOLS" "$@"; }                  # the toolstack container, kept running
 
 # wait_for DESCRIPTION TIMEOUT_S PYTHON_CHECK -- COMMAND...: run COMMAND every half second
 # until PYTHON_CHECK (an expression over `d`, its JSON output) is true.
@@ -237,7 +251,25 @@ wait_for() {
     sleep 0.5
   done
 }
-list_json() { xc hypervisor hypervisor list --json; }
+list_json() { tools hypervisor list --json; }
+
+step "keys: CURVE on both servers, no secret key in any container's environment"
+for service in hypervisor irqbus; do
+  # shellcheck disable=SC2046 # one id
+  docker logs $(containers "$service") 2>&1 | grep -q '"security": "curve"' || fail "$service did not start under CURVE"
+done
+# every container of the stack, the toolstack's too: its Config (Env, Cmd, Labels) and mounts
+cat "$BALLONET_COMPOSE_KEYS"/*.key_secret | sed -n 's/.*secret-key = "\(.*\)"/\1/p' > "$WORK/secrets"
+[ "$(wc -l < "$WORK/secrets")" = 5 ] || fail "expected 5 secret keys in $BALLONET_COMPOSE_KEYS"
+# shellcheck disable=SC2046 # one id per word
+if docker inspect $(containers) | grep -F -q -f "$WORK/secrets"; then
+  fail "a secret key is in a container's configuration (environment, command or labels)"
+fi
+say "   ok: no secret key in any container's configuration"
+# shellcheck disable=SC2046 # one id
+owner=$(docker exec $(containers hypervisor) stat -c '%u %a' /run/secrets/hypervisor.key_secret)
+[ "$owner" = "10001 600" ] || fail "the hypervisor's secret inside its container is '$owner', expected '10001 600'"
+say "   ok: secrets 0600, the service user's, inside the containers (hypervisor.key_secret: $owner)"
 
 step "guests register"
 wait_for "$GUESTS guests registered, running, with their own names and domids" 60 \
@@ -255,27 +287,27 @@ converged() { # the domain's pages equal its target, which is $2 pages, and its 
 # 192m: above the kernel floor the guest keeps by default (minimum_target() of its 512m: 168m)
 quiet mem-set-down toolstack hypervisor mem-set "$down_dom" 192m
 wait_for "$down_dom ballooned down to 192m (49152 pages), balloon done" 60 "$(converged "$down_dom" 49152)" -- list_json
-quiet mem-set-up xc hypervisor hypervisor mem-set "$up_dom" 384m
+quiet mem-set-up tools hypervisor mem-set "$up_dom" 384m
 wait_for "domain $up_dom ballooned up to 384m (98304 pages), balloon done" 60 "$(converged "$up_dom" 98304)" -- list_json
 done_step "mem-set down and up, converged"
 TIMINGS+=("$(printf '%6ss  %s' "$(elapsed "$UP_START")" "compose up -> registered -> both mem-sets converged")")
 
 step "toolstack from the host and through compose, audit"
 if [ -x .venv/bin/hypervisor ]; then
-  wait_for "host toolstack (127.0.0.1:5601) sees $GUESTS domains" 20 "d['domains'] == $GUESTS" \
-    -- env -u BALLONET_ADMIN .venv/bin/hypervisor info --json --admin-endpoint tcp://127.0.0.1:5601
+  wait_for "host toolstack (127.0.0.1:5601, key 'host') sees $GUESTS domains" 20 "d['domains'] == $GUESTS" \
+    -- env -u BALLONET_ADMIN .venv/bin/hypervisor info --json --admin-endpoint tcp://127.0.0.1:5601 --keys "$BALLONET_COMPOSE_KEYS" --key host
 else
   say "   (no .venv/bin/hypervisor here: host-side check skipped)"
 fi
 toolstack hypervisor list
-xc hypervisor hypervisor audit || fail "hypervisor audit: the books do not balance"
+tools hypervisor audit || fail "hypervisor audit: the books do not balance"
 say "   ok: audit"
 
 step "irqbus and the emulated device" # (timed with the two checks above)
-wait_for "irqbus has the $GUESTS guests attached" 30 "len(d['guests']) == $GUESTS" -- xc irqbus irqbus show --json
+wait_for "irqbus has the $GUESTS guests attached" 30 "len(d['guests']) == $GUESTS" -- tools irqbus show --json
 wait_for "the device's interrupts reach domain 1's nic driver" 30 \
-  "any(a['name'] == 'nic' and a['handled'] > 0 for row in d for a in row['actions'])" -- xc irqbus guest interrupts 1 --json
-xc irqbus guest interrupts 1
+  "any(a['name'] == 'nic' and a['handled'] > 0 for row in d for a in row['actions'])" -- tools guest interrupts 1 --json
+tools guest interrupts 1
 done_step "checks after convergence (host toolstack, audit, irqbus)"
 
 step "crash the hypervisor: restart policy, journal, the guests carry on"
@@ -294,14 +326,44 @@ wait_for "the hypervisor restarted by its restart policy" 60 "d['restarts'] > $r
 wait_for "the same guests with the same domids and pages, running, after the restart" 60 \
   "sorted((x['name'], x['domid'], x['current_pages'], x['target_pages']) for x in d) == $before \
    and all(x['state'] == 'running' for x in d)" -- list_json
-xc hypervisor hypervisor audit || fail "hypervisor audit after the restart: the books do not balance"
+tools hypervisor audit || fail "hypervisor audit after the restart: the books do not balance"
 say "   ok: audit after the restart"
 # shellcheck disable=SC2046 # one id per word
 states=$(docker inspect --format '{{.Name}} {{.State.Status}} {{.RestartCount}}' $("${COMPOSE[@]}" ps -q guest))
 if printf '%s\n' "$states" | grep -qv ' running 0$'; then fail "a guest container exited when the hypervisor crashed: $states"; fi
 say "   ok: every guest container still running, none restarted"
-quiet mem-set-after-crash xc hypervisor hypervisor mem-set "$down_dom" 224m
+quiet mem-set-after-crash tools hypervisor mem-set "$down_dom" 224m
 wait_for "$down_dom ballooned up to 224m (57344 pages) through the restarted hypervisor" 60 "$(converged "$down_dom" 57344)" -- list_json
 done_step "hypervisor crash: restarted, books recovered, guests carried on"
 
-say "PASS: compose stack with $GUESTS guests registered, converged after mem-set, audit clean, interrupts delivered, a hypervisor crash survived"
+step "keys without the right are refused, and change nothing"
+# refused WHAT -- COMMAND...: the command fails and says EACCES (docs/protocol.md, "Authentication")
+refused() {
+  local what=$1 out; shift 2
+  if out=$("$@" 2>&1); then fail "$what: accepted: $out"; fi
+  case "$out" in
+    *EACCES*) say "   ok: refused: $what" ;;
+    *) fail "$what: expected EACCES, got: $out" ;;
+  esac
+}
+before=$(books)
+guest=$(containers guest | head -n 1)
+# A guest's container holds the servers' public keys and its own key. Its own key, and a
+# 'toolstack' key it makes itself (created on first use, "authorized" in its own directory
+# only), on the admin endpoint and on irqbus, where the device of domain 1 is not theirs:
+refused "a guest's own key: mem-set on the admin endpoint" -- docker exec "$guest" sh -c \
+  'k=$(ls /run/ballonet/keys | sed -n "s/^\(guest-.*\)\.key_secret$/\1/p"); exec hypervisor mem-set 1 64m --key "$k"'
+refused "a 'toolstack' key a guest made itself: destroy on the admin endpoint" -- docker exec "$guest" hypervisor destroy 1
+refused "that key on irqbus: raise domain 1's nic" -- docker exec "$guest" irqbus raise 1 nic
+refused "that key on irqbus: show every guest" -- docker exec "$guest" irqbus show
+if [ -x .venv/bin/hypervisor ]; then # from the host: a key the stack never heard of
+  mkdir -p "$WORK/stranger" && cp "$BALLONET_COMPOSE_KEYS/hypervisor.key" "$WORK/stranger/"
+  refused "an unknown key from the host: info on the admin endpoint" -- env -u BALLONET_ADMIN \
+    .venv/bin/hypervisor info --admin-endpoint tcp://127.0.0.1:5601 --keys "$WORK/stranger" --key stranger
+fi
+[ "$(books)" = "$before" ] || fail "the books changed: $(books), before: $before"
+wait_for "domain 1's nic still plugged into it" 10 "any(x['name'] == 'nic' for g in d['guests'] for x in g['devices'])" \
+  -- tools irqbus show 1 --json
+done_step "keys without the right refused, nothing changed"
+
+say "PASS: compose stack with $GUESTS guests registered under CURVE, converged after mem-set, audit clean, interrupts delivered, a hypervisor crash survived, keys without the right refused"
