@@ -344,3 +344,16 @@ def test_the_zap_thread_leaves_the_stop_signals_to_the_main_thread(tmp_path):
             assert blocked & (1 << (signal.SIGTERM - 1)) and blocked & (1 << (signal.SIGINT - 1)), f"{thread.name}: SigBlk {blocked:x}"
     finally:
         sock.close(0)
+
+
+def test_a_key_directory_that_cannot_be_made_is_exit_2_with_what_to_do(tmp_path):
+    """Not a traceback: the directory's error, and how to choose another."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "hypervisor", "list", "--admin-endpoint", f"ipc://{tmp_path}/none"],
+        env={**os.environ, "BALLONET_KEYS": str(blocker / "keys")}, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"key directory {blocker / 'keys'}" in result.stderr and "--keys DIR" in result.stderr

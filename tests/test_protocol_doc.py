@@ -59,7 +59,6 @@ def test_an_unknown_key_completes_the_handshake_and_gets_a_reply(replies):
     assert replies[1]["seq"] == 1 and isinstance(replies[1]["ok"], bool)
 
 
-@pytest.mark.xfail(strict=True, reason="the admin endpoint's rights (issue 13, branch hvauth): drop this mark once merged")
 def test_an_unknown_key_is_refused_eacces_on_the_admin_endpoint(replies):
     refused = replies[1]
     assert refused["ok"] is False and refused["error"] == "EACCES"

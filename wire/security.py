@@ -175,6 +175,8 @@ def from_arguments(args: argparse.Namespace, role: Role | None, endpoints: list[
         return Security.curve(KeyDir(default_dir(args.key_dir)), args.key, role)
     except KeyFileError as err:
         raise SecurityError(str(err)) from None
+    except OSError as err:  # a key directory that cannot be made or read
+        raise SecurityError(f"key directory {default_dir(args.key_dir)}: {err.strerror or err} ({err.filename or ''}); choose another with --keys DIR or ${KEYS_ENV}") from None
 
 
 def is_local(endpoint: str) -> bool:
