@@ -256,13 +256,17 @@ list_json() { tools hypervisor list --json; }
 step "keys: CURVE on both servers, no secret key in any container's environment"
 for service in hypervisor irqbus; do
   # shellcheck disable=SC2046 # one id
-  docker logs $(containers "$service") 2>&1 | grep -q '"security": "curve"' || fail "$service did not start under CURVE"
+  # the log into a variable first: `grep -q` stops reading at its match, and under pipefail the
+  # writer's SIGPIPE would fail the pipeline (a false "did not start")
+  logs=$(docker logs $(containers "$service") 2>&1)
+  grep -q '"security": "curve"' <<< "$logs" || fail "$service did not start under CURVE"
 done
 # every container of the stack, the toolstack's too: its Config (Env, Cmd, Labels) and mounts
 cat "$BALLONET_COMPOSE_KEYS"/*.key_secret | sed -n 's/.*secret-key = "\(.*\)"/\1/p' > "$WORK/secrets"
 [ "$(wc -l < "$WORK/secrets")" = 5 ] || fail "expected 5 secret keys in $BALLONET_COMPOSE_KEYS"
 # shellcheck disable=SC2046 # one id per word
-if docker inspect $(containers) | grep -F -q -f "$WORK/secrets"; then
+docker inspect $(containers) > "$WORK/inspect.json"  # not piped: grep -q's early exit would fail the pipeline and pass the check
+if grep -F -q -f "$WORK/secrets" "$WORK/inspect.json"; then
   fail "a secret key is in a container's configuration (environment, command or labels)"
 fi
 say "   ok: no secret key in any container's configuration"
