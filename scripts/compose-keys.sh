@@ -20,6 +20,11 @@
 # the host, and no sudo for a member of the docker group. Keys that exist are kept (run it
 # again to repair owners and modes); to replace one, delete its two files first.
 #
+# The services' uid is the same number on the host: an account there with that uid owns their
+# secrets too. DIR stays 0700 and yours, so it cannot reach them by path; but it can once DIR
+# is opened up, moved or copied with its owners. The script warns when the host has such an
+# account (getent passwd UID).
+#
 # Environment: BALLONET_IMAGE (ballonet:local; build it first: `docker compose build` or
 # `scripts/compose-smoke.sh --images-only`).
 set -euo pipefail
@@ -38,6 +43,17 @@ case "$SERVICE_USER" in
   "" | 0 | 0:* | root | root:*) echo "compose-keys: $IMAGE runs as root; expected the Dockerfile's unprivileged user" >&2; exit 1 ;;
   *:*) ;;
   *) SERVICE_USER=$SERVICE_USER:$SERVICE_USER ;;
+esac
+SERVICE_UID=${SERVICE_USER%%:*}
+case "$SERVICE_UID" in
+  *[!0-9]*) ;; # a user name: its uid is the image's business, not comparable with the host's
+  *)
+    if account=$(getent passwd "$SERVICE_UID"); then
+      echo "compose-keys: warning: uid $SERVICE_UID, which the services run as and which owns their secret keys," \
+        "is also host account '${account%%:*}': it owns those secrets on this host too. $DIR stays 0700 and yours," \
+        "which keeps it out: never open that directory up, nor copy it as root keeping its owners." >&2
+    fi
+    ;;
 esac
 
 mkdir -p "$DIR"

@@ -11,7 +11,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -125,24 +124,52 @@ def test_a_missing_key_is_named_with_what_to_do(tmp_path):
 
 
 def test_processes_started_together_keep_every_grant_and_one_pair_per_name(tmp_path):
-    """A run's guests (and two devices on key `device`) make their keys at the same moment."""
-    at = time.time() + 1.0
+    """A run's guests (and two devices on key `device`) make their keys at the same moment.
+
+    A real barrier, not a time: each process says it is ready on one pipe, then blocks on
+    another until the test closes it, which wakes them all at once (EOF), and only once all
+    are there; an instant chosen in advance is already past when they start on a loaded
+    machine, and they would then make their keys one after another."""
     code = (
-        "import sys, time; from wire.keys import KeyDir, Role\n"
-        "time.sleep(max(0, float(sys.argv[1]) - time.time()))\n"
-        "print(KeyDir(sys.argv[2]).pair(sys.argv[3], role=Role(sys.argv[4])).public.decode())\n"
+        "import os, sys; from wire.keys import KeyDir, Role\n"
+        "os.write(int(sys.argv[1]), b'r')\n"
+        "os.read(int(sys.argv[2]), 1)\n"  # EOF: the test closed its end, every process is here
+        "print(KeyDir(sys.argv[3]).pair(sys.argv[4], role=Role(sys.argv[5])).public.decode())\n"
     )
-    names = [(f"guest-{i}", "guest") for i in range(6)] + [("device", "device")] * 4
-    procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(at), str(tmp_path), name, role], stdout=subprocess.PIPE, text=True, cwd=REPO,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)))
-        for name, role in names
-    ]
-    publics = [p.communicate(timeout=20)[0].strip() for p in procs]
+    names = [(f"guest-{i}", "guest") for i in range(12)] + [("device", "device")] * 6
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    procs: list[subprocess.Popen] = []
+    try:
+        for name, role in names:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", code, str(ready_w), str(go_r), str(tmp_path), name, role], stdout=subprocess.PIPE, text=True,
+                cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), pass_fds=(ready_w, go_r)))
+        os.close(ready_w)  # the children hold theirs: one that dies early ends the wait below with EOF
+        os.close(go_r)
+        ready_w = go_r = -1
+        arrived = b""
+        while len(arrived) < len(names):
+            got = os.read(ready_r, len(names))
+            if not got:
+                break
+            arrived += got
+        assert len(arrived) == len(names), "a process died before the barrier"
+        os.close(go_w)  # all of them go
+        go_w = -1
+        publics = [p.communicate(timeout=20)[0].strip() for p in procs]
+    finally:
+        for fd in (ready_r, ready_w, go_r, go_w):
+            if fd >= 0:
+                os.close(fd)
+        for p in procs:  # a child hung past communicate's timeout (or never released) goes too
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert all(p.returncode == 0 for p in procs)
     authorized = KeyDir(tmp_path).authorized()
     assert {g.name for g in authorized.grants} == {n for n, _ in names}
-    assert len(set(publics[-4:])) == 1  # one `device` pair, used by all four
+    assert len(set(publics[-6:])) == 1  # one `device` pair, used by all six
     assert publics[-1] == KeyDir(tmp_path).public("device").decode()
     assert all(authorized.roles(p) for p in publics)
 
