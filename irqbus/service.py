@@ -94,11 +94,19 @@ class IrqbusService:
             self._serve_one(identity, body, req, user)
 
     def _serve_one(self, identity: bytes, body: list[bytes], req: bool, user: str | None = None) -> None:
+        """One message; `user`: the public key its connection authenticated with (None: an
+        insecure socket's peer, who may do everything; on CURVE, a refusal: wire.gate.INSECURE
+        holds every right, and a missing User-Id must never grant them)."""
         route = multipart.envelope_of(identity, req)
         if len(body) != 1:
             msg = f"expected one frame per message, got {len(body)}"
             self.log.warning("request refused", error=str(ErrorCode.EPROTO), message=msg, req_peer=req)
             multipart.send(self.socket, [*route, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
+            return
+        if user is None and self._authenticated:  # never on CURVE (ZAP names every peer); if it were: no rights, not all of them
+            msg = "the connection carries no authenticated key"
+            self.log.warning("request refused", error=str(ErrorCode.EACCES), message=msg, req_peer=req)
+            multipart.send(self.socket, [*route, envelope.encode(envelope.error_reply(None, ErrorCode.EACCES, msg))])
             return
         now = self.clock()
         outcome = self.bus.execute(body[0], now, req, self.gate.peer(user))
