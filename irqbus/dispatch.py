@@ -387,11 +387,13 @@ class IrqBus:
             machine = self.router.resolve(ref)
             return machine, self.router.device(machine, name, ref)
         machine = self.router.owner(name)
-        if machine is None:
-            if not peer.has(Role.DEVICE):
-                raise rights.refused(peer, f"does not drive device {name}", f"'{op}' is for the key that plugged the device in, or a toolstack key")
+        device = None if machine is None else machine.devices[name]
+        if not peer.has(Role.DEVICE):  # the same words whether the device is there or not, but to its own revoked key
+            if device is not None and device.key == peer.key:
+                raise rights.no_longer_a_device_key(peer, ref)
+            raise rights.not_the_driver(peer, name, op)
+        if machine is None or device is None:
             raise WireError(ErrorCode.ESRCH, f"no device {name!r} is attached to irqbus")
-        device = machine.devices[name]
         rights.require_driver(peer, machine, device, ref, op)
         if not self.router.names(machine, ref):
             raise WireError(ErrorCode.EPERM, f"device {name!r} is not attached to guest {ref}")
@@ -517,9 +519,9 @@ class IrqBus:
         ref = args["guest"]
         owner = self.router.owner(args["device"]) if "device" in args else None
         if not peer.has(Role.TOOLSTACK):
+            self._may_locate(peer, ref)  # first: a stranger learns nothing of the device either
             if owner is not None:  # a plugged device: its own driver asks
                 rights.require_driver(peer, owner, owner.devices[args["device"]], ref, "locate")
-            self._may_locate(peer, ref)
         try:
             machine = self.router.resolve(ref)
         except WireError:

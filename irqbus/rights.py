@@ -123,12 +123,22 @@ def require_driver(peer: Peer, machine: GuestMachine, device: Device, ref: int |
     if device.key is None:
         if device_key_for(peer, machine):
             return
-        raise refused(peer, f"does not drive device {device.name}", f"{_AUTHORIZE} device [--guest DOMID], or a toolstack key")
+        raise not_the_driver(peer, device.name, op)
     if device.key != peer.key:
-        raise refused(peer, f"does not drive device {device.name}",
-                      f"'{op}' is for the key that plugged the device in (irqbus attach --device-key), or a toolstack key")
+        raise not_the_driver(peer, device.name, op)
     if not device_key_for(peer, machine):
-        raise refused(peer, f"is no longer a device key for guest {ref}", f"{_AUTHORIZE} device [--guest DOMID]")
+        raise no_longer_a_device_key(peer, ref)
+
+
+def not_the_driver(peer: Peer, device: str, op: str) -> WireError:
+    """The same words whether the device is plugged in, and where, or not."""
+    return refused(peer, f"does not drive device {device}",
+                   f"'{op}' is for the key that plugged the device in (irqbus attach --device-key), or a toolstack key")
+
+
+def no_longer_a_device_key(peer: Peer, ref: int | str) -> WireError:
+    """For the key the device was plugged in with, once it lost the grant (or its scope)."""
+    return refused(peer, f"is no longer a device key for guest {ref}", f"{_AUTHORIZE} device [--guest DOMID]")
 
 
 def require_viewer(peer: Peer, machine: GuestMachine | None, owner: str | None, ref: int | str, op: str) -> None:

@@ -241,7 +241,10 @@ def test_a_device_the_guest_declared_is_driven_by_the_first_device_key_that_driv
 def test_a_device_is_driven_by_its_key_or_the_toolstack_only(bus, op, args):
     for peer in (STRANGER, VM1, DEV_ON_1, HV):
         message = Client(bus, "x", peer).refused(op, guest="vm1", device="nic0", **args)
-        assert f"key '{peer.short()}' does not drive device nic0" in message
+        if op == "locate" and peer in (STRANGER, HV):  # no right to know of the guest: refused before the device
+            assert f"key '{peer.short()}' may not locate guest vm1" in message
+        else:
+            assert f"key '{peer.short()}' does not drive device nic0" in message
     Client(bus, "dev", DEV).call(op, guest="vm1", device="nic0", **args)
     Client(bus, "tool", TOOL).call(op, guest="vm2", device="disk0", **args)
 
@@ -423,3 +426,11 @@ def test_the_shell_on_curve_gives_no_rights_to_a_message_without_an_authenticate
         assert list(service.bus.router.guests) == ["tooled"]
     finally:
         service.close()
+
+
+def test_a_key_that_is_no_device_key_is_told_the_same_of_any_device(bus):
+    """Plugged with another key, declared by its guest (no key yet), or not there at all."""
+    Client(bus, "irq", VM1).call("program_msi", device="net1", address=0xFEE00000, data=0x41)
+    messages = {Client(bus, "x", peer).refused("raise", guest="vm1", device=device).replace(device, "D")
+                for peer in (STRANGER,) for device in ("nic0", "net1", "nowhere")}
+    assert len(messages) == 1, messages
