@@ -345,6 +345,20 @@ class IrqBus:
                   "detached": detached, "changed": bool(named)}
         return _Result({"epoch": self.epoch, "owners": len(self.owners)}, fields, sends)
 
+    def rights_changed(self, peer_of: Callable[[str], Peer], now: float) -> tuple[list[Send], list[str]]:
+        """`authorized` changed: a session attached by the toolstack's right whose key is no
+        longer a toolstack key is ended, so its revoked key stops receiving the guest's
+        interrupts too (its requests are refused from the first one after: _session).
+        Returns the sends for its open queries and the sessions ended (name/domid)."""
+        sends: list[Send] = []
+        ended = []
+        for machine in list(self.router.guests.values()):
+            key = key_of(machine.client)
+            if machine.owner_key is None and key is not None and not peer_of(key).has(Role.TOOLSTACK):
+                sends += self._end_session(machine, now, f"guest {machine.name}'s session: its key is no longer a toolstack key")[0]
+                ended.append(f"{machine.name}/{machine.domid}")
+        return sends, ended
+
     def _disowned(self, machine: GuestMachine) -> bool:
         """Whether the hypervisor's word on the session's domain takes the session away: one
         attached as owner, when its key no longer owns the domain (or the name is not the

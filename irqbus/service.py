@@ -69,7 +69,8 @@ class IrqbusService:
         poller = zmq.Poller()  # kept: Socket.poll builds and registers a new Poller per call
         poller.register(self.socket, zmq.POLLIN)
         while not should_stop():
-            self.gate.refresh()
+            if self.gate.refresh():
+                self._rights_changed()
             wait_ms = POLL_MS
             deadline = self.bus.next_deadline()
             if deadline is not None:
@@ -111,6 +112,7 @@ class IrqbusService:
         now = self.clock()
         outcome = self.bus.execute(body[0], now, req, self.gate.peer(user))
         if outcome.error is ErrorCode.EACCES and self.gate.recheck():  # refused on rights a moment old (a new key, authorized at once)
+            self._rights_changed()
             outcome = self.bus.execute(body[0], now, req, self.gate.peer(user))
         client = outcome.client
         # An attached guest's events go to its DEALER: a REQ peer using the same client id
@@ -122,6 +124,13 @@ class IrqbusService:
         if outcome.reply is not None:
             multipart.send(self.socket, [*route, outcome.reply])
         self._log(outcome)
+
+    def _rights_changed(self) -> None:
+        """`authorized` changed: sessions held by the toolstack's right of a key that lost it go."""
+        sends, ended = self.bus.rights_changed(self.gate.peer, self.clock())
+        if ended:
+            self._push(Outcome(None, sends=sends))
+            self.log.warning("sessions ended: their key is no longer a toolstack key", detached=ended)
 
     def _push(self, outcome: Outcome) -> None:
         """Events go to DEALER guests only (a REQ asker gets its held reply, never an event:

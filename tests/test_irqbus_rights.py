@@ -434,3 +434,16 @@ def test_a_key_that_is_no_device_key_is_told_the_same_of_any_device(bus):
     messages = {Client(bus, "x", peer).refused("raise", guest="vm1", device=device).replace(device, "D")
                 for peer in (STRANGER,) for device in ("nic0", "net1", "nowhere")}
     assert len(messages) == 1, messages
+
+
+def test_a_toolstack_session_ends_when_authorized_no_longer_grants_its_key(bus):
+    """Review 1b, the events: refusing the revoked key's requests is not enough while the
+    guest's interrupts still go to its session. The shell calls rights_changed when
+    `authorized` changed; only sessions held by the toolstack's right of a key that lost it go."""
+    Client(bus, "tool", TOOL).call("attach", name="tooled", domid=40)
+    roles = {TOOL.key: TOOL, VM1.key: VM1, VM2.key: VM2}
+    assert bus.rights_changed(lambda k: roles[k], 2.0) == ([], [])
+    roles[TOOL.key] = Peer(TOOL.key, frozenset())
+    roles[VM1.key] = Peer(VM1.key, frozenset())  # an owner's session hangs on `owners`, not on a role
+    assert bus.rights_changed(lambda k: roles[k], 2.0) == ([], ["tooled/40"])
+    assert sorted(bus.router.guests) == ["vm1", "vm2"]
