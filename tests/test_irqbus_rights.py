@@ -413,8 +413,15 @@ def test_the_shell_on_curve_gives_no_rights_to_a_message_without_an_authenticate
     from wire.keys import KeyDir
     from wire.security import Security
 
+    lines: list[dict[str, Any]] = []
+
+    def collect(logger: Any, method: str, event: dict[str, Any]) -> Any:
+        lines.append({"level": method, **event})
+        raise structlog.DropEvent
+
     keys = KeyDir(os.environ["BALLONET_KEYS"])
-    service = IrqbusService(IrqBus(), f"ipc://{tmp_path}/irq", structlog.get_logger(), security=Security(keys, keys.pair("irqbus")))
+    log = structlog.wrap_logger(None, processors=[collect])  # not the process's logger, which an earlier test may have closed
+    service = IrqbusService(IrqBus(), f"ipc://{tmp_path}/irq", log, security=Security(keys, keys.pair("irqbus")))
     try:
         def attach(name: str, user: str | None) -> None:
             frame = msgpack.packb({"v": 1, "op": "attach", "seq": 1, "client": name, "args": {"name": name, "domid": 1 if user else 2}})
@@ -422,6 +429,7 @@ def test_the_shell_on_curve_gives_no_rights_to_a_message_without_an_authenticate
 
         attach("unnamed", None)
         assert not service.bus.router.guests
+        assert [(l["level"], l["message"]) for l in lines] == [("warning", "the connection carries no authenticated key")]
         attach("tooled", keys.public("toolstack").decode())  # the same path with a key: served
         assert list(service.bus.router.guests) == ["tooled"]
     finally:
