@@ -63,6 +63,7 @@ INSECURE, CURVE = "insecure", "curve"
 MODES = (INSECURE, CURVE)
 GUEST_KEY, DEVICE_KEY = "guest-bench", "device"
 GUEST_DOMID = 1
+GUEST_NAME = "bench"  # the domain's name, as the hypervisor would tell irqbus: the guest attaches under it
 P50_GOAL, P99_GOAL = 1.5, 2.0
 
 PATHS = {  # name: (guest --device spec, irqbus attach args)
@@ -98,7 +99,7 @@ def announce_owner(endpoint: str, keys: str) -> None:
     guest = KeyDir(keys).public(GUEST_KEY).decode()
     with RpcClient(endpoint, server=Server.IRQBUS, security=security_of(CURVE, keys, "hypervisor"), timeout=2.0, retries=5) as client:
         try:
-            client.call("owners", {"domains": [[GUEST_DOMID, guest]]})
+            client.call("owners", {"domains": [[GUEST_DOMID, guest, GUEST_NAME]]})
         except RemoteError as err:
             if err.code != "ENOSYS":
                 raise
@@ -201,7 +202,7 @@ def guest_process(endpoint: str, mode: str, keys: str, spec: str, ready: Any, st
         return ret
 
     driver.handler = timed  # type: ignore[method-assign]
-    attachment.started(GUEST_DOMID, "bench", time.monotonic(), lambda name: None)
+    attachment.started(GUEST_DOMID, GUEST_NAME, time.monotonic(), lambda name: None)
     ready.set()
     poller = zmq.Poller()
     poller.register(attachment.socket, zmq.POLLIN)

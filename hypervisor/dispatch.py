@@ -73,6 +73,7 @@ class Notification:
     event: dict[str, Any] | None = None
     virq: str | None = None
     ownership: Ownership | None = None
+    name: str | None = None  # the domain's, with `ownership` OWNED: irqbus checks the name a guest attaches with
 
 
 
@@ -127,7 +128,7 @@ def _end_news(domain: Domain, event: str, stone: Tombstone) -> Notification:
 
 
 def _owner_news(domain: Domain, ownership: Ownership) -> Notification:
-    return Notification(domain.client, domain.domid, ownership=ownership)
+    return Notification(domain.client, domain.domid, ownership=ownership, name=domain.name)
 
 
 def _memory_news(waiting: list[Domain]) -> list[Notification]:
@@ -210,11 +211,11 @@ class Hypervisor:
     def pool(self) -> PagePool:
         return self.table.pool
 
-    def owners(self) -> list[tuple[int, str]]:
-        """Every domain that still has its guest, with the guest's scoped client: who irqbus
-        lets attach for it (hypervisor/owners.py)."""
+    def owners(self) -> list[tuple[int, str, str]]:
+        """Every domain that still has its guest, with the guest's scoped client and the
+        domain's name: who irqbus lets attach for it, and as what (hypervisor/owners.py)."""
         table = self.table
-        return [(d.domid, d.client) for d in table.in_creation_order() if table.is_guests(d)]
+        return [(d.domid, d.client, d.name) for d in table.in_creation_order() if table.is_guests(d)]
 
     def handle(self, endpoint: Endpoint, frame: bytes, now: float, peer: Peer = INSECURE) -> Outcome:
         """One request from `peer` (the key its connection authenticated with; INSECURE on an

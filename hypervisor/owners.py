@@ -2,10 +2,11 @@
 
 irqbus lets a guest attach for domain D only with the key that registered D here
 (docs/protocol.md, "What each endpoint authorizes"); it learns those keys from irqbus's
-`owners` operation, args `{"domains": [[domid, z85key], ...], "replace": bool, "gone": [domid, ...]}`,
-reply `{"epoch": int, "owners": int}`:
+`owners` operation, args `{"domains": [[domid, z85key, name], ...], "replace": bool, "gone": [domid, ...]}`,
+reply `{"epoch": int, "owners": int}`. The name is the domain's: irqbus lets D's key attach only
+under it, so that no key can squat another guest's name there:
 
-- on each register, `domains=[[domid, key]]`; on each destroy, reclaim or crash, `gone=[domid]`;
+- on each register, `domains=[[domid, key, name]]`; on each destroy, reclaim or crash, `gone=[domid]`;
 - every PING_S, an `owners` with nothing in it (a ping), to hear irqbus's epoch;
 - when irqbus is first heard, or its epoch changes (it restarted and knows nothing), or a
   change could not be sent (irqbus was not connected), the full list, its first chunk with
@@ -25,7 +26,7 @@ from wire.identity import key_of
 PING_S = 1.0
 CHUNK = 4096  # pairs (or gone domids) per message: irqbus's bound on each list
 
-Owners = Callable[[], Iterable[tuple[int, str]]]  # (domid, scoped client) of every live guest's domain
+Owners = Callable[[], Iterable[tuple[int, str, str]]]  # (domid, scoped client, name) of every live guest's domain
 
 
 class OwnersFeed:
@@ -36,10 +37,12 @@ class OwnersFeed:
         self._full_due = False  # irqbus needs the whole list
         self._next_ping = float("-inf")
 
-    def owned(self, domid: int, client: str) -> dict[str, Any] | None:
+    def owned(self, domid: int, client: str, name: str | None) -> dict[str, Any] | None:
         """A register: the args to send, or None for an insecure client."""
         key = key_of(client)
-        return None if key is None else {"domains": [[domid, key]]}
+        if key is None:
+            return None
+        return {"domains": [[domid, key] if name is None else [domid, key, name]]}
 
     def gone(self, domid: int) -> dict[str, Any]:
         return {"gone": [domid]}
@@ -58,7 +61,7 @@ class OwnersFeed:
     def full_list(self) -> list[dict[str, Any]]:
         """Every live guest's domain with its key, in chunks; the first (always sent, even
         empty: it clears what an earlier hypervisor told irqbus) replaces irqbus's list."""
-        pairs = [[domid, key] for domid, client in self._owners() if (key := key_of(client)) is not None]
+        pairs = [[domid, key, name] for domid, client, name in self._owners() if (key := key_of(client)) is not None]
         chunks = [{"domains": pairs[i : i + CHUNK], "replace": i == 0} for i in range(0, len(pairs), CHUNK)]
         return chunks or [{"domains": [], "replace": True}]
 

@@ -144,7 +144,7 @@ class HypervisorService:
                     if note.virq is not None:
                         virqs.send(note.domid, note.virq)
                     elif note.ownership is Ownership.OWNED:
-                        virqs.owned(note.domid, note.client)
+                        virqs.owned(note.domid, note.client, note.name)
                     else:
                         virqs.gone(note.domid)
             self._irqbus_out.clear()

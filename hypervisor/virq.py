@@ -34,7 +34,7 @@ class VirqSender:
         security_setting: Security | None = None,
         ping_s: float = PING_S,
     ) -> None:
-        """`owners`: every live guest's (domid, scoped client), for the full list; None (or an
+        """`owners`: every live guest's (domid, scoped client, name), for the full list; None (or an
         insecure process, whose guests have no keys) sends no `owners` at all."""
         self.endpoint = endpoint
         self.log = log
@@ -72,9 +72,9 @@ class VirqSender:
         self.log.debug("virq sent", domid=domid, virq=virq, seq=self.seq)
         return True
 
-    def owned(self, domid: int, client: str) -> None:
-        """Domain `domid` was registered by `client` (scoped by its key)."""
-        if self.feed is not None and (args := self.feed.owned(domid, client)) is not None:
+    def owned(self, domid: int, client: str, name: str | None) -> None:
+        """Domain `domid` was registered as `name` by `client` (scoped by its key)."""
+        if self.feed is not None and (args := self.feed.owned(domid, client, name)) is not None:
             self._send_owners(args)
 
     def gone(self, domid: int) -> None:

@@ -20,10 +20,11 @@ from wire.epoch import new_epoch
 from wire.errors import ErrorCode, WireError
 from wire.gate import INSECURE, Peer
 from wire.keys import Role
-from wire.identity import scoped, shown_client
+from wire.identity import key_of, scoped, shown_client
 from wire.operations import Endpoint, lookup
 from wire import replay
 from wire.replay import ReplayRecord, Verdict, replay_refusal
+from wire.names import domain_ref_text
 from wire.shown import clip
 
 SHOW_PAGE_BYTES = 512 * 1024  # half the message limit: the envelope and one more guest always fit
@@ -227,8 +228,14 @@ class IrqBus:
         allowed = self.backlog.admit(machine, len(deliveries))
         return irq_events(machine, deliveries if allowed == len(deliveries) else deliveries[:allowed], self.epoch)
 
-    def _session(self, client: str, now: float) -> GuestMachine:
+    def _session(self, client: str, now: float, peer: Peer) -> GuestMachine:
+        """The caller's own session. One attached by the toolstack's right (no owner key) is
+        of use only while the key is still a toolstack key: revoking the key ends its right
+        to the guest's chip (`owners` never ends such a session, and nothing else would)."""
         machine = self.router.session(client)
+        if machine.owner_key is None and peer.key is not None and not peer.has(Role.TOOLSTACK):
+            raise rights.refused(peer, "is no longer a toolstack key",
+                                 "this session was attached by the toolstack's right (ballonet keys authorize NAME --role toolstack), or detach it")
         machine.last_seen = now
         if machine.unread:  # Backlog.heard_from, inline: it runs once per interrupt
             self.backlog.total -= machine.unread
@@ -243,9 +250,9 @@ class IrqBus:
 
     def _attach(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
         name, domid = args["name"], args["domid"]
-        owner_key = rights.attach_owner(peer, domid, self.owners.of(domid))
+        owner_key = rights.attach_owner(peer, name, domid, self.owners)
         for old in self.router.replaced_by(name, domid, client):
-            rights.may_replace(peer, old, self.owners.of(old.domid))
+            rights.may_replace(peer, old, self.owners.of(old.domid), name, domid)
         machine, replaced = self.router.attach(name, domid, client, now)
         machine.owner_key = owner_key
         sends: list[Send] = []
@@ -271,7 +278,7 @@ class IrqBus:
         return sends, devices
 
     def _program_pin(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
-        machine = self._session(client, now)
+        machine = self._session(client, now, peer)
         deliveries = machine.program_pin(args["pin"], args["trigger"], args.get("vector"))
         fields = self._guest_fields(machine, pin=args["pin"], trigger=args["trigger"], vector=args.get("vector"))
         return _Result({"delivered": len(deliveries)}, fields, self._events(machine, deliveries))
@@ -279,11 +286,11 @@ class IrqBus:
     def _program_msi(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
         """A driver programs its device's MSI-X entry; the device need not have been attached
         yet (the guest enumerates it first), so an unknown name is plugged in as MSI."""
-        machine = self._session(client, now)
+        machine = self._session(client, now, peer)
         message = msi_message(args["address"], args["data"])
         owner = self.router.owner(args["device"])
-        if owner is not None and owner is not machine:
-            raise WireError(ErrorCode.EPERM, f"device {args['device']!r} is attached to guest {owner.name}, not to {machine.name}")
+        if owner is not None and owner is not machine:  # which guest it is on is not this guest's business
+            raise WireError(ErrorCode.EPERM, f"device {args['device']!r} is attached to another guest, not to {machine.name}")
         if owner is None:
             machine.check_new_device(DeviceKind.MSI)
             device, _ = self.router.plug(machine, args["device"], DeviceKind.MSI, None, False)
@@ -294,7 +301,7 @@ class IrqBus:
         return _Result({"vector": message.vector}, fields, self._events(machine, deliveries))
 
     def _chip(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
-        machine = self._session(client, now)
+        machine = self._session(client, now, peer)
         router = self.router
         clears = [(router.device(machine, name), gen) for name, gen in args.get("clear", ())]
         commands = args.get("ops", [])
@@ -306,7 +313,7 @@ class IrqBus:
         return _Result({}, fields, self._events(machine, deliveries))
 
     def _bind_virq(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
-        machine = self._session(client, now)
+        machine = self._session(client, now, peer)
         machine.bind_virq(args["virq"], args["vector"])
         return _Result({}, self._guest_fields(machine, virq=args["virq"], vector=args["vector"]))
 
@@ -330,7 +337,7 @@ class IrqBus:
         detached = []
         if named:
             for machine in list(self.router.guests.values()):
-                if machine.owner_key is not None and machine.domid in named and self.owners.of(machine.domid) != machine.owner_key:
+                if machine.domid in named and self._disowned(machine):
                     ended, _ = self._end_session(machine, now, f"guest {machine.name}'s domain is no longer its key's")
                     sends += ended
                     detached.append(f"{machine.name}/{machine.domid}")
@@ -338,8 +345,32 @@ class IrqBus:
                   "detached": detached, "changed": bool(named)}
         return _Result({"epoch": self.epoch, "owners": len(self.owners)}, fields, sends)
 
+    def rights_changed(self, peer_of: Callable[[str], Peer], now: float) -> tuple[list[Send], list[str]]:
+        """`authorized` changed: a session attached by the toolstack's right whose key is no
+        longer a toolstack key is ended, so its revoked key stops receiving the guest's
+        interrupts too (its requests are refused from the first one after: _session).
+        Returns the sends for its open queries and the sessions ended (name/domid)."""
+        sends: list[Send] = []
+        ended = []
+        for machine in list(self.router.guests.values()):
+            key = key_of(machine.client)
+            if machine.owner_key is None and key is not None and not peer_of(key).has(Role.TOOLSTACK):
+                sends += self._end_session(machine, now, f"guest {machine.name}'s session: its key is no longer a toolstack key")[0]
+                ended.append(f"{machine.name}/{machine.domid}")
+        return sends, ended
+
+    def _disowned(self, machine: GuestMachine) -> bool:
+        """Whether the hypervisor's word on the session's domain takes the session away: one
+        attached as owner, when its key no longer owns the domain (or the name is not the
+        domain's); one the toolstack attached, when the domain is named another key's."""
+        owner = self.owners.of(machine.domid)
+        if machine.owner_key is None:
+            return owner is not None and owner != key_of(machine.client)
+        registered = self.owners.name_of(machine.domid)
+        return owner != machine.owner_key or (registered is not None and registered != machine.name)
+
     def _answer(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
-        machine = self._session(client, now)
+        machine = self._session(client, now, peer)
         query = self.queries.find(args["query"], client)
         key = "rows" if query.format == "json" else "text"
         if key not in args or len(args) != 2:
@@ -358,16 +389,49 @@ class IrqBus:
     # -- devices -----------------------------------------------------------------------------------
 
     def _device(self, peer: Peer, args: dict[str, Any], op: str) -> tuple[GuestMachine, Device]:
-        """The guest and device a device operation names, if `peer` may drive the device."""
-        machine = self.router.resolve(args["guest"])
-        device = self.router.device(machine, args["device"])
-        rights.require_driver(peer, machine, device, op)
-        if device.key is None and not peer.has(Role.TOOLSTACK):  # a device its guest declared: the first device key to drive it keeps it
+        """The guest and device a device operation names, if `peer` may drive the device.
+
+        Any other key than the toolstack's learns nothing here about guests it has no right
+        to: a key that is no device key is refused before anything is looked up; a device
+        key finds the device by its (host-wide) name, is refused unless it drives it, and
+        only then is told whether the guest it named is the device's. Every message repeats
+        the caller's own `guest`, never the name or domid irqbus has for it."""
+        name, ref = args["device"], args["guest"]
+        if peer.has(Role.TOOLSTACK):
+            machine = self.router.resolve(ref)
+            return machine, self.router.device(machine, name, ref)
+        machine = self.router.owner(name)
+        device = None if machine is None else machine.devices[name]
+        if not peer.has(Role.DEVICE):  # the same words whether the device is there or not, but to its own revoked key
+            if device is not None and device.key == peer.key:
+                raise rights.no_longer_a_device_key(peer, ref)
+            raise rights.not_the_driver(peer, name, op)
+        if machine is None or device is None:
+            raise WireError(ErrorCode.ESRCH, f"no device {name!r} is attached to irqbus")
+        rights.require_driver(peer, machine, device, ref, op)
+        if not self.router.names(machine, ref):
+            raise WireError(ErrorCode.EPERM, f"device {name!r} is not attached to guest {ref}")
+        if device.key is None:  # a device its guest declared: the first device key to drive it keeps it
             device.key = peer.key
         return machine, device
 
+    def _domid_of(self, ref: int | str) -> int | None:
+        """The domain a caller's `guest` names, attached or not (the hypervisor's names,
+        `owners`), without telling the caller anything; None when irqbus knows no such guest."""
+        if isinstance(ref, int):
+            return ref
+        machine = self.router.guests.get(ref)
+        if machine is not None:
+            return machine.domid
+        domid = domain_ref_text(ref)
+        return domid if isinstance(domid, int) else self.owners.domid_named(ref)
+
     def _attach_device(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
-        machine = self.router.resolve(args["guest"])
+        ref = args["guest"]
+        if not peer.has(Role.TOOLSTACK):  # before anything is looked up: a refusal says nothing of the guest
+            if not rights.scope_allows(peer, self._domid_of(ref)):
+                raise rights.not_a_device_key_for(peer, ref)
+        machine = self.router.resolve(ref)
         msi = args.get("msi", False)
         if msi == ("pin" in args):
             raise WireError(ErrorCode.EINVAL, "attach_device: give either 'pin' or 'msi': true")
@@ -375,7 +439,7 @@ class IrqBus:
             raise WireError(ErrorCode.EINVAL, "attach_device: MSI is edge only; 'trigger' is for pin devices")
         owner = self.router.owner(args["device"])
         existing = machine.devices[args["device"]] if owner is machine else None
-        key = rights.attach_device_key(peer, machine, existing, args.get("key"))
+        key = rights.attach_device_key(peer, machine, existing, args.get("key"), ref)
         kind = DeviceKind.MSI if msi else DeviceKind.PIN
         device, created = self.router.plug(machine, args["device"], kind, args.get("pin"), args.get("trigger") == "level")
         device.key = key
@@ -413,20 +477,19 @@ class IrqBus:
         raw = ("address" in args, "data" in args)
         if raw != (False, False):  # any vector, past every mask: the toolstack's test tool only
             rights.require_toolstack(peer, "a raw MSI write (address/data)", "; a device key sends its device's own MSI-X message (msi with 'device' alone)")
-        machine = self.router.resolve(args["guest"])
         count = args.get("count", 1)
         if raw == (False, False):
             if "device" not in args:
                 raise WireError(ErrorCode.EINVAL, "msi: name a 'device', or give 'address' and 'data'")
-            device = self.router.device(machine, args["device"])
+            machine, device = self._device(peer, args, "msi")
             if device.kind is not DeviceKind.MSI:
                 raise WireError(ErrorCode.EINVAL, f"device {device.name} is on pin {device.pin}, not an MSI device")
-            machine, device = self._device(peer, args, "msi")
             done = machine.raise_device(device, count)
             return self._raised(machine, device, done.deliveries, done.merged)
         if raw != (True, True):
             raise WireError(ErrorCode.EINVAL, "msi: 'address' and 'data' go together")
-        device = self.router.device(machine, args["device"]) if "device" in args else None  # the writer (toolstack only)
+        machine = self.router.resolve(args["guest"])
+        device = self.router.device(machine, args["device"], args["guest"]) if "device" in args else None  # the writer (toolstack only)
         deliveries = machine.write_msi(args["address"], args["data"], device, count)
         vector = args["data"] & 0xFF
         result = {"vector": vector, "delivered": len(deliveries), "gen": device.gen if device else None}
@@ -440,8 +503,7 @@ class IrqBus:
         their devices do not fit in one message. `next` is the cursor for the following page
         (nil on the last); a cursor, unlike an offset, skips no guest when others come and go."""
         if "guest" in args:
-            machines = [self.router.resolve(args["guest"])]
-            rights.require_viewer(peer, machines[0], self.owners.of(machines[0].domid), "show")
+            machines = [self._viewed(peer, args["guest"], "show")]
         else:
             rights.require_toolstack(peer, "'show' of every guest", "; a guest's own key may show that guest")
             after = args.get("after", -1)
@@ -468,26 +530,51 @@ class IrqBus:
         that was refused with ESRCH: is this another irqbus than the one it plugged into, is the
         guest attached yet, and is the device plugged into it (irqbus.outage decides)."""
         result: dict[str, Any] = {"epoch": self.epoch, "up_s": self.up_s(now), "attached": False, "domid": None}
+        ref = args["guest"]
+        owner = self.router.owner(args["device"]) if "device" in args else None
+        if not peer.has(Role.TOOLSTACK):
+            self._may_locate(peer, ref)  # first: a stranger learns nothing of the device either
+            if owner is not None:  # a plugged device: its own driver asks
+                rights.require_driver(peer, owner, owner.devices[args["device"]], ref, "locate")
         try:
-            machine = self.router.resolve(args["guest"])
+            machine = self.router.resolve(ref)
         except WireError:
             machine = None
-        owner = self.router.owner(args["device"]) if "device" in args else None
-        if peer.key is not None and not peer.has(Role.TOOLSTACK):
-            if owner is not None:  # a plugged device: its own driver asks
-                rights.require_driver(peer, owner, owner.devices[args["device"]], "locate")
-            elif not peer.has(Role.DEVICE) and (machine is None or peer.key not in (self.owners.of(machine.domid), machine.owner_key)):
-                raise rights.refused(peer, "is neither a device key nor the guest's", "'locate' is for devices, the guest itself and the toolstack")
         if machine is not None:
             result.update(attached=True, domid=machine.domid)
         if "device" in args:
             result["device"] = "absent" if owner is None else "plugged" if owner is machine else "elsewhere"
         return _Result(result, {"guest": args["guest"], **result})
 
+    def _viewed(self, peer: Peer, ref: int | str, op: str) -> GuestMachine:
+        """The guest `show`/`interrupts` names, if `peer` may see it; only the toolstack is
+        told that no such guest is attached (anyone else: the same EACCES either way)."""
+        if peer.has(Role.TOOLSTACK):
+            return self.router.resolve(ref)
+        try:
+            machine: GuestMachine | None = self.router.resolve(ref)
+        except WireError:
+            machine = None
+        rights.require_viewer(peer, machine, None if machine is None else self.owners.of(machine.domid), ref, op)
+        assert machine is not None
+        return machine
+
+    def _may_locate(self, peer: Peer, ref: int | str) -> None:
+        """Whether the guest `ref` is attached, and its domid, are told to a device key whose
+        scope includes it (rights.scope_allows), to the guest's own key and to the toolstack;
+        to no one else, and the refusal is the same whether the guest exists or not."""
+        domid = self._domid_of(ref)
+        if rights.scope_allows(peer, domid):
+            return
+        if domid is not None and peer.key is not None:
+            machine = next((m for m in self.router.guests.values() if m.domid == domid), None)
+            if peer.key == self.owners.of(domid) or (machine is not None and peer.key == machine.owner_key):
+                return
+        raise rights.refused(peer, f"may not locate guest {ref}", "'locate' is for the guest's own key, device keys for that guest and the toolstack")
+
     def _interrupts(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
         """Forward to the guest; the reply goes out when it answers (or the query times out)."""
-        machine = self.router.resolve(args["guest"])
-        rights.require_viewer(peer, machine, self.owners.of(machine.domid), "interrupts")
+        machine = self._viewed(peer, args["guest"], "interrupts")
         fmt = args.get("format", "text")
         query = self.queries.open(machine.client, machine.name, client, seq, "interrupts", fmt, now)
         event = envelope.encode(envelope.event("query", {"query": query.id, "what": "interrupts", "format": fmt}))

@@ -80,6 +80,13 @@ class Router:
             raise WireError(ErrorCode.ESRCH, f"no guest {ref!r} is attached to irqbus")
         return machine
 
+    @staticmethod
+    def names(machine: GuestMachine, ref: int | str) -> bool:
+        """Whether `ref` (a name or domid, as `resolve` takes it) names `machine`."""
+        if type(ref) is str:
+            return ref == machine.name or domain_ref_text(ref) == machine.domid
+        return ref == machine.domid
+
     def session(self, client: str) -> GuestMachine:
         """The guest this client attached; guest operations act on it only."""
         machine = self._by_client.get(client)
@@ -92,12 +99,16 @@ class Router:
 
     # -- devices -----------------------------------------------------------------------------------
 
-    def device(self, machine: GuestMachine, name: str) -> Device:
+    def device(self, machine: GuestMachine, name: str, ref: int | str | None = None) -> Device:
+        """`machine`'s device `name`. `ref`: the guest as the caller named it, which the
+        refusals repeat (default: its name, for its own session); they never name another
+        guest, nor the name or domid behind the caller's `ref`."""
         owner = self._owner.get(name)
+        shown = machine.name if ref is None else ref
         if owner is None:
-            raise WireError(ErrorCode.ESRCH, f"no device {name!r} is attached (to guest {machine.name} or any other)")
+            raise WireError(ErrorCode.ESRCH, f"no device {name!r} is attached (to guest {shown} or any other)")
         if owner is not machine:
-            raise WireError(ErrorCode.EPERM, f"device {name!r} is attached to guest {owner.name}, not to {machine.name}")
+            raise WireError(ErrorCode.EPERM, f"device {name!r} is attached to another guest, not to {shown}")
         return machine.devices[name]
 
     def owner(self, name: str) -> GuestMachine | None:
@@ -107,7 +118,7 @@ class Router:
         """Attach a device; attaching it again as it is returns it (created=False)."""
         owner = self._owner.get(name)
         if owner is not None and owner is not machine:
-            raise WireError(ErrorCode.EBUSY, f"device {name!r} is attached to guest {owner.name}")
+            raise WireError(ErrorCode.EBUSY, f"device {name!r} is attached to another guest; detach it there first")
         if owner is machine:
             device = machine.devices[name]
             if not device.matches(kind, pin, level):

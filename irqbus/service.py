@@ -69,7 +69,8 @@ class IrqbusService:
         poller = zmq.Poller()  # kept: Socket.poll builds and registers a new Poller per call
         poller.register(self.socket, zmq.POLLIN)
         while not should_stop():
-            self.gate.refresh()
+            if self.gate.refresh():
+                self._rights_changed()
             wait_ms = POLL_MS
             deadline = self.bus.next_deadline()
             if deadline is not None:
@@ -94,15 +95,24 @@ class IrqbusService:
             self._serve_one(identity, body, req, user)
 
     def _serve_one(self, identity: bytes, body: list[bytes], req: bool, user: str | None = None) -> None:
+        """One message; `user`: the public key its connection authenticated with (None: an
+        insecure socket's peer, who may do everything; on CURVE, a refusal: wire.gate.INSECURE
+        holds every right, and a missing User-Id must never grant them)."""
         route = multipart.envelope_of(identity, req)
         if len(body) != 1:
             msg = f"expected one frame per message, got {len(body)}"
             self.log.warning("request refused", error=str(ErrorCode.EPROTO), message=msg, req_peer=req)
             multipart.send(self.socket, [*route, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
             return
+        if user is None and self._authenticated:  # never on CURVE (ZAP names every peer); if it were: no rights, not all of them
+            msg = "the connection carries no authenticated key"
+            self.log.warning("request refused", error=str(ErrorCode.EACCES), message=msg, req_peer=req)
+            multipart.send(self.socket, [*route, envelope.encode(envelope.error_reply(None, ErrorCode.EACCES, msg))])
+            return
         now = self.clock()
         outcome = self.bus.execute(body[0], now, req, self.gate.peer(user))
         if outcome.error is ErrorCode.EACCES and self.gate.recheck():  # refused on rights a moment old (a new key, authorized at once)
+            self._rights_changed()
             outcome = self.bus.execute(body[0], now, req, self.gate.peer(user))
         client = outcome.client
         # An attached guest's events go to its DEALER: a REQ peer using the same client id
@@ -114,6 +124,13 @@ class IrqbusService:
         if outcome.reply is not None:
             multipart.send(self.socket, [*route, outcome.reply])
         self._log(outcome)
+
+    def _rights_changed(self) -> None:
+        """`authorized` changed: sessions held by the toolstack's right of a key that lost it go."""
+        sends, ended = self.bus.rights_changed(self.gate.peer, self.clock())
+        if ended:
+            self._push(Outcome(None, sends=sends))
+            self.log.warning("sessions ended: their key is no longer a toolstack key", detached=ended)
 
     def _push(self, outcome: Outcome) -> None:
         """Events go to DEALER guests only (a REQ asker gets its held reply, never an event:

@@ -171,7 +171,7 @@ def populated_bus(secure: bool = False) -> tuple[IrqBus, BusWorld, Sender]:
         return s.call(B, client, op, 20.0, **args)
 
     if secure:
-        call("hv", "owners", domains=[[1, BUS_PEERS["vm1"].key], [2, BUS_PEERS["vm2"].key]], replace=True)
+        call("hv", "owners", domains=[[1, BUS_PEERS["vm1"].key, "vm1"], [2, BUS_PEERS["vm2"].key, "vm2"]], replace=True)
     call("irq-vm1", "attach", name="vm1", domid=1)
     call("irq-vm1", "program_pin", pin=5, trigger="level")
     call("irq-vm1", "program_pin", pin=20, trigger="level", vector=0x50)

@@ -538,11 +538,19 @@ def _domid(draw: Any, world: BusWorld) -> int:
     return _pick(draw, [g.domid for g in world.guests]) if world.guests and draw(st.booleans()) else draw(st.integers(0, MAX_DOMID))
 
 
+def _owner_name(draw: Any, world: BusWorld) -> list[str]:
+    """[] (no name), a known guest's name, or any name."""
+    if _chance(draw, 4):
+        return []
+    return [_pick(draw, world.guests).name if world.guests and draw(st.booleans()) else draw(st.one_of(ascii_names, printable_names))]
+
+
 def _owners(draw: Any, world: BusWorld) -> dict[str, Any]:
-    """The hypervisor's word on who owns which domain: a ping (nothing), news, or a full list."""
+    """The hypervisor's word on who owns which domain: a ping (nothing), news, or a full list;
+    each entry with the domain's name (a guest's, or any) or, as an older hypervisor sent it, without."""
     args: dict[str, Any] = {}
     if draw(st.booleans()):
-        args["domains"] = [[_domid(draw, world), _key(draw, world)] for _ in range(draw(st.integers(0, 4)))]
+        args["domains"] = [[_domid(draw, world), _key(draw, world), *_owner_name(draw, world)] for _ in range(draw(st.integers(0, 4)))]
     if draw(st.booleans()):
         args["gone"] = [_domid(draw, world) for _ in range(draw(st.integers(0, 3)))]
     if draw(st.booleans()):

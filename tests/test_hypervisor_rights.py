@@ -136,8 +136,8 @@ def test_guests_authorized_serves_a_guest_key_and_cuts_it_off_once_revoked(hv):
 def test_irqbus_is_told_who_owns_a_domain_and_when_it_is_gone(hv):
     _, out = call(hv, G, STRANGER, "s", "register", name="s", memory_pages=10, max_pages=10)
     [owned] = [n for n in out.notifications if n.ownership]
-    assert (owned.ownership, owned.domid, owned.client) == (Ownership.OWNED, 2, "S" * 40 + "|s")
-    assert hv.owners() == [(1, "V" * 40 + "|victim-client"), (2, "S" * 40 + "|s")]
+    assert (owned.ownership, owned.domid, owned.client, owned.name) == (Ownership.OWNED, 2, "S" * 40 + "|s", "s")
+    assert hv.owners() == [(1, "V" * 40 + "|victim-client", "victim"), (2, "S" * 40 + "|s", "s")]
     _, out = call(hv, G, STRANGER, "s", "shutdown")
     assert [(n.ownership, n.domid) for n in out.notifications if n.ownership] == [(Ownership.GONE, 2)]
     _, out = call(hv, A, TOOLSTACK, "xl", "destroy", domain="victim")

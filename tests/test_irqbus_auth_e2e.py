@@ -202,3 +202,31 @@ def test_a_session_goes_when_the_hypervisor_says_its_domain_did(world):
     world.tell_owners(domains=[[world.domids["vm1"], world.keys["vm1"]]])
     wait_for(lambda: "vm1" in world.bus.show(), 10, "vm1 to attach again")
     assert not [e for e in world.procs.log_events("vm1") if e.get("level") == "error"]
+
+
+@pytest.mark.timeout(60)
+def test_a_guest_cannot_squat_another_guests_name_before_it_attaches(procs):
+    """Review 1a, with a hypervisor telling irqbus the owners itself (--irqbus): web's key
+    attaching as `db` (with web's own domid) before db is up is refused, so db attaches,
+    and a device the toolstack plugs onto `db` by name is db's."""
+    bus = Irqbus(procs)
+    host = Host(procs, memory="32m", extra=("--irqbus", bus.endpoint))
+    host.guest("web", "--memory", "8m", "--irqbus", bus.endpoint)
+    host.wait_registered("web")
+    wait_for(lambda: "web" in bus.show(), 20, "web to attach")
+    web_domid = host.domains()["web"]["domid"]
+    squatter = as_key("guest-web", bus.endpoint)
+    try:
+        with pytest.raises(RemoteError) as refused:
+            squatter.call("attach", {"name": "db", "domid": web_domid})
+        assert refused.value.code == "EACCES" and f"may not attach as guest 'db': domain {web_domid} was registered under another name" in str(refused.value)
+    finally:
+        squatter.close()
+    host.guest("db", "--memory", "8m", "--irqbus", bus.endpoint)
+    host.wait_registered("db")
+    wait_for(lambda: "db" in bus.show(), 20, "db to attach")
+    assert bus.cmd("attach", "db", "disk9", "--pin", "7").returncode == 0
+    shown = bus.show()
+    assert shown["db"]["domid"] == host.domains()["db"]["domid"] != web_domid
+    assert "disk9" in {d["name"] for d in shown["db"]["devices"]} and shown["web"]["domid"] == web_domid
+    assert not [e for e in procs.log_events("db") if e.get("event") == "irqbus refused the guest"]

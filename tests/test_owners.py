@@ -32,12 +32,12 @@ def live(*pairs: tuple[int, str]):
 
 
 def test_a_ping_every_period_and_the_full_list_once_irqbus_is_first_heard():
-    feed = OwnersFeed(live((1, KEY_A + "|web"), (2, "insecure-client"), (3, KEY_B + "|db")), ping_s=1.0)
+    feed = OwnersFeed(live((1, KEY_A + "|web", "web"), (2, "insecure-client", "plain"), (3, KEY_B + "|db", "db")), ping_s=1.0)
     assert feed.due(0.0) == [{"domains": []}]
     assert feed.due(0.5) == []
     feed.heard({"epoch": 7, "owners": 0})
     # the first chunk replaces; a domain of an insecure client (no key) is not sent
-    assert feed.due(0.6) == [{"domains": [[1, KEY_A], [3, KEY_B]], "replace": True}]
+    assert feed.due(0.6) == [{"domains": [[1, KEY_A, "web"], [3, KEY_B, "db"]], "replace": True}]
     assert feed.due(1.0) == []  # the list's own replies carry the epoch: no ping needed yet
     feed.heard({"epoch": 7, "owners": 2})
     assert feed.due(1.6) == [{"domains": []}]
@@ -46,20 +46,20 @@ def test_a_ping_every_period_and_the_full_list_once_irqbus_is_first_heard():
 
 
 def test_a_new_epoch_or_a_change_not_sent_brings_the_whole_list_again():
-    feed = OwnersFeed(live((4, KEY_A + "|x")), ping_s=1.0)
+    feed = OwnersFeed(live((4, KEY_A + "|x", "x")), ping_s=1.0)
     feed.due(0.0)
     feed.heard({"epoch": 1})
     feed.due(0.1)
     feed.heard({"epoch": 2})  # irqbus restarted: it knows nothing
-    assert feed.due(0.2) == [{"domains": [[4, KEY_A]], "replace": True}]
+    assert feed.due(0.2) == [{"domains": [[4, KEY_A, "x"]], "replace": True}]
     feed.lost()  # a change could not be sent
     feed.heard({"epoch": 2})
-    assert feed.due(0.3) == [{"domains": [[4, KEY_A]], "replace": True}]
+    assert feed.due(0.3) == [{"domains": [[4, KEY_A, "x"]], "replace": True}]
 
 
 @pytest.mark.parametrize("result", [None, {}, {"epoch": 0}, {"epoch": "7"}, {"epoch": True}, {"epoch": 1 << 63}, [1]])
 def test_a_reply_without_a_valid_epoch_changes_nothing(result):
-    feed = OwnersFeed(live((1, KEY_A + "|x")))
+    feed = OwnersFeed(live((1, KEY_A + "|x", "x")))
     feed.due(0.0)
     feed.heard(result)
     assert feed.epoch is None and feed.due(0.1) == []
@@ -67,17 +67,17 @@ def test_a_reply_without_a_valid_epoch_changes_nothing(result):
 
 def test_registers_and_ends_are_single_changes_and_an_insecure_client_sends_nothing():
     feed = OwnersFeed(live())
-    assert feed.owned(5, KEY_A + "|guest-web") == {"domains": [[5, KEY_A]]}
-    assert feed.owned(6, "guest-insecure") is None
+    assert feed.owned(5, KEY_A + "|guest-web", "web") == {"domains": [[5, KEY_A, "web"]]}
+    assert feed.owned(6, "guest-insecure", "plain") is None
     assert feed.gone(5) == {"gone": [5]}
 
 
 def test_an_empty_list_still_replaces_and_a_long_one_comes_in_chunks():
     assert OwnersFeed(live()).full_list() == [{"domains": [], "replace": True}]
-    many = [(d, KEY_A + f"|g{d}") for d in range(1, CHUNK + 11)]
+    many = [(d, KEY_A + f"|g{d}", f"g{d}") for d in range(1, CHUNK + 11)]
     chunks = OwnersFeed(lambda: many).full_list()
     assert [(len(c["domains"]), c["replace"]) for c in chunks] == [(CHUNK, True), (10, False)]
-    assert [p for c in chunks for p in c["domains"]] == [[d, KEY_A] for d, _ in many]
+    assert [p for c in chunks for p in c["domains"]] == [[d, KEY_A, name] for d, _, name in many]
 
 
 # --- VirqSender against a fake irqbus -----------------------------------------------------------
@@ -139,7 +139,7 @@ def sender(fake, tmp_path):
         lines.append({"level": method, **event})
         raise structlog.DropEvent
 
-    owners = [(1, KEY_A + "|web"), (2, KEY_B + "|db")]
+    owners = [(1, KEY_A + "|web", "web"), (2, KEY_B + "|db", "db")]
     log = structlog.wrap_logger(None, processors=[collect])
     s = VirqSender(f"ipc://{tmp_path}/irq", log, owners=lambda: owners, ping_s=0.0)
     s.lines, s.owners = lines, owners
@@ -154,13 +154,13 @@ def test_virq_sender_pings_sends_the_list_then_each_change(fake, sender):
     wait_reply(sender)
     sender.tick(0.1)
     _, full = fake.receive()
-    assert (full["op"], full["args"]) == ("owners", {"domains": [[1, KEY_A], [2, KEY_B]], "replace": True})
+    assert (full["op"], full["args"]) == ("owners", {"domains": [[1, KEY_A, "web"], [2, KEY_B, "db"]], "replace": True})
     assert full["seq"] > ping["seq"] and full["client"] == ping["client"]
-    sender.owned(3, "C" * 40 + "|new")
+    sender.owned(3, "C" * 40 + "|new", "new")
     sender.gone(1)
     sender.send(2, "target")
-    assert [fake.receive()[1]["args"] for _ in range(3)] == [{"domains": [[3, "C" * 40]]}, {"gone": [1]}, {"guest": 2, "virq": "target"}]
-    sender.owned(4, "insecure-client")  # no key: nothing to tell
+    assert [fake.receive()[1]["args"] for _ in range(3)] == [{"domains": [[3, "C" * 40, "new"]]}, {"gone": [1]}, {"guest": 2, "virq": "target"}]
+    sender.owned(4, "insecure-client", "plain")  # no key: nothing to tell
     assert fake.nothing_more()
 
 
@@ -185,7 +185,7 @@ def test_a_virq_refusal_is_not_taken_for_an_owners_reply_and_a_new_epoch_resends
     wait_reply(sender)
     sender.tick(0.3)
     _, again = fake.receive()
-    assert again["args"] == {"domains": [[1, KEY_A], [2, KEY_B]], "replace": True}
+    assert again["args"] == {"domains": [[1, KEY_A, "web"], [2, KEY_B, "db"]], "replace": True}
 
 
 def test_an_irqbus_that_refuses_owners_is_logged_once_not_at_every_ping(fake, sender):
@@ -199,11 +199,11 @@ def test_an_irqbus_that_refuses_owners_is_logged_once_not_at_every_ping(fake, se
 
 
 def test_a_change_made_while_irqbus_was_away_comes_in_the_list_when_it_answers(tmp_path):
-    owners: list[tuple[int, str]] = []
+    owners: list[tuple[int, str, str]] = []
     sender = VirqSender(f"ipc://{tmp_path}/irq", structlog.get_logger(), owners=lambda: owners, ping_s=0.0)
     try:
-        owners.append((7, KEY_A + "|late"))
-        sender.owned(7, KEY_A + "|late")  # nobody listens yet: not queued (ZMQ_IMMEDIATE)
+        owners.append((7, KEY_A + "|late", "late"))
+        sender.owned(7, KEY_A + "|late", "late")  # nobody listens yet: not queued (ZMQ_IMMEDIATE)
         assert sender.feed.epoch is None
         bus = FakeIrqbus(f"ipc://{tmp_path}/irq")
         try:
@@ -213,7 +213,7 @@ def test_a_change_made_while_irqbus_was_away_comes_in_the_list_when_it_answers(t
             wait_reply(sender)
             sender.tick(5.0)
             _, full = bus.receive()
-            assert full["args"] == {"domains": [[7, KEY_A]], "replace": True}
+            assert full["args"] == {"domains": [[7, KEY_A, "late"]], "replace": True}
         finally:
             bus.close()
     finally:
@@ -224,12 +224,12 @@ def test_an_insecure_hypervisor_sends_no_owners(tmp_path):
     bus = zmq.Context.instance().socket(zmq.ROUTER)
     bus.setsockopt(zmq.LINGER, 0)
     bus.bind(f"ipc://{tmp_path}/irq")
-    sender = VirqSender(f"ipc://{tmp_path}/irq", structlog.get_logger(), owners=lambda: [(1, "client")],
+    sender = VirqSender(f"ipc://{tmp_path}/irq", structlog.get_logger(), owners=lambda: [(1, "client", "plain")],
                         security_setting=Security.insecure_mode(), ping_s=0.0)
     try:
         for _ in range(200):  # until the connection is up, each round's messages are dropped
             sender.tick(0.0)
-            sender.owned(1, "client")
+            sender.owned(1, "client", "plain")
             sender.gone(1)
             sender.send(1, "target")  # virqs still go
             if bus.poll(50):

@@ -263,15 +263,18 @@ def z85_key(name: str, value: Any) -> str:
 MAX_OWNERS = 4096  # pairs (or gone domids) in one `owners`: a host's domains go in a few chunks
 
 
-def owner_pairs(name: str, value: Any) -> list[tuple[int, str]]:
-    """[[domid, key], ...]: which key registered each domain, as the hypervisor tells irqbus."""
+def owner_pairs(name: str, value: Any) -> list[tuple[int, str, str | None]]:
+    """[[domid, key, name], ...]: which key registered each domain, and under which name, as
+    the hypervisor tells irqbus. A [domid, key] pair (no name: a hypervisor from before names
+    were sent) is taken too; irqbus then cannot check the name a guest attaches with."""
     if not isinstance(value, list) or len(value) > MAX_OWNERS:
-        raise _invalid(name, f"a list of at most {MAX_OWNERS} [domid, key] pairs", value)
-    out = []
+        raise _invalid(name, f"a list of at most {MAX_OWNERS} [domid, key, name] entries", value)
+    out: list[tuple[int, str, str | None]] = []
     for i, item in enumerate(value):
-        if not isinstance(item, list) or len(item) != 2:
-            raise _invalid(f"{name}[{i}]", "[domid, key]", item)
-        out.append((_domid(f"{name}[{i}][0]", item[0]), z85_key(f"{name}[{i}][1]", item[1])))
+        if not isinstance(item, list) or len(item) not in (2, 3):
+            raise _invalid(f"{name}[{i}]", "[domid, key, name]", item)
+        domain = domain_name(f"{name}[{i}][2]", item[2]) if len(item) == 3 else None
+        out.append((_domid(f"{name}[{i}][0]", item[0]), z85_key(f"{name}[{i}][1]", item[1]), domain))
     return out
 
 
