@@ -7,9 +7,14 @@ import enum
 import os
 import socket
 import sys
+import typing
 from collections.abc import Sequence
+from pathlib import Path
 
+from guest import fleet_plan
 from guest.balloon import BalloonConfig
+from guest.fleet import STOP_TIMEOUT_S, ControlReader, Fleet, prepare_for_fork, supervise
+from guest.fleet_plan import MAX_FLEET, GuestLaunch, PlanError, SizeRange
 from guest.generations import DEFAULT_GENERATION, RULES, DriverGeneration, parse_generation
 from guest.interrupts_cli import interrupt_attachments, interrupts_options, show_interrupts
 from guest.pace import parse_pace
@@ -17,7 +22,7 @@ from guest.service import DEFAULT_HEARTBEAT_S, GuestService, GuestSettings, Hype
 from wire.domain_end import DomainEnd
 from wire.operations import ON_CRASH
 from wire import endpoints, logsetup, security
-from wire.keys import Role, key_name_for
+from wire.keys import KeyDir, KeyFileError, Role, default_dir, key_name_for
 from wire.security import Server
 from wire.arguments import domain, positive_number, seconds, whole_number
 from wire.errors import RemoteError
@@ -75,8 +80,20 @@ def _kernel_floor(text: str) -> int | None:
     return _size(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="guest", description="a ballonet guest domain: its balloon driver")
+class UsageError(ValueError):
+    """A `guest run` command line that would be refused, met while planning a fleet."""
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """A parser that raises UsageError instead of printing usage and exiting: the fleet checks
+    each guest's flags before it forks, and names the guest that is wrong."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(message)
+
+
+def build_parser(raising: bool = False) -> argparse.ArgumentParser:
+    parser = (_RaisingParser if raising else argparse.ArgumentParser)(prog="guest", description="a ballonet guest domain: its balloon driver")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="register a domain and run its balloon driver until stopped")
     run.add_argument("--name", help=f"domain name, unique on the host (default: env {GUEST_NAME_ENV}, else guest-HOSTNAME)")
@@ -122,7 +139,50 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--irqbus", help=f"irqbus endpoint (env {endpoints.IRQBUS_ENV}, default {endpoints.DEFAULT_IRQBUS})")
     show.add_argument("--timeout", type=seconds, default=1.0, help="seconds to wait for each of 3 attempts")
     security.add_arguments(show, "toolstack")
+    fleet_options(sub)
     return parser
+
+
+def fleet_options(sub: argparse._SubParsersAction) -> None:
+    fleet = sub.add_parser(
+        "fleet", help="start many guests, each its own process, forked from one interpreter",
+        description="Start many guests, each its own process (forked: cheap to start, sharing memory "
+        "copy-on-write), and stop them all on SIGTERM or Ctrl-C. Flags after `--` go to every "
+        "guest's `guest run`, e.g. `-- --speed 10 --heartbeat 5`.",
+    )
+    fleet.add_argument("--count", type=whole_number(1, MAX_FLEET), help="how many guests (with --memory)")
+    fleet.add_argument("--name-prefix", default="g", help="guest names are PREFIX1..PREFIXN (default g)")
+    fleet.add_argument("--first", type=whole_number(0, 1_000_000), default=1, help="the first guest's number (default 1)")
+    fleet.add_argument("--memory", type=_size_range, metavar="SIZE|LO..HI", help="each guest's initial memory; a range spreads the sizes evenly over the fleet")
+    fleet.add_argument("--maxmem", type=_size_range, metavar="SIZE|LO..HI", help="each guest's maximum memory (default: its --memory)")
+    fleet.add_argument("--workload", type=_size_range, metavar="SIZE|LO..HI", help="memory each guest uses and cannot give back")
+    fleet.add_argument("--from", dest="from_file", type=Path, metavar="FILE", help="one guest per line: NAME and its `guest run` flags (instead of --count/--memory)")
+    fleet.add_argument("--log-dir", type=Path, metavar="DIR", help="each guest logs to DIR/NAME.log (default: all to this process's stderr)")
+    fleet.add_argument("--start-rate", type=positive_number("a positive rate"), metavar="PER_S", help="start at most this many guests a second (default: as fast as they fork)")
+    fleet.add_argument("--stop-timeout", type=seconds, default=STOP_TIMEOUT_S, help=f"on stop, seconds all guests together get before SIGKILL (default {STOP_TIMEOUT_S:g})")
+    fleet.add_argument("--control", action="store_true", help="also take `start`/`stop` commands as JSON lines on stdin, and print events on stdout (for launchers)")
+    fleet.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="the fleet's own log level (a guest's: `-- --log-level`)")
+
+
+def _size_range(text: str) -> SizeRange:
+    try:
+        return SizeRange.parse(text)
+    except PlanError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def refusal(args: argparse.Namespace) -> str | None:
+    """Why `guest run` would refuse these flags, or None: checks across flags, past argparse."""
+    max_pages = args.maxmem if args.maxmem is not None else args.memory
+    if max_pages < args.memory:
+        return "--maxmem must not be below --memory"
+    if args.max_retry_delay < args.retry_delay:
+        return "--max-retry-delay must not be below --retry-delay"
+    if args.max_retries is not None and not RULES[args.driver].backoff:
+        return f"the {args.driver} driver has no retry count; --max-retries needs --driver 3.1 or current"
+    if args.stuck and (args.balloon_rate or args.stuck_every):
+        return "--stuck never moves; it does not combine with --balloon-rate or --stuck-every"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,19 +196,10 @@ def run(args: argparse.Namespace) -> int:
     if (failed := security.setup(args, Role.GUEST, [hypervisor_ep, *([irqbus_ep] if irqbus_ep else [])], "guest run",
                                  (Server.HYPERVISOR, *((Server.IRQBUS,) if irqbus_ep else ())))) is not None:
         return failed
+    if (problem := refusal(args)) is not None:
+        print(f"guest run: {problem}", file=sys.stderr)
+        return 2
     max_pages = args.maxmem if args.maxmem is not None else args.memory
-    if max_pages < args.memory:
-        print("guest run: --maxmem must not be below --memory", file=sys.stderr)
-        return 2
-    if args.max_retry_delay < args.retry_delay:
-        print("guest run: --max-retry-delay must not be below --retry-delay", file=sys.stderr)
-        return 2
-    if args.max_retries is not None and not RULES[args.driver].backoff:
-        print(f"guest run: the {args.driver} driver has no retry count; --max-retries needs --driver 3.1 or current", file=sys.stderr)
-        return 2
-    if args.stuck and (args.balloon_rate or args.stuck_every):
-        print("guest run: --stuck never moves; it does not combine with --balloon-rate or --stuck-every", file=sys.stderr)
-        return 2
     spec = "+".join(
         ["stuck"] * args.stuck
         + ([f"slow:{args.balloon_rate}"] if args.balloon_rate else [])
@@ -197,10 +248,91 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_run(argv: Sequence[str]) -> tuple[GuestLaunch, argparse.Namespace]:
+    """One fleet guest's `guest run` flags, checked as `guest run` checks them; UsageError if
+    they would be refused."""
+    args = build_parser(raising=True).parse_args(["run", *argv])
+    if not args.name:
+        raise UsageError("--name is required in a fleet")
+    if (problem := refusal(args)) is not None:
+        raise UsageError(problem)
+    return GuestLaunch(args.name, tuple(argv)), args
+
+
+def fleet(args: argparse.Namespace, common: Sequence[str]) -> int:
+    """`guest fleet`: plan, check every guest's flags, then fork them (guest/fleet.py)."""
+    try:
+        if args.from_file is not None:
+            if args.count is not None or args.memory is not None:
+                raise PlanError("--from names every guest: it does not combine with --count or --memory")
+            try:
+                lines = args.from_file.read_text().splitlines()
+            except (OSError, UnicodeDecodeError) as err:
+                raise PlanError(f"{args.from_file}: {err}") from None
+            plan = fleet_plan.from_lines(lines, common, str(args.from_file))
+        elif args.count is not None or args.memory is not None:
+            if args.count is None or args.memory is None:
+                raise PlanError("--count and --memory go together (or name every guest with --from FILE)")
+            plan = fleet_plan.from_ranges(args.count, args.name_prefix, args.memory, args.maxmem, args.workload, args.first, common)
+        elif args.control:
+            plan = []
+        else:
+            raise PlanError("say which guests: --count N --memory SIZE, or --from FILE (or --control)")
+        launches = []
+        for launch in plan:
+            try:
+                launches.append(parse_run(launch.argv))
+            except UsageError as err:
+                raise PlanError(f"guest {launch.name}: {err}") from None
+    except PlanError as err:
+        print(f"guest fleet: {for_terminal(str(err))}", file=sys.stderr)
+        return 2
+    if (problem := _make_keys([a for _, a in launches])) is not None:
+        print(f"guest fleet: {problem}", file=sys.stderr)
+        return 2
+    if args.log_dir is not None:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
+    log = logsetup.configure(args.log_level, "fleet")
+    prepare_for_fork()
+    stop = stop_on_signals()
+    guests = Fleet(run, log, args.log_dir)
+    control = ControlReader(sys.stdin.fileno()) if args.control else None
+
+    def parse_control(argv: list[str]) -> tuple[GuestLaunch, argparse.Namespace]:
+        return parse_run([*argv, *common])
+
+    return supervise(guests, launches, stop.is_set, parse_control, args.start_rate, args.stop_timeout, control, sys.stdout if args.control else None)
+
+
+def _make_keys(guests: Sequence[argparse.Namespace]) -> str | None:
+    """The guests' own keys (guest-NAME), made before the first fork, at once (KeyDir.ensure_pairs);
+    what went wrong, or None. Each guest then finds its pair, as `guest run` does on a second start."""
+    wanted: dict[Path, list[str]] = {}
+    for args in guests:
+        if not args.insecure:
+            name = key_name_for(args.name) if args.key == "guest-NAME" else args.key
+            wanted.setdefault(default_dir(args.key_dir), []).append(name)
+    try:
+        for path, names in wanted.items():
+            KeyDir(path).ensure_pairs(names, Role.GUEST)
+    except KeyFileError as err:
+        return str(err)
+    except OSError as err:
+        return f"key directory: {err.strerror or err} ({err.filename or ''})"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    common: list[str] = []
+    if words[:1] == ["fleet"] and "--" in words:
+        at = words.index("--")
+        words, common = words[:at], words[at + 1:]
+    args = build_parser().parse_args(words)
     if args.command == "interrupts":
         return show_interrupts(args)
+    if args.command == "fleet":
+        return fleet(args, common)
     return run(args)
 
 

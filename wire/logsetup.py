@@ -43,3 +43,11 @@ def configure(level: str = "info", process: str = "ballonet") -> structlog.stdli
         )
         _configured = True
     return structlog.get_logger().bind(process=process)
+
+
+def reset() -> None:
+    """Forget the configuration, so that the next `configure` makes it afresh: for a process
+    forked from one already configured (guest/fleet.py), whose stderr is now another file."""
+    global _configured
+    structlog.reset_defaults()
+    _configured = False
