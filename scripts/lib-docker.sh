@@ -176,7 +176,7 @@ wait_for() {
 
 # Fail plainly if something on the host holds one of these TCP ports on 127.0.0.1.
 ports_free() {
-  python3 - "$@" << 'PY' || fail "a port the stack publishes is taken on the host (a local hypervisor or irqbus? another stack?)"
+  python3 - "$@" << 'PY' || fail "a port this script publishes is taken on the host (a local hypervisor, irqbus or registry? another stack?)"
 import socket, sys
 busy = []
 for port in map(int, sys.argv[1:]):
