@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The compose stack's key directory (compose.yaml's secrets), made before the first `up`:
 #
-#   scripts/compose-keys.sh [DIR]     # DIR: $BALLONET_COMPOSE_KEYS, else ./keys (beside compose.yaml)
+#   scripts/compose-keys.sh [DIR]           # DIR: $BALLONET_COMPOSE_KEYS, else ./keys (beside compose.yaml)
+#   scripts/compose-keys.sh --swarm [DIR]   # for swarm.yaml: DIR $BALLONET_SWARM_KEYS, else ./swarm-keys
 #
 # Key pairs (ZeroMQ certificate files, docs/protocol.md "Authentication"), and their grants in
 # DIR/authorized:
@@ -20,6 +21,10 @@
 # the host, and no sudo for a member of the docker group. Keys that exist are kept (run it
 # again to repair owners and modes); to replace one, delete its two files first.
 #
+# Swarm (--swarm) copies each secret into the swarm's store when the stack is deployed, and mounts
+# it with the uid, gid and mode swarm.yaml gives: so every file stays yours (the secrets 0600),
+# readable by the `docker stack deploy` you run.
+#
 # The services' uid is the same number on the host: an account there with that uid owns their
 # secrets too. DIR stays 0700 and yours, so it cannot reach them by path; but it can once DIR
 # is opened up, moved or copied with its owners. The script warns when the host has such an
@@ -30,7 +35,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DIR=${1:-${BALLONET_COMPOSE_KEYS:-./keys}}
+SWARM=0
+if [ "${1:-}" = --swarm ]; then SWARM=1; shift; fi
+if [ "$SWARM" = 1 ]; then
+  DIR=${1:-${BALLONET_SWARM_KEYS:-./swarm-keys}}
+else
+  DIR=${1:-${BALLONET_COMPOSE_KEYS:-./keys}}
+fi
 IMAGE=${BALLONET_IMAGE:-ballonet:local}
 
 if ! docker image inspect "$IMAGE" > /dev/null 2>&1; then
@@ -45,6 +56,7 @@ case "$SERVICE_USER" in
   *) SERVICE_USER=$SERVICE_USER:$SERVICE_USER ;;
 esac
 SERVICE_UID=${SERVICE_USER%%:*}
+if [ "$SWARM" = 1 ]; then SERVICE_USER=""; SERVICE_UID=swarm; fi # swarm sets the owner inside
 case "$SERVICE_UID" in
   *[!0-9]*) ;; # a user name: its uid is the image's business, not comparable with the host's
   *)
@@ -86,6 +98,9 @@ docker run --rm --network none --user 0:0 -v "$DIR:/keys" \
     chown -R "$HOST_USER" /keys
     chmod 600 /keys/*.key_secret
     chmod 644 /keys/*.key /keys/authorized
-    for name in hypervisor irqbus toolstack device; do chown "$SERVICE_USER" "/keys/$name.key_secret"; done
+    if [ -n "$SERVICE_USER" ]; then
+      for name in hypervisor irqbus toolstack device; do chown "$SERVICE_USER" "/keys/$name.key_secret"; done
+    fi
   '
-echo "keys in $DIR (compose.yaml reads \${BALLONET_COMPOSE_KEYS:-./keys}); from the host: hypervisor list --keys $DIR --key host"
+if [ "$SWARM" = 1 ]; then reads='swarm.yaml reads ${BALLONET_SWARM_KEYS:-./swarm-keys}'; else reads='compose.yaml reads ${BALLONET_COMPOSE_KEYS:-./keys}'; fi
+echo "keys in $DIR ($reads); from the host: hypervisor list --keys $DIR --key host"

@@ -13,12 +13,8 @@
 #   scripts/compose-smoke.sh                 # the whole smoke test (.ci/run runs this)
 #   scripts/compose-smoke.sh --images-only   # only Docker, the base image and ballonet:local
 #
-# Runs as root (apt-get, dockerd). Environment:
-#   BALLONET_BASE   base image to build on (default ballonet-base:bookworm, built here when
-#                   missing or made by an older recipe; set e.g. python:3.11-slim to skip that)
-#   BALLONET_IMAGE  the project image's tag (default ballonet:local)
-#   BALLONET_DEBIAN_MIRROR  for debootstrap (default http://deb.debian.org/debian)
-#   BALLONET_KEEP_DOCKERD=1 leave a dockerd that this script started running afterwards
+# Runs as root (apt-get, dockerd). Environment: BALLONET_BASE, BALLONET_IMAGE,
+# BALLONET_DEBIAN_MIRROR, BALLONET_KEEP_DOCKERD (scripts/lib-docker.sh says what each does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,32 +25,17 @@ case "${1:-}" in
   *) echo "usage: $0 [--images-only]" >&2; exit 2 ;;
 esac
 
-BASE_IMAGE=${BALLONET_BASE:-ballonet-base:bookworm}
-DEFAULT_BASE=ballonet-base:bookworm
-BASE_RECIPE=1 # bump when the recipe below changes: a cached base with another label is rebuilt
-IMAGE=${BALLONET_IMAGE:-ballonet:local}
-MIRROR=${BALLONET_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SMOKE=compose-smoke
+# shellcheck source=scripts/lib-docker.sh
+. scripts/lib-docker.sh
+docker_lib_init
 PROJECT=ballonet-smoke # its own compose project: never touches a stack you started yourself
 GUESTS=3
-export PATH="$PATH:/usr/sbin:/sbin"
-export DEBIAN_FRONTEND=noninteractive
 export BALLONET_IMAGE=$IMAGE BALLONET_BASE=$BASE_IMAGE
 export COMPOSE_PROJECT_NAME=$PROJECT
-
-WORK=$(mktemp -d /var/tmp/ballonet-smoke.XXXXXX)
 export BALLONET_COMPOSE_KEYS=$WORK/keys # this run's keys, made after the images (never in them)
-START=$EPOCHREALTIME
-STEP_START=$START
-TIMINGS=()
-DOCKERD_PID=""
 STACK_UP=0
 COMPOSE=()
-
-elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
-say() { echo "[compose-smoke $(elapsed "$START")s] $*"; }
-step() { STEP_START=$EPOCHREALTIME; say "== $*"; }
-done_step() { local t; t=$(elapsed "$STEP_START"); TIMINGS+=("$(printf '%6ss  %s' "$t" "$1")"); say "   $1: ${t}s"; }
-fail() { say "FAIL: $*"; exit 1; }
 
 cleanup() {
   local rc=$?
@@ -68,17 +49,9 @@ cleanup() {
     say "tearing down"
     "${COMPOSE[@]}" --profile tools down -v --remove-orphans --timeout 5 > "$WORK/down.log" 2>&1 || cat "$WORK/down.log"
   fi
-  if [ -n "$DOCKERD_PID" ] && [ "${BALLONET_KEEP_DOCKERD:-0}" != 1 ]; then
-    say "stopping the dockerd this script started (pid $DOCKERD_PID)"
-    kill "$DOCKERD_PID" 2>/dev/null
-    for _ in $(seq 1 30); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
-  fi
-  if [ "$rc" != 0 ] && [ -s "$WORK/dockerd.log" ]; then
-    say "dockerd's log (last 30 lines but gRPC chatter):"; grep -v 'module=grpc' "$WORK/dockerd.log" | tail -n 30
-  fi
-  if [ "${#TIMINGS[@]}" -gt 0 ]; then
-    say "timings:"; printf '  %s\n' "${TIMINGS[@]}"
-  fi
+  stop_own_dockerd
+  if [ "$rc" != 0 ]; then show_dockerd_log; fi
+  print_timings
   rm -rf "$WORK"
   say "total $(elapsed "$START")s, exit $rc"
   exit "$rc"
@@ -86,51 +59,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Run a command quietly into a log file; on failure show its tail.
-quiet() {
-  local name=$1; shift
-  if ! "$@" > "$WORK/$name.log" 2>&1; then
-    tail -n 60 "$WORK/$name.log"
-    fail "$name failed: $*"
-  fi
-}
-
 # --- Docker: client, daemon, compose -----------------------------------------------------------
 
-have_compose() { docker compose version > /dev/null 2>&1 || command -v docker-compose > /dev/null; }
-
 step "Docker"
-missing=()
-command -v docker > /dev/null || missing+=(docker.io)
-command -v dockerd > /dev/null || missing+=(docker.io)
-have_compose || missing+=(docker-compose)
-if [ "$BASE_IMAGE" = "$DEFAULT_BASE" ] && ! command -v debootstrap > /dev/null; then missing+=(debootstrap); fi
-if [ "${#missing[@]}" -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || fail "need root to install ${missing[*]}"
-  say "installing ${missing[*]} from Debian's packages"
-  quiet apt-update timeout 600 apt-get update -q
-  quiet apt-install timeout 900 apt-get install -y -q --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u)
-  done_step "install Docker packages (${missing[*]})"
-fi
-
-if ! docker info > /dev/null 2>&1; then
-  STEP_START=$EPOCHREALTIME
-  if [ -d /run/systemd/system ] && systemctl start docker 2> /dev/null; then
-    say "started docker with systemd"
-  else
-    say "starting dockerd (log in $WORK/dockerd.log while this runs)"
-    dockerd > "$WORK/dockerd.log" 2>&1 < /dev/null &
-    DOCKERD_PID=$!
-  fi
-  for _ in $(seq 1 120); do
-    docker info > /dev/null 2>&1 && break
-    [ -z "$DOCKERD_PID" ] || kill -0 "$DOCKERD_PID" 2> /dev/null || fail "dockerd exited"
-    sleep 0.5
-  done
-  docker info > /dev/null 2>&1 || fail "dockerd did not come up within 60 s"
-  done_step "start dockerd"
-fi
-say "docker: client $(docker version --format '{{.Client.Version}}' 2>/dev/null), server $(docker version --format '{{.Server.Version}}' 2>/dev/null)"
+ensure_docker --compose
 
 if docker compose version > /dev/null 2>&1; then
   COMPOSE=(docker compose)
@@ -141,47 +73,8 @@ say "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null || "$
 
 # --- images ------------------------------------------------------------------------------------
 
-build_base() {
-  # Debian bookworm (minbase) with Python 3.11 and its venv module, from Debian's packages. It
-  # carries the host's CA bundle and points pip at it, so pip works in the build wherever the
-  # host's does (also behind a TLS-intercepting proxy).
-  local rootfs=$WORK/rootfs host_ca
-  quiet debootstrap timeout 900 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-    bookworm "$rootfs" "$MIRROR"
-  host_ca=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
-  if [ -f "$host_ca" ]; then cp "$host_ca" "$rootfs/etc/ssl/certs/ca-certificates.crt"; fi
-  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
-    "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/usr/share/locale/*
-  tar --numeric-owner -C "$rootfs" -c . | docker import \
-    -c 'ENV LANG=C.UTF-8' \
-    -c 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
-    -c "LABEL org.ballonet.base-recipe=$BASE_RECIPE" \
-    -c 'CMD ["python3"]' \
-    - "$BASE_IMAGE" > /dev/null
-  rm -rf "$rootfs"
-}
-
-step "base image $BASE_IMAGE"
-if [ "$BASE_IMAGE" = "$DEFAULT_BASE" ]; then
-  recipe=$(docker image inspect --format '{{ index .Config.Labels "org.ballonet.base-recipe" }}' "$BASE_IMAGE" 2> /dev/null || true)
-  if [ "$recipe" = "$BASE_RECIPE" ]; then
-    say "   cached (recipe $recipe)"
-  else
-    say "   building with debootstrap from $MIRROR"
-    build_base
-    done_step "base image (debootstrap + import)"
-  fi
-else
-  docker image inspect "$BASE_IMAGE" > /dev/null 2>&1 || fail "base image $BASE_IMAGE is not here; build or load it first"
-  say "   using $BASE_IMAGE as it is"
-fi
-
-step "project image $IMAGE"
-quiet docker-build timeout 900 docker build --build-arg BASE="$BASE_IMAGE" -t "$IMAGE" .
-done_step "project image (docker build)"
-# The stack needs the irqbus CLI and guest drivers; say so plainly if this tree lacks them.
-docker run --rm "$IMAGE" sh -c 'irqbus serve --help && guest run --help | grep -q -- --device' > /dev/null 2>&1 \
-  || fail "$IMAGE has no 'irqbus serve' or 'guest run --device': the compose stack needs both"
+ensure_base_image
+build_project_image
 
 if [ "$IMAGES_ONLY" = 1 ]; then
   say "images ready: $BASE_IMAGE, $IMAGE"
@@ -203,21 +96,7 @@ fi
 step "compose up with $GUESTS guests"
 "${COMPOSE[@]}" --profile tools down -v --remove-orphans --timeout 5 > /dev/null 2>&1 || true # a previous run's leftovers
 # The stack publishes 127.0.0.1:5600-5602: say plainly if something on the host holds them.
-python3 - << 'EOF' || fail "a port the stack publishes is taken on the host (a local hypervisor or irqbus? another stack?)"
-import socket, sys
-busy = []
-for port in (5600, 5601, 5602):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        busy.append(port)
-    finally:
-        s.close()
-if busy:
-    print("ports in use on 127.0.0.1:", *busy)
-sys.exit(1 if busy else 0)
-EOF
+ports_free 5600 5601 5602
 STACK_UP=1
 UP_START=$EPOCHREALTIME
 # --profile tools: also the toolstack, idle, to exec into: the servers' containers hold no
@@ -232,25 +111,6 @@ TOOLS=$(containers toolstack)
 toolstack() { "${COMPOSE[@]}" run --rm -T toolstack "$@"; } # the toolstack service, on demand
 tools() { docker exec -i "$TOOLS" "$@"; }                  # the toolstack container, kept running
 
-# wait_for DESCRIPTION TIMEOUT_S PYTHON_CHECK -- COMMAND...: run COMMAND every half second
-# until PYTHON_CHECK (an expression over `d`, its JSON output) is true.
-wait_for() {
-  local what=$1 timeout=$2 check=$3; shift 4
-  local deadline out
-  deadline=$(awk -v n="$EPOCHREALTIME" -v t="$timeout" 'BEGIN { printf "%d", n + t }')
-  while :; do
-    if out=$("$@" 2> "$WORK/wait.err") &&
-      printf '%s' "$out" | python3 -c "import json, sys; d = json.load(sys.stdin); sys.exit(0 if ($check) else 1)" 2> /dev/null; then
-      say "   ok: $what"
-      return 0
-    fi
-    if [ "${EPOCHREALTIME%.*}" -ge "$deadline" ]; then
-      say "   last output: $out $(cat "$WORK/wait.err")"
-      fail "not within ${timeout}s: $what"
-    fi
-    sleep 0.5
-  done
-}
 list_json() { tools hypervisor list --json; }
 
 step "keys: CURVE on both servers, no secret key in any container's environment"
