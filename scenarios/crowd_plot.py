@@ -126,7 +126,7 @@ def render_state_counts(rec: Recording) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{panel.top + panel.height + AXIS + 2 * LEGEND_ROW}" font-family="sans-serif" font-size="12">',
         '<rect width="100%" height="100%" fill="white"/>',
         f'<text x="{label_w}" y="24" font-size="15">driver state over time: how many of the {total} guests reported each</text>',
-        *panel.frame(seconds, nice_ticks(total, 4) if total > 4 else [0, total], "guests"),
+        *panel.frame(seconds, [v for v in nice_ticks(total, 4) if v <= total], "guests"),
     ]
     for j, f in enumerate(figures):
         end = figures[j + 1].t if j + 1 < len(figures) else f.t
