@@ -60,6 +60,7 @@ class Processes:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._own_dir = workdir is None
         self.procs: list[tuple[str, Process]] = []
+        self._instances: dict[str, list[Process]] = {}  # name -> its instances, oldest first (a crowd's lookups stay O(1))
         self._logs: dict[int, Path] = {}  # id(process) -> that instance's log
         self.fleet: GuestFleet | None = None  # forks the guests of start_guest, started on first use
         self.env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
@@ -85,7 +86,7 @@ class Processes:
 
     def instances(self, name: str) -> list[Process]:
         """Every process started under `name`, oldest first."""
-        return [p for n, p in self.procs if n == name]
+        return list(self._instances.get(name, ()))
 
     def start(self, name: str, module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         """Start `module` as `name`; a name started again keeps the earlier instances' logs."""
@@ -100,8 +101,7 @@ class Processes:
                 cwd=REPO,
                 start_new_session=self.own_groups,
             )
-        self.procs.append((name, proc))
-        self._logs[id(proc)] = path
+        self._add(name, proc, path)
         return proc
 
     def start_guest(self, name: str, argv: list[str]) -> FleetGuest:
@@ -112,9 +112,13 @@ class Processes:
             self.fleet = GuestFleet(self.env, REPO, self.dir / FLEET_LOG, own_group=self.own_groups)
         path = self.log_path(name, len(self.instances(name)))
         guest = self.fleet.start(name, argv, path)
-        self.procs.append((name, guest))
-        self._logs[id(guest)] = path
+        self._add(name, guest, path)
         return guest
+
+    def _add(self, name: str, proc: Process, log: Path) -> None:
+        self.procs.append((name, proc))
+        self._instances.setdefault(name, []).append(proc)
+        self._logs[id(proc)] = log
 
     def run(self, module: str, *args: str, timeout: float = 20, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """A short-lived CLI command (a toolstack client)."""
@@ -129,7 +133,7 @@ class Processes:
         )
 
     def get(self, name: str) -> Process:
-        return next(p for n, p in reversed(self.procs) if n == name)
+        return self._instances[name][-1]
 
     def log(self, name: str) -> str:
         """The log of the latest instance of `name`."""
