@@ -34,6 +34,8 @@ GRACE_S = 2.0  # real seconds past the duration to wait for a driver's report an
 BOOKS_SHOWN = 5  # unbalanced samples listed in the report (the rest counted)
 SHOWN = 10  # guests named in one verdict (the rest counted)
 FLEET_CLIENTS = 8  # a step on a fleet: requests in flight at once (see _play_on_fleet)
+FLEET_PART = 64  # ...and guests between two looks at whether a sample is due
+FLEET_RETRIES = 9  # ...and tries of one request, a second each, before it counts as refused
 JOURNAL_FILE = "hypervisor.db"  # the hypervisor's journal, kept in the run's output folder
 
 
@@ -103,6 +105,7 @@ class Runner:
         self._line_checks: dict[Expectation, tuple[float, bool]] = {}
         self._signalled: set[int] = set()  # pids the runner stopped or killed itself
         self._told: set[int] = set()  # pids already reported as failing to start
+        self._sample_if_due: Callable[[], None] = lambda: None  # the timeline's sampler, while it plays
 
     # --- processes -------------------------------------------------------------------------
 
@@ -195,7 +198,9 @@ class Runner:
         def one(i: int) -> str | None:
             tool = getattr(local, "tool", None)
             if tool is None:
-                tool = local.tool = Toolstack(self.host.admin_endpoint, security=self.security)
+                # patient: behind a crowd that balloons all at once, on a loaded machine, the
+                # hypervisor was seen silent for 3 s (a retry is answered from its record: safe)
+                tool = local.tool = Toolstack(self.host.admin_endpoint, retries=FLEET_RETRIES, security=self.security)
                 with lock:
                     clients.append(tool)
             name = members[i]
@@ -211,8 +216,11 @@ class Runner:
             return None
 
         pool = ThreadPoolExecutor(max_workers=min(FLEET_CLIENTS, len(members)), thread_name_prefix="fleet-step")
+        refused: list[str] = []
         try:
-            refused = [r for r in pool.map(one, range(len(members))) if r is not None]
+            for first in range(0, len(members), FLEET_PART):  # the samples go on between the parts
+                refused += [r for r in pool.map(one, range(first, min(first + FLEET_PART, len(members)))) if r is not None]
+                self._sample_if_due()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             for tool in clients:
@@ -332,6 +340,21 @@ class Runner:
         rec = Recording(speed=s.speed)
         pending = list(s.timeline)
         self.clock.restart()
+        last_sample = [0.0]
+
+        def sample() -> None:
+            last_sample[0] = time.monotonic()
+            taken = self._sample()
+            if taken is not None:
+                rec.samples.append(taken)
+                if self.on_sample:
+                    self.on_sample(taken)
+
+        def sample_if_due() -> None:  # between the parts of a long step (a thousand guests' mem-set)
+            if time.monotonic() - last_sample[0] >= self.clock.real(s.sample_interval):
+                sample()
+
+        self._sample_if_due = sample_if_due
         while True:
             real_top = time.monotonic()
             t = self.clock.now()
@@ -339,11 +362,7 @@ class Runner:
                 rec.steps.append(self._play(pending.pop(0)))
                 if self.on_step:
                     self.on_step(rec.steps[-1])
-            sample = self._sample()
-            if sample is not None:
-                rec.samples.append(sample)
-                if self.on_sample:
-                    self.on_sample(sample)
+            sample()
             if t >= s.duration and (self._reports_in(rec) or t >= s.duration + self.clock.scenario(GRACE_S)):
                 return rec
             if not pending and self._settled(rec):
