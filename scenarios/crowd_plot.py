@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape
 
-from scenarios.aggregate import NO_REPORT, WORST_SHOWN, Spread, ranked, spread
+from scenarios.aggregate import NO_REPORT, WORST_SHOWN, Spread, distance, ranked, spread
 from scenarios.plot import (
     AXIS, LEFT, LEGEND_COLUMNS, LEGEND_ROW, NO_DOMAIN, PAGES_PER_MIB, RIGHT, STATE_COLOURS, TOP, UNKNOWN_STATE, WIDTH,
-    _polyline, _tick_text, _time_axis, nice_ticks,
+    polyline, tick_text, time_axis, nice_ticks,
 )
 from scenarios.recording import Recording
 
@@ -38,12 +38,12 @@ class _Panel:
         for value in ticks:
             yy = self.y(value)
             parts.append(f'<line x1="{LEFT}" y1="{yy:.1f}" x2="{LEFT + self.width}" y2="{yy:.1f}" stroke="#eee"/>')
-            parts.append(f'<text x="{LEFT - 6}" y="{yy + 4:.1f}" text-anchor="end">{_tick_text(value)}</text>')
+            parts.append(f'<text x="{LEFT - 6}" y="{yy + 4:.1f}" text-anchor="end">{tick_text(value)}</text>')
         bottom = self.top + self.height
         for value in seconds:
             xx = self.x(value)
             parts.append(f'<line x1="{xx:.1f}" y1="{self.top}" x2="{xx:.1f}" y2="{bottom}" stroke="#eee"/>')
-            parts.append(f'<text x="{xx:.1f}" y="{bottom + 16}" text-anchor="middle">{_tick_text(value)}</text>')
+            parts.append(f'<text x="{xx:.1f}" y="{bottom + 16}" text-anchor="middle">{tick_text(value)}</text>')
         mid = self.top + self.height / 2
         parts += [
             f'<line x1="{LEFT}" y1="{bottom}" x2="{LEFT + self.width}" y2="{bottom}" stroke="black"/>',
@@ -65,7 +65,7 @@ def render_crowd(rec: Recording, title: str) -> str:
     """Distance to target (p50, p90, max, and the worst guests), then the pool's free memory."""
     figures = spread(rec)
     worst = [r.name for r in ranked(rec)[:WORST_SHOWN]]
-    seconds = _time_axis(rec)
+    seconds = time_axis(rec)
     t_max = seconds[-1]
     peak = max([f.max for f in figures] + [1]) / PAGES_PER_MIB
     gap_ticks = nice_ticks(max(peak, 1 / 4))
@@ -90,11 +90,11 @@ def render_crowd(rec: Recording, title: str) -> str:
     ]
     for name, colour in zip(worst, WORST_COLOURS):  # under the percentiles: the crowd's figures stay readable
         rows = [(s.t, s.domains[name]) for s in rec.samples if name in s.domains]
-        line = [(gaps.x(t), gaps.y(abs(d["target_pages"] - d["current_pages"]) / PAGES_PER_MIB)) for t, d in rows]
-        parts.append(_polyline(line, colour, dashed=True, width=1.2))
+        line = [(gaps.x(t), gaps.y(distance(d) / PAGES_PER_MIB)) for t, d in rows]
+        parts.append(polyline(line, colour, dashed=True, width=1.2))
     for name, colour, width in FIGURES:
-        parts.append(_polyline([(gaps.x(f.t), gaps.y(getattr(f, name) / PAGES_PER_MIB)) for f in figures], colour, width=width))
-    parts.append(_polyline([(pool.x(f.t), pool.y(f.free_pages / PAGES_PER_MIB)) for f in figures], "#000", width=1.5))
+        parts.append(polyline([(gaps.x(f.t), gaps.y(getattr(f, name) / PAGES_PER_MIB)) for f in figures], colour, width=width))
+    parts.append(polyline([(pool.x(f.t), pool.y(f.free_pages / PAGES_PER_MIB)) for f in figures], "#000", width=1.5))
     column_w = (WIDTH - LEFT) / LEGEND_COLUMNS
     for i, (label, colour) in enumerate(legend):
         lx, ly = LEFT + column_w * (i % LEGEND_COLUMNS), legend_top + LEGEND_ROW * (i // LEGEND_COLUMNS)
@@ -118,14 +118,13 @@ def render_state_counts(rec: Recording) -> str:
     on top), on the plot's time axis."""
     figures = spread(rec)
     total = len(rec.names()) or 1
-    seconds = _time_axis(rec)
-    label_w = LEFT
+    seconds = time_axis(rec)
     panel = _Panel(TOP + 10, 200, seconds[-1], total)
     order = [*STATE_COLOURS, NO_REPORT]
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{panel.top + panel.height + AXIS + 2 * LEGEND_ROW}" font-family="sans-serif" font-size="12">',
         '<rect width="100%" height="100%" fill="white"/>',
-        f'<text x="{label_w}" y="24" font-size="15">driver state over time: how many of the {total} guests reported each</text>',
+        f'<text x="{LEFT}" y="24" font-size="15">driver state over time: how many of the {total} guests reported each</text>',
         *panel.frame(seconds, [v for v in nice_ticks(total, 4) if v <= total], "guests"),
     ]
     for j, f in enumerate(figures):
@@ -148,7 +147,7 @@ def render_state_counts(rec: Recording) -> str:
     parts += panel.steps(rec)
     ly = panel.top + panel.height + AXIS + 6
     for i, (state, colour) in enumerate([*STATE_COLOURS.items(), ("not reported", UNKNOWN_STATE), ("no domain", NO_DOMAIN)]):
-        lx = label_w + 120 * i
+        lx = LEFT + 120 * i
         parts.append(f'<rect x="{lx}" y="{ly - 10}" width="14" height="12" fill="{colour}" stroke="#999"/>')
         parts.append(f'<text x="{lx + 18}" y="{ly}">{escape(state)}</text>')
     parts.append("</svg>")
