@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from scenarios.fleet_control import FleetGuest, GuestFleet
 from wire.keys import KEYS_ENV, KeyDir, Role
 from wire.security import Security
 
@@ -42,6 +43,8 @@ def provision(keys: KeyDir) -> Security:
 
 
 SERVERS = ("irqbus", "hypervisor")  # stopped after every other process, in this order
+FLEET_LOG = "guest-fleet.log"  # the fleet process's own log (each guest has its own)
+Process = subprocess.Popen | FleetGuest
 
 
 class Processes:
@@ -56,8 +59,10 @@ class Processes:
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="bn-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self._own_dir = workdir is None
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-        self._logs: dict[int, Path] = {}  # pid -> that instance's log
+        self.procs: list[tuple[str, Process]] = []
+        self._instances: dict[str, list[Process]] = {}  # name -> its instances, oldest first (a crowd's lookups stay O(1))
+        self._logs: dict[int, Path] = {}  # id(process) -> that instance's log
+        self.fleet: GuestFleet | None = None  # forks the guests of start_guest, started on first use
         self.env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         self.own_groups = own_groups
         self.keys: KeyDir | None = None  # own_keys(); else the processes inherit $BALLONET_KEYS
@@ -79,9 +84,9 @@ class Processes:
         """Instance 0 of `name` logs to NAME.log, instance n (its n-th restart) to NAME.n.log."""
         return self.dir / (f"{name}.log" if instance == 0 else f"{name}.{instance}.log")
 
-    def instances(self, name: str) -> list[subprocess.Popen]:
+    def instances(self, name: str) -> list[Process]:
         """Every process started under `name`, oldest first."""
-        return [p for n, p in self.procs if n == name]
+        return list(self._instances.get(name, ()))
 
     def start(self, name: str, module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         """Start `module` as `name`; a name started again keeps the earlier instances' logs."""
@@ -96,9 +101,24 @@ class Processes:
                 cwd=REPO,
                 start_new_session=self.own_groups,
             )
-        self.procs.append((name, proc))
-        self._logs[proc.pid] = path
+        self._add(name, proc, path)
         return proc
+
+    def start_guest(self, name: str, argv: list[str]) -> FleetGuest:
+        """`guest run ARGV` as `name`, forked by this run's one `guest fleet --control` process
+        (scenarios/fleet_control.py) rather than started as an interpreter of its own: its own
+        process, log (NAME.log, NAME.1.log...) and exit status all the same."""
+        if self.fleet is None:
+            self.fleet = GuestFleet(self.env, REPO, self.dir / FLEET_LOG, own_group=self.own_groups)
+        path = self.log_path(name, len(self.instances(name)))
+        guest = self.fleet.start(name, argv, path)
+        self._add(name, guest, path)
+        return guest
+
+    def _add(self, name: str, proc: Process, log: Path) -> None:
+        self.procs.append((name, proc))
+        self._instances.setdefault(name, []).append(proc)
+        self._logs[id(proc)] = log
 
     def run(self, module: str, *args: str, timeout: float = 20, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """A short-lived CLI command (a toolstack client)."""
@@ -112,17 +132,17 @@ class Processes:
             cwd=REPO,
         )
 
-    def get(self, name: str) -> subprocess.Popen:
-        return next(p for n, p in reversed(self.procs) if n == name)
+    def get(self, name: str) -> Process:
+        return self._instances[name][-1]
 
     def log(self, name: str) -> str:
         """The log of the latest instance of `name`."""
         instances = self.instances(name)
-        path = self._logs[instances[-1].pid] if instances else self.log_path(name, 0)
+        path = self._logs[id(instances[-1])] if instances else self.log_path(name, 0)
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def log_of(self, proc: subprocess.Popen) -> Path:
-        return self._logs[proc.pid]
+    def log_of(self, proc: Process) -> Path:
+        return self._logs[id(proc)]
 
     def log_events(self, name: str) -> list[dict[str, Any]]:
         out = []
@@ -133,7 +153,7 @@ class Processes:
                 pass
         return out
 
-    def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5) -> int:
+    def stop(self, proc: Process, sig: int = signal.SIGTERM, timeout: float = 5) -> int | None:
         if proc.poll() is None:
             proc.send_signal(sig)
             try:
@@ -141,7 +161,7 @@ class Processes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-        if self.own_groups:  # whatever it started and left behind, even if it was killed mid-cleanup
+        if self.own_groups and not isinstance(proc, FleetGuest):  # a forked guest leads no group  # whatever it started and left behind, even if it was killed mid-cleanup
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -157,11 +177,18 @@ class Processes:
     def stop_processes(self) -> None:
         """Newest first, but the servers last: a hypervisor restarted mid-run is newer than its
         guests, and a guest stopped after it could not shut its domain down (it stayed in the
-        journal); devices go before the irqbus they raise on."""
+        journal); devices go before the irqbus they raise on. The fleet's guests go all at once
+        (the fleet SIGTERMs every one, then SIGKILLs what is left after its stop timeout), so a
+        thousand take seconds, not one after the other."""
         ordered = list(reversed(self.procs))
         for name, proc in ordered:
-            if name not in SERVERS:
+            if name not in SERVERS and not isinstance(proc, FleetGuest):
                 self.stop(proc)
+        if self.fleet is not None:
+            self.fleet.stop()
+            if self.own_groups:
+                self.fleet.kill_group()
+            self.fleet = None
         for server in SERVERS:
             for name, proc in ordered:
                 if name == server:

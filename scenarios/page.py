@@ -8,6 +8,8 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
+from scenarios.aggregate import WORST_LISTED, many, ranked, summary
+from scenarios.crowd_plot import render_crowd, render_state_counts
 from scenarios.plot import STATE_COLOURS, render, render_states
 from scenarios.wording import expectation_line
 from scenarios.runner import Run
@@ -43,7 +45,14 @@ def render_page(run: Run, logs: list[str]) -> str:
     ]
     if run.problems:
         out.append("<h2>Processes that misbehaved</h2><ul>" + "".join(f"<li>{_verdict(False)} {e(p)}</li>" for p in run.problems) + "</ul>")
-    if rec.samples:
+    crowd = many(rec.names())
+    if rec.samples and crowd:
+        out.append("<h2>Memory</h2>")
+        out.append(f'<p class="note">{len(rec.names())} guests: the crowd\'s distance to its targets, and the few worst by name.</p>')
+        out.append(render_crowd(rec, f"{s.name}: {len(rec.names())} guests, how far from their targets"))
+        out.append("<h2>Driver state</h2>")
+        out.append(render_state_counts(rec))
+    elif rec.samples:
         out.append("<h2>Memory</h2>")
         out.append(render(rec, f"{s.name}: memory per domain over time"))
         out.append("<h2>Driver state</h2>")
@@ -73,8 +82,17 @@ def render_page(run: Run, logs: list[str]) -> str:
     out.append(f"<p>{_verdict(bool(run.audit_ok))} audit: {e(run.audit_text)}</p>")
     if rec.samples:
         last = rec.samples[-1]
-        out.append("<h2>Guests at the end</h2><table id=\"guests\"><tr><th>guest</th><th>memory (MiB)</th><th>target (MiB)</th><th>driver state</th><th>at target since (s)</th></tr>")
-        for name, d in last.domains.items():
+        records = ranked(rec) if crowd else None
+        out.append("<h2>Guests at the end</h2>")
+        if records is not None:
+            out.append(f'<p class="note">The {WORST_LISTED} worst of {len(records)} guests: furthest from their targets at the end, then over the run.</p>')
+        out.append("<table id=\"guests\"><tr><th>guest</th><th>memory (MiB)</th><th>target (MiB)</th><th>driver state</th><th>at target since (s)</th></tr>")
+        shown = [r.name for r in records[:WORST_LISTED]] if records is not None else list(last.domains)
+        for name in shown:
+            d = last.domains.get(name)
+            if d is None:
+                out.append(f'<tr class="bad"><td>{e(name)}</td><td colspan="4">no domain at the end</td></tr>')
+                continue
             since = rec.reached_at(name)
             state = str(d.get("balloon", {}).get("state", "-"))
             swatch = f'<span style="color:{STATE_COLOURS.get(state, "#999")}">&#9632;</span> '
@@ -82,6 +100,8 @@ def render_page(run: Run, logs: list[str]) -> str:
                 f"<tr><td>{e(name)}</td><td class=\"num\">{pages_to_mib(d['current_pages'])}</td><td class=\"num\">{pages_to_mib(d['target_pages'])}</td>"
                 f"<td>{swatch}{e(state)}</td><td class=\"num\">{'-' if since is None else f'{since:.1f}'}</td></tr>"
             )
+        if records is not None and len(records) > WORST_LISTED:
+            out.append(f'<tr id="rest"><td colspan="5">and {e(summary(records[WORST_LISTED:]))}</td></tr>')
         out.append("</table>")
         first, settled = rec.converged_at(), rec.settled_since()
         out.append(
@@ -91,9 +111,14 @@ def render_page(run: Run, logs: list[str]) -> str:
     out.append("<h2>Files</h2><ul id=\"logs\">")
     for name in ("report.txt", "series.csv", "series.json", "plot.svg"):
         out.append(f'<li><a href="{e(name)}">{e(name)}</a></li>')
-    for name in logs:
-        out.append(f'<li><a href="logs/{e(name)}">logs/{e(name)}</a></li>')
-    out.append("</ul></body></html>")
+    links = [f'<li><a href="logs/{e(name)}">logs/{e(name)}</a></li>' for name in logs]
+    if crowd and len(links) > WORST_LISTED:  # a thousand guests' logs, folded
+        out.append("</ul>")
+        out.append(f"<details><summary>{len(links)} logs</summary><ul>" + "".join(links) + "</ul></details>")
+    else:
+        out += links
+        out.append("</ul>")
+    out.append("</body></html>")
     return "\n".join(part for part in out if part)
 
 

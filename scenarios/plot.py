@@ -57,11 +57,11 @@ def nice_ticks(top: float, count: int = 5) -> list[float]:
     return [round(i * step, 10) for i in range(n + 1)]
 
 
-def _tick_text(value: float) -> str:
+def tick_text(value: float) -> str:
     return f"{value:g}"
 
 
-def _polyline(points: list[tuple[float, float]], colour: str, dashed: bool = False, width: float = 2) -> str:
+def polyline(points: list[tuple[float, float]], colour: str, dashed: bool = False, width: float = 2) -> str:
     if not points:
         return ""
     dash = ' stroke-dasharray="6 4"' if dashed else ""
@@ -69,14 +69,14 @@ def _polyline(points: list[tuple[float, float]], colour: str, dashed: bool = Fal
     return f'<polyline fill="none" stroke="{colour}" stroke-width="{width}"{dash} points="{coords}"/>'
 
 
-def _time_axis(rec: Recording) -> list[float]:
+def time_axis(rec: Recording) -> list[float]:
     return nice_ticks(max((s.t for s in rec.samples), default=1.0) or 1.0)
 
 
 def render(rec: Recording, title: str) -> str:
     names = rec.names()
     palette = colours(len(names))
-    seconds = _time_axis(rec)
+    seconds = time_axis(rec)
     peak_pages = max([s.free_pages for s in rec.samples] + [max(d["current_pages"], d["target_pages"]) for s in rec.samples for d in s.domains.values()] + [1])
     mib = nice_ticks(peak_pages / PAGES_PER_MIB)
     t_max, mib_max = seconds[-1], mib[-1]
@@ -99,11 +99,11 @@ def render(rec: Recording, title: str) -> str:
     for value in mib:
         yy = TOP + plot_h * (1 - value / mib_max)
         parts.append(f'<line x1="{LEFT}" y1="{yy:.1f}" x2="{LEFT + plot_w}" y2="{yy:.1f}" stroke="#eee"/>')
-        parts.append(f'<text x="{LEFT - 6}" y="{yy + 4:.1f}" text-anchor="end">{_tick_text(value)}</text>')
+        parts.append(f'<text x="{LEFT - 6}" y="{yy + 4:.1f}" text-anchor="end">{tick_text(value)}</text>')
     for value in seconds:
         xx = x(value)
         parts.append(f'<line x1="{xx:.1f}" y1="{TOP}" x2="{xx:.1f}" y2="{TOP + plot_h}" stroke="#eee"/>')
-        parts.append(f'<text x="{xx:.1f}" y="{TOP + plot_h + 16}" text-anchor="middle">{_tick_text(value)}</text>')
+        parts.append(f'<text x="{xx:.1f}" y="{TOP + plot_h + 16}" text-anchor="middle">{tick_text(value)}</text>')
     parts += [
         f'<line x1="{LEFT}" y1="{TOP + plot_h}" x2="{LEFT + plot_w}" y2="{TOP + plot_h}" stroke="black"/>',
         f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + plot_h}" stroke="black"/>',
@@ -113,11 +113,11 @@ def render(rec: Recording, title: str) -> str:
     for step in rec.steps:
         tip = escape(f"{step.t:.2f} s {step.label}: {step.outcome}")
         parts.append(f'<line x1="{x(step.t):.1f}" y1="{TOP}" x2="{x(step.t):.1f}" y2="{TOP + plot_h}" stroke="#999" stroke-dasharray="2 3"><title>{tip}</title></line>')
-    parts.append(_polyline([(x(s.t), y(s.free_pages)) for s in rec.samples], "#000", width=1.5))
+    parts.append(polyline([(x(s.t), y(s.free_pages)) for s in rec.samples], "#000", width=1.5))
     for name, colour in zip(names, palette):
         rows = [(s.t, s.domains[name]) for s in rec.samples if name in s.domains]
-        parts.append(_polyline([(x(t), y(d["current_pages"])) for t, d in rows], colour))
-        parts.append(_polyline([(x(t), y(d["target_pages"])) for t, d in rows], colour, dashed=True, width=1))
+        parts.append(polyline([(x(t), y(d["current_pages"])) for t, d in rows], colour))
+        parts.append(polyline([(x(t), y(d["target_pages"])) for t, d in rows], colour, dashed=True, width=1))
     column_w = (WIDTH - LEFT) / LEGEND_COLUMNS
     for i, (label, colour) in enumerate(legend):
         lx, ly = LEFT + column_w * (i % LEGEND_COLUMNS), PLOT_HEIGHT + 20 + LEGEND_ROW * (i // LEGEND_COLUMNS)
@@ -148,7 +148,7 @@ def _state_runs(rec: Recording, name: str) -> list[tuple[float, float, str]]:
 def render_states(rec: Recording) -> str:
     """One strip per guest: its driver's reported state over time, on the plot's time axis."""
     names = rec.names()
-    seconds = _time_axis(rec)
+    seconds = time_axis(rec)
     t_max = seconds[-1]
     row, gap, label_w = 16, 4, LEFT + 60
     plot_w = WIDTH - label_w - RIGHT
@@ -176,7 +176,7 @@ def render_states(rec: Recording) -> str:
     axis_y = TOP + (row + gap) * len(names) + 4
     parts.append(f'<line x1="{label_w}" y1="{axis_y}" x2="{label_w + plot_w}" y2="{axis_y}" stroke="black"/>')
     for value in seconds:
-        parts.append(f'<text x="{x(value):.1f}" y="{axis_y + 16}" text-anchor="middle">{_tick_text(value)}</text>')
+        parts.append(f'<text x="{x(value):.1f}" y="{axis_y + 16}" text-anchor="middle">{tick_text(value)}</text>')
     for step in rec.steps:
         parts.append(f'<line x1="{x(step.t):.1f}" y1="{TOP}" x2="{x(step.t):.1f}" y2="{axis_y}" stroke="#333" stroke-dasharray="2 3"/>')
     ly = axis_y + 36

@@ -6,9 +6,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from scenarios.aggregate import WORST_LISTED, distance, many, percentile, ranked, state_counts, summary
+from scenarios.crowd_plot import render_crowd
 from scenarios.page import write_page
 from scenarios.plot import write_svg
-from scenarios.recording import Sample, StepRecord
+from scenarios.recording import Recording, Sample, StepRecord
 from scenarios.runner import Run
 from scenarios.wording import expectation_line, step_line
 from wire.shown import for_terminal
@@ -25,10 +27,18 @@ class Progress:
         if sample.t - self._last < self.every:
             return
         self._last = sample.t
-        guests = "  ".join(
-            f"{n} {pages_to_mib(d['current_pages'])}/{pages_to_mib(d['target_pages'])} {d['balloon'].get('state', '-')}"
-            for n, d in sample.domains.items()
-        )
+        if many(list(sample.domains)):  # a line, not a screenful per second
+            gaps = [distance(d) for d in sample.domains.values()]
+            states = ", ".join(f"{k} {v}" for k, v in sorted(state_counts(sample.domains).items()))
+            guests = (
+                f"{len(gaps)} guests, {gaps.count(0)} at target, from target p50/p90/max "
+                f"{'/'.join(str(pages_to_mib(percentile(gaps, p))) for p in (50, 90, 100))} MiB; {states}"
+            )
+        else:
+            guests = "  ".join(
+                f"{n} {pages_to_mib(d['current_pages'])}/{pages_to_mib(d['target_pages'])} {d['balloon'].get('state', '-')}"
+                for n, d in sample.domains.items()
+            )
         print(for_terminal(f"t={sample.t:6.1f}s  free {pages_to_mib(sample.free_pages):>5} MiB  {guests}"), file=self.out, flush=True)
 
     def step(self, step: StepRecord) -> None:
@@ -58,13 +68,7 @@ def text(run: Run) -> str:
     if rec.samples:
         last = rec.samples[-1]
         lines.append(f"  ran {last.t:.1f} s; {len(rec.samples)} samples; {len(rec.steps)} timeline steps")
-        lines.append(f"  {'guest':<12} {'memory':>8} {'target':>8}  {'state':<13} at target since")
-        for name, d in last.domains.items():
-            since = rec.reached_at(name)
-            lines.append(
-                f"  {name:<12} {pages_to_mib(d['current_pages']):>5} MiB {pages_to_mib(d['target_pages']):>5} MiB  "
-                f"{str(d['balloon'].get('state', '-')):<13} {'-' if since is None else f'{since:.1f} s'}"
-            )
+        lines += guest_table(rec)
         first, settled = rec.converged_at(), rec.settled_since()
         lines.append(
             f"  every guest at target: first {'never' if first is None else f'{first:.1f} s'}, "
@@ -86,12 +90,40 @@ def text(run: Run) -> str:
     return "\n".join(for_terminal(line) for line in lines if line)
 
 
+def guest_table(rec: Recording) -> list[str]:
+    """Each guest at the end; past AGGREGATE_ABOVE guests, the worst (scenarios/aggregate.py)
+    and one line for the rest."""
+    last = rec.samples[-1]
+    crowd = many(rec.names())
+    head = f"  {'guest':<12} {'memory':>8} {'target':>8}  {'state':<13} at target since"
+    lines = [f"  the {WORST_LISTED} worst of {len(rec.names())} guests (furthest from target at the end, then over the run):"] if crowd else []
+    lines.append(head)
+    records = ranked(rec) if crowd else None
+    shown = [r.name for r in records[:WORST_LISTED]] if records is not None else list(last.domains)
+    for name in shown:
+        d = last.domains.get(name)
+        since = rec.reached_at(name)
+        if d is None:
+            lines.append(f"  {name:<12} {'no domain at the end':>19}")
+            continue
+        lines.append(
+            f"  {name:<12} {pages_to_mib(d['current_pages']):>5} MiB {pages_to_mib(d['target_pages']):>5} MiB  "
+            f"{str(d['balloon'].get('state', '-')):<13} {'-' if since is None else f'{since:.1f} s'}"
+        )
+    if records is not None and len(records) > WORST_LISTED:
+        lines.append(f"  and {summary(records[WORST_LISTED:])}")
+    return lines
+
+
 def write(run: Run, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "series.csv", out_dir / "series.json", out_dir / "plot.svg", out_dir / "report.txt"]
     run.recording.write_csv(paths[0])
     run.recording.write_json(paths[1])
-    write_svg(run.recording, f"{run.scenario.name}: memory per domain over time", paths[2])
+    if many(run.recording.names()):
+        paths[2].write_text(render_crowd(run.recording, f"{run.scenario.name}: {len(run.recording.names())} guests, how far from their targets"))
+    else:
+        write_svg(run.recording, f"{run.scenario.name}: memory per domain over time", paths[2])
     paths[3].write_text(text(run) + "\n")
     paths.append(write_page(run, out_dir))
     return paths

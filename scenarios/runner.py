@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,8 @@ from typing import Any
 
 from hypervisor.toolstack import Toolstack
 from scenarios.clock import ScenarioClock
+from guest.fleet_plan import SizeRange
+from scenarios.aggregate import AGGREGATE_ABOVE
 from scenarios.launch import Host, Processes
 from scenarios.recording import Recording, Sample, StepRecord
 from scenarios.spec import DRIVER_CHECKS, Action, Check, Expectation, Scenario, Step, StepOutcome
@@ -25,9 +29,13 @@ from wire.client import RpcClient
 from wire.errors import RemoteError, Unreachable
 from wire.sizes import pages_to_mib, size_to_pages
 
-REGISTER_TIMEOUT_S = 30.0  # real seconds a guest may take to register
+REGISTER_TIMEOUT_S = 30.0  # real seconds without a guest registering before the runner gives up on the rest
 GRACE_S = 2.0  # real seconds past the duration to wait for a driver's report an expectation needs
 BOOKS_SHOWN = 5  # unbalanced samples listed in the report (the rest counted)
+SHOWN = 10  # guests named in one verdict (the rest counted)
+FLEET_CLIENTS = 8  # a step on a fleet: requests in flight at once (see _play_on_fleet)
+FLEET_PART = 64  # ...and guests between two looks at whether a sample is due
+FLEET_RETRIES = 9  # ...and tries of one request, a second each, before it counts as refused
 JOURNAL_FILE = "hypervisor.db"  # the hypervisor's journal, kept in the run's output folder
 
 
@@ -97,11 +105,13 @@ class Runner:
         self._line_checks: dict[Expectation, tuple[float, bool]] = {}
         self._signalled: set[int] = set()  # pids the runner stopped or killed itself
         self._told: set[int] = set()  # pids already reported as failing to start
+        self._sample_if_due: Callable[[], None] = lambda: None  # the timeline's sampler, while it plays
 
     # --- processes -------------------------------------------------------------------------
 
-    def _start(self, name: str) -> None:
-        """(Re)start a process as the scenario describes it."""
+    def _start(self, name: str, fresh: bool = False) -> None:
+        """(Re)start a process as the scenario describes it. `fresh`: a guest's first start, on
+        a new host (no domain of its to clean up first: no `list` per guest of a thousand)."""
         s, host = self.scenario, self.host
         if name == "hypervisor":  # with a journal it recovers the books (same boot id); without, a fresh host
             host.start()
@@ -113,13 +123,14 @@ class Runner:
         if device is not None:
             self.procs.start(name, "irqbus", *device.cli_args(self.irqbus_endpoint))
             return
-        if any(d["name"] == name for d in self.tool.list()):  # a guest that died leaves its domain: the toolstack cleans up first
+        if not fresh and any(d["name"] == name for d in self.tool.list()):  # a guest that died leaves its domain: the toolstack cleans up first
             try:
                 self.tool.destroy(name)
             except RemoteError:
                 pass  # gone meanwhile
         args = s.guest(name).cli_args(host.guest_endpoint, self.irqbus_endpoint, speed=s.speed)
-        self.procs.start(name, "guest", *args, "--log-level", "info")
+        assert args[0] == "run"
+        self.procs.start_guest(name, [*args[1:], "--log-level", "info"])  # forked by the run's guest fleet
 
     def _running(self, name: str) -> bool:
         instances = self.procs.instances(name)
@@ -144,7 +155,11 @@ class Runner:
         t = round(self.clock.now(), 3)
         message, outcome = "", StepOutcome.ACCEPTED
         try:
-            if step.action is Action.BEHAVE:  # a running guest's control keys (wire/control.py)
+            fleet = self.scenario.fleet(step.target)
+            if fleet is not None:  # the spec allows FLEET_ACTIONS only
+                message = self._play_on_fleet(step, fleet.members)
+                outcome = StepOutcome.REFUSED if message else outcome
+            elif step.action is Action.BEHAVE:  # a running guest's control keys (wire/control.py)
                 self.tool.guest_set(step.target, step.control)
             elif step.action is Action.MEM_SET:
                 self.tool.mem_set(step.target, size_to_pages(step.size))
@@ -167,6 +182,53 @@ class Runner:
             message, outcome = str(err), StepOutcome.REFUSED
         return StepRecord(t, step.label, str(outcome), message, str(self._expected(step)), step.at, str(step.action), step.target)
 
+    def _play_on_fleet(self, step: Step, members: tuple[str, ...]) -> str:
+        """The step on every guest of a fleet; a size range is spread over them as the fleet's
+        own sizes are (guest/fleet_plan.py). Refusals, in words ("" if none).
+
+        FLEET_CLIENTS requests at a time, each from a connection of its own: the hypervisor
+        takes requests from its connections in turn, so behind a crowd of ballooning guests one
+        connection gets one request in per round, and 200 in a row took 2.7 s (13 ms each);
+        eight at a time spread the step over a few hundred ms."""
+        sizes = SizeRange.parse(step.size) if step.size is not None else None
+        local = threading.local()
+        clients: list[Toolstack] = []
+        lock = threading.Lock()
+
+        def one(i: int) -> str | None:
+            tool = getattr(local, "tool", None)
+            if tool is None:
+                # patient: behind a crowd that balloons all at once, on a loaded machine, the
+                # hypervisor was seen silent for 3 s (a retry is answered from its record: safe)
+                tool = local.tool = Toolstack(self.host.admin_endpoint, retries=FLEET_RETRIES, security=self.security)
+                with lock:
+                    clients.append(tool)
+            name = members[i]
+            try:
+                if step.action is Action.BEHAVE:
+                    tool.guest_set(name, step.control)
+                elif step.action is Action.MEM_SET:
+                    tool.mem_set(name, sizes.pages_for(i, len(members)))
+                else:
+                    tool.mem_max(name, sizes.pages_for(i, len(members)))
+            except (RemoteError, Unreachable) as err:
+                return f"{name}: {err}"
+            return None
+
+        pool = ThreadPoolExecutor(max_workers=min(FLEET_CLIENTS, len(members)), thread_name_prefix="fleet-step")
+        refused: list[str] = []
+        try:
+            for first in range(0, len(members), FLEET_PART):  # the samples go on between the parts
+                refused += [r for r in pool.map(one, range(first, min(first + FLEET_PART, len(members)))) if r is not None]
+                self._sample_if_due()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for tool in clients:
+                tool.close()
+        if not refused:
+            return ""
+        return f"{len(refused)} of {len(members)} refused: " + listed(refused, SHOWN)
+
     # --- the run ---------------------------------------------------------------------------
 
     def run(self, out_dir: Path | None = None) -> Run:
@@ -188,7 +250,7 @@ class Runner:
             if s.irqbus:
                 self._start("irqbus")
             for g in s.guests:
-                self._start(g.name)
+                self._start(g.name, fresh=True)
             failed = self._wait_registered(tuple(g.name for g in s.guests))
             if failed:
                 run = Run(s, Recording(speed=s.speed), problems=failed, started=False)
@@ -208,29 +270,40 @@ class Runner:
 
     def _wait_registered(self, names: tuple[str, ...]) -> list[str]:
         """Wait for every guest's domain; a guest that exits first failed to start, and why is in
-        its log. Returns what went wrong, one line per guest (empty: all registered)."""
+        its log. Returns what went wrong, one line per guest, the first SHOWN of each kind and
+        then a count (empty: all registered). A crowd registers as fast as the host takes it
+        (a thousand: a minute or more on a loaded machine), so the wait gives up
+        REGISTER_TIMEOUT_S after the last guest registered, not after the first was started."""
         deadline = time.monotonic() + REGISTER_TIMEOUT_S
+        progress = 0
         while True:
             try:
                 registered = {d["name"] for d in self.tool.list()}
             except (Unreachable, RemoteError):
                 registered = set()
+            if len(registered) > progress:
+                progress, deadline = len(registered), time.monotonic() + REGISTER_TIMEOUT_S
+            latest = dict(self.procs.procs)  # each name's latest instance
             failed = []
             waiting = []
             for name in names:
                 if name in registered:
                     continue
-                proc = self.procs.instances(name)[-1]
+                proc = latest[name]
                 if proc.poll() is not None:
                     self._told.add(proc.pid)
-                    failed.append(f"guest {name} did not start (exit status {proc.returncode}): {last_error(self.procs.log(name))}")
+                    failed.append(name)
                 else:
                     waiting.append(name)
+            said = [f"guest {n} did not start (exit status {latest[n].returncode}): {last_error(self.procs.log(n))}" for n in failed[:SHOWN]]
+            said += [f"... and {len(failed) - SHOWN} more guests did not start (each one's log says why)"] if len(failed) > SHOWN else []
             if not waiting:
-                return failed
+                return said
             if time.monotonic() > deadline:
-                return failed + [f"guest {n} did not register within {REGISTER_TIMEOUT_S:g} s: {last_error(self.procs.log(n))}" for n in waiting]
-            time.sleep(0.05)
+                late = [f"guest {n} did not register within {REGISTER_TIMEOUT_S:g} s: {last_error(self.procs.log(n))}" for n in waiting[:SHOWN]]
+                late += [f"... and {len(waiting) - SHOWN} more guests did not register within {REGISTER_TIMEOUT_S:g} s"] if len(waiting) > SHOWN else []
+                return said + late
+            time.sleep(0.05 if len(names) <= AGGREGATE_ABOVE else 0.25)  # each `list` of a thousand is pages of RPCs
 
     def _journal(self, out_dir: Path | None) -> Path | None:
         """Where this run's hypervisor keeps its journal: OUTDIR/hypervisor.db, the run's record
@@ -267,6 +340,21 @@ class Runner:
         rec = Recording(speed=s.speed)
         pending = list(s.timeline)
         self.clock.restart()
+        last_sample = [0.0]
+
+        def sample() -> None:
+            last_sample[0] = time.monotonic()
+            taken = self._sample()
+            if taken is not None:
+                rec.samples.append(taken)
+                if self.on_sample:
+                    self.on_sample(taken)
+
+        def sample_if_due() -> None:  # between the parts of a long step (a thousand guests' mem-set)
+            if time.monotonic() - last_sample[0] >= self.clock.real(s.sample_interval):
+                sample()
+
+        self._sample_if_due = sample_if_due
         while True:
             real_top = time.monotonic()
             t = self.clock.now()
@@ -274,11 +362,7 @@ class Runner:
                 rec.steps.append(self._play(pending.pop(0)))
                 if self.on_step:
                     self.on_step(rec.steps[-1])
-            sample = self._sample()
-            if sample is not None:
-                rec.samples.append(sample)
-                if self.on_sample:
-                    self.on_sample(sample)
+            sample()
             if t >= s.duration and (self._reports_in(rec) or t >= s.duration + self.clock.scenario(GRACE_S)):
                 return rec
             if not pending and self._settled(rec):
@@ -353,7 +437,7 @@ class Runner:
                     f"{n}: status {rc}, not {exp.status}"
                     for n in names if n not in missing and (rc := self.procs.instances(n)[-1].returncode) != exp.status
                 ]
-                detail = "; ".join(([f"still running: {missing}"] if missing else []) + wrong)
+                detail = "; ".join(([f"still running: {missing if len(missing) <= SHOWN else listed(missing, SHOWN, ', ')}"] if missing else []) + wrong[:SHOWN])
                 run.outcomes.append(Outcome(exp, not detail, detail or "all exited" + ("" if exp.status is None else f" with status {exp.status}")))
             else:
                 run.outcomes.append(Outcome(exp, *evaluate(exp, run.recording, self.scenario)))
@@ -369,6 +453,9 @@ class Runner:
                 for n in _names(e, self.scenario):
                     may_exit.setdefault(n, set()).add(e.status)
         out = []
+        fleet = self.procs.fleet
+        if fleet is not None and fleet.problem is not None:
+            out.append(f"{fleet.problem}: {last_error(fleet.log_path.read_text(errors='replace'))}")
         counts: dict[str, int] = {}
         for name, proc in self.procs.procs:
             instance = counts[name] = counts.get(name, -1) + 1
@@ -387,7 +474,7 @@ class Runner:
         client = RpcClient(self.irqbus_endpoint, server=Server.IRQBUS, timeout=1.0, retries=2, security=self.security)
         bad, seen = [], []
         try:
-            for guest in exp.guests:
+            for guest in _names(exp, self.scenario):
                 rows = client.call("interrupts", {"guest": guest, "format": "json"}).get("rows")
                 # the guest's own words: a row that is not what genirq writes counts as absent
                 row = next((r for r in (rows if isinstance(rows, list) else ()) if isinstance(r, dict) and r.get("irq") == exp.irq), None)
@@ -417,7 +504,20 @@ def unbalanced(rec: Recording) -> list[str]:
 
 
 def _names(exp: Expectation, scenario: Scenario) -> tuple[str, ...]:
-    return exp.guests or tuple(g.name for g in scenario.guests)
+    """The guests an expectation is about: those it names (a fleet's name, all of its), else all."""
+    if not exp.guests:
+        return tuple(g.name for g in scenario.guests)
+    return tuple(n for name in exp.guests for n in scenario.members(name))
+
+
+def listed(items: list[str], shown: int, sep: str = "; ") -> str:
+    """The first `shown` items, then how many more: a verdict about a thousand guests stays a line."""
+    more = f"{sep}... and {len(items) - shown} more" if len(items) > shown else ""
+    return sep.join(items[:shown]) + more
+
+
+def _who(names: tuple[str, ...]) -> str:
+    return ", ".join(names) if len(names) <= SHOWN else f"{len(names)} guests"
 
 
 def driver_samples(exp: Expectation, rec: Recording, scenario: Scenario) -> dict[str, Sample] | None:
@@ -483,8 +583,9 @@ def evaluate(exp: Expectation, rec: Recording, scenario: Scenario) -> tuple[bool
     if exp.check is Check.SUM:
         missing = [n for n in names if n not in sample.domains]
         total = sum(sample.domains[n]["current_pages"] for n in names if n in sample.domains)
-        gone = f" (no domain: {', '.join(missing)})" if missing else ""
-        return _in_range(total, exp), f"{where}: {'+'.join(names)} = {_mib(total)} ({total} pages){gone}, expected {_range_text(exp, _mib)}"
+        gone = f" (no domain: {listed(missing, SHOWN, ', ')})" if missing else ""
+        together = "+".join(names) if len(names) <= SHOWN else f"{len(names)} guests together"
+        return _in_range(total, exp), f"{where}: {together} = {_mib(total)} ({total} pages){gone}, expected {_range_text(exp, _mib)}"
     bad = []
     for n in names:
         d = sample.domains.get(n)
@@ -496,14 +597,16 @@ def evaluate(exp: Expectation, rec: Recording, scenario: Scenario) -> tuple[bool
             bad.append(f"{n}: {gap:+d} pages from target, not within {exp.pages}")
         if exp.check is Check.OFF_TARGET and abs(gap) <= exp.pages:
             bad.append(f"{n}: {gap:+d} pages from target, not more than {exp.pages}")
-    return (not bad), (f"{where}: " + "; ".join(bad) if bad else f"{where}: {', '.join(names)} ok")
+    if bad and len(names) > SHOWN:
+        return False, f"{where}: {len(bad)} of {len(names)} guests: " + listed(bad, SHOWN)
+    return (not bad), (f"{where}: " + "; ".join(bad) if bad else f"{where}: {_who(names)} ok")
 
 
 def _driver(exp: Expectation, rec: Recording, scenario: Scenario) -> tuple[bool, str]:
     found = driver_samples(exp, rec, scenario)
     if found is None:
         missing = [n for n in _names(exp, scenario) if driver_samples(Expectation(exp.check, (n,), at=exp.at), rec, scenario) is None]
-        return False, f"no report from {', '.join(missing)} at or after {exp.at:g} s"
+        return False, f"no report from {listed(missing, SHOWN, ', ')} at or after {exp.at:g} s"
     key = {Check.STATE: "state", Check.RETRY_COUNT: "retry_count", Check.SCHEDULE_DELAY: "schedule_delay"}[exp.check]
     bad, seen = [], []
     for name, sample in found.items():
@@ -517,4 +620,7 @@ def _driver(exp: Expectation, rec: Recording, scenario: Scenario) -> tuple[bool,
         if not ok:
             bad.append(name)
     want = exp.state if exp.check is Check.STATE else _range_text(exp, lambda v: f"{v:g}")
+    if len(seen) > SHOWN:  # the guests that fail it first, then a count
+        first = [x for n, x in zip(found, seen) if n in bad] + [x for n, x in zip(found, seen) if n not in bad]
+        return not bad, f"{len(bad)} of {len(seen)} guests not as expected: {listed(first, SHOWN)}; expected {want}"
     return not bad, f"{'; '.join(seen)}; expected {want}"

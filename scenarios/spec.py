@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import enum
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from guest import fleet_plan
+from guest.fleet_plan import PlanError, SizeRange
 from guest.generations import DEFAULT_GENERATION, RULES, DriverGeneration
 from wire import heartbeat
 from wire.control import from_human
@@ -40,6 +43,9 @@ class StepOutcome(enum.StrEnum):
 
 
 PROCESS_ACTIONS = (Action.KILL, Action.STOP, Action.START, Action.RESTART)
+# What a step may do to a whole fleet at once (each of its guests in turn; a size may be a
+# range LO..HI, spread over the fleet as its sizes are: guest/fleet_plan.py)
+FLEET_ACTIONS = (Action.MEM_SET, Action.MEM_MAX, Action.BEHAVE)
 
 
 class Check(enum.StrEnum):
@@ -105,6 +111,16 @@ class GuestSpec:
             for device in self.devices:
                 out += ["--device", device]
         return out + list(self.args)
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """Many guests from one table: `count` guests named PREFIX1..PREFIXN, sizes spread over
+    ranges, every other key shared. Its name stands for all of them in a timeline step's
+    `target` and an expectation's `guests`."""
+
+    name: str
+    members: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -192,9 +208,19 @@ class Scenario:
     # on the timeline recovers them; `[hypervisor] journal = false` models one without (a
     # restart is a host reboot).
     journal: bool = True
+    # [[fleet]] tables; their guests are in `guests` too, after the [[guest]] ones
+    fleets: tuple[FleetSpec, ...] = ()
 
     def guest(self, name: str) -> GuestSpec:
         return next(g for g in self.guests if g.name == name)
+
+    def fleet(self, name: str) -> FleetSpec | None:
+        return next((f for f in self.fleets if f.name == name), None)
+
+    def members(self, name: str) -> tuple[str, ...]:
+        """The guests a name stands for: a fleet's, or the one guest."""
+        fleet = self.fleet(name)
+        return fleet.members if fleet is not None else (name,)
 
     def with_guests(self, **changes: Any) -> Scenario:
         """The same scenario with every guest changed alike (e.g. driver="3.1", Linux timings)."""
@@ -264,6 +290,41 @@ def _guest(data: dict[str, Any], where: str, defaults: dict[str, Any]) -> GuestS
     return GuestSpec(**merged)
 
 
+_FLEET_KEYS = {
+    **{k: v for k, v in _GUEST_KEYS.items() if k not in ("name", "memory", "maxmem", "workload")},
+    "name": str, "count": int, "name_prefix": str, "first": int, "memory": str, "maxmem": str, "workload": str,
+}
+_FLEET_OWN = ("name", "count", "name_prefix", "first", "memory", "maxmem", "workload")
+
+
+def _range_of(value: str, where: str) -> SizeRange:
+    try:
+        return SizeRange.parse(value)
+    except PlanError as err:
+        raise ScenarioError(f"{where}: {err} (a size, or a range LO..HI)") from None
+
+
+def _fleet(data: dict[str, Any], where: str, defaults: dict[str, Any]) -> tuple[FleetSpec, list[GuestSpec]]:
+    """A [[fleet]] table: its guests planned as `guest fleet` plans them (guest/fleet_plan.py:
+    guest i of N gets LO + (HI - LO) * i / (N - 1) of each range), each then checked as a
+    [[guest]] table is, with [defaults] under the fleet's shared keys."""
+    _table(data, where, _FLEET_KEYS, ("name", "count", "memory"))
+    ranges = {k: _range_of(data[k], f"{where}.{k}") if k in data else None for k in ("memory", "maxmem", "workload")}
+    try:
+        plan = fleet_plan.from_ranges(
+            data["count"], data.get("name_prefix", data["name"]), ranges["memory"], ranges["maxmem"], ranges["workload"], data.get("first", 1),
+        )
+    except PlanError as err:
+        raise ScenarioError(f"{where}: {err}") from None
+    shared = {k: v for k, v in data.items() if k not in _FLEET_OWN}
+    guests = []
+    for launch in plan:
+        flags = dict(zip(launch.argv[0::2], launch.argv[1::2]))  # --name N --memory Xk [--maxmem Yk] [--workload Zk]
+        sizes = {k: flags[f"--{k}"] for k in ("memory", "maxmem", "workload") if f"--{k}" in flags}
+        guests.append(_guest({**shared, "name": launch.name, **sizes}, f"{where} ({launch.name})", defaults))
+    return FleetSpec(data["name"], tuple(g.name for g in guests)), guests
+
+
 def _device(data: dict[str, Any], where: str) -> DeviceSpec:
     _table(
         data, where,
@@ -301,7 +362,7 @@ def _enum(kind: type[enum.StrEnum], value: str, where: str) -> Any:
         raise ScenarioError(f"{where}: expected one of {[k.value for k in kind]}, got {value!r}") from None
 
 
-def _step(data: dict[str, Any], where: str) -> Step:
+def _step(data: dict[str, Any], where: str, fleets: frozenset[str] = frozenset()) -> Step:
     _table(
         data, where, {"at": _NUM, "action": str, "target": str, "size": str, "expect": str, **_BEHAVE_KEYS},
         ("at", "action", "target"),
@@ -315,7 +376,10 @@ def _step(data: dict[str, Any], where: str) -> Step:
     if action in {Action.MEM_SET, Action.MEM_MAX}:
         if "size" not in data:
             raise ScenarioError(f"{where}: '{action}' needs a 'size'")
-        _size(data["size"], f"{where}.size")
+        if data["target"] in fleets:
+            _range_of(data["size"], f"{where}.size")
+        else:
+            _size(data["size"], f"{where}.size")
     return Step(float(data["at"]), action, data["target"], data.get("size"), expect=expect)
 
 
@@ -391,36 +455,52 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
     _table(
         data, where,
         {"name": str, "description": str, "memory": str, "duration": _NUM, "irqbus": bool, "sample_interval": _NUM,
-         "defaults": dict, "guest": list, "device": list, "timeline": list, "expect": list, "speed": _NUM, "reclaim_after": _NUM, "hypervisor": dict},
-        ("name", "memory", "duration", "guest"),
+         "defaults": dict, "guest": list, "fleet": list, "device": list, "timeline": list, "expect": list, "speed": _NUM,
+         "reclaim_after": _NUM, "hypervisor": dict},
+        ("name", "memory", "duration"),
     )
+    if not data.get("guest") and not data.get("fleet"):
+        raise ScenarioError(f"{where}: missing 'guest' (a [[guest]] table, or a [[fleet]] of them)")
     _size(data["memory"], f"{where}.memory")
     for key in ("duration", "sample_interval", "speed", "reclaim_after"):
         if key in data and not data[key] > 0:
             raise ScenarioError(f"{where}.{key}: expected a number above 0, got {data[key]!r}")
     hypervisor = _table(data.get("hypervisor", {}), f"{where}.hypervisor", {"journal": bool}, ())
     defaults = data.get("defaults", {})
-    guests = tuple(_guest(g, f"guest[{i}]", defaults) for i, g in enumerate(data["guest"]))
+    guests = tuple(_guest(g, f"guest[{i}]", defaults) for i, g in enumerate(data.get("guest", [])))
+    fleets = []
+    for i, f in enumerate(data.get("fleet", [])):
+        fleet, members = _fleet(f, f"fleet[{i}]", defaults)
+        fleets.append(fleet)
+        guests += tuple(members)
     names = [g.name for g in guests]
     if len(set(names)) != len(names):
-        raise ScenarioError(f"{where}: guest names must be unique, got {names}")
+        twice = sorted(n for n, k in Counter(names).items() if k > 1)
+        raise ScenarioError(f"{where}: guest names must be unique, got {twice[:10]} twice")
+    fleet_names = frozenset(f.name for f in fleets)
+    if len(fleet_names) != len(fleets) or fleet_names & set(names):
+        raise ScenarioError(f"{where}: a fleet's name must differ from every other fleet's and every guest's")
     devices = tuple(_device(d, f"device[{i}]") for i, d in enumerate(data.get("device", [])))
-    steps = [_step(s, f"timeline[{i}]") for i, s in enumerate(data.get("timeline", []))]
+    steps = [_step(s, f"timeline[{i}]", fleet_names) for i, s in enumerate(data.get("timeline", []))]
     steps += [Step(float(g.sticky_at), Action.BEHAVE, g.name, keys=(("stuck", True),)) for g in guests if g.sticky_at is not None]
     timeline = tuple(sorted(steps, key=lambda s: s.at))
     expectations = tuple(_expectation(e, f"expect[{i}]") for i, e in enumerate(data.get("expect", [])))
     processes = set(names) | {d.process for d in devices} | {"irqbus", "hypervisor"}
     for i, step in enumerate(timeline):
+        if step.target in fleet_names:
+            if step.action not in FLEET_ACTIONS:
+                raise ScenarioError(f"timeline[{i}]: a fleet ({step.target!r}) can be {', '.join(FLEET_ACTIONS)} as a whole, not {step.action}: name one of its guests")
+            continue
         if step.target not in processes:
-            raise ScenarioError(f"timeline[{i}].target: {step.target!r} is not a guest, a device (GUEST.DEVICE), irqbus or hypervisor")
+            raise ScenarioError(f"timeline[{i}].target: {step.target!r} is not a guest, a fleet, a device (GUEST.DEVICE), irqbus or hypervisor")
         if step.target == "hypervisor" and step.action not in PROCESS_ACTIONS:
             raise ScenarioError(f"timeline[{i}]: the hypervisor is a process: it can be {', '.join(PROCESS_ACTIONS)}, not {step.action}")
         if step.action is Action.BEHAVE and step.target not in names:
             raise ScenarioError(f"timeline[{i}].target: 'behave' acts on a guest, not {step.target!r}")
     for i, exp in enumerate(expectations):
         for name in exp.guests:
-            if name not in names:
-                raise ScenarioError(f"expect[{i}].guests: no guest {name!r}")
+            if name not in names and name not in fleet_names:
+                raise ScenarioError(f"expect[{i}].guests: no guest {name!r} (nor a fleet of that name)")
         if exp.moment is not None and exp.moment > float(data["duration"]):
             raise ScenarioError(f"expect[{i}]: its time ({exp.moment:g} s) is after the scenario's duration ({data['duration']} s)")
         if exp.check is Check.STEP and not any(
@@ -440,7 +520,7 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
         guests=guests, devices=devices, timeline=timeline, expectations=expectations, irqbus=irqbus,
         sample_interval=float(data.get("sample_interval", 0.1)), path=path, speed=float(data.get("speed", 1.0)),
         reclaim_after=float(data["reclaim_after"]) if "reclaim_after" in data else None,
-        journal=hypervisor.get("journal", True),
+        journal=hypervisor.get("journal", True), fleets=tuple(fleets),
     )
 
 

@@ -435,3 +435,93 @@ def test_exited_without_names_means_every_guest_and_kill_of_a_dead_process_is_re
     finally:
         runner.tool.close()
         runner.procs.stop_all()
+
+
+# --- [[fleet]]: many guests from one table ---------------------------------------------------------
+
+FLEET = {
+    "name": "f",
+    "memory": "1g",
+    "duration": 5,
+    "defaults": {"retry_delay": 0.5, "heartbeat": 0.3},
+    "guest": [{"name": "solo", "memory": "64m"}],
+    "fleet": [{"name": "web", "count": 3, "memory": "16m..32m", "maxmem": "64m", "behaviour": "slow:100", "heartbeat": 1.0}],
+    "timeline": [
+        {"at": 1, "action": "mem-set", "target": "web", "size": "8m..16m"},
+        {"at": 2, "action": "kill", "target": "web2"},
+        {"at": 2, "action": "behave", "target": "web", "stuck": True},
+    ],
+    "expect": [{"check": "at-target", "by": 3, "guests": ["web", "solo"]}, {"check": "sum", "at": 3, "guests": ["web"], "min": "1m"}],
+}
+
+
+def fleet_with(change: dict, fleet: int = 0) -> dict:
+    data = copy.deepcopy(FLEET)
+    data["fleet"][fleet].update(change)
+    return data
+
+
+def test_a_fleet_is_its_guests_sized_as_guest_fleet_sizes_them():
+    s = parse(FLEET)
+    assert [g.name for g in s.guests] == ["solo", "web1", "web2", "web3"]
+    web = s.guests[1:]
+    # guest i of 3 gets 16m + (32m - 16m) * i / 2: 16m, 24m, 32m (in KiB, as guest/fleet_plan.py writes them)
+    assert [size_to_pages(g.memory) for g in web] == [16 * 256, 24 * 256, 32 * 256]
+    assert {size_to_pages(g.maxmem) for g in web} == {64 * 256}
+    assert {(g.behaviour, g.heartbeat, g.retry_delay) for g in web} == {("slow:100", 1.0, 0.5)}  # its own keys over [defaults]
+    assert s.members("web") == ("web1", "web2", "web3") and s.members("solo") == ("solo",)
+    assert s.fleet("solo") is None
+    mem_set = next(st for st in s.timeline if st.action is Action.MEM_SET)
+    assert (mem_set.target, mem_set.size) == ("web", "8m..16m")
+    from scenarios.runner import _names
+
+    assert _names(s.expectations[0], s) == ("web1", "web2", "web3", "solo")
+
+
+def test_a_scenario_may_be_fleets_only_and_name_the_prefix():
+    data = copy.deepcopy(FLEET)
+    del data["guest"]
+    data["fleet"][0].update(name_prefix="w-", first=0)
+    data["expect"] = [{"check": "audit"}]
+    data["timeline"] = []
+    s = parse(data)
+    assert [g.name for g in s.guests] == ["w-0", "w-1", "w-2"]
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"count": 0}, "fleet[0]: --count must be 1..10000"),
+        ({"memory": "32m..16m"}, "fleet[0].memory: range '32m..16m': the high end is below the low end"),
+        ({"maxmem": "20m"}, "guest web2: maxmem 20480k is below its memory 24576k"),
+        ({"name_prefix": "-x"}, "--name-prefix '-x'"),
+        ({"behaviour": "sleepy"}, "fleet[0] (web1).behaviour"),
+        ({"colour": "red"}, "fleet[0]: unknown key(s) ['colour']"),
+        ({"name": "solo"}, "a fleet's name must differ"),
+    ],
+)
+def test_fleet_mistakes_are_refused_by_name(change, words):
+    data = fleet_with(change)
+    with pytest.raises(ScenarioError) as err:
+        parse(data)
+    assert words in str(err.value)
+
+
+def test_guest_names_a_fleet_makes_must_not_clash():
+    data = copy.deepcopy(FLEET)
+    data["guest"].append({"name": "web2", "memory": "8m"})
+    with pytest.raises(ScenarioError, match=r"guest names must be unique, got \['web2'\] twice"):
+        parse(data)
+
+
+def test_a_fleet_on_the_timeline_takes_sizes_and_behaviour_but_no_process_action():
+    data = copy.deepcopy(FLEET)
+    data["timeline"][1] = {"at": 2, "action": "kill", "target": "web"}
+    with pytest.raises(ScenarioError, match=r"timeline\[\d\]: a fleet \('web'\) can be mem-set, mem-max, behave as a whole, not kill"):
+        parse(data)
+    data["timeline"][1] = {"at": 2, "action": "mem-set", "target": "web2", "size": "8m..16m"}  # a range is for a fleet
+    with pytest.raises(ScenarioError, match=r"timeline\[1\].size"):
+        parse(data)
+    data["timeline"][1] = {"at": 2, "action": "mem-max", "target": "web", "size": "lots..more"}
+    with pytest.raises(ScenarioError, match=r"timeline\[1\].size: .*a size, or a range LO..HI"):
+        parse(data)

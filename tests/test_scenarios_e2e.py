@@ -373,3 +373,76 @@ def test_the_html_report_tells_the_same_story_in_a_browser(findings):
     assert 'id="verdict">FAILED<' in parsed and parsed.count("<svg") == 2
     assert "mem-max a 16m" in parsed and "EINVAL" in parsed and "still running: ['b']" in parsed
     assert 'href="logs/b.1.log"' in parsed and 'href="logs/hypervisor.log"' in parsed
+
+
+# --- a [[fleet]]: its guests forked by one guest fleet, one of them killed and one restarted -----
+
+SMALL_FLEET = """
+name = "small-fleet"
+description = "three guests from one [[fleet]] table, squeezed together; one killed and started again, one restarted"
+memory = "256m"
+duration = 2.5
+sample_interval = 0.05
+
+[defaults]
+retry_delay = 0.1
+max_retry_delay = 0.4
+heartbeat = 0.2
+
+[[fleet]]
+name = "f"
+count = 3
+memory = "32m..48m"      # f1 32m, f2 40m, f3 48m
+maxmem = "64m"
+
+[[timeline]]
+at = 0.2
+action = "mem-set"
+target = "f"
+size = "40m..56m"        # each up by 8m: f1 40m, f2 48m, f3 56m
+
+[[timeline]]
+at = 0.8
+action = "kill"
+target = "f2"
+
+[[timeline]]
+at = 1.0
+action = "start"
+target = "f2"            # its dead domain destroyed first; a new one at its boot size, 40m
+
+[[timeline]]
+at = 1.2
+action = "restart"
+target = "f3"            # shuts its domain down, then boots again at 48m
+
+[[expect]]
+check = "at-target"
+guests = ["f"]
+by = 2.2
+
+[[expect]]
+check = "sum"
+guests = ["f"]
+at = 2.2
+min = "128m"             # 40m + 40m + 48m
+max = "128m"
+
+[[expect]]
+check = "audit"
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_fleets_guests_take_steps_and_faults_one_by_one_as_before(procs, tmp_path):
+    code, output, report = run_scenario(procs, tmp_path, SMALL_FLEET)
+    assert code == 0, output + report
+    for words in (("mem-set f 40m..56m", "accepted"), ("kill f2", "accepted"), ("start f2", "accepted"), ("restart f3", "accepted")):
+        assert "FAIL" not in _line(report, *words), report
+    logs = tmp_path / "out" / "small-fleet" / "logs"
+    assert {"f1.log", "f2.log", "f2.1.log", "f3.log", "f3.1.log", "guest-fleet.log"} <= {p.name for p in logs.iterdir()}
+    assert "registered" in (logs / "f2.1.log").read_text() and "registered" in (logs / "f3.1.log").read_text()
+    fleet = [json.loads(line) for line in (logs / "guest-fleet.log").read_text().splitlines() if line.startswith("{")]
+    killed = [e for e in fleet if e.get("event") == "guest exited" and e.get("name") == "f2"]
+    assert killed and killed[0]["how"] == "killed by SIGKILL", fleet  # forked by the fleet, which saw it die
+    assert next(e for e in fleet if e.get("event") == "fleet stopped")["guests"] == 5  # 3, and 2 started again

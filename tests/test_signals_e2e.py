@@ -220,6 +220,11 @@ def command(pid: int) -> list[bytes]:
         return []
 
 
+def runners_fleet(runner: int) -> int | None:
+    """The `guest fleet --control` process the runner forks its guests from."""
+    return next((c for c in children(runner) if command(c)[2:4] == [b"guest", b"fleet"]), None)
+
+
 def running(pid: int) -> bool:
     """Alive and not a zombie (an orphan's zombie may wait for a container's init to reap it)."""
     try:
@@ -256,11 +261,11 @@ def test_the_scenario_runner_stops_everything_it_started_after_a_burst(procs: Pr
     runner = procs.start("runner", "scenarios", "run", str(tmp_path / "signalled.toml"), "--out", str(tmp_path / "out"), "--quiet")
     started: dict[int, list[bytes]] = {}  # pid -> command line: a pid the system reused is not ours to kill
     try:
-        guest = wait_for(lambda: next((command(c) for c in children(runner.pid) if command(c)[2:4] == [b"guest", b"run"]), None), 30, "the runner's guest")
-        hypervisor = guest[guest.index(b"--hypervisor") + 1].decode()  # ipc://DIR/hv: the runner keeps its logs in DIR
-        guest_log = Path(hypervisor.removeprefix("ipc://")).parent / "g1.log"
+        fleet = wait_for(lambda: runners_fleet(runner.pid), 30, "the runner's guest fleet")
+        wait_for(lambda: children(fleet), 30, "the runner's guest")
+        guest_log = Path(os.readlink(f"/proc/{fleet}/fd/2")).parent / "g1.log"  # the runner keeps its logs in one folder
         wait_for(lambda: guest_log.exists() and "target changed" in events(guest_log.read_text()), 30, "the runner's guest to balloon")
-        started = {pid: command(pid) for pid in children(runner.pid)}
+        started = {pid: command(pid) for pid in children(runner.pid) | children(fleet)}  # the guests are the fleet's
         rng = random.Random(3)
         burst = [(signal.SIGINT if mixed and i % 2 else signal.SIGTERM, rng.uniform(0, 0.03)) for i in range(BURST)]
         send(runner.pid, burst)
@@ -286,9 +291,10 @@ def test_a_runner_killed_outright_leaves_nothing_behind_in_the_tests(tmp_path: P
     started: dict[int, list[bytes]] = {}
     try:
         runner = procs.start("runner", "scenarios", "run", str(tmp_path / "signalled.toml"), "--out", str(tmp_path / "out"), "--quiet")
-        wait_for(lambda: any(command(c)[2:4] == [b"guest", b"run"] for c in children(runner.pid)), 30, "the runner's guest")
-        started = {pid: command(pid) for pid in children(runner.pid)}
-        assert len(started) >= 2, started  # the hypervisor and the guest
+        fleet = wait_for(lambda: runners_fleet(runner.pid), 30, "the runner's guest fleet")
+        wait_for(lambda: children(fleet), 30, "the runner's guest")
+        started = {pid: command(pid) for pid in children(runner.pid) | children(fleet)}
+        assert len(started) >= 3, started  # the hypervisor, the fleet and its guest
         runner.send_signal(signal.SIGKILL)
         procs.stop(runner)
         wait_for(lambda: not any(running(pid) and command(pid) == cmd for pid, cmd in started.items()), 5, "the runner's children to be gone")
