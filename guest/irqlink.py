@@ -198,9 +198,11 @@ class IrqLink:
 
     # -- traffic -----------------------------------------------------------------------------------
 
-    def chip_request(self, ops: list[ChipOp], cleared: list[list[Any]]) -> Request | None:
+    def chip_request(self, ops: list[ChipOp], cleared: list[list[Any]], reply: bool = True) -> Request | None:
         """genirq's chip operations as irqbus names them: pins 0-23 and MSI devices. The ack /
-        EOI of an MSI or of an IOAPIC edge line is the local APIC's alone, so it is not sent."""
+        EOI of an MSI or of an IOAPIC edge line is the local APIC's alone, so it is not sent.
+        `reply` False: irqbus answers only a refusal (an interrupt's ack: one message fewer
+        each time, and the guest's shell reads no reply it would only drop)."""
         commands = []
         for op in ops:
             irq = op.irq
@@ -222,6 +224,8 @@ class IrqLink:
             args["ops"] = commands
         if cleared:
             args["clear"] = cleared
+        if not reply:
+            args["reply"] = False
         return Request("chip", args)
 
     def on_irq(self, args: Any, now: float) -> Request | None:
@@ -252,7 +256,7 @@ class IrqLink:
         self.registers.load(status)
         ops = self.irq.handle(irq, now)
         self.delivered += 1
-        return self.chip_request(ops, self.registers.take_cleared())
+        return self.chip_request(ops, self.registers.take_cleared(), reply=False)
 
     def _malformed(self, fallback: dict[str, int]) -> dict[str, int]:
         self.malformed += 1

@@ -157,3 +157,53 @@ def test_an_idle_edge_pin_takes_the_fast_route():
         finally:
             del m.pics.set_line, m.ioapic.set_line
         assert m.pics.snapshot().isr == isr
+
+
+# -- the fast lane of irqbus.dispatch: the event bytes and the cached routes -----------------------
+
+from irqbus.dispatch import EventFrames, IrqBus  # noqa: E402
+from irqbus.machine import Delivery, Source  # noqa: E402
+from wire import envelope  # noqa: E402
+
+deliveries = st.builds(
+    Delivery,
+    st.integers(0, 255),
+    st.sampled_from(list(Source)),
+    st.one_of(st.none(), st.integers(0, 23)),
+    st.one_of(st.none(), st.text(min_size=1, max_size=40)),
+    st.dictionaries(st.text(min_size=1, max_size=40), st.integers(0, (1 << 63) - 1), max_size=4),
+)
+
+
+@pytest.mark.timeout(30)
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, (1 << 64) - 1), st.lists(deliveries, min_size=1, max_size=6))
+def test_event_frames_are_the_bytes_envelope_encode_makes(epoch, ds):
+    frames = EventFrames(epoch)
+    for d in ds + ds:  # the second time from the cached parts
+        assert frames.encode(d) == envelope.encode(envelope.event("irq", d.event_args(epoch)))
+
+
+def _call(bus: IrqBus, client: str, seq: int, op: str, **args: Any) -> dict[str, Any]:
+    out = bus.handle(envelope.encode(envelope.request(op, seq, client, args)), 1.0)
+    assert out.reply is not None
+    return envelope.decode_incoming(out.reply)
+
+
+@pytest.mark.timeout(5)
+def test_a_cached_route_goes_with_the_device():
+    """A raise that found its device is served from the route after; unplugging the device
+    (or anything else that is not an interrupt) forgets it, so the next raise is refused
+    as it would have been without the cache, and delivers nothing."""
+    bus = IrqBus(epoch=1)
+    _call(bus, "g", 1, "attach", name="vm", domid=1)
+    _call(bus, "g", 2, "program_pin", pin=20, trigger="edge", vector=0x31)
+    _call(bus, "g", 3, "chip", ops=[{"kind": "unmask", "pin": 20}])
+    _call(bus, "tool", 1, "attach_device", guest="vm", device="nic", pin=20, trigger="edge")
+    assert _call(bus, "dev", 1, "raise", guest="vm", device="nic")["result"]["delivered"] == 1
+    assert bus._signal_routes  # the next one takes the fast lane
+    out = bus.handle(envelope.encode(envelope.request("raise", 2, "dev", {"guest": "vm", "device": "nic"})), 1.0)
+    assert [envelope.decode_incoming(s.frame)["args"]["status"] for s in out.sends] == [{"nic": 2}]
+    _call(bus, "tool", 2, "detach_device", guest="vm", device="nic")
+    out = bus.handle(envelope.encode(envelope.request("raise", 3, "dev", {"guest": "vm", "device": "nic"})), 1.0)
+    assert envelope.decode_incoming(out.reply)["error"] == "ESRCH" and out.sends == []
