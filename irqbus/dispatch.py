@@ -239,7 +239,7 @@ class IrqBus:
                 outcome.digest = None
             return
         assert outcome.client is not None and outcome.op is not None and outcome.seq is not None
-        outcome.reply = envelope.encode(envelope.ok_reply(outcome.seq, outcome.result))
+        outcome.reply = envelope.encode_ok(outcome.seq, outcome.result)
         kept = None if outcome.read_only else outcome.reply
         self.record.remember(outcome.client, outcome.seq, outcome.digest, kept, now, changed=not outcome.read_only)
         outcome.result = None
