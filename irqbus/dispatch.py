@@ -196,19 +196,12 @@ class IrqBus:
             if waiting.op != req.op:
                 return self._error(req, client, peer, ErrorCode.EPROTO, replay_refusal(Verdict.REUSED, req.seq))
             return Outcome(None, req.op, req.seq, client, replayed=True, fields={"query": waiting.id}, peer=peer)
-        if latest is not None and req.op in _SIGNALS:
-            args = req.args
-            if len(args) == 2:
-                ref, name = args.get("guest"), args.get("device")
-                # str or int exactly: True == 1 as a dict key, but a bool is no domain
-                if (type(ref) is str or type(ref) is int) and type(name) is str:
-                    route = self._signal_routes.get((peer.key, req.op, ref, name))
-                    if route is not None:
-                        done = self._signal(req.op, route[0], route[1], 1)
-                        return Outcome(None, req.op, req.seq, client, fields=done.fields, sends=done.sends, result=done.result,
-                                       digest=frame_digest, peer=peer)
-
         try:
+            route = self._known_route(req, peer) if latest is not None and req.op in _SIGNALS else None
+            if route is not None:  # the fast lane: checked before, nothing it depends on changed since
+                done = self._signal(req.op, route[0], route[1], 1)
+                return Outcome(None, req.op, req.seq, client, fields=done.fields, sends=done.sends, result=done.result,
+                               digest=frame_digest, peer=peer)
             served = self._served.get(req.op)
             if served is None:
                 lookup(req.op, Endpoint.IRQBUS)  # raises ENOSYS or EPERM, saying which
@@ -229,6 +222,18 @@ class IrqBus:
             return outcome
         return Outcome(None, req.op, req.seq, client, fields=done.fields, sends=done.sends, result=done.result,
                        digest=frame_digest, read_only=op.read_only, peer=peer, reply_wanted=op.name != "chip" or args.get("reply") is not False)
+
+    def _known_route(self, req: envelope.Request, peer: Peer) -> tuple[GuestMachine, Device] | None:
+        """The route a signal naming just its guest and device found before (`_signal_route`);
+        None when it must go the whole way. Only for a client with a record: a new one's change
+        must first be admitted to the replay record."""
+        args = req.args
+        if len(args) != 2:
+            return None
+        ref, name = args.get("guest"), args.get("device")
+        if (type(ref) is str or type(ref) is int) and type(name) is str:  # exactly: True == 1 as a key, but no domain
+            return self._signal_routes.get((peer.key, req.op, ref, name))
+        return None
 
     def commit(self, outcome: Outcome, now: float) -> None:
         """Encode an executed request's reply and record it for retries."""
