@@ -33,7 +33,19 @@ ratio and the goal (at most 1.5x).
 interrupt (an i8259 pin holds one request while the previous one is in service, until the
 guest's ack comes back); the relay cannot merge, so any there are losses.
 
+`--profile` (issue 15) also says where the time goes, stage by stage, from the device's send to
+the guest's handler and then the way back: `irqbus serve --profile FILE` times each stage of
+every message (irqbus/stages.py: the stage functions are wrapped only then), the bench's guest
+and device time theirs, and the records of the three processes are joined on the raise's seq
+and generation; the hops between processes come from CLOCK_MONOTONIC instants, one clock for
+the whole host. `--busy N` runs everything under a stated background load (N CPU hogs:
+`stress-ng --cpu N` when installed, else Python spinners) and says which; the load average is
+printed at the start and end of every run. The closing table gives per path and mode the
+ratios against the goal (p50 <= 1.3x, p99 <= 1.5x, throughput >= 0.8x the relay) and the floor
+(p50 <= 1.5x, p99 <= 2x).
+
     python bench/irq_bench.py [--samples 3000] [--rounds 100] [--period-ms 1] [--seconds 3] [--modes insecure,curve]
+                              [--paths ...] [--profile] [--busy [N]]
 """
 
 from __future__ import annotations
@@ -66,7 +78,9 @@ MODES = (INSECURE, CURVE)
 GUEST_KEY, DEVICE_KEY = "guest-bench", "device"
 GUEST_DOMID = 1
 GUEST_NAME = "bench"  # the domain's name, as the hypervisor would tell irqbus: the guest attaches under it
-P50_GOAL, P99_GOAL = 1.5, 2.0
+# issue 15: the goal, on every path, quiet machine and busy; and the floor below which it fails outright
+P50_GOAL, P99_GOAL, RATE_GOAL = 1.3, 1.5, 0.8
+P50_FLOOR, P99_FLOOR = 1.5, 2.0
 
 PATHS = {  # name: (guest --device spec, irqbus attach args)
     "i8259 edge pin 5": ("bench0:pin=5:edge", {"pin": 5, "trigger": "edge"}),
@@ -597,15 +611,21 @@ def run(args: argparse.Namespace) -> int:
                 for mode, m in by_mode.items():
                     print_profile(name, mode, stage_rows(Path(tmp), mode, m.sent))
     print()
-    print(f"{'mode':<9} {'path':<20} {'relay p50 us':>12} {'irqbus p50 us':>13} {'p50 x':>6}   goal")  # 3 decimals: 1.504 is not met
+    print(f"{'mode':<9} {'path':<20} {'relay p50':>9} {'irqbus p50':>10} {'p50 x':>6} {'p99 x':>6} {'rate x':>6}   "
+          f"goal ({P50_GOAL}/{P99_GOAL}/{RATE_GOAL})   floor ({P50_FLOOR}/{P99_FLOOR})")  # 3 decimals: 1.304 is not met
     for name, mode, m in sorted(results, key=lambda row: args.modes.index(row[1])):
-        ratio = m.irqbus["p50"] / m.relay["p50"]
-        print(f"{mode:<9} {name:<20} {m.relay['p50']:>12.0f} {m.irqbus['p50']:>13.0f} {ratio:>6.3f}   "
-              f"at most {P50_GOAL}x: {'met' if ratio <= P50_GOAL else 'NOT met'}")
+        r50, r99, rr = m.irqbus["p50"] / m.relay["p50"], m.irqbus["p99"] / m.relay["p99"], m.irqbus["rate"] / m.relay["rate"]
+        goal = r50 <= P50_GOAL and r99 <= P99_GOAL and rr >= RATE_GOAL
+        floor = r50 <= P50_FLOOR and r99 <= P99_FLOOR
+        print(f"{mode:<9} {name:<20} {m.relay['p50']:>9.0f} {m.irqbus['p50']:>10.0f} {r50:>6.3f} {r99:>6.3f} {rr:>6.3f}   "
+              f"{'met' if goal else 'NOT met':<19}   {'met' if floor else 'NOT met'}")
     for mode in args.modes:
-        ok = all(m.irqbus["p50"] <= P50_GOAL * m.relay["p50"] and m.irqbus["p99"] <= P99_GOAL * m.relay["p99"]
-                 for _, md, m in results if md == mode)
-        print(f"goal ({mode}): p50 within {P50_GOAL}x and p99 within {P99_GOAL}x of the relay:", "met" if ok else "NOT met")
+        rows = [m for _, md, m in results if md == mode]
+        goal = all(m.irqbus["p50"] <= P50_GOAL * m.relay["p50"] and m.irqbus["p99"] <= P99_GOAL * m.relay["p99"]
+                   and m.irqbus["rate"] >= RATE_GOAL * m.relay["rate"] for m in rows)
+        floor = all(m.irqbus["p50"] <= P50_FLOOR * m.relay["p50"] and m.irqbus["p99"] <= P99_FLOOR * m.relay["p99"] for m in rows)
+        print(f"{mode}: goal (p50 <= {P50_GOAL}x, p99 <= {P99_GOAL}x, rate >= {RATE_GOAL}x the relay, every path):",
+              "met" if goal else "NOT met", f"; floor (p50 <= {P50_FLOOR}x, p99 <= {P99_FLOOR}x):", "met" if floor else "NOT met")
     print(f"load average at end: {load_average()}")
     return 0
 
