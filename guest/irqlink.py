@@ -24,6 +24,7 @@ FIRST_DYNAMIC_VECTOR = 0x31
 LAST_DYNAMIC_VECTOR = 0xEF  # 0xF0 and up are the local APIC's own vectors in Linux
 MSI_ADDRESS = 0xFEE00000  # destination APIC ID 0 (the guest's one CPU), physical mode
 _PIN_SIDE = (ChipOpKind.MASK, ChipOpKind.UNMASK)
+_KIND_TEXT = {kind: kind.value for kind in ChipOpKind}  # a plain str each: Enum.value is a property lookup per use
 
 
 @dataclass(slots=True)  # not frozen: one per interrupt, and a frozen init costs 3x
@@ -207,16 +208,16 @@ class IrqLink:
         for op in ops:
             irq = op.irq
             if irq < ISA_IRQS:  # the 8259's ack is its EOI command
-                commands.append({"kind": op.kind.value, "pin": irq})
+                commands.append({"kind": _KIND_TEXT[op.kind], "pin": irq})
             elif irq < IOAPIC_PINS:
                 # An edge entry has no remote IRR: its ack is the local APIC's EOI alone
                 # (Linux ioapic_ack_edge), nothing for irqbus. A level entry needs the EOI.
                 if op.kind in _PIN_SIDE or self.irq.lookup(irq).trigger is Trigger.LEVEL:
-                    commands.append({"kind": op.kind.value, "pin": irq})
+                    commands.append({"kind": _KIND_TEXT[op.kind], "pin": irq})
             elif op.kind in _PIN_SIDE:
                 device = self._msi_device.get(irq)
                 if device is not None:
-                    commands.append({"kind": op.kind.value, "device": device})
+                    commands.append({"kind": _KIND_TEXT[op.kind], "device": device})
         if not commands and not cleared:
             return None
         args: dict[str, Any] = {}
