@@ -24,6 +24,7 @@ FIRST_DYNAMIC_VECTOR = 0x31
 LAST_DYNAMIC_VECTOR = 0xEF  # 0xF0 and up are the local APIC's own vectors in Linux
 MSI_ADDRESS = 0xFEE00000  # destination APIC ID 0 (the guest's one CPU), physical mode
 _PIN_SIDE = (ChipOpKind.MASK, ChipOpKind.UNMASK)
+_KIND_TEXT = {kind: kind.value for kind in ChipOpKind}  # a plain str each: Enum.value is a property lookup per use
 
 
 @dataclass(slots=True)  # not frozen: one per interrupt, and a frozen init costs 3x
@@ -198,23 +199,25 @@ class IrqLink:
 
     # -- traffic -----------------------------------------------------------------------------------
 
-    def chip_request(self, ops: list[ChipOp], cleared: list[list[Any]]) -> Request | None:
+    def chip_request(self, ops: list[ChipOp], cleared: list[list[Any]], reply: bool = True) -> Request | None:
         """genirq's chip operations as irqbus names them: pins 0-23 and MSI devices. The ack /
-        EOI of an MSI or of an IOAPIC edge line is the local APIC's alone, so it is not sent."""
+        EOI of an MSI or of an IOAPIC edge line is the local APIC's alone, so it is not sent.
+        `reply` False: irqbus answers only a refusal (an interrupt's ack: one message fewer
+        each time, and the guest's shell reads no reply it would only drop)."""
         commands = []
         for op in ops:
             irq = op.irq
             if irq < ISA_IRQS:  # the 8259's ack is its EOI command
-                commands.append({"kind": op.kind.value, "pin": irq})
+                commands.append({"kind": _KIND_TEXT[op.kind], "pin": irq})
             elif irq < IOAPIC_PINS:
                 # An edge entry has no remote IRR: its ack is the local APIC's EOI alone
                 # (Linux ioapic_ack_edge), nothing for irqbus. A level entry needs the EOI.
                 if op.kind in _PIN_SIDE or self.irq.lookup(irq).trigger is Trigger.LEVEL:
-                    commands.append({"kind": op.kind.value, "pin": irq})
+                    commands.append({"kind": _KIND_TEXT[op.kind], "pin": irq})
             elif op.kind in _PIN_SIDE:
                 device = self._msi_device.get(irq)
                 if device is not None:
-                    commands.append({"kind": op.kind.value, "device": device})
+                    commands.append({"kind": _KIND_TEXT[op.kind], "device": device})
         if not commands and not cleared:
             return None
         args: dict[str, Any] = {}
@@ -222,6 +225,8 @@ class IrqLink:
             args["ops"] = commands
         if cleared:
             args["clear"] = cleared
+        if not reply:
+            args["reply"] = False
         return Request("chip", args)
 
     def on_irq(self, args: Any, now: float) -> Request | None:
@@ -252,7 +257,7 @@ class IrqLink:
         self.registers.load(status)
         ops = self.irq.handle(irq, now)
         self.delivered += 1
-        return self.chip_request(ops, self.registers.take_cleared())
+        return self.chip_request(ops, self.registers.take_cleared(), reply=False)
 
     def _malformed(self, fallback: dict[str, int]) -> dict[str, int]:
         self.malformed += 1

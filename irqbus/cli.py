@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--endpoint", help=ep_help)
     serve.add_argument("--query-timeout", type=seconds, default=DEFAULT_QUERY_TIMEOUT_S, help="seconds a guest has to answer a forwarded query")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--profile", metavar="FILE", help="time each stage of every message and write the records to FILE (JSON) "
+                       "when stopped: for bench/irq_bench.py --profile; slows every message a little")
     security.add_arguments(serve, "irqbus")
 
     def client_command(name: str, help_text: str, key: str = "toolstack") -> argparse.ArgumentParser:
@@ -117,6 +119,12 @@ def serve(args: argparse.Namespace) -> int:
         return failed
     log.info("keys", **security.current().describe())
     stop = stop_on_signals()
+    stages = None
+    if args.profile:
+        from irqbus.stages import StageClock, install_irqbus
+
+        stages = StageClock()
+        install_irqbus(stages)
     bus = IrqBus(args.query_timeout, started=time.monotonic())
     service = IrqbusService(bus, endpoint, log, debug=args.log_level == "debug")
     # a new epoch: guests and devices re-declare their wiring here (docs/protocol.md, "irqbus restarts")
@@ -125,6 +133,8 @@ def serve(args: argparse.Namespace) -> int:
         service.serve(stop.is_set)
     finally:
         service.close()
+        if stages is not None:
+            stages.dump(args.profile)
         log.info("stopped", guests=len(service.bus.router))
     return 0
 

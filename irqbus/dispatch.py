@@ -29,6 +29,13 @@ from wire.shown import clip
 
 SHOW_PAGE_BYTES = 512 * 1024  # half the message limit: the envelope and one more guest always fit
 
+# A device's signal, as the fast lane takes it (IrqBus._signal_routes): the operation and how
+# its device is driven.
+_SIGNALS = frozenset({"raise", "pulse", "msi"})
+# What cannot change who may drive which device where: every other operation clears the routes.
+_ROUTE_NEUTRAL = frozenset({"raise", "pulse", "msi", "lower", "chip", "show", "interrupts", "answer", "locate", "send_virq", "bind_virq"})
+MAX_SIGNAL_ROUTES = 4096
+
 # Per-interrupt traffic is logged at debug level; everything else at info.
 QUIET_OPS = frozenset({"chip", "raise", "lower", "pulse", "msi", "show", "answer", "interrupts", "send_virq", "locate", "owners"})
 
@@ -56,6 +63,7 @@ class Outcome:
     digest: int | None = None  # the request frame's, for the replay record
     read_only: bool = False
     peer: Peer = INSECURE  # the caller's key, for the log line
+    reply_wanted: bool = True  # False: a `chip` with "reply": false that succeeded; its reply is recorded, not sent
 
 
 @dataclass(slots=True)
@@ -65,14 +73,47 @@ class _Result:
     sends: list[Send] = field(default_factory=list)
 
 
-def irq_events(machine: GuestMachine, deliveries: list[Delivery], epoch: int) -> list[Send]:
+def irq_events(machine: GuestMachine, deliveries: list[Delivery], epoch: int, frames: EventFrames | None = None) -> list[Send]:
     """Each delivery becomes an `irq` event on the guest's own session, and nowhere else, with
     this instance's epoch (its generations compare with this instance's only: wire.epoch);
-    once events were dropped for it (irqbus.backlog), each carries the count so far."""
+    once events were dropped for it (irqbus.backlog), each carries the count so far.
+    `frames`: the encoder that packs only what changes per interrupt (the same bytes)."""
     client, encode, event = machine.client, envelope.encode, envelope.event
     if machine.dropped:
         return [Send(client, encode(event("irq", {**d.event_args(epoch), "dropped": machine.dropped}))) for d in deliveries]
+    if frames is not None:
+        return [Send(client, frames.encode(d)) for d in deliveries]
     return [Send(client, encode(event("irq", d.event_args(epoch)))) for d in deliveries]
+
+
+class EventFrames:
+    """`irq` events packed the way envelope.encode packs them, byte for byte, with all but the
+    status latches packed once per route (vector, controller, pin or device): an interrupt
+    costs packing its status map. Bounded: past MAX_SIGNAL_ROUTES routes it starts again."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._parts: dict[tuple[int, str, int | None, str | None], tuple[bytes, bytes]] = {}
+
+    def encode(self, d: Delivery) -> bytes:
+        key = (d.vector, d.source, d.pin, d.device)
+        parts = self._parts.get(key)
+        if parts is None:
+            parts = self._parts_of(d)
+            if len(self._parts) >= MAX_SIGNAL_ROUTES:
+                self._parts.clear()
+            self._parts[key] = parts
+        head, tail = parts
+        return b"".join((head, envelope.encode(d.status), tail))
+
+    def _parts_of(self, d: Delivery) -> tuple[bytes, bytes]:
+        """The frame of `d` split around its status map: what comes before, what after."""
+        args = d.event_args(self.epoch)
+        marker = {"status": "\x00"}  # a stand-in of known bytes where the status map goes
+        whole = envelope.encode(envelope.event("irq", {**args, **marker}))
+        cut = envelope.encode("\x00")
+        at = whole.index(envelope.encode("status") + cut) + len(envelope.encode("status"))
+        return whole[:at], whole[at + len(cut):]
 
 
 class IrqBus:
@@ -108,6 +149,11 @@ class IrqBus:
         }
         # Each operation with its argument schema, looked up once per request.
         self._served = {name: (lookup(name, Endpoint.IRQBUS), handler) for name, handler in self._handlers.items()}
+        # The fast lane of a device's signal: (key, op, guest, device) as a request named them
+        # -> the machine and device its checks found, kept until anything that could change
+        # them (an attach, a plug, `owners`, new rights: whatever is not _ROUTE_NEUTRAL)
+        self._signal_routes: dict[tuple[str | None, str, int | str, str], tuple[GuestMachine, Device]] = {}
+        self._frames = EventFrames(self.epoch)
 
     # -- the shell's entry points ------------------------------------------------------------------
 
@@ -150,13 +196,19 @@ class IrqBus:
             if waiting.op != req.op:
                 return self._error(req, client, peer, ErrorCode.EPROTO, replay_refusal(Verdict.REUSED, req.seq))
             return Outcome(None, req.op, req.seq, client, replayed=True, fields={"query": waiting.id}, peer=peer)
-
         try:
+            route = self._known_route(req, peer) if latest is not None and req.op in _SIGNALS else None
+            if route is not None:  # the fast lane: checked before, nothing it depends on changed since
+                done = self._signal(req.op, route[0], route[1], 1)
+                return Outcome(None, req.op, req.seq, client, fields=done.fields, sends=done.sends, result=done.result,
+                               digest=frame_digest, peer=peer)
             served = self._served.get(req.op)
             if served is None:
                 lookup(req.op, Endpoint.IRQBUS)  # raises ENOSYS or EPERM, saying which
                 raise WireError(ErrorCode.ENOSYS, f"operation {clip(req.op, 60)!r} is not served by irqbus")
             op, handler = served
+            if op.name not in _ROUTE_NEUTRAL and self._signal_routes:
+                self._signal_routes.clear()
             args = op.validate(req.args)
             if req_peer and op.name == "attach":
                 raise WireError(ErrorCode.EPROTO, "a guest must connect a DEALER socket: irqbus sends it events, which a REQ socket cannot take")
@@ -169,7 +221,19 @@ class IrqBus:
                 self.record.remember(client, req.seq, frame_digest, outcome.reply, now, changed=False)
             return outcome
         return Outcome(None, req.op, req.seq, client, fields=done.fields, sends=done.sends, result=done.result,
-                       digest=frame_digest, read_only=op.read_only, peer=peer)
+                       digest=frame_digest, read_only=op.read_only, peer=peer, reply_wanted=op.name != "chip" or args.get("reply") is not False)
+
+    def _known_route(self, req: envelope.Request, peer: Peer) -> tuple[GuestMachine, Device] | None:
+        """The route a signal naming just its guest and device found before (`_signal_route`);
+        None when it must go the whole way. Only for a client with a record: a new one's change
+        must first be admitted to the replay record."""
+        args = req.args
+        if len(args) != 2:
+            return None
+        ref, name = args.get("guest"), args.get("device")
+        if (type(ref) is str or type(ref) is int) and type(name) is str:  # exactly: True == 1 as a key, but no domain
+            return self._signal_routes.get((peer.key, req.op, ref, name))
+        return None
 
     def commit(self, outcome: Outcome, now: float) -> None:
         """Encode an executed request's reply and record it for retries."""
@@ -180,7 +244,7 @@ class IrqBus:
                 outcome.digest = None
             return
         assert outcome.client is not None and outcome.op is not None and outcome.seq is not None
-        outcome.reply = envelope.encode(envelope.ok_reply(outcome.seq, outcome.result))
+        outcome.reply = envelope.encode_ok(outcome.seq, outcome.result)
         kept = None if outcome.read_only else outcome.reply
         self.record.remember(outcome.client, outcome.seq, outcome.digest, kept, now, changed=not outcome.read_only)
         outcome.result = None
@@ -226,7 +290,7 @@ class IrqBus:
         if not deliveries:
             return []
         allowed = self.backlog.admit(machine, len(deliveries))
-        return irq_events(machine, deliveries if allowed == len(deliveries) else deliveries[:allowed], self.epoch)
+        return irq_events(machine, deliveries if allowed == len(deliveries) else deliveries[:allowed], self.epoch, self._frames)
 
     def _session(self, client: str, now: float, peer: Peer) -> GuestMachine:
         """The caller's own session. One attached by the toolstack's right (no owner key) is
@@ -350,6 +414,7 @@ class IrqBus:
         longer a toolstack key is ended, so its revoked key stops receiving the guest's
         interrupts too (its requests are refused from the first one after: _session).
         Returns the sends for its open queries and the sessions ended (name/domid)."""
+        self._signal_routes.clear()
         sends: list[Send] = []
         ended = []
         for machine in list(self.router.guests.values()):
@@ -454,13 +519,27 @@ class IrqBus:
         return _Result({"device": device.name}, self._guest_fields(machine, device=device.name), self._events(machine, deliveries))
 
     def _raise(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
-        machine, device = self._device(peer, args, "raise")
-        done = machine.raise_device(device, args.get("count", 1))
-        return self._raised(machine, device, done.deliveries, done.merged)
+        machine, device = self._signal_route(peer, args, "raise")
+        return self._signal("raise", machine, device, args.get("count", 1))
 
     def _pulse(self, client: str, peer: Peer, args: dict[str, Any], now: float, seq: int) -> _Result:
-        machine, device = self._device(peer, args, "pulse")
-        done = machine.pulse_device(device, args.get("count", 1))
+        machine, device = self._signal_route(peer, args, "pulse")
+        return self._signal("pulse", machine, device, args.get("count", 1))
+
+    def _signal_route(self, peer: Peer, args: dict[str, Any], op: str) -> tuple[GuestMachine, Device]:
+        """The device a signal names, if `peer` may drive it (`_device`); a request naming just
+        the guest and device leaves the answer for the fast lane (`execute`) to find again."""
+        machine, device = self._device(peer, args, op)
+        if op == "msi" and device.kind is not DeviceKind.MSI:
+            raise WireError(ErrorCode.EINVAL, f"device {device.name} is on pin {device.pin}, not an MSI device")
+        if len(args) == 2:
+            if len(self._signal_routes) >= MAX_SIGNAL_ROUTES:
+                self._signal_routes.clear()
+            self._signal_routes[peer.key, op, args["guest"], args["device"]] = (machine, device)
+        return machine, device
+
+    def _signal(self, op: str, machine: GuestMachine, device: Device, count: int) -> _Result:
+        done = machine.pulse_device(device, count) if op == "pulse" else machine.raise_device(device, count)
         return self._raised(machine, device, done.deliveries, done.merged)
 
     def _raised(self, machine: GuestMachine, device: Device, deliveries: list[Delivery], merged: int) -> _Result:
@@ -481,11 +560,8 @@ class IrqBus:
         if raw == (False, False):
             if "device" not in args:
                 raise WireError(ErrorCode.EINVAL, "msi: name a 'device', or give 'address' and 'data'")
-            machine, device = self._device(peer, args, "msi")
-            if device.kind is not DeviceKind.MSI:
-                raise WireError(ErrorCode.EINVAL, f"device {device.name} is on pin {device.pin}, not an MSI device")
-            done = machine.raise_device(device, count)
-            return self._raised(machine, device, done.deliveries, done.merged)
+            machine, device = self._signal_route(peer, args, "msi")
+            return self._signal("msi", machine, device, count)
         if raw != (True, True):
             raise WireError(ErrorCode.EINVAL, "msi: 'address' and 'data' go together")
         machine = self.router.resolve(args["guest"])

@@ -290,6 +290,24 @@ class PIC:
             self._irr &= ~bit
         self._update_output()
 
+    # -- the fast route (irqbus.machine) -------------------------------------------------------
+
+    def _takes_edge(self, pin: int) -> bool:
+        """Whether a rising edge on `pin` would be delivered by the very next INTA and leave
+        nothing else pending: the input idle (edge-triggered, low, no request latched,
+        unmasked), INT low (nothing else deliverable) and nothing of higher or equal priority
+        in service. Then the net effect of the edge, INTA and the line falling again is the
+        ISR bit alone: `_intack` clears the edge request it latched, and INT stays low, since
+        no other request outranked the in-service ones before and the new ISR bit only blocks more."""
+        bit = 1 << pin
+        if self._output or self.auto_eoi or self.special_fully_nested or (self._elcr | self._lines | self._irr | self._imr) & bit:
+            return False
+        ranks = _RANKS[self._priority_add]
+        return ranks[bit] < ranks[self._isr]
+
+    def _take_edge(self, pin: int) -> None:
+        self._isr |= 1 << pin
+
     def acknowledge(self) -> int:
         """INTA on this chip alone: the delivered pin, or 7 (spurious, no ISR bit) if none.
 
@@ -428,6 +446,24 @@ class CascadedPICs:
         return chip.is_masked(pin)
 
     # -- output, INTA, EOI ----------------------------------------------------------------
+
+    def pulse_taken(self, irq: int) -> bool:
+        """A pulse on ISA IRQ `irq` delivered in one step when both chips' state allows it
+        (PIC._takes_edge; a slave IRQ's request reaches the master as a rising edge on the
+        cascade input, so the master must take that one too): the ISR bits set, as the edge,
+        the INTA cycle and the falling line would leave them, and True. False, nothing
+        changed, otherwise: the caller then drives the line through `set_line` and INTA."""
+        if irq < PINS_PER_PIC:
+            if irq == CASCADE_PIN or not self.master._takes_edge(irq):
+                return False
+            self.master._take_edge(irq)
+            return True
+        pin = irq - PINS_PER_PIC
+        if not (self.slave._takes_edge(pin) and self.master._takes_edge(CASCADE_PIN)):
+            return False
+        self.slave._take_edge(pin)
+        self.master._take_edge(CASCADE_PIN)
+        return True
 
     def pending_output(self) -> bool:
         """The master's INT output: whether the CPU should run an INTA cycle."""

@@ -216,6 +216,30 @@ class IOAPIC:
             return [self._send(pin)]
         return []
 
+    # -- the fast routes (irqbus.machine): one test of the entry, then the net effect -----------
+
+    def pulse_sends(self, pin: int) -> int | None:
+        """A low-high-low pulse on an idle edge pin, in one step: the vector an unmasked,
+        active-high edge entry sends for it, the table and line unchanged afterwards (what
+        `set_line` up then down does). None, nothing changed, for any other state: the caller
+        drives `set_line` itself."""
+        entry = self._entries[pin]
+        if entry.trigger is TriggerMode.EDGE and not entry.masked and entry.polarity is Polarity.ACTIVE_HIGH and not self._lines[pin]:
+            return entry.vector
+        return None
+
+    def rise_sends(self, pin: int) -> int | None:
+        """A low line going high on an idle level pin, in one step: an unmasked, active-high
+        level entry with Remote IRR clear sends and waits for its EOI (what `set_line(pin, True)`
+        does then). None, nothing changed, for any other state."""
+        entry = self._entries[pin]
+        if (entry.trigger is TriggerMode.LEVEL and not entry.masked and not entry.remote_irr
+                and entry.polarity is Polarity.ACTIVE_HIGH and not self._lines[pin]):
+            self._lines[pin] = True
+            self._set_remote_irr(pin, True)
+            return entry.vector
+        return None
+
     def set_line(self, pin: int, level: bool) -> list[Delivery]:
         """Drive input `pin` to the raw electrical `level` (polarity applied here).
 

@@ -139,6 +139,8 @@ class GuestMachine:
         self.devices: dict[str, Device] = {}
         self._on_pin: dict[int, list[Device]] = {}
         self._free_sources = list(range(MAX_PIN_DEVICES - 1, -1, -1))
+        self.fast_routes = True  # False: every interrupt through the full model (tests compare the two)
+        self._msi_index: dict[int, list[Device]] | None = None
         self.delivered = 0
         self.unread = 0  # events sent since the guest's session last made a request (irqbus.backlog)
         self.dropped = 0  # events irqbus did not send: the guest was not reading
@@ -164,11 +166,13 @@ class GuestMachine:
         else:
             device = Device(name, kind, msix=MsixTable(1))
         self.devices[name] = device
+        self._msi_index = None
         return device
 
     def remove_device(self, device: Device) -> list[Delivery]:
         """Unplug: whatever the device drove on its pin goes away with it."""
         del self.devices[device.name]
+        self._msi_index = None
         if device.kind is not DeviceKind.PIN:
             return []
         assert device.pin is not None and device.source is not None
@@ -254,6 +258,7 @@ class GuestMachine:
         message = msi_message(address, data)
         assert device.msix is not None
         device.msix.program(0, message.address, message.data)
+        self._msi_index = None
         return []
 
     def check_chip(self, commands: list[ChipCommand], clears: list[tuple[Device, int]]) -> None:
@@ -337,11 +342,37 @@ class GuestMachine:
         return self._apic(self.ioapic.set_line(pin, after))
 
     def _assert(self, device: Device) -> list[Delivery]:
+        pin = device.pin
+        assert pin is not None
+        if self.fast_routes and pin >= ISA_IRQS and not device.asserted and not self._level[pin]:
+            vector = self.ioapic.rise_sends(pin)  # an idle level entry: it sends, and waits for the EOI
+            if vector is not None:
+                device.asserted = True
+                self.lines.set_source(pin, device.source, True)  # type: ignore[arg-type]
+                self._level[pin] = True
+                self.delivered += 1
+                return [Delivery(vector, Source.IOAPIC, pin, None, self._pin_status(pin))]
         return self._set_source(device, True)
 
     def _pulse(self, device: Device) -> list[Delivery]:
-        """Drive the line the other way and back: up-down normally, down-up while held."""
+        """Drive the line the other way and back: up-down normally, down-up while held.
+
+        The fast route: a line nobody holds, into an idle input (the chips' `pulse_taken` /
+        `pulse_sends` say when), is one delivery whose only trace is in the controller; the
+        shared-line bits, the line levels and the device's own go up and down again."""
         held = device.asserted
+        pin = device.pin
+        if self.fast_routes and not held and not self._level[pin]:  # type: ignore[index]
+            assert pin is not None
+            if pin < ISA_IRQS:
+                if self.pics.pulse_taken(pin):
+                    self.delivered += 1
+                    return [Delivery(self._pic_vector[pin], Source.PIC, pin, None, self._pin_status(pin))]
+            else:
+                vector = self.ioapic.pulse_sends(pin)
+                if vector is not None:
+                    self.delivered += 1
+                    return [Delivery(vector, Source.IOAPIC, pin, None, self._pin_status(pin))]
         out = self._set_source(device, not held)
         return out + self._set_source(device, held)
 
@@ -381,7 +412,31 @@ class GuestMachine:
         # Entries start masked; before the driver programs and unmasks it, a fire only sets
         # the pending bit and is delivered on unmask.
         message = device.msix.fire(0)
-        return [] if message is None else [self._msi_delivery(message.vector, device)]
+        if message is None:
+            return []
+        if not self.fast_routes:
+            return [self._msi_delivery(message.vector, device)]
+        # the devices behind the vector come from an index, not a walk over every device
+        status = {}
+        for other in self._msi_on_vector().get(message.vector, ()):
+            if other.status:
+                status[other.name] = other.gen
+                other.seen_gen = other.gen
+        self.delivered += 1
+        return [Delivery(message.vector, Source.MSI, None, device.name, status)]
+
+    def _msi_on_vector(self) -> dict[int, list[Device]]:
+        """MSI devices by the vector their entry is programmed with, in plug order (the order
+        `_msi_delivery` finds them in); rebuilt after a device comes, goes or is reprogrammed."""
+        index = self._msi_index
+        if index is None:
+            index = {}
+            for device in self.devices.values():
+                message = device.msix.message(0) if device.msix is not None else None
+                if message is not None:
+                    index.setdefault(message.vector, []).append(device)
+            self._msi_index = index
+        return index
 
     def _msi_delivery(self, vector: int, writer: Device | None) -> Delivery:
         status = {}

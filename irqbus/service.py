@@ -121,7 +121,7 @@ class IrqbusService:
             self._routes[client] = route
         self._push(outcome)  # a guest's interrupt first; the device's reply can wait a little
         self.bus.commit(outcome, now)
-        if outcome.reply is not None:
+        if outcome.reply is not None and outcome.reply_wanted:
             multipart.send(self.socket, [*route, outcome.reply])
         self._log(outcome)
 

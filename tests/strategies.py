@@ -509,6 +509,8 @@ def _chip(draw: Any, world: BusWorld, guest: BusGuest | None) -> dict[str, Any]:
         ]
     if draw(st.booleans()):
         args["clear"] = [[_device(draw, world, guest), draw(st.integers(1, 6))] for _ in range(draw(st.integers(0, 3)))]
+    if _chance(draw, 3):
+        args["reply"] = draw(st.booleans())
     return args
 
 

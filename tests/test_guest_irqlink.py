@@ -137,19 +137,20 @@ def test_chip_operations_are_translated_per_controller():
     for driver in link.drivers:
         setup = link.setup(driver)
         vectors[driver.name] = setup.program[0].args.get("vector", setup.program[0].args.get("data"))
-    # i8259 level: mask, ack (= the 8259's EOI), unmask; the handler's clear rides along
+    # i8259 level: mask, ack (= the 8259's EOI), unmask; the handler's clear rides along; an
+    # interrupt's ack wants no reply (irqbus answers only a refusal)
     req = link.on_irq({"vector": 0x25, "status": {"a": 1}}, 1.0)
-    assert req == Request("chip", {"ops": [{"kind": "mask", "pin": 5}, {"kind": "ack", "pin": 5}, {"kind": "unmask", "pin": 5}], "clear": [["a", 1]]})
+    assert req == Request("chip", {"ops": [{"kind": "mask", "pin": 5}, {"kind": "ack", "pin": 5}, {"kind": "unmask", "pin": 5}], "clear": [["a", 1]], "reply": False})
     # i8259 edge: the same level flow (make_8259A_irq: handle_level_irq on every i8259 line)
     assert link.on_irq({"vector": 0x26, "status": {}}, 1.0) == Request(
-        "chip", {"ops": [{"kind": "mask", "pin": 6}, {"kind": "ack", "pin": 6}, {"kind": "unmask", "pin": 6}]}
+        "chip", {"ops": [{"kind": "mask", "pin": 6}, {"kind": "ack", "pin": 6}, {"kind": "unmask", "pin": 6}], "reply": False}
     )
     # IOAPIC level: fasteoi sends the EOI
     req = link.on_irq({"vector": vectors["c"], "status": {"c": 2}}, 1.0)
-    assert req == Request("chip", {"ops": [{"kind": "eoi", "pin": 19}], "clear": [["c", 2]]})
+    assert req == Request("chip", {"ops": [{"kind": "eoi", "pin": 19}], "clear": [["c", 2]], "reply": False})
     # IOAPIC edge and MSI: the local APIC's EOI only, nothing for irqbus unless a clear
     assert link.on_irq({"vector": vectors["d"], "status": {}}, 1.0) is None
-    assert link.on_irq({"vector": vectors["e"], "status": {"e": 1}}, 1.0) == Request("chip", {"clear": [["e", 1]]})
+    assert link.on_irq({"vector": vectors["e"], "status": {"e": 1}}, 1.0) == Request("chip", {"clear": [["e", 1]], "reply": False})
     assert link.delivered == 5
 
 
@@ -161,7 +162,7 @@ def test_unknown_vectors_and_malformed_events_are_counted_not_fatal():
         assert link.on_irq(args, 1.0) is None
     assert link.unknown_vectors == 5
     assert link.on_irq({"vector": 0x25, "status": {"a": "one"}}, 1.0) == Request(
-        "chip", {"ops": [{"kind": "mask", "pin": 5}, {"kind": "ack", "pin": 5}, {"kind": "unmask", "pin": 5}]}
+        "chip", {"ops": [{"kind": "mask", "pin": 5}, {"kind": "ack", "pin": 5}, {"kind": "unmask", "pin": 5}], "reply": False}
     )
     assert link.malformed == 1
     assert link.on_query({"what": "secrets", "query": 1}) is None and link.malformed == 2
@@ -324,12 +325,12 @@ def test_generations_are_compared_within_one_irqbus_instance():
     link.setup(driver)
     assert link.attached(7) and not link.attached(7)  # the same instance again changes nothing
     vector = FIRST_DYNAMIC_VECTOR
-    assert link.on_irq({"vector": vector, "status": {"net1": 5}, "epoch": 7}, 1.0) == Request("chip", {"clear": [["net1", 5]]})
+    assert link.on_irq({"vector": vector, "status": {"net1": 5}, "epoch": 7}, 1.0) == Request("chip", {"clear": [["net1", 5]], "reply": False})
     assert link.attached(9)  # irqbus restarted: its generations start again at 1
-    assert link.on_irq({"vector": vector, "status": {"net1": 1}, "epoch": 9}, 1.1) == Request("chip", {"clear": [["net1", 1]]})
+    assert link.on_irq({"vector": vector, "status": {"net1": 1}, "epoch": 9}, 1.1) == Request("chip", {"clear": [["net1", 1]], "reply": False})
     # an event the old instance queued before it died, read late: stale, neither handled nor acked
     assert link.on_irq({"vector": vector, "status": {"net1": 6}, "epoch": 7}, 1.2) is None
-    assert link.on_irq({"vector": vector, "status": {"net1": 2}, "epoch": 9}, 1.3) == Request("chip", {"clear": [["net1", 2]]})
+    assert link.on_irq({"vector": vector, "status": {"net1": 2}, "epoch": 9}, 1.3) == Request("chip", {"clear": [["net1", 2]], "reply": False})
     assert (link.stale, driver.handled, link.irq.lookup(24).count) == (1, 3, 3)
 
 

@@ -454,3 +454,19 @@ def test_locate_says_which_instance_answers_and_where_the_guest_and_device_are(b
     assert tool.call("locate", guest="vm2", device="nic0")["device"] == "elsewhere"
     out = tool.send("locate", guest="vm1", device="bad name")
     assert reply_of(out)["error"] == "EINVAL"
+
+
+@T
+def test_a_chip_request_that_wants_no_reply_is_recorded_and_answered_only_if_refused(bus, guest):
+    """An interrupt's ack ("reply": false) is executed and its reply recorded as any other --
+    a retry of the same frame is answered from the record -- but the shell is told not to
+    send it; a refused one is answered, so the guest learns of it."""
+    frame = guest.frame("chip", {"ops": [{"kind": "mask", "pin": 5}], "reply": False})
+    out = bus.handle(frame, guest.now)
+    assert out.error is None and out.reply_wanted is False and reply_of(out)["ok"]
+    retry = bus.handle(frame, guest.now)
+    assert retry.replayed and retry.reply_wanted and retry.reply == out.reply
+    refused = guest.send("chip", clear=[["nosuch", 1]], reply=False)
+    assert refused.error is not None and refused.reply_wanted and not reply_of(refused)["ok"]
+    assert guest.send("chip", ops=[{"kind": "unmask", "pin": 5}]).reply_wanted  # the default: answered
+    assert reply_of(guest.send("chip", reply=0))["error"] == "EINVAL"  # a bool, nothing else

@@ -139,15 +139,18 @@ class RpcClient:
         budget = self.retries if retries is None else retries
         attempt = 0
         started = time.monotonic()
-        longest = max(self.timeout, self.backoff_cap) if budget < 0 and self.backoff_cap is not None else self.timeout
-        waits = Backoff(longest, self.timeout)
-        wait = waits.delay()
+        wait = self.timeout  # the first wait; the backoff is worked out once an attempt goes unanswered
+        waits: Backoff | None = None
         while True:
             sent = time.monotonic()
             self._send(frame)
             reply = self._await_reply(seq, sent + wait)
             if reply is None:
                 self._unanswered(op, seq, sent)
+                if waits is None:
+                    longest = max(self.timeout, self.backoff_cap) if budget < 0 and self.backoff_cap is not None else self.timeout
+                    waits = Backoff(longest, self.timeout)
+                    waits.delay()  # the first: waited already
                 wait = waits.delay()
             else:
                 if reply["ok"]:

@@ -421,7 +421,8 @@ OPERATIONS: dict[str, Operation] = {
             Endpoint.IRQBUS,
             {"device": device_name, "address": integer(0, (1 << 64) - 1), "data": integer(0, (1 << 32) - 1)},
         ),
-        Operation("chip", Endpoint.IRQBUS, {}, {"ops": chip_commands, "clear": status_clears}),
+        # "reply": false -- a guest's per-interrupt ack: no reply when it succeeds (a refusal is answered)
+        Operation("chip", Endpoint.IRQBUS, {}, {"ops": chip_commands, "clear": status_clears, "reply": boolean}),
         Operation("bind_virq", Endpoint.IRQBUS, {"virq": choice(*VIRQS), "vector": integer(FIRST_DEVICE_VECTOR, 0xFF)}),
         Operation(
             "answer",
