@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,6 +133,10 @@ class GuestService:
         self._reported_state: DriverState | None = None
         self._report_now = False  # the driver changed state: tell the hypervisor at once
         self._heartbeat_waits = Backoff(max(settings.heartbeat_s, settings.retry_cap_s), settings.heartbeat_s)  # while the hypervisor is away
+        self._heartbeat_phase = random.random  # the first period's fraction: see run()
+        # the statistics the hypervisor acknowledged last: a heartbeat with the same ones
+        # again carries none (see _heartbeat)
+        self._acknowledged_stats: dict[str, Any] | None = None
         self.gone: DomainGone | None = None  # set when the domain ended under the guest
 
     def close(self) -> None:
@@ -193,6 +198,7 @@ class GuestService:
         for sock in [self.client.socket, *(a.socket for a in self.attachments)]:
             poller.register(sock, zmq.POLLIN)
         next_heartbeat = self.clock()
+        first_gap = True
         while not should_stop() and self.gone is None:
             self._drive(should_stop)
             if self.gone is not None:
@@ -201,7 +207,11 @@ class GuestService:
             if now >= next_heartbeat or self._report_now:
                 self._report_now = False
                 self._heartbeat(should_stop)
-                next_heartbeat = now + self._next_heartbeat_gap()
+                gap = self._next_heartbeat_gap()
+                if first_gap:  # a random phase: guests started together do not beat in lockstep
+                    first_gap = False
+                    gap *= 0.5 + self._heartbeat_phase()
+                next_heartbeat = now + gap
             for attachment in self.attachments:
                 attachment.tick(now)
             driver_due = self.balloon.next_wakeup()
@@ -230,6 +240,7 @@ class GuestService:
     # --- the hypervisor going away and coming back --------------------------------------------
 
     def _hypervisor_unreachable(self, outage: Outage) -> None:
+        self._acknowledged_stats = None  # a hypervisor back from a restart may not have them
         since = datetime.datetime.fromtimestamp(outage.since_wall, datetime.UTC).isoformat().replace("+00:00", "Z")
         self.log.warning("hypervisor unreachable", since=since, op=outage.op, seq=outage.seq, retry_cap_s=self.settings.retry_cap_s)
 
@@ -380,8 +391,14 @@ class GuestService:
             self.log.info("target changed", target_pages=target, current_pages=self.balloon.current_pages, via="push" if pushed else "heartbeat")
 
     def _heartbeat(self, should_stop: Callable[[], bool]) -> None:
+        """The statistics when they changed since the hypervisor last acknowledged them, else a
+        bare `status` (the hypervisor keeps the last ones it was sent): on a host of a thousand
+        guests at rest, nearly every heartbeat is bare, a smaller frame with nothing to check
+        or journal."""
+        stats = self.balloon.stats().to_dict()
+        args = {} if stats == self._acknowledged_stats else {"balloon": stats}
         try:
-            result = self.client.call("status", {"balloon": self.balloon.stats().to_dict()}, retries=0)
+            result = self.client.call("status", args, retries=0)
         except Unreachable:  # said once, when the outage began (_hypervisor_unreachable)
             self.log.debug("heartbeat unanswered", seq=self.client.last_seq)
             return
@@ -391,6 +408,7 @@ class GuestService:
                 return
             self.log.error("heartbeat refused", error=err.code, message=err.message)
             return
+        self._acknowledged_stats = stats
         self._apply_target(result, pushed=False)
         if "control" in result:
             self._apply_control(result["control"], pushed=False)
