@@ -119,15 +119,21 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
+MEM_SET_WINDOW = 100  # requests in flight: below ZeroMQ's high-water marks (1,000), past which replies are dropped
+
+
 def mem_set_all(tool: Toolstack, domids: list[int], target_pages: int, timeout: float = 60.0) -> None:
-    """Every domain's target, one `mem_set` each, sent back to back on one connection; returns
-    once every one is answered (an error reply raises)."""
+    """Every domain's target, one `mem_set` each, sent back to back on one connection (at most
+    MEM_SET_WINDOW unanswered); returns once every one is answered (an error reply raises)."""
     client = tool.client
-    pending = {client.post("mem_set", {"domain": d, "target_pages": target_pages}) for d in domids}
+    waiting = list(domids)
+    pending: set[int] = set()
     deadline = time.monotonic() + timeout
-    while pending:
+    while pending or waiting:
+        while waiting and len(pending) < MEM_SET_WINDOW:
+            pending.add(client.post("mem_set", {"domain": waiting.pop(), "target_pages": target_pages}))
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(pending)} mem_set requests unanswered after {timeout:g} s")
+            raise TimeoutError(f"{len(pending) + len(waiting)} mem_set requests unanswered after {timeout:g} s")
         if not client.socket.poll(100):
             continue
         body = envelope.decode_incoming(multipart.receive(client.socket)[-1])
