@@ -37,6 +37,7 @@ from wire.errors import RemoteError, Unreachable
 from wire.extent import Extent
 from wire.pages import every_page
 from wire.shown import clip
+from wire.signals import SignalWakeup, signal_wakeup
 
 DEFAULT_HEARTBEAT_S = 1.0
 # While the hypervisor is away (stopped, restarting): the longest wait between two tries of a
@@ -44,7 +45,8 @@ DEFAULT_HEARTBEAT_S = 1.0
 # hears from every guest within it (keep --reclaim-after well above it); long enough that a
 # long outage costs a few frames, not one per RPC timeout.
 DEFAULT_RETRY_CAP_S = 2.0
-MAX_IDLE_WAIT_S = 0.25  # how often the loop looks at the stop flag when nothing is due
+MAX_IDLE_WAIT_S = 0.25  # how often the loop looks at the stop flag when nothing is due, off the main thread
+MAX_SLEEP_S = 5.0  # the same on the main thread, where a signal ends the sleep (wire.signals.SignalWakeup)
 
 
 class HypervisorRestarted(Exception):
@@ -197,6 +199,21 @@ class GuestService:
         poller = zmq.Poller()
         for sock in [self.client.socket, *(a.socket for a in self.attachments)]:
             poller.register(sock, zmq.POLLIN)
+        wakeup = signal_wakeup()
+        if wakeup is not None:
+            poller.register(wakeup, zmq.POLLIN)
+        try:
+            self._loop(should_stop, poller, wakeup)
+        finally:
+            if wakeup is not None:
+                wakeup.close()
+        if self.gone is None:
+            self._shutdown()
+
+    def _loop(self, should_stop: Callable[[], bool], poller: zmq.Poller, wakeup: SignalWakeup | None) -> None:
+        """Until stopped or the domain is gone: drive the balloon, heartbeat, and sleep in one
+        poll until the next of those is due, something arrives, or (`wakeup`) a signal does."""
+        longest_sleep = MAX_IDLE_WAIT_S if wakeup is None else MAX_SLEEP_S
         next_heartbeat = self.clock()
         first_gap = True
         while not should_stop() and self.gone is None:
@@ -217,8 +234,10 @@ class GuestService:
             driver_due = self.balloon.next_wakeup()
             wakeups = [None if driver_due is None else driver_due / self.speed, *(a.next_wakeup() for a in self.attachments)]
             due = min([next_heartbeat, *(w for w in wakeups if w is not None)])
-            wait_ms = int(1000 * min(MAX_IDLE_WAIT_S, max(0.0, due - self.clock())))
+            wait_ms = int(1000 * min(longest_sleep, max(0.0, due - self.clock())))
             ready = dict(poller.poll(wait_ms))
+            if wakeup is not None and wakeup in ready:
+                wakeup.drain()
             if self.client.socket in ready:
                 event = self.client.wait_event(0)
                 if event is not None:
@@ -226,8 +245,6 @@ class GuestService:
             for attachment in self.attachments:
                 if attachment.socket in ready:
                     attachment.on_readable(self.clock())
-        if self.gone is None:
-            self._shutdown()
 
     def _next_heartbeat_gap(self) -> float:
         """The heartbeat's period; while the hypervisor is away, twice the last gap each time,
