@@ -155,6 +155,7 @@ def timed_convergence(tool: Toolstack, hypervisor_pid: int, domids: list[int], t
     """(seconds to converge, hypervisor CPU seconds meanwhile, wall seconds meanwhile)."""
     cpu0, began = cpu_seconds(hypervisor_pid), time.monotonic()
     mem_set_all(tool, domids, target_pages)
+    print(f"  {len(domids)} mem_set answered in {time.monotonic() - began:.2f} s", file=sys.stderr, flush=True)
     wait_until(lambda: converged(tool, target_pages, len(domids)), timeout, f"{len(domids)} guests to reach {target_pages} pages", 0.2)
     took = time.monotonic() - began
     return took, cpu_seconds(hypervisor_pid) - cpu0, took

@@ -335,7 +335,7 @@ class Hypervisor:
         domain = self.table.by_client(client)
         balloon = args.get("balloon")
         self.table.heard_from(domain, now, balloon)
-        if balloon is None and domain.balloon is not None:
+        if balloon is None and domain.balloon:
             domain.balloon_at = now
         return _Result({**_target(domain), "control": domain.control}, {"domid": domain.domid})
 
