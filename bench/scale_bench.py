@@ -2,7 +2,8 @@
 
 For each N the run starts a fresh hypervisor sized for N guests (its own key directory, ipc://
 endpoints, real processes through their CLIs, all stopped also on failure), then `guest fleet
---count N` (every guest with `guest run`'s default 1 s heartbeat and CURVE), and measures:
+--count N` (every guest with `guest run`'s default 1 s heartbeat and CURVE, at the fleet's default
+niceness), and measures:
 
 - registered: from starting the fleet until the hypervisor holds N domains;
 - converged down / up: a host-wide mem-set, every domain's target written, down by a quarter

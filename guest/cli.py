@@ -14,7 +14,7 @@ from pathlib import Path
 
 from guest import fleet_plan
 from guest.balloon import BalloonConfig
-from guest.fleet import STOP_TIMEOUT_S, ControlReader, Fleet, prepare_for_fork, supervise
+from guest.fleet import NICE, STOP_TIMEOUT_S, ControlReader, Fleet, prepare_for_fork, supervise
 from guest.fleet_plan import MAX_FLEET, GuestLaunch, PlanError, SizeRange
 from guest.generations import DEFAULT_GENERATION, RULES, DriverGeneration, parse_generation
 from guest.interrupts_cli import interrupt_attachments, interrupts_options, show_interrupts
@@ -160,6 +160,7 @@ def fleet_options(sub: argparse._SubParsersAction) -> None:
     fleet.add_argument("--from", dest="from_file", type=Path, metavar="FILE", help="one guest per line: NAME and its `guest run` flags (instead of --count/--memory)")
     fleet.add_argument("--log-dir", type=Path, metavar="DIR", help="each guest logs to DIR/NAME.log (default: all to this process's stderr)")
     fleet.add_argument("--start-rate", type=positive_number("a positive rate"), metavar="PER_S", help="start at most this many guests a second (default: as fast as they fork)")
+    fleet.add_argument("--nice", type=whole_number(0, 19), default=NICE, help=f"each guest's niceness over the fleet's, so that hundreds of busy guests leave the hypervisor the CPU it needs (default {NICE}; 0: as the fleet)")
     fleet.add_argument("--stop-timeout", type=seconds, default=STOP_TIMEOUT_S, help=f"on stop, seconds all guests together get before SIGKILL (default {STOP_TIMEOUT_S:g})")
     fleet.add_argument("--control", action="store_true", help="also take `start`/`stop` commands as JSON lines on stdin, and print events on stdout (for launchers)")
     fleet.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="the fleet's own log level (a guest's: `-- --log-level`)")
@@ -303,7 +304,7 @@ def fleet(args: argparse.Namespace, common: Sequence[str]) -> int:
     log = logsetup.configure(args.log_level, "fleet")
     prepare_for_fork()
     stop = stop_on_signals()
-    guests = Fleet(run, log, args.log_dir)
+    guests = Fleet(run, log, args.log_dir, args.nice)
     control = ControlReader(sys.stdin.fileno()) if args.control else None
 
     def parse_control(argv: list[str]) -> tuple[GuestLaunch, argparse.Namespace]:
