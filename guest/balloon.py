@@ -66,7 +66,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from guest.floor import minimum_target_pages
@@ -172,7 +172,10 @@ class BalloonStats:
 
     def to_dict(self) -> dict[str, Any]:
         """The heartbeat's map: a figure the generation lacks is left out; hard_limit_kb stays (nil)."""
-        return {k: v for k, v in asdict(self).items() if v is not None or k == "hard_limit_kb"}
+        return {k: v for k in _STAT_NAMES if (v := getattr(self, k)) is not None or k == "hard_limit_kb"}
+
+
+_STAT_NAMES = tuple(f.name for f in fields(BalloonStats))  # every heartbeat reads them: not asdict's deep copy
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import functools
 import os
 import socket
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from guest import fleet_plan
 from guest.balloon import BalloonConfig
-from guest.fleet import STOP_TIMEOUT_S, ControlReader, Fleet, prepare_for_fork, supervise
+from guest.fleet import NICE, STOP_TIMEOUT_S, ControlReader, Fleet, prepare_for_fork, supervise
 from guest.fleet_plan import MAX_FLEET, GuestLaunch, PlanError, SizeRange
 from guest.generations import DEFAULT_GENERATION, RULES, DriverGeneration, parse_generation
 from guest.interrupts_cli import interrupt_attachments, interrupts_options, show_interrupts
@@ -159,6 +160,7 @@ def fleet_options(sub: argparse._SubParsersAction) -> None:
     fleet.add_argument("--from", dest="from_file", type=Path, metavar="FILE", help="one guest per line: NAME and its `guest run` flags (instead of --count/--memory)")
     fleet.add_argument("--log-dir", type=Path, metavar="DIR", help="each guest logs to DIR/NAME.log (default: all to this process's stderr)")
     fleet.add_argument("--start-rate", type=positive_number("a positive rate"), metavar="PER_S", help="start at most this many guests a second (default: as fast as they fork)")
+    fleet.add_argument("--nice", type=whole_number(0, 19), default=NICE, help=f"each guest's niceness over the fleet's, so that hundreds of busy guests leave the hypervisor the CPU it needs (default {NICE}; 0: as the fleet)")
     fleet.add_argument("--stop-timeout", type=seconds, default=STOP_TIMEOUT_S, help=f"on stop, seconds all guests together get before SIGKILL (default {STOP_TIMEOUT_S:g})")
     fleet.add_argument("--control", action="store_true", help="also take `start`/`stop` commands as JSON lines on stdin, and print events on stdout (for launchers)")
     fleet.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="the fleet's own log level (a guest's: `-- --log-level`)")
@@ -248,10 +250,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@functools.cache
+def _fleet_parser() -> argparse.ArgumentParser:
+    """Built once per process: building the parser costs ~25 times parsing one command line
+    with it, and a fleet parses one per guest."""
+    return build_parser(raising=True)
+
+
 def parse_run(argv: Sequence[str]) -> tuple[GuestLaunch, argparse.Namespace]:
     """One fleet guest's `guest run` flags, checked as `guest run` checks them; UsageError if
     they would be refused."""
-    args = build_parser(raising=True).parse_args(["run", *argv])
+    args = _fleet_parser().parse_args(["run", *argv])
     if not args.name:
         raise UsageError("--name is required in a fleet")
     if (problem := refusal(args)) is not None:
@@ -295,7 +304,7 @@ def fleet(args: argparse.Namespace, common: Sequence[str]) -> int:
     log = logsetup.configure(args.log_level, "fleet")
     prepare_for_fork()
     stop = stop_on_signals()
-    guests = Fleet(run, log, args.log_dir)
+    guests = Fleet(run, log, args.log_dir, args.nice)
     control = ControlReader(sys.stdin.fileno()) if args.control else None
 
     def parse_control(argv: list[str]) -> tuple[GuestLaunch, argparse.Namespace]:
@@ -314,7 +323,9 @@ def _make_keys(guests: Sequence[argparse.Namespace]) -> str | None:
             wanted.setdefault(default_dir(args.key_dir), []).append(name)
     try:
         for path, names in wanted.items():
-            KeyDir(path).ensure_pairs(names, Role.GUEST)
+            keys = KeyDir(path)
+            keys.ensure_pairs(names, Role.GUEST)
+            keys.vet_authorized()  # once here: each guest's own check then finds it vetted (wire.keys)
     except KeyFileError as err:
         return str(err)
     except OSError as err:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from wire.errors import RemoteError, Unreachable
 from wire.extent import Extent
 from wire.pages import every_page
 from wire.shown import clip
+from wire.signals import SignalWakeup, signal_wakeup
 
 DEFAULT_HEARTBEAT_S = 1.0
 # While the hypervisor is away (stopped, restarting): the longest wait between two tries of a
@@ -43,7 +45,8 @@ DEFAULT_HEARTBEAT_S = 1.0
 # hears from every guest within it (keep --reclaim-after well above it); long enough that a
 # long outage costs a few frames, not one per RPC timeout.
 DEFAULT_RETRY_CAP_S = 2.0
-MAX_IDLE_WAIT_S = 0.25  # how often the loop looks at the stop flag when nothing is due
+MAX_IDLE_WAIT_S = 0.25  # how often the loop looks at the stop flag when nothing is due, off the main thread
+MAX_SLEEP_S = 5.0  # the same on the main thread, where a signal ends the sleep (wire.signals.SignalWakeup)
 
 
 class HypervisorRestarted(Exception):
@@ -132,6 +135,10 @@ class GuestService:
         self._reported_state: DriverState | None = None
         self._report_now = False  # the driver changed state: tell the hypervisor at once
         self._heartbeat_waits = Backoff(max(settings.heartbeat_s, settings.retry_cap_s), settings.heartbeat_s)  # while the hypervisor is away
+        self._heartbeat_phase = random.random  # the first period's fraction: see run()
+        # the statistics the hypervisor acknowledged last: a heartbeat with the same ones
+        # again carries none (see _heartbeat)
+        self._acknowledged_stats: dict[str, Any] | None = None
         self.gone: DomainGone | None = None  # set when the domain ended under the guest
 
     def close(self) -> None:
@@ -192,7 +199,23 @@ class GuestService:
         poller = zmq.Poller()
         for sock in [self.client.socket, *(a.socket for a in self.attachments)]:
             poller.register(sock, zmq.POLLIN)
+        wakeup = signal_wakeup()
+        if wakeup is not None:
+            poller.register(wakeup, zmq.POLLIN)
+        try:
+            self._loop(should_stop, poller, wakeup)
+        finally:
+            if wakeup is not None:
+                wakeup.close()
+        if self.gone is None:
+            self._shutdown()
+
+    def _loop(self, should_stop: Callable[[], bool], poller: zmq.Poller, wakeup: SignalWakeup | None) -> None:
+        """Until stopped or the domain is gone: drive the balloon, heartbeat, and sleep in one
+        poll until the next of those is due, something arrives, or (`wakeup`) a signal does."""
+        longest_sleep = MAX_IDLE_WAIT_S if wakeup is None else MAX_SLEEP_S
         next_heartbeat = self.clock()
+        first_gap = True
         while not should_stop() and self.gone is None:
             self._drive(should_stop)
             if self.gone is not None:
@@ -201,14 +224,20 @@ class GuestService:
             if now >= next_heartbeat or self._report_now:
                 self._report_now = False
                 self._heartbeat(should_stop)
-                next_heartbeat = now + self._next_heartbeat_gap()
+                gap = self._next_heartbeat_gap()
+                if first_gap:  # a random phase: guests started together do not beat in lockstep
+                    first_gap = False
+                    gap *= 0.5 + self._heartbeat_phase()
+                next_heartbeat = now + gap
             for attachment in self.attachments:
                 attachment.tick(now)
             driver_due = self.balloon.next_wakeup()
             wakeups = [None if driver_due is None else driver_due / self.speed, *(a.next_wakeup() for a in self.attachments)]
             due = min([next_heartbeat, *(w for w in wakeups if w is not None)])
-            wait_ms = int(1000 * min(MAX_IDLE_WAIT_S, max(0.0, due - self.clock())))
+            wait_ms = int(1000 * min(longest_sleep, max(0.0, due - self.clock())))
             ready = dict(poller.poll(wait_ms))
+            if wakeup is not None and wakeup in ready:
+                wakeup.drain()
             if self.client.socket in ready:
                 event = self.client.wait_event(0)
                 if event is not None:
@@ -216,8 +245,6 @@ class GuestService:
             for attachment in self.attachments:
                 if attachment.socket in ready:
                     attachment.on_readable(self.clock())
-        if self.gone is None:
-            self._shutdown()
 
     def _next_heartbeat_gap(self) -> float:
         """The heartbeat's period; while the hypervisor is away, twice the last gap each time,
@@ -230,6 +257,7 @@ class GuestService:
     # --- the hypervisor going away and coming back --------------------------------------------
 
     def _hypervisor_unreachable(self, outage: Outage) -> None:
+        self._acknowledged_stats = None  # a hypervisor back from a restart may not have them
         since = datetime.datetime.fromtimestamp(outage.since_wall, datetime.UTC).isoformat().replace("+00:00", "Z")
         self.log.warning("hypervisor unreachable", since=since, op=outage.op, seq=outage.seq, retry_cap_s=self.settings.retry_cap_s)
 
@@ -380,8 +408,14 @@ class GuestService:
             self.log.info("target changed", target_pages=target, current_pages=self.balloon.current_pages, via="push" if pushed else "heartbeat")
 
     def _heartbeat(self, should_stop: Callable[[], bool]) -> None:
+        """The statistics when they changed since the hypervisor last acknowledged them, else a
+        bare `status` (the hypervisor keeps the last ones it was sent): on a host of a thousand
+        guests at rest, nearly every heartbeat is bare, a smaller frame with nothing to check
+        or journal."""
+        stats = self.balloon.stats().to_dict()
+        args = {} if stats == self._acknowledged_stats else {"balloon": stats}
         try:
-            result = self.client.call("status", {"balloon": self.balloon.stats().to_dict()}, retries=0)
+            result = self.client.call("status", args, retries=0)
         except Unreachable:  # said once, when the outage began (_hypervisor_unreachable)
             self.log.debug("heartbeat unanswered", seq=self.client.last_seq)
             return
@@ -391,6 +425,7 @@ class GuestService:
                 return
             self.log.error("heartbeat refused", error=err.code, message=err.message)
             return
+        self._acknowledged_stats = stats
         self._apply_target(result, pushed=False)
         if "control" in result:
             self._apply_control(result["control"], pushed=False)

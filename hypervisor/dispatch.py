@@ -330,9 +330,13 @@ class Hypervisor:
 
     def _status(self, client: str, args: dict[str, Any], now: float) -> _Result:
         """The heartbeat; its reply carries the target and the control keys, the fallback when a
-        push was lost."""
+        push was lost. One without `balloon` says the statistics are still those last sent:
+        kept, and reported as of now."""
         domain = self.table.by_client(client)
-        self.table.heard_from(domain, now, args.get("balloon"))
+        balloon = args.get("balloon")
+        self.table.heard_from(domain, now, balloon)
+        if balloon is None and domain.balloon:
+            domain.balloon_at = now
         return _Result({**_target(domain), "control": domain.control}, {"domid": domain.domid})
 
     def _shutdown(self, client: str, args: dict[str, Any], now: float) -> _Result:

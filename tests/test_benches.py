@@ -85,3 +85,19 @@ def test_handle_cost_runs_and_the_books_balance() -> None:
     result = run_bench("bench/handle_cost.py", "--requests", "400", timeout=100)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "handling cost" in result.stdout, result.stdout
+
+
+@pytest.mark.timeout(120)
+def test_scale_bench_runs_a_small_fleet_and_prints_the_goals() -> None:
+    """Two small fleets, so the growth column is there too; every figure measured (no '-'),
+    the books balanced, and each goal printed (not judged below 1,000 guests)."""
+    result = run_bench("bench/scale_bench.py", "--guests", "2,4", "--idle", "0.5", "--quick", timeout=100)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for label in ("registered", "converged after mem-set down", "converged after mem-set up", "guests' PSS, total", "stopped"):
+        (row,) = [line for line in lines if line.startswith(label)]
+        assert " - " not in row and row.split()[-1].startswith("x"), row
+    (idle,) = [line for line in lines if line.startswith("hypervisor CPU, idle")]
+    assert [word.endswith("%") for word in idle.split()[-3:-1]] == [True, True], idle  # a 0.5 s window: the ratio may be of 0
+    assert any(line.startswith("books balance after") and line.split()[-2:] == ["yes", "yes"] for line in lines), result.stdout
+    assert sum("not judged (N=4)" in line for line in lines) == 5, result.stdout

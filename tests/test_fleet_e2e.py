@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from guest.fleet import NICE
 from tests.processes import REPO, TEST_TIMERS, Host, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,6 +49,12 @@ def pids_of_children(parent: int) -> dict[int, str]:
     return out
 
 
+def niceness(pid: int) -> int:
+    """Field 19 of /proc/PID/stat (proc(5)), counted after the command's closing parenthesis."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
 def test_a_fleet_registers_every_guest_with_its_planned_size_and_each_balloons(host):
     proc = fleet(host, "--count", "4", "--name-prefix", "vm", "--memory", "16m..40m", "--maxmem", "64m")
     wait_for(lambda: {"vm1", "vm2", "vm3", "vm4"} <= set(host.domains()), 20, "the fleet to register")
@@ -56,6 +63,7 @@ def test_a_fleet_registers_every_guest_with_its_planned_size_and_each_balloons(h
     assert {doms[f"vm{i}"]["max_pages"] for i in range(1, 5)} == {64 * MIB}
     children = pids_of_children(proc.pid)
     assert sorted(children.values()) == ["vm1", "vm2", "vm3", "vm4"]  # one process per guest
+    assert {niceness(pid) for pid in children} == {niceness(proc.pid) + NICE}  # below the host's services
     assert host.tool("mem-set", "vm2", "8m").returncode == 0
     assert host.tool("mem-set", "vm3", "48m").returncode == 0
     doms = host.wait_converged(("vm2", "vm3"), timeout=20)

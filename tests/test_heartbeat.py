@@ -187,3 +187,40 @@ def test_list_and_top_survive_a_guest_that_sends_garbage(procs):
         assert "evil" in result.stdout and "\x1b" not in result.stdout
     refused = [e for e in procs.log_events("hypervisor") if e.get("event") == "request refused" and e.get("op") == "status"]
     assert len(refused) == 2 and all(e["domid"] == 1 and e["error"] == "EINVAL" for e in refused)
+
+
+def test_a_guest_sends_its_statistics_only_when_they_changed_or_after_an_unanswered_request(monkeypatch):
+    """A host of a thousand guests at rest: nearly every heartbeat is bare (docs/protocol.md,
+    `status`); a hypervisor back from an outage may have restarted, so it hears them again."""
+    import structlog.testing
+
+    from guest.service import GuestService, GuestSettings
+    from wire.client import Outage
+
+    log = structlog.wrap_logger(structlog.testing.CapturingLogger())
+    service = GuestService(GuestSettings("web", 16, 16, "ipc:///nonexistent/hv"), log)
+    sent: list[dict] = []
+    target = {"target_pages": 16, "max_pages": 16, "target_writes": 0, "control": {}}
+
+    def call(op, args=None, **kwargs):
+        if op == "register":
+            return {"domid": 1, "extents": [[0, 16]], "next": None, "boot_id": "b", **target}
+        sent.append(dict(args))
+        return target
+
+    monkeypatch.setattr(service.client, "call", call)
+    try:
+        service.register(lambda: False)
+        for _ in range(3):
+            service._heartbeat(lambda: False)
+        assert "balloon" in sent[0] and sent[1:] == [{}, {}]
+        service.balloon.set_target(8, 0.0)  # the driver's figures change
+        service._heartbeat(lambda: False)
+        assert sent[-1]["balloon"]["target_kb"] == 8 * 4
+        service._heartbeat(lambda: False)
+        assert sent[-1] == {}
+        service._hypervisor_unreachable(Outage("status", 9, 0.0, 0.0))
+        service._heartbeat(lambda: False)
+        assert "balloon" in sent[-1]
+    finally:
+        service.close()

@@ -384,3 +384,30 @@ def test_a_key_directory_that_cannot_be_made_is_exit_2_with_what_to_do(tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"key directory {blocker / 'keys'}" in result.stderr and "--keys DIR" in result.stderr
+
+
+def test_an_authorized_file_vetted_and_unchanged_is_not_parsed_again_but_its_mode_is_always_checked(tmp_path, monkeypatch):
+    """A fleet's guests each vet `authorized` at start (wire.security.setup); the fleet parsed it
+    before forking them, and a file of a thousand guests' grants parsed a thousand times was
+    most of their start."""
+    from wire import keys as keys_module
+
+    keys = KeyDir(tmp_path)
+    keys.ensure_pairs([f"guest-g{i}" for i in range(5)], Role.GUEST)
+    parsed = []
+    real = keys_module.parse_authorized
+    monkeypatch.setattr(keys_module, "parse_authorized", lambda text, where="": parsed.append(where) or real(text, where))
+    keys.vet_authorized()
+    keys.vet_authorized()
+    KeyDir(tmp_path).vet_authorized()  # another KeyDir of the same directory: the same file
+    assert len(parsed) == 1
+    keys.pair("toolstack", role=Role.TOOLSTACK)  # authorized rewritten: vetted again
+    keys.vet_authorized()
+    assert len(parsed) == 3  # pair's own read, then the vet's
+    os.chmod(keys.authorized_file, 0o666)
+    with pytest.raises(KeyFileError, match="writable by others"):
+        keys.vet_authorized()
+    os.chmod(keys.authorized_file, 0o644)
+    keys.authorized_file.write_text(keys.authorized_file.read_text() + "nonsense\n")
+    with pytest.raises(KeyFileError, match="authorized:8"):
+        keys.vet_authorized()

@@ -101,3 +101,34 @@ def test_wait_on_a_set_flag_returns_at_once() -> None:
     stop = StopFlag()
     stop.set()
     assert stop.wait(30) is True
+
+
+def test_a_signal_wakes_a_poll_on_the_wakeup_and_close_puts_the_previous_fd_back(restored_signals: None) -> None:
+    """A guest sleeps in one poll until its next timer: without the wakeup a SIGTERM would wait
+    for the poll's timeout (the handler runs, the poll resumes: PEP 475)."""
+    import select
+
+    stop = stop_on_signals()
+    before = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(before)
+    wakeup = signals.signal_wakeup()
+    assert wakeup is not None
+    try:
+        assert select.select([wakeup], [], [], 0)[0] == []
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        began = time.monotonic()
+        ready, _, _ = select.select([wakeup], [], [], 30)
+        assert ready == [wakeup] and stop.is_set() and time.monotonic() - began < 20
+        wakeup.drain()
+        assert select.select([wakeup], [], [], 0)[0] == []
+    finally:
+        wakeup.close()
+    assert signal.set_wakeup_fd(before) == before  # the previous one was back in place
+
+
+def test_off_the_main_thread_there_is_no_wakeup() -> None:
+    got: list[object] = []
+    thread = threading.Thread(target=lambda: got.append(signals.signal_wakeup()))
+    thread.start()
+    thread.join(10)
+    assert got == [None]

@@ -115,3 +115,33 @@ def test_the_guest_endpoint_cannot_take_one(full_host):
     frame = envelope.encode(envelope.request("snapshot", 1, "someone", {}))
     reply = msgpack.unpackb(full_host.handle(Endpoint.GUEST, frame, 0.0).reply)
     assert not reply["ok"] and reply["error"] == "EPERM"
+
+
+def test_a_heartbeat_without_statistics_keeps_the_last_ones_and_reports_them_as_of_now():
+    """docs/protocol.md, `status`: a bare heartbeat says the statistics are those last sent."""
+    hv = Hypervisor(total_pages=100)
+    register(hv, 0)  # its status carried the statistics at time 0
+
+    def status(seq: int, args: dict, now: float) -> dict:
+        frame = envelope.encode(envelope.request("status", seq, "client-0", args))
+        return msgpack.unpackb(hv.handle(Endpoint.GUEST, frame, now).reply)
+
+    def row(now: float) -> dict:
+        frame = envelope.encode(envelope.request("snapshot", int(now * 10), "toolstack", {}))
+        return msgpack.unpackb(hv.handle(Endpoint.ADMIN, frame, now).reply)["result"]["domains"][0]
+
+    sent = row(0.0)["balloon"]
+    assert row(5.0)["reported_s"] == 5.0
+    assert status(3, {}, 5.0)["ok"]
+    assert row(7.0)["balloon"] == sent and row(7.0)["reported_s"] == 2.0
+
+
+def test_a_bare_heartbeat_before_any_statistics_reports_none():
+    hv = Hypervisor(total_pages=100)
+    frame = envelope.encode(envelope.request("register", 1, "c", {"name": "g", "memory_pages": 1, "max_pages": 1}))
+    assert msgpack.unpackb(hv.handle(Endpoint.GUEST, frame, 0.0).reply)["ok"]
+    frame = envelope.encode(envelope.request("status", 2, "c", {}))
+    assert msgpack.unpackb(hv.handle(Endpoint.GUEST, frame, 1.0).reply)["ok"]
+    frame = envelope.encode(envelope.request("snapshot", 1, "toolstack", {}))
+    (row,) = msgpack.unpackb(hv.handle(Endpoint.ADMIN, frame, 2.0).reply)["result"]["domains"]
+    assert row["balloon"] == {} and row["reported_s"] is None

@@ -49,6 +49,15 @@ class Role(enum.StrEnum):
     DEVICE = "device"  # plugs itself into the guests it is scoped to, raises on what it plugged
 
 
+# The `authorized` files this process parsed, by path, with the stat stamp each had then
+# (KeyDir.vet_authorized). The inode too: the file is replaced by a rename (write_atomic).
+_vetted: dict[str, tuple[int, int, int]] = {}
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 class KeyFileError(Exception):
     """A key file is missing, malformed or unsafe; the message says which file and what to do."""
 
@@ -259,10 +268,30 @@ class KeyDir:
         path = self.authorized_file
         if not path.exists():
             return Authorized()
-        mode = path.stat().st_mode
+        st = path.stat()
+        self._check_authorized_mode(path, st.st_mode)
+        authorized = parse_authorized(path.read_text(encoding="utf-8"), str(path))
+        _vetted[str(path)] = _stamp(st)
+        return authorized
+
+    def vet_authorized(self) -> None:
+        """KeyFileError if `authorized` is unsafe or does not parse. A file this process (or the
+        one it was forked from) parsed and that has not changed since is not parsed again: each
+        of a fleet's thousand guests checks it at start, and it lists all of them."""
+        self.check_dir()
+        path = self.authorized_file
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return
+        self._check_authorized_mode(path, st.st_mode)
+        if _vetted.get(str(path)) != _stamp(st):
+            self.authorized()
+
+    @staticmethod
+    def _check_authorized_mode(path: Path, mode: int) -> None:
         if mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise KeyFileError(f"{path} is writable by others (mode {stat.S_IMODE(mode):o}): anyone could grant themselves a role; chmod go-w it")
-        return parse_authorized(path.read_text(encoding="utf-8"), str(path))
 
     def authorize(self, grant: Grant) -> None:
         """Add `grant` (a key already granted the same role gets the new scope instead)."""

@@ -238,7 +238,7 @@ def setup(args: argparse.Namespace, role: Role | None, endpoints: list[str], com
         if chosen.keys is not None:
             # an unsafe or unreadable `authorized` stops the process at start, with what to do,
             # rather than a server that refuses every key (wire.gate keeps no good rights)
-            chosen.keys.authorized()
+            chosen.keys.vet_authorized()
             for server in servers:
                 wait_for_server_key(chosen.keys, server, command)
                 chosen.server_key(server)  # a malformed file raises with its own message
