@@ -26,10 +26,10 @@ from wire import endpoints, logsetup, security
 from wire.keys import KeyDir, KeyFileError, Role, default_dir, key_name_for
 from wire.security import Server
 from wire.arguments import domain, positive_number, seconds, whole_number
-from wire.errors import RemoteError
+from wire.errors import RemoteError, Unreachable
 from wire.heartbeat import MAX_COUNT, MAX_DELAY_S
 from wire.shown import for_terminal
-from wire.signals import stop_on_signals
+from wire.signals import StopFlag, stop_on_signals
 from wire.sizes import size_to_pages
 
 
@@ -187,7 +187,9 @@ def refusal(args: argparse.Namespace) -> str | None:
     return None
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, stop: StopFlag | None = None) -> int:
+    """`guest run`. `stop`: a flag the caller installed already (a fleet's child does, the
+    moment it is forked, so a SIGTERM that comes while the guest starts is a stop, not a death)."""
     if not args.name:
         args.name = default_name()
     log = logsetup.configure(args.log_level, "guest")
@@ -227,10 +229,15 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"guest run: {problem}", file=sys.stderr)
         return 2
-    stop = stop_on_signals()
+    stop = stop or stop_on_signals()
     service = GuestService(settings, log, attachments=attachments)
     try:
         service.run(stop.is_set)
+    except Unreachable:
+        if not stop.is_set():
+            raise
+        log.info("stopped before registering")  # asked to stop while the hypervisor was silent
+        return 0
     except RemoteError as err:
         log.error("refused by the hypervisor", error=err.code, message=err.message)
         print(f"guest {for_terminal(args.name)}: {for_terminal(err.code)}: {for_terminal(err.message)}", file=sys.stderr)

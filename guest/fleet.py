@@ -43,6 +43,7 @@ from typing import IO, Any
 
 from guest.fleet_plan import GuestLaunch
 from wire import logsetup
+from wire.signals import STOP_SIGNALS, StopFlag, stop_on_signals
 
 STOP_TIMEOUT_S = 10.0
 # The guests' niceness, over the fleet's: a host's hundreds of guests, runnable together after a
@@ -53,7 +54,7 @@ POLL_S = 0.05  # the supervisor's longest sleep: reaping and the stop flag
 STATUS_CRASHED = 70  # EX_SOFTWARE: a child whose guest raised
 
 
-RunGuest = Callable[[argparse.Namespace], int]
+RunGuest = Callable[[argparse.Namespace, StopFlag], int]
 
 
 @dataclass
@@ -88,9 +89,15 @@ class Fleet:
     def start(self, launch: GuestLaunch, args: argparse.Namespace, log_path: Path | None = None) -> int:
         """Fork one guest; returns its pid (in the parent only: the child never returns)."""
         path = log_path or (self.log_dir / f"{launch.name}.log" if self.log_dir else None)
-        pid = os.fork()
-        if pid == 0:
-            _become_guest(self.run_guest, args, path, self.nice)  # never returns
+        # the child is born with SIGTERM and SIGINT held, and lets them in once its own handler
+        # is there: one sent the moment it exists is a stop, never a death or the fleet's flag
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _become_guest(self.run_guest, args, path, self.nice)  # never returns
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         self.children[pid] = Child(launch, pid, self.clock())
         self.log.debug("guest started", name=launch.name, pid=pid)
         return pid
@@ -156,11 +163,11 @@ def _become_guest(run_guest: RunGuest, args: argparse.Namespace, log_path: Path 
     returns (no atexit handler or `finally` of the parent's may run in it)."""
     status = STATUS_CRASHED
     try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the parent may be mid-stop, signals blocked
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        stop = stop_on_signals()  # then a SIGTERM held since the fork sets this flag
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # also what a parent mid-stop held off
         if nice:
             os.nice(nice)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
         try:
             signal.set_wakeup_fd(-1)
         except ValueError:
@@ -174,7 +181,7 @@ def _become_guest(run_guest: RunGuest, args: argparse.Namespace, log_path: Path 
             os.close(fd)
         os.dup2(2, 1)  # never write into the fleet's event stream
         logsetup.reset()
-        status = run_guest(args)
+        status = run_guest(args, stop)
     except SystemExit as exit_:
         status = exit_.code if isinstance(exit_.code, int) else 2
     except BaseException:  # noqa: BLE001 - the child's last word, then its exit status

@@ -135,6 +135,11 @@ def test_control_mode_starts_guests_on_request_and_reports_their_ends(host, tmp_
         assert '"event": "registered"' in (tmp_path / "a.log").read_text()
         os.kill(started["pid"], signal.SIGTERM)
         assert event() == {"event": "exited", "name": "a", "pid": started["pid"], "status": 0}
+        send({"op": "start", "argv": ["--name", "early", "--memory", "16m"]})
+        early = event()
+        os.kill(early["pid"], signal.SIGTERM)  # at once: while it imports nothing, sets up, registers
+        assert event() == {"event": "exited", "name": "early", "pid": early["pid"], "status": 0}  # a stop, not a death
+        assert "early" not in host.domains()
         send({"op": "start", "argv": ["--name", "a", "--memory", "16m"]})  # started again, as the runner restarts one
         again = event()
         host.wait_registered("a")

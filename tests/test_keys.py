@@ -110,6 +110,21 @@ def test_importing_over_a_key_pair_of_the_directory_is_refused(tmp_path):
     assert KeyDir(tmp_path).public("hypervisor") == own.public
 
 
+@pytest.mark.parametrize("command", ["import", "authorize", "revoke"])
+def test_a_z85_key_that_begins_with_a_dash_is_a_key_not_a_flag(tmp_path, command):
+    key = "-x" + "0" * 38  # '-' is Z85's digit 63: one key in 85 begins with it (digits after it would read as a negative number)
+    args = {"import": ("import", "peer", key), "authorize": ("authorize", key, "--role", "device"), "revoke": ("revoke", key)}[command]
+    if command == "revoke":
+        KeyDir(tmp_path).authorize(Grant(Role.DEVICE, key, "peer"))
+    result = ballonet(tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    expected = frozenset() if command == "revoke" else (frozenset({Role.DEVICE}) if command == "authorize" else None)
+    if expected is None:
+        assert KeyDir(tmp_path).public("peer") == key.encode()
+    else:
+        assert KeyDir(tmp_path).authorized().roles(key) == expected
+
+
 def test_a_key_authorized_by_name_whose_file_is_gone_is_revoked_by_that_name(tmp_path):
     pair = KeyDir(tmp_path).pair("old-device", role=Role.DEVICE)
     (tmp_path / "old-device.key").unlink()

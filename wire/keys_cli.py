@@ -8,18 +8,29 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from wire.keys import Grant, KeyDir, KeyFileError, Role, check_name, check_public, default_dir, KEYS_ENV, cert_text, read_cert, write_atomic
+from wire.keys import _Z85, Grant, KeyDir, KeyFileError, Role, check_name, check_public, default_dir, KEYS_ENV, cert_text, read_cert, write_atomic
+
+
+class _KeyParser(argparse.ArgumentParser):
+    """'-' is in Z85's alphabet, so one public key in 85 begins with it, and argparse read such a
+    key (`ballonet keys import NAME -x1...`) as an unknown flag. A word that is a whole Z85 key
+    is an argument here, never a flag."""
+
+    def _parse_optional(self, arg_string: str):  # type: ignore[no-untyped-def]
+        if arg_string not in self._option_string_actions and _Z85.fullmatch(arg_string):
+            return None
+        return super()._parse_optional(arg_string)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ballonet", description="ballonet's host-wide tools")
+    parser = _KeyParser(prog="ballonet", description="ballonet's host-wide tools")
     sub = parser.add_subparsers(dest="tool", required=True)
     keys = sub.add_parser("keys", help="the CURVE keys of this host (docs/protocol.md)")
     keys.add_argument("--keys", metavar="DIR", help=f"key directory (env {KEYS_ENV}; default $XDG_CONFIG_HOME/ballonet)")
     # also after the command (`ballonet keys list --keys DIR`), as every other CLI takes it
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--keys", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    cmd = keys.add_subparsers(dest="command", required=True, parser_class=lambda **kw: argparse.ArgumentParser(parents=[where], **kw))
+    cmd = keys.add_subparsers(dest="command", required=True, parser_class=lambda **kw: _KeyParser(parents=[where], **kw))
     listing = cmd.add_parser("list", help="every key here, and the roles `authorized` gives each")
     listing.add_argument("--json", action="store_true")
     create = cmd.add_parser("create", help="a new key pair NAME (secret 0600); with --role, authorized at once")
