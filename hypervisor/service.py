@@ -18,6 +18,7 @@ import zmq
 
 from hypervisor.dispatch import SWEEP_INTERVAL_S, Hypervisor, Notification, Outcome, Ownership
 from hypervisor.journal import Journal
+from hypervisor.pacing import HeartbeatPacer
 from hypervisor.virq import VirqSender
 from wire import envelope
 from wire import multipart
@@ -30,12 +31,6 @@ from wire.security import Security
 
 _EACCES = ErrorCode.EACCES
 POLL_MS = 100
-# After a turn that served heartbeats and nothing else, the guest endpoint is read again only
-# this much later: a host's heartbeats then come a batch per turn, not a turn each (at 1,000
-# guests a turn each was most of the hypervisor's idle CPU: every turn wakes a cold process;
-# scale_bench at 1,000 guests: main thread ~12% at a turn each, ~7% at 20 ms, ~5.5% at 50 ms).
-# The toolstack's endpoint stays awake meanwhile; a guest's other request waits at most this.
-HEARTBEAT_PACE_S = 0.05
 HARD_FRAME_LIMIT = 64 << 20  # past this ZeroMQ drops the peer; up to it we answer EMSGSIZE
 
 
@@ -75,6 +70,7 @@ class HypervisorService:
         self.admin = self._bind(admin_endpoint)
         self._routes: dict[str, bytes] = {}  # guest client id -> ROUTER identity, for pushes
         self._endpoints = {self.guests: Endpoint.GUEST, self.admin: Endpoint.ADMIN}
+        self.pacer = HeartbeatPacer()  # hypervisor/pacing.py: heartbeats in batches on a busy host
         self._heartbeats = 0  # this turn's: served heartbeats, and other requests served
         self._others = 0
 
@@ -122,8 +118,7 @@ class HypervisorService:
                     self._queue(outcome)
             self._commit()
             self._flush()
-            if self._heartbeats and not self._others:
-                paced_until = self.clock() + HEARTBEAT_PACE_S
+            paced_until = self.pacer.after_turn(self.clock(), self._heartbeats, self._others)
 
     def _commit(self) -> None:
         """The turn's changes, whoever made them, in the journal: one transaction. A failure
