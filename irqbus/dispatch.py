@@ -35,6 +35,7 @@ _SIGNALS = frozenset({"raise", "pulse", "msi"})
 # What cannot change who may drive which device where: every other operation clears the routes.
 _ROUTE_NEUTRAL = frozenset({"raise", "pulse", "msi", "lower", "chip", "show", "interrupts", "answer", "locate", "send_virq", "bind_virq"})
 MAX_SIGNAL_ROUTES = 4096
+_NEW = Verdict.NEW
 _CHIP_ARGS = frozenset({"ops", "clear", "reply"})  # the chip fast lane's arguments (wire.operations' `chip`)
 
 # Per-interrupt traffic is logged at debug level; everything else at info.
@@ -191,11 +192,12 @@ class IrqBus:
         client = req.client if peer.key is None else scoped(peer.key, req.client)
         frame_digest = replay.digest(frame)
         verdict, latest = self.record.verdict(client, req.seq, frame_digest)
-        if verdict is Verdict.REPLAY:
-            assert latest is not None
-            return Outcome(latest.reply, req.op, req.seq, client, replayed=True, peer=peer)
-        if verdict is Verdict.STALE or verdict is Verdict.REUSED:
-            return self._error(req, client, peer, ErrorCode.EPROTO, replay_refusal(verdict, req.seq))
+        if verdict is not _NEW:  # the common case tested once (an enum member's lookup costs a dict probe each)
+            if verdict is Verdict.REPLAY:
+                assert latest is not None
+                return Outcome(latest.reply, req.op, req.seq, client, replayed=True, peer=peer)
+            if verdict is Verdict.STALE or verdict is Verdict.REUSED:
+                return self._error(req, client, peer, ErrorCode.EPROTO, replay_refusal(verdict, req.seq))
         waiting = self.queries.waiting(client, req.seq) if len(self.queries) else None
         if waiting is not None:  # a retried question whose guest has not answered yet: keep waiting
             if waiting.op != req.op:
