@@ -111,7 +111,7 @@ class IrqbusService:
             return
         now = self.clock()
         outcome = self.bus.execute(body[0], now, req, self.gate.peer(user))
-        if outcome.error is ErrorCode.EACCES and self.gate.recheck():  # refused on rights a moment old (a new key, authorized at once)
+        if outcome.error is not None and outcome.error is ErrorCode.EACCES and self.gate.recheck():  # refused on rights a moment old (a new key, authorized at once)
             self._rights_changed()
             outcome = self.bus.execute(body[0], now, req, self.gate.peer(user))
         client = outcome.client

@@ -207,3 +207,105 @@ def test_a_cached_route_goes_with_the_device():
     _call(bus, "tool", 2, "detach_device", guest="vm", device="nic")
     out = bus.handle(envelope.encode(envelope.request("raise", 3, "dev", {"guest": "vm", "device": "nic"})), 1.0)
     assert envelope.decode_incoming(out.reply)["error"] == "ESRCH" and out.sends == []
+
+
+# -- the fast lanes of irqbus.dispatch against the whole way: wire requests, byte for byte ---------
+
+DEVICES = ("d0", "d1", "msi", "nope")
+LANE_PINS = (1, 2, 4, 20, 21, 99)  # 2: the cascade, 99: no pin -- refused either way
+chip_op = st.one_of(
+    st.fixed_dictionaries({"kind": st.sampled_from(("mask", "unmask", "ack", "eoi", "bogus")), "pin": st.sampled_from(LANE_PINS)}),
+    st.fixed_dictionaries({"kind": st.sampled_from(("mask", "unmask", "ack", "eoi")), "device": st.sampled_from(DEVICES)}),
+)
+chip_args = st.fixed_dictionaries(
+    {},
+    optional={
+        "ops": st.lists(chip_op, max_size=4),
+        "clear": st.lists(st.tuples(st.sampled_from(DEVICES), st.integers(0, 6)).map(list), max_size=2),
+        "reply": st.sampled_from((False, True, 0)),
+        "extra": st.just(1),
+    },
+)
+lane_steps = st.one_of(
+    st.tuples(st.just("chip"), chip_args),
+    st.tuples(st.just("chip"), chip_args),  # the ack: the lane's own case, more often
+    st.tuples(st.sampled_from(("raise", "pulse", "lower")), st.sampled_from(DEVICES)),
+    st.tuples(st.just("msi"), st.sampled_from(DEVICES)),
+    st.tuples(st.just("plug"), st.sampled_from(DEVICES), st.sampled_from((1, 4, 20, 21)), st.booleans()),
+    st.tuples(st.just("detach_device"), st.sampled_from(DEVICES)),
+    st.tuples(st.sampled_from(("attach", "detach"))),
+    st.tuples(st.just("program_pin"), st.sampled_from((20, 21)), st.sampled_from(("edge", "level"))),
+)
+
+
+def _bus_brought_up(fast: bool) -> IrqBus:
+    bus = IrqBus(epoch=1, started=0.0)
+    bus.fast_lanes = fast
+    for seq, (op, args) in enumerate([
+        ("attach", {"name": "vm", "domid": 1}),
+        ("program_pin", {"pin": 20, "trigger": "level", "vector": 0x31}),
+        ("program_pin", {"pin": 21, "trigger": "edge", "vector": 0x32}),
+        ("chip", {"ops": [{"kind": "unmask", "pin": p} for p in (1, 4, 20, 21)]}),
+    ], 1):
+        bus.handle(envelope.encode(envelope.request(op, seq, "g", args)), 1.0)
+    for seq, (device, pin, level) in enumerate([("d0", 20, True), ("d1", 1, False)], 1):
+        bus.handle(envelope.encode(envelope.request(
+            "attach_device", seq, "tool", {"guest": "vm", "device": device, "pin": pin, "trigger": "level" if level else "edge"})), 1.0)
+    bus.handle(envelope.encode(envelope.request("attach_device", 3, "tool", {"guest": "vm", "device": "msi", "msi": True})), 1.0)
+    bus.handle(envelope.encode(envelope.request("program_msi", 5, "g", {"device": "msi", "address": 0xFEE00000, "data": 0x40})), 1.0)
+    return bus
+
+
+def _lane_request(step: tuple[Any, ...], seqs: dict[str, int]) -> tuple[str, bytes]:
+    op = step[0]
+    if op == "chip":
+        client, args = "g", step[1]
+    elif op in ("raise", "pulse", "lower", "msi", "detach_device"):
+        client, args = ("tool" if op == "detach_device" else "dev"), {"guest": "vm", "device": step[1]}
+    elif op == "plug":
+        op, client = "attach_device", "tool"
+        args = {"guest": "vm", "device": step[1], "pin": step[2], "trigger": "level" if step[3] else "edge"}
+    elif op == "attach":
+        client, args = "g", {"name": "vm", "domid": 1}
+    elif op == "detach":
+        client, args = "g", {}
+    else:
+        client, args = "g", {"pin": step[1], "trigger": step[2], "vector": 0x31 if step[1] == 20 else 0x32}
+    seqs[client] = seqs.get(client, 10) + 1
+    return client, envelope.encode(envelope.request(op, seqs[client], client, args))
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(lane_steps, max_size=30))
+def test_fast_lanes_answer_what_the_whole_way_does(sequence):
+    """A bus with the fast lanes (a device's signal, a guest's chip ack) and one without run
+    the same requests, each sent twice (the retry is answered from the record): the same
+    reply bytes, the same events to the same clients, the same machines after."""
+    fast, full = _bus_brought_up(True), _bus_brought_up(False)
+    seqs: dict[str, int] = {}
+    for step in sequence:
+        _, frame = _lane_request(step, seqs)
+        for _ in range(2):
+            a, b = fast.handle(frame, 2.0), full.handle(frame, 2.0)
+            assert (a.reply, a.reply_wanted, a.error) == (b.reply, b.reply_wanted, b.error), step
+            assert [(s.client, s.frame) for s in a.sends] == [(s.client, s.frame) for s in b.sends], step
+    assert [m.snapshot(3.0) for m in fast.router.guests.values()] == [m.snapshot(3.0) for m in full.router.guests.values()]
+    assert fast.backlog.total == full.backlog.total
+
+
+@pytest.mark.timeout(5)
+def test_a_chip_ack_takes_the_fast_lane_until_the_session_could_change():
+    """The second ack of a session goes the fast lane (no schema lookup); a detach clears it,
+    and the ack after is refused as it would have been (ESRCH), with no events."""
+    bus = _bus_brought_up(True)
+    assert _call(bus, "g", 19, "chip", ops=[{"kind": "eoi", "pin": 20}])["ok"]  # the whole way: the session is known after
+    whole_way = bus._served["chip"]
+    bus._served["chip"] = (whole_way[0], None)  # the whole way would fail now: only the lane may serve
+    frame = envelope.encode(envelope.request("chip", 20, "g", {"ops": [{"kind": "eoi", "pin": 20}], "reply": False}))
+    out = bus.handle(frame, 2.0)
+    assert out.error is None and out.reply_wanted is False
+    bus._served["chip"] = whole_way
+    _call(bus, "g", 21, "detach")
+    out = bus.handle(envelope.encode(envelope.request("chip", 22, "g", {"ops": [{"kind": "eoi", "pin": 20}]})), 2.0)
+    assert envelope.decode_incoming(out.reply)["error"] == "ESRCH" and out.sends == []

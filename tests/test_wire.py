@@ -271,3 +271,41 @@ def test_the_client_resends_a_request_the_server_could_not_take_yet(tmp_path):
     finally:
         server.close(0)
         ctx.term()
+
+
+# -- chip_commands: the table of pin commands against the rule it stands for -----------------------
+
+from hypothesis import given as _given, settings as _settings, strategies as _st  # noqa: E402
+
+from wire.operations import CASCADE_PIN, CHIP_KINDS, IRQBUS_PINS, MAX_CHIP_OPS, ChipCommand, chip_commands  # noqa: E402
+
+_odd_kinds = _st.sampled_from((*CHIP_KINDS, "bogus", "", ["mask"], b"mask", None, 1))
+_odd_pins = _st.sampled_from((0, 1, 2, 15, 16, 23, 24, -1, True, False, 1.0, "1", [1], None))
+_chip_items = _st.one_of(
+    _st.fixed_dictionaries({"kind": _odd_kinds, "pin": _odd_pins}),
+    _st.fixed_dictionaries({"kind": _odd_kinds, "device": _st.sampled_from(("nic", "bad name", 3))}),
+    _st.fixed_dictionaries({"kind": _odd_kinds}),
+    _st.just([]),
+)
+
+
+@pytest.mark.timeout(30)
+@_settings(max_examples=400, deadline=None)
+@_given(_st.one_of(_st.lists(_chip_items, max_size=MAX_CHIP_OPS + 2), _st.just("ops"), _st.none()))
+def test_chip_commands_accept_exactly_the_valid_operations(value):
+    """A pin command is accepted iff its kind is one of CHIP_KINDS (a str) and its pin an int
+    (not a bool) of 0..23 but the cascade; anything else is a WireError, never another error."""
+    def valid(item):
+        if type(item) is not dict or len(item) != 2 or type(item.get("kind")) is not str or item["kind"] not in CHIP_KINDS:
+            return False
+        if "pin" in item:
+            return type(item["pin"]) is int and 0 <= item["pin"] < IRQBUS_PINS and item["pin"] != CASCADE_PIN
+        return item.get("device") == "nic"
+    ok = type(value) is list and len(value) <= MAX_CHIP_OPS and all(valid(i) for i in value)
+    if not ok:
+        with pytest.raises(WireError):
+            chip_commands("ops", value)
+        return
+    expected = [ChipCommand(i["kind"], i.get("pin"), i.get("device")) for i in value]
+    got = chip_commands("ops", value)
+    assert got == expected and [type(c.pin) for c in got] == [type(c.pin) for c in expected]

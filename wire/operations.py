@@ -211,8 +211,27 @@ _CHIP_KIND_SET = frozenset(CHIP_KINDS)
 _generation = integer(1, MAX_SEQ)
 
 
+# Every valid pin command, made once: an interrupt's ack names two or three of them, and
+# building each (a NamedTuple) cost more than finding it.
+_PIN_COMMANDS = {(kind, pin): ChipCommand(kind, pin, None) for kind in CHIP_KINDS for pin in range(IRQBUS_PINS) if pin != CASCADE_PIN}
+
+
 def chip_commands(name: str, value: Any) -> list[ChipCommand]:
     """[{"kind": mask|unmask|ack|eoi, "pin": 0..23} or {"kind": ..., "device": NAME}, ...]"""
+    if type(value) is list and len(value) <= MAX_CHIP_OPS:  # the common case: pins only, found whole
+        out = []
+        known = _PIN_COMMANDS.get
+        for item in value:
+            if type(item) is dict and len(item) == 2:
+                kind, pin = item.get("kind"), item.get("pin")
+                if type(pin) is int and type(kind) is str:  # exactly: True == 1 would find pin 1's command
+                    cmd = known((kind, pin))
+                    if cmd is not None:
+                        out.append(cmd)
+                        continue
+            break
+        else:
+            return out
     if not isinstance(value, list) or len(value) > MAX_CHIP_OPS:
         raise _invalid(name, f"a list of at most {MAX_CHIP_OPS} chip operations", value)
     out = []
