@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hypervisor.toolstack import Toolstack  # noqa: E402  (after the path: run from anywhere)
-from scenarios.launch import Host, Processes  # noqa: E402
+from scenarios.launch import Host, Processes, wait_for  # noqa: E402
 from wire import envelope, multipart  # noqa: E402
 from wire.extent import PAGE_SIZE  # noqa: E402
 
@@ -110,17 +110,6 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-
-
 MEM_SET_WINDOW = 100  # requests in flight: below ZeroMQ's high-water marks (1,000), past which replies are dropped
 
 
@@ -158,7 +147,7 @@ def timed_convergence(tool: Toolstack, hypervisor_pid: int, domids: list[int], t
     cpu0, began = cpu_seconds(hypervisor_pid), time.monotonic()
     mem_set_all(tool, domids, target_pages)
     answered = time.monotonic() - began
-    wait_until(lambda: converged(tool, target_pages, len(domids)), timeout, f"{len(domids)} guests to reach {target_pages} pages", 0.2)
+    wait_for(lambda: converged(tool, target_pages, len(domids)), timeout, f"{len(domids)} guests to reach {target_pages} pages", 0.2)
     return time.monotonic() - began, cpu_seconds(hypervisor_pid) - cpu0, answered
 
 
@@ -179,13 +168,13 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
             "--", "--hypervisor", host.guest_endpoint, "--kernel-floor", "none", *heartbeat,
         )
         register_timeout = args.timeout + n * 0.5
-        wait_until(lambda: fleet.poll() is not None or tool.info()["domains"] >= n, register_timeout, f"{n} guests to register", 0.05)
+        wait_for(lambda: fleet.poll() is not None or tool.info()["domains"] >= n, register_timeout, f"{n} guests to register", 0.05)
         if fleet.poll() is not None:
             raise RuntimeError(f"the fleet exited with status {fleet.returncode}: {procs.log('fleet')[-2000:]}")
         fig.registered_s = time.monotonic() - began
         fig.load.append(load_average())
         # every guest has heartbeaten once (its driver's state is known) and the start is over
-        wait_until(lambda: converged(tool, GUEST_MIB * MIB_PAGES, n), args.timeout, "every guest's first report", 0.2)
+        wait_for(lambda: converged(tool, GUEST_MIB * MIB_PAGES, n), args.timeout, "every guest's first report", 0.2)
         time.sleep(args.settle)
         cpu0, t0 = cpu_seconds(hv), time.monotonic()
         time.sleep(args.idle)
@@ -206,12 +195,12 @@ def measure(n: int, args: argparse.Namespace) -> Figures:
         began = time.monotonic()
         fleet.send_signal(signal.SIGTERM)
         fleet.wait(args.timeout + 60)
-        wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in guests), args.timeout, "every guest process to end")
-        wait_until(lambda: tool.info()["domains"] == 0, args.timeout, "every domain to be shut down", 0.05)
+        wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in guests), args.timeout, "every guest process to end")
+        wait_for(lambda: tool.info()["domains"] == 0, args.timeout, "every domain to be shut down", 0.05)
         fig.stopped_s = time.monotonic() - began
         if fleet.returncode != 0:
             fig.note = f"the fleet exited with status {fleet.returncode}"
-    except (TimeoutError, RuntimeError) as err:
+    except (TimeoutError, AssertionError, RuntimeError) as err:  # wait_for gives up with AssertionError
         fig.note = str(err)
         print(f"N={n}: {err}\n{procs.dump_logs()[-3000:]}", file=sys.stderr)
     finally:

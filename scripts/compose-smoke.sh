@@ -49,12 +49,7 @@ cleanup() {
     say "tearing down"
     "${COMPOSE[@]}" --profile tools down -v --remove-orphans --timeout 5 > "$WORK/down.log" 2>&1 || cat "$WORK/down.log"
   fi
-  stop_own_dockerd
-  if [ "$rc" != 0 ]; then show_dockerd_log; fi
-  print_timings
-  rm -rf "$WORK"
-  say "total $(elapsed "$START")s, exit $rc"
-  exit "$rc"
+  finish_run "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

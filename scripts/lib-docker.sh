@@ -3,8 +3,8 @@
 # registry) and the project image built on it, and a poll-until helper.
 #
 # The caller sets SMOKE (its name, for the log prefix) and `set -euo pipefail`, sources this file
-# from the repository's root, calls docker_lib_init, and in its EXIT trap calls stop_own_dockerd,
-# show_dockerd_log (on failure), print_timings and removes $WORK.
+# from the repository's root, calls docker_lib_init, and ends its EXIT trap, once its own
+# teardown is done, with `finish_run "$rc"`.
 #
 # Environment:
 #   BALLONET_BASE   base image to build on (default ballonet-base:bookworm, built here when
@@ -103,6 +103,18 @@ print_timings() {
   if [ "${#TIMINGS[@]}" -gt 0 ]; then
     say "timings:"; printf '  %s\n' "${TIMINGS[@]}"
   fi
+}
+
+# The end of every EXIT trap: the dockerd this script started, its log on failure, the step
+# timings, this run's folder; exits with `rc`.
+finish_run() {
+  local rc=$1
+  stop_own_dockerd
+  if [ "$rc" != 0 ]; then show_dockerd_log; fi
+  print_timings
+  rm -rf "$WORK"
+  say "total $(elapsed "$START")s, exit $rc"
+  exit "$rc"
 }
 
 build_base() {

@@ -101,12 +101,7 @@ cleanup() {
   elif [ -n "$LABELLED" ]; then
     docker node update --label-rm ballonet.host "$LABELLED" > /dev/null 2>&1
   fi
-  stop_own_dockerd
-  if [ "$rc" != 0 ]; then show_dockerd_log; fi
-  print_timings
-  rm -rf "$WORK"
-  say "total $(elapsed "$START")s, exit $rc"
-  exit "$rc"
+  finish_run "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
