@@ -11,7 +11,7 @@ from xml.sax.saxutils import escape
 from scenarios.aggregate import NO_REPORT, WORST_SHOWN, Spread, distance, ranked, spread
 from scenarios.plot import (
     AXIS, LEFT, LEGEND_COLUMNS, LEGEND_ROW, NO_DOMAIN, PAGES_PER_MIB, RIGHT, STATE_COLOURS, TOP, UNKNOWN_STATE, WIDTH,
-    polyline, tick_text, time_axis, nice_ticks,
+    polyline, state_legend, tick_text, time_axis, nice_ticks,
 )
 from scenarios.recording import Recording
 
@@ -146,9 +146,6 @@ def render_state_counts(rec: Recording) -> str:
             below += n
     parts += panel.steps(rec)
     ly = panel.top + panel.height + AXIS + 6
-    for i, (state, colour) in enumerate([*STATE_COLOURS.items(), ("not reported", UNKNOWN_STATE), ("no domain", NO_DOMAIN)]):
-        lx = LEFT + 120 * i
-        parts.append(f'<rect x="{lx}" y="{ly - 10}" width="14" height="12" fill="{colour}" stroke="#999"/>')
-        parts.append(f'<text x="{lx + 18}" y="{ly}">{escape(state)}</text>')
+    parts += state_legend(LEFT, ly)
     parts.append("</svg>")
     return "\n".join(parts)

@@ -180,12 +180,19 @@ def render_states(rec: Recording) -> str:
     for step in rec.steps:
         parts.append(f'<line x1="{x(step.t):.1f}" y1="{TOP}" x2="{x(step.t):.1f}" y2="{axis_y}" stroke="#333" stroke-dasharray="2 3"/>')
     ly = axis_y + 36
-    for i, (state, colour) in enumerate([*STATE_COLOURS.items(), ("not reported", UNKNOWN_STATE), ("no domain", NO_DOMAIN)]):
-        lx = label_w + 120 * i
-        parts.append(f'<rect x="{lx}" y="{ly - 10}" width="14" height="12" fill="{colour}" stroke="#999"/>')
-        parts.append(f'<text x="{lx + 18}" y="{ly}">{escape(state)}</text>')
+    parts += state_legend(label_w, ly)
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def state_legend(left: float, y: float) -> list[str]:
+    """The driver states' colours in a row: the key of both state plots (this one and a crowd's)."""
+    parts = []
+    for i, (state, colour) in enumerate([*STATE_COLOURS.items(), ("not reported", UNKNOWN_STATE), ("no domain", NO_DOMAIN)]):
+        lx = left + 120 * i
+        parts.append(f'<rect x="{lx}" y="{y - 10}" width="14" height="12" fill="{colour}" stroke="#999"/>')
+        parts.append(f'<text x="{lx + 18}" y="{y}">{escape(state)}</text>')
+    return parts
 
 
 def write_svg(rec: Recording, title: str, path: Path) -> None:
