@@ -101,11 +101,13 @@ class IrqbusAttachment:
                 body = envelope.decode_incoming(frame)
             except envelope.EnvelopeError:
                 self.link.malformed += 1
-                continue
-            if "event" in body:
-                self._on_event(body, clock())
-            elif not body["ok"]:
-                self._refused_reply(body, clock())
+            else:
+                if "event" in body:
+                    self._on_event(body, clock())
+                elif not body["ok"]:
+                    self._refused_reply(body, clock())
+            if not multipart.readable(sock):
+                break
         for name in self.link.take_fired():
             self.notify(name)
         self._report(clock())

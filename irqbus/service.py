@@ -87,12 +87,15 @@ class IrqbusService:
 
     def _drain(self) -> None:
         """Serve what is queued without a poll per message."""
+        sock = self.socket
         for _ in range(DRAIN_BUDGET):
             try:
-                identity, body, req, user = multipart.receive_routed(self.socket, multipart.NOBLOCK, self._authenticated)
+                identity, body, req, user = multipart.receive_routed(sock, multipart.NOBLOCK, self._authenticated)
             except zmq.Again:
                 return
             self._serve_one(identity, body, req, user)
+            if not multipart.readable(sock):
+                return
 
     def _serve_one(self, identity: bytes, body: list[bytes], req: bool, user: str | None = None) -> None:
         """One message; `user`: the public key its connection authenticated with (None: an

@@ -88,6 +88,15 @@ def test_handle_cost_runs_and_the_books_balance() -> None:
 
 
 @pytest.mark.timeout(120)
+def test_irq_cost_runs_every_path_and_every_interrupt_is_handled() -> None:
+    """irq_cost.py stops with an error when the guest handled fewer interrupts than were raised."""
+    result = run_bench("bench/irq_cost.py", "--interrupts", "50", timeout=100)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("i8259", "IOAPIC", "MSI-X"))]
+    assert len(rows) == 4 and "raw relay" in result.stdout, result.stdout
+
+
+@pytest.mark.timeout(120)
 def test_scale_bench_runs_a_small_fleet_and_prints_the_goals() -> None:
     """Two small fleets, so the growth column is there too; every figure measured (no '-'),
     the books balanced, and each goal printed (not judged below 1,000 guests)."""
