@@ -62,10 +62,16 @@ class Outcome:
     fields: dict[str, Any] = field(default_factory=dict)
     sends: list[Send] = field(default_factory=list)
     result: dict[str, Any] | None = None  # executed, its reply not yet encoded and recorded
-    digest: int | None = None  # the request frame's, for the replay record
+    frame: bytes | None = None  # executed, not yet recorded: the request, whose digest the record keeps
+    digest: int | None = None  # the frame's, when the verdict needed it already
     read_only: bool = False
     peer: Peer = INSECURE  # the caller's key, for the log line
     reply_wanted: bool = True  # False: a `chip` with "reply": false that succeeded; its reply is recorded, not sent
+
+    @property
+    def quiet(self) -> bool:
+        """Per-interrupt traffic that went as it should: logged at debug level only."""
+        return self.error is None and not self.replayed and self.op in QUIET_OPS and not self.fields.get("changed")
 
 
 @dataclass(slots=True)
@@ -190,8 +196,15 @@ class IrqBus:
             return Outcome(reply, seq=err.seq, error=err.code, message=err.message)
 
         client = req.client if peer.key is None else scoped(peer.key, req.client)
-        frame_digest = replay.digest(frame)
-        verdict, latest = self.record.verdict(client, req.seq, frame_digest)
+        # A seq past the client's latest is new whatever its bytes: the digest, which only tells
+        # a retry from a reuse of the latest seq, waits for `commit`, after the events went out.
+        latest = self.record.latest(client)
+        frame_digest: int | None = None
+        if latest is None or req.seq > latest.seq:
+            verdict = _NEW
+        else:
+            frame_digest = replay.digest(frame)
+            verdict, latest = self.record.verdict(client, req.seq, frame_digest)
         if verdict is not _NEW:  # the common case tested once (an enum member's lookup costs a dict probe each)
             if verdict is Verdict.REPLAY:
                 assert latest is not None
@@ -211,7 +224,7 @@ class IrqBus:
                     if route is not None:
                         done = self._signal(op_name, route[0], route[1], 1)
                         return Outcome(None, op_name, req.seq, client, fields=done.fields, sends=done.sends, result=done.result,
-                                       digest=frame_digest, peer=peer)
+                                       frame=frame, digest=frame_digest, peer=peer)
                 elif op_name == "chip":
                     machine = self._chip_sessions.get((client, peer.key))
                     if machine is not None:
@@ -219,7 +232,7 @@ class IrqBus:
                         if acked is not None:
                             done, reply_wanted = acked
                             return Outcome(None, "chip", req.seq, client, fields=done.fields, sends=done.sends, result=done.result,
-                                           digest=frame_digest, peer=peer, reply_wanted=reply_wanted)
+                                           frame=frame, digest=frame_digest, peer=peer, reply_wanted=reply_wanted)
             served = self._served.get(req.op)
             if served is None:
                 lookup(req.op, Endpoint.IRQBUS)  # raises ENOSYS or EPERM, saying which
@@ -237,10 +250,11 @@ class IrqBus:
         except WireError as err:
             outcome = self._error(req, client, peer, err.code, err.message)
             if err.code is not ErrorCode.EACCES:  # not recorded: the shell may run it again once the key has the right
-                self.record.remember(client, req.seq, frame_digest, outcome.reply, now, changed=False)
+                digest = replay.digest(frame) if frame_digest is None else frame_digest
+                self.record.remember(client, req.seq, digest, outcome.reply, now, changed=False)
             return outcome
         return Outcome(None, req.op, req.seq, client, fields=done.fields, sends=done.sends, result=done.result,
-                       digest=frame_digest, read_only=op.read_only, peer=peer, reply_wanted=op.name != "chip" or args.get("reply") is not False)
+                       frame=frame, digest=frame_digest, read_only=op.read_only, peer=peer, reply_wanted=op.name != "chip" or args.get("reply") is not False)
 
     def _known_route(self, req: envelope.Request, peer: Peer) -> tuple[GuestMachine, Device] | None:
         """The route a signal naming just its guest and device found before (`_signal_route`);
@@ -256,18 +270,22 @@ class IrqBus:
 
     def commit(self, outcome: Outcome, now: float) -> None:
         """Encode an executed request's reply and record it for retries."""
+        frame = outcome.frame
+        if frame is None:  # nothing executed (an error, a replay), or committed already
+            return
+        outcome.frame = None
+        digest = replay.digest(frame) if outcome.digest is None else outcome.digest
+        outcome.digest = None
         if outcome.result is None:
-            if outcome.digest is not None and outcome.client is not None and outcome.seq is not None:
+            if outcome.client is not None and outcome.seq is not None:
                 # a forwarded query: its seq is the client's latest; the reply comes later
-                self.record.remember(outcome.client, outcome.seq, outcome.digest, None, now, changed=False)
-                outcome.digest = None
+                self.record.remember(outcome.client, outcome.seq, digest, None, now, changed=False)
             return
         assert outcome.client is not None and outcome.op is not None and outcome.seq is not None
         outcome.reply = envelope.encode_ok(outcome.seq, outcome.result)
         kept = None if outcome.read_only else outcome.reply
-        self.record.remember(outcome.client, outcome.seq, outcome.digest, kept, now, changed=not outcome.read_only)
+        self.record.remember(outcome.client, outcome.seq, digest, kept, now, changed=not outcome.read_only)
         outcome.result = None
-        outcome.digest = None
 
     def tick(self, now: float) -> list[Outcome]:
         """Queries whose guest did not answer in time: their askers get ETIMEDOUT."""

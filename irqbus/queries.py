@@ -79,4 +79,4 @@ class PendingQueries:
         return min((q.deadline for q in self._by_id.values()), default=None)
 
     def is_asker(self, client: str) -> bool:
-        return any(q.asker == client for q in self._by_id.values())
+        return bool(self._by_id) and any(q.asker == client for q in self._by_id.values())

@@ -13,11 +13,11 @@ import structlog
 import zmq
 
 from irqbus.backlog import MAX_UNREAD_PER_GUEST
-from irqbus.dispatch import QUIET_OPS, IrqBus, Outcome
+from irqbus.dispatch import IrqBus, Outcome
 from wire import envelope
 from wire import multipart
 from wire.errors import ErrorCode
-from wire.gate import Gate
+from wire.gate import INSECURE, Gate
 from wire.identity import shown_client
 from wire import security as security_module
 from wire.security import Security
@@ -87,46 +87,56 @@ class IrqbusService:
 
     def _drain(self) -> None:
         """Serve what is queued without a poll per message."""
-        sock = self.socket
+        sock, receive, serve_one, authenticated = self.socket, multipart.receive_routed, self._serve_one, self._authenticated
         for _ in range(DRAIN_BUDGET):
             try:
-                identity, body, req, user = multipart.receive_routed(sock, multipart.NOBLOCK, self._authenticated)
+                identity, body, req, user = receive(sock, multipart.NOBLOCK, authenticated)
             except zmq.Again:
                 return
-            self._serve_one(identity, body, req, user)
+            serve_one(identity, body, req, user)
             if not multipart.readable(sock):
                 return
 
     def _serve_one(self, identity: bytes, body: list[bytes], req: bool, user: str | None = None) -> None:
         """One message; `user`: the public key its connection authenticated with (None: an
         insecure socket's peer, who may do everything; on CURVE, a refusal: wire.gate.INSECURE
-        holds every right, and a missing User-Id must never grant them)."""
-        route = multipart.envelope_of(identity, req)
-        if len(body) != 1:
-            msg = f"expected one frame per message, got {len(body)}"
-            self.log.warning("request refused", error=str(ErrorCode.EPROTO), message=msg, req_peer=req)
-            multipart.send(self.socket, [*route, envelope.encode(envelope.error_reply(None, ErrorCode.EPROTO, msg))])
-            return
-        if user is None and self._authenticated:  # never on CURVE (ZAP names every peer); if it were: no rights, not all of them
-            msg = "the connection carries no authenticated key"
-            self.log.warning("request refused", error=str(ErrorCode.EACCES), message=msg, req_peer=req)
-            multipart.send(self.socket, [*route, envelope.encode(envelope.error_reply(None, ErrorCode.EACCES, msg))])
+        holds every right, and a missing User-Id must never grant them).
+
+        Written for the interrupt path, where each message is one interrupt: the steps are
+        inline and every send goes straight to its route."""
+        route = [identity, b""] if req else [identity]  # multipart.envelope_of
+        if len(body) != 1 or (user is None and self._authenticated):
+            self._refuse_message(route, body, req)
             return
         now = self.clock()
-        outcome = self.bus.execute(body[0], now, req, self.gate.peer(user))
-        if outcome.error is not None and outcome.error is ErrorCode.EACCES and self.gate.recheck():  # refused on rights a moment old (a new key, authorized at once)
+        bus = self.bus
+        peer = INSECURE if user is None else self.gate.peer(user)
+        outcome = bus.execute(body[0], now, req, peer)
+        if outcome.error is ErrorCode.EACCES and self.gate.recheck():  # refused on rights a moment old (a new key, authorized at once)
             self._rights_changed()
-            outcome = self.bus.execute(body[0], now, req, self.gate.peer(user))
+            outcome = bus.execute(body[0], now, req, self.gate.peer(user))
         client = outcome.client
         # An attached guest's events go to its DEALER: a REQ peer using the same client id
         # (which the protocol forbids) must not take them over.
-        if client is not None and self.bus.wants_route(client) and not (req and self.bus.router.is_guest(client)):
+        if client is not None and bus.wants_route(client) and not (req and bus.router.is_guest(client)):
             self._routes[client] = route
-        self._push(outcome)  # a guest's interrupt first; the device's reply can wait a little
-        self.bus.commit(outcome, now)
+        if outcome.sends:
+            self._push(outcome)  # a guest's interrupt first; the device's reply can wait a little
+        bus.commit(outcome, now)
         if outcome.reply is not None and outcome.reply_wanted:
-            multipart.send(self.socket, [*route, outcome.reply])
-        self._log(outcome)
+            multipart.send_routed(self.socket, route, outcome.reply)
+        if self.debug or not outcome.quiet:
+            self._log(outcome)
+
+    def _refuse_message(self, route: list[bytes], body: list[bytes], req: bool) -> None:
+        """A message the envelope cannot even be read from: more than one frame, or (never on
+        CURVE, where ZAP names every peer) no authenticated key, so no rights, not all of them."""
+        if len(body) != 1:
+            code, msg = ErrorCode.EPROTO, f"expected one frame per message, got {len(body)}"
+        else:
+            code, msg = ErrorCode.EACCES, "the connection carries no authenticated key"
+        self.log.warning("request refused", error=str(code), message=msg, req_peer=req)
+        multipart.send_routed(self.socket, route, envelope.encode(envelope.error_reply(None, code, msg)))
 
     def _rights_changed(self) -> None:
         """`authorized` changed: sessions held by the toolstack's right of a key that lost it go."""
@@ -138,15 +148,16 @@ class IrqbusService:
     def _push(self, outcome: Outcome) -> None:
         """Events go to DEALER guests only (a REQ asker gets its held reply, never an event:
         irqbus refuses a REQ guest's attach)."""
-        for send in outcome.sends:
-            route = self._routes.get(send.client)
+        routes, sock, send = self._routes, self.socket, multipart.send_routed
+        for event in outcome.sends:
+            route = routes.get(event.client)
             if route is None:
-                self._note_drop(send.client, "no route")
+                self._note_drop(event.client, "no route")
                 continue
             try:
-                multipart.send(self.socket, [*route, send.frame], multipart.NOBLOCK)
+                send(sock, route, event.frame, multipart.NOBLOCK)
             except zmq.Again:  # the guest is not reading
-                self._note_drop(send.client, "queue full")
+                self._note_drop(event.client, "queue full")
 
     def _note_drop(self, client: str, why: str) -> None:
         self._dropped += 1
@@ -172,7 +183,7 @@ class IrqbusService:
     def _log(self, outcome: Outcome) -> None:
         """One line per request but the per-interrupt ones (debug); a client is named by
         enough of it to follow, never all of it (wire.identity.shown_client)."""
-        quiet = outcome.error is None and not outcome.replayed and outcome.op in QUIET_OPS and not outcome.fields.get("changed")
+        quiet = outcome.quiet
         if quiet and not self.debug:  # the interrupt path: nothing to format
             return
         client = shown_client(outcome.client)

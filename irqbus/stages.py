@@ -120,13 +120,13 @@ def install_irqbus(clock: StageClock) -> None:
     clock.wrap(dispatch.IrqBus, "execute", "irqbus execute (rest)", after=noted)
 
     pushing = [False]
-    send = multipart.send
+    send = multipart.send_routed
 
-    def timed_send(sock: Any, parts: list[bytes], flags: int = 0) -> None:
-        _, start, end = clock.timed("irqbus send to guest" if pushing[0] else "irqbus send reply", send, sock, parts, flags)
+    def timed_send(sock: Any, route: list[bytes], frame: bytes, flags: int = 0) -> None:
+        _, start, end = clock.timed("irqbus send to guest" if pushing[0] else "irqbus send reply", send, sock, route, frame, flags)
         clock.stamp("sent to guest" if pushing[0] else "replied", end)
 
-    multipart.send = timed_send  # type: ignore[assignment]
+    multipart.send_routed = timed_send  # type: ignore[assignment]
     push = service.IrqbusService._push
 
     def timed_push(self: Any, outcome: Any) -> None:

@@ -42,6 +42,15 @@ def send(sock: zmq.Socket, parts: list[bytes], flags: int = 0) -> None:
     sock.send(parts[-1], flags)
 
 
+def send_routed(sock: zmq.Socket, route: list[bytes], frame: bytes, flags: int = 0) -> None:
+    """`send` of a ROUTER's message: the route's frames (identity, REQ's delimiter), then
+    the one frame of the message; no list of parts to build per message."""
+    more = flags | _SNDMORE
+    for part in route:
+        sock.send(part, more)
+    sock.send(frame, flags)
+
+
 def receive_routed(sock: zmq.Socket, flags: int = 0, authenticated: bool = False) -> tuple[bytes, list[bytes], bool, str | None]:
     """A ROUTER's message: the peer's identity, the message's frames, whether the peer is
     a REQ socket, and (`authenticated`: a CURVE socket) the public key it authenticated with,
@@ -49,14 +58,22 @@ def receive_routed(sock: zmq.Socket, flags: int = 0, authenticated: bool = False
     the connection's ZMTP metadata ("Socket-Type"), so a DEALER that sends ["", payload] is
     not mistaken for REQ (its message has two frames), and no event is pushed to a REQ peer,
     which would drop the connection on an unsolicited message."""
+    identity = sock.recv(flags)  # a ROUTER's first frame: the peer's identity, never with metadata we read
     frame = sock.recv(flags, copy=False)
-    identity = frame.bytes
-    frames = []
+    if not frame.more:  # the usual message, one frame: no list of frames to build, no REQ to tell
+        user = None
+        if authenticated:
+            try:
+                user = frame.get(_USER_ID)
+            except zmq.ZMQError:
+                user = None
+        return identity, [frame.bytes], False, user
+    frames = [frame]
     while frame.more:
         frame = sock.recv(flags, copy=False)
         frames.append(frame)
     req = False
-    if len(frames) > 1 and not frames[0].bytes:
+    if not frames[0].bytes:
         try:
             req = frames[0].get("Socket-Type") == "REQ"
         except zmq.ZMQError:  # no metadata (inproc): a leading empty frame can only be REQ's
@@ -64,7 +81,7 @@ def receive_routed(sock: zmq.Socket, flags: int = 0, authenticated: bool = False
         if req:
             del frames[0]
     user = None
-    if authenticated and frames:
+    if authenticated:
         try:
             user = frames[-1].get(_USER_ID)
         except zmq.ZMQError:
