@@ -179,8 +179,10 @@ class HypervisorService:
                 self.log.warning("request refused", error=str(ErrorCode.EACCES), message=msg, req_peer=req)
                 reply = envelope.encode(envelope.error_reply(None, ErrorCode.EACCES, msg))
                 self._outbox.append((sock, [*multipart.envelope_of(identity, req), reply], None))
-                continue
-            self._serve_one(sock, identity, body, req, user)
+            else:
+                self._serve_one(sock, identity, body, req, user)
+            if not multipart.readable(sock):  # rather than a last receive that ends in zmq.Again
+                return
 
     def _serve_one(self, sock: zmq.Socket, identity: bytes, body: list[bytes], req: bool, user: str | None = None) -> None:
         """One message; `user`: the public key its connection authenticated with (None: an

@@ -75,6 +75,7 @@ class RpcClient:
         self._on_back = on_back
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1024)
         self._seq = 0
+        self._receive_timeout_ms: int | None = None  # what RCVTIMEO is set to (set only when it changes)
         self._context = context or zmq.Context.instance()
         self.server = Server(server)
         self.security = security or security_module.current()
@@ -207,7 +208,13 @@ class RpcClient:
             # past the deadline, still a look at what is queued: a process stopped (SIGSTOP)
             # while it waited finds the reply there when it runs again
             left = deadline - time.monotonic()
-            self.socket.setsockopt(zmq.RCVTIMEO, max(1, int(left * 1000)) if left > 0 else 0)
+            # to the nearest ms: a fresh call's wait is the whole timeout less a few us, the
+            # same setting as the call before, which then is not set again (a pyzmq setsockopt
+            # converts the option to an enum every time)
+            timeout_ms = max(1, round(left * 1000)) if left > 0 else 0
+            if timeout_ms != self._receive_timeout_ms:
+                self.socket.setsockopt(zmq.RCVTIMEO, timeout_ms)
+                self._receive_timeout_ms = timeout_ms
             try:
                 frames = multipart.receive(self.socket)
             except zmq.Again:
