@@ -240,6 +240,25 @@ class IOAPIC:
             return entry.vector
         return None
 
+    def fall_sends_nothing(self, pin: int) -> bool:
+        """The line of an active-high entry going low, in one step: it deactivates the input,
+        which sends nothing, edge or level (what `set_line(pin, False)` does then). False,
+        nothing changed, for an active-low entry (low is its active level)."""
+        if self._entries[pin].polarity is Polarity.ACTIVE_HIGH:
+            self._lines[pin] = False
+            return True
+        return False
+
+    def eoi_of_pin(self, pin: int) -> list[Delivery] | None:
+        """`eoi` of `pin`'s vector when `pin` is the one entry awaiting an EOI: only its Remote
+        IRR can clear, and it is sent again if its line is still asserted. None, nothing
+        changed, when other entries await one (the EOI broadcast may match them too)."""
+        awaiting = self._awaiting_eoi
+        if len(awaiting) == 1 and pin in awaiting:
+            self._set_remote_irr(pin, False)
+            return self._service_level(pin)
+        return None
+
     def set_line(self, pin: int, level: bool) -> list[Delivery]:
         """Drive input `pin` to the raw electrical `level` (polarity applied here).
 

@@ -318,7 +318,10 @@ class GuestMachine:
                 elif cmd.kind == "unmask":
                     out += self._apic(self.ioapic.unmask(cmd.pin))
                 else:  # the local APIC's EOI broadcast for the entry's vector
-                    out += self._apic(self.ioapic.eoi(self.ioapic.read_entry(cmd.pin).vector))
+                    sent = self.ioapic.eoi_of_pin(cmd.pin) if self.fast_routes else None
+                    if sent is None:
+                        sent = self.ioapic.eoi(self.ioapic.read_entry(cmd.pin).vector)
+                    out += self._apic(sent)
         if pic_touched:
             out += self._service_pic()
         return out
@@ -339,6 +342,8 @@ class GuestMachine:
             self.pics.set_line(pin, after)
             # a falling line never makes a request (a level IRR just follows it down)
             return self._service_pic() if after else []
+        if not after and self.fast_routes and self.ioapic.fall_sends_nothing(pin):  # a serviced level line going low
+            return []
         return self._apic(self.ioapic.set_line(pin, after))
 
     def _assert(self, device: Device) -> list[Delivery]:

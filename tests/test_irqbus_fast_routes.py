@@ -159,6 +159,29 @@ def test_an_idle_edge_pin_takes_the_fast_route():
         assert m.pics.snapshot().isr == isr
 
 
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("fast", [True, False])
+def test_an_eoi_clears_every_level_entry_of_its_vector(fast):
+    """The local APIC broadcasts an EOI by vector, and the IOAPIC clears Remote IRR of every
+    level entry with that vector (Intel 82093AA datasheet, 3.2.4, IOREDTBL bit 14, Remote IRR:
+    reset "when an EOI message with a matching interrupt vector is received"; KVM's
+    arch/x86/kvm/ioapic.c __kvm_ioapic_update_eoi scans every pin for the vector). Two level
+    pins sharing a vector, both awaiting their EOI: one EOI frees both, so each line's next
+    rise is sent. The EOI fast route (one entry awaiting) must not take this case."""
+    m = GuestMachine("vm", 1, "c", 0.0)
+    m.fast_routes = fast
+    for p in (20, 21):
+        m.program_pin(p, "level", 0x31)
+        m.chip([ChipCommand("unmask", p, None)], [])
+    a, b = m.add_device("a", DeviceKind.PIN, 20, True), m.add_device("b", DeviceKind.PIN, 21, True)
+    assert [d.pin for d in m.raise_device(a).deliveries] == [20]
+    assert [d.pin for d in m.raise_device(b).deliveries] == [21]
+    assert sorted(m.ioapic._awaiting_eoi) == [20, 21]
+    assert m.chip([ChipCommand("eoi", 20, None)], [(a, a.gen), (b, b.gen)]) == []  # both lines low again, both freed
+    assert sorted(m.ioapic._awaiting_eoi) == []
+    assert [d.pin for d in m.raise_device(a).deliveries + m.raise_device(b).deliveries] == [20, 21]
+
+
 # -- the fast lane of irqbus.dispatch: the event bytes and the cached routes -----------------------
 
 from irqbus.dispatch import EventFrames, IrqBus  # noqa: E402
