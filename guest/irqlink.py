@@ -16,6 +16,7 @@ from typing import Any
 
 from guest.drivers import Driver, DriverKind, DriverSpec, StatusRegisters
 from guest.irq import Chip, ChipOp, ChipOpKind, IrqError, IrqEvent, IrqReturn, IrqSetupError, IrqSubsystem, SpuriousPolicy, Trigger
+from guest.irq.chip import handle_interrupt
 from guest.irq.desc import S_MASKED
 from guest.irq.table import IOAPIC_PINS, ISA_IRQS
 
@@ -23,8 +24,23 @@ PIC_VECTOR_BASE = 0x20  # irqbus's i8259 pair: master 0x20-0x27, slave 0x28-0x2F
 FIRST_DYNAMIC_VECTOR = 0x31
 LAST_DYNAMIC_VECTOR = 0xEF  # 0xF0 and up are the local APIC's own vectors in Linux
 MSI_ADDRESS = 0xFEE00000  # destination APIC ID 0 (the guest's one CPU), physical mode
-_PIN_SIDE = (ChipOpKind.MASK, ChipOpKind.UNMASK)
-_KIND_TEXT = {kind: kind.value for kind in ChipOpKind}  # a plain str each: Enum.value is a property lookup per use
+# the members as module constants, compared by identity: an Enum class attribute lookup and an
+# Enum's hash are each a Python-level call, and chip_request runs for every interrupt
+_MASK, _UNMASK, _ACK, _EOI = ChipOpKind.MASK, ChipOpKind.UNMASK, ChipOpKind.ACK, ChipOpKind.EOI
+_LEVEL = Trigger.LEVEL
+
+
+@dataclass(slots=True)
+class _LineCommands:
+    """What irqbus is sent for each chip operation on one IRQ, built once per line (None: the
+    operation is not irqbus's). The dicts are shared by every request that carries them: they
+    are packed as they are sent and nobody changes them."""
+
+    mask: dict[str, Any] | None
+    unmask: dict[str, Any] | None
+    ack: dict[str, Any] | None
+    eoi: dict[str, Any] | None
+    level_only: bool = False  # ack / EOI only while the line is level-triggered (an IOAPIC pin)
 
 
 @dataclass(slots=True)  # not frozen: one per interrupt, and a frozen init costs 3x
@@ -49,6 +65,7 @@ VIRQ_ACTION = {"target": "balloon-target", "memory": "balloon-memory"}  # names 
 class IrqLink:
     def __init__(self, specs: list[DriverSpec], spurious: SpuriousPolicy | None = None, virqs: tuple[str, ...] = ()) -> None:
         self.irq = IrqSubsystem(spurious=spurious)
+        self._table = self.irq.table
         self.virqs = virqs  # the hypervisor's virtual interrupts this guest binds
         self._vector_of_virq: dict[str, int] = {}
         self.fired: list[str] = []  # virtual interrupts handled since the shell last looked
@@ -60,6 +77,7 @@ class IrqLink:
         self._msi_device: dict[int, str] = {}  # dynamic IRQ -> device name
         self._next_vector = FIRST_DYNAMIC_VECTOR
         self._msi_index = 0
+        self._lines: dict[int, _LineCommands] = {}  # IRQ -> its chip commands (chip_request)
         self.delivered = 0
         self.unknown_vectors = 0
         self.malformed = 0
@@ -132,6 +150,7 @@ class IrqLink:
         self._irq_of_vector[vector] = irq
         self._vector_of_msi[irq] = vector
         self._msi_device[irq] = name
+        self._lines.pop(irq, None)
         driver.irq = irq
         program = Request("program_msi", {"device": name, "address": MSI_ADDRESS, "data": vector})
         return DriverSetup(driver, [program], self.chip_request(ops, []))
@@ -174,6 +193,7 @@ class IrqLink:
             self.irq.free_dynamic(irq)
             self._irq_of_vector.pop(self._vector_of_msi.pop(irq), None)
             self._msi_device.pop(irq, None)
+            self._lines.pop(irq, None)
 
     def reprogram(self) -> list[Request]:
         """Everything a freshly started irqbus must be told to match this guest's lines."""
@@ -205,19 +225,25 @@ class IrqLink:
         `reply` False: irqbus answers only a refusal (an interrupt's ack: one message fewer
         each time, and the guest's shell reads no reply it would only drop)."""
         commands = []
+        lines = self._lines
         for op in ops:
             irq = op.irq
-            if irq < ISA_IRQS:  # the 8259's ack is its EOI command
-                commands.append({"kind": _KIND_TEXT[op.kind], "pin": irq})
-            elif irq < IOAPIC_PINS:
+            line = lines.get(irq)
+            if line is None:
+                line = lines[irq] = self._line_commands(irq)
+            kind = op.kind
+            if kind is _MASK:
+                command = line.mask
+            elif kind is _UNMASK:
+                command = line.unmask
+            else:
+                command = line.ack if kind is _ACK else line.eoi
                 # An edge entry has no remote IRR: its ack is the local APIC's EOI alone
                 # (Linux ioapic_ack_edge), nothing for irqbus. A level entry needs the EOI.
-                if op.kind in _PIN_SIDE or self.irq.lookup(irq).trigger is Trigger.LEVEL:
-                    commands.append({"kind": _KIND_TEXT[op.kind], "pin": irq})
-            elif op.kind in _PIN_SIDE:
-                device = self._msi_device.get(irq)
-                if device is not None:
-                    commands.append({"kind": _KIND_TEXT[op.kind], "device": device})
+                if line.level_only and command is not None and self.irq.lookup(irq).trigger is not _LEVEL:
+                    command = None
+            if command is not None:
+                commands.append(command)
         if not commands and not cleared:
             return None
         args: dict[str, Any] = {}
@@ -228,6 +254,16 @@ class IrqLink:
         if not reply:
             args["reply"] = False
         return Request("chip", args)
+
+    def _line_commands(self, irq: int) -> _LineCommands:
+        if irq < ISA_IRQS:  # the 8259's ack is its EOI command
+            return _LineCommands(*({"kind": kind.value, "pin": irq} for kind in (_MASK, _UNMASK, _ACK, _EOI)))
+        if irq < IOAPIC_PINS:
+            return _LineCommands(*({"kind": kind.value, "pin": irq} for kind in (_MASK, _UNMASK, _ACK, _EOI)), level_only=True)
+        device = self._msi_device.get(irq)
+        if device is None:  # an event channel: nothing of it is irqbus's to mask
+            return _LineCommands(None, None, None, None)
+        return _LineCommands({"kind": _MASK.value, "device": device}, {"kind": _UNMASK.value, "device": device}, None, None)
 
     def on_irq(self, args: Any, now: float) -> Request | None:
         """An interrupt arrived: run the line's flow handler and its drivers; return what to
@@ -254,10 +290,11 @@ class IrqLink:
                 if type(key) is not str or type(gen) is not int:
                     status = self._malformed({})
                     break
-        self.registers.load(status)
-        ops = self.irq.handle(irq, now)
+        registers = self.registers
+        registers.load(status)
+        ops = handle_interrupt(self._table, irq, now)  # IrqSubsystem.handle, one call fewer
         self.delivered += 1
-        return self.chip_request(ops, self.registers.take_cleared(), reply=False)
+        return self.chip_request(ops, registers.take_cleared(), reply=False)
 
     def _malformed(self, fallback: dict[str, int]) -> dict[str, int]:
         self.malformed += 1
