@@ -48,6 +48,7 @@ __all__ = [
     "handle_interrupt",
     "handle_irq_event",
     "handle_level_irq",
+    "run_edges",
 ]
 
 MAX_CPUS = 4096  # bounds the per-CPU count list a bogus cpu number could grow
@@ -181,7 +182,7 @@ def _latch_edge(desc: IrqDesc) -> None:
         desc.bits |= S_PENDING
 
 
-def _run_edges(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> list[ChipOp]:
+def run_edges(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> list[ChipOp]:
     """Run the chain, then again for every edge that was latched meanwhile.
 
     A nested edge masked the line (mask+ack in handle_edge_irq); unmask before re-running
@@ -229,7 +230,7 @@ def handle_edge_irq(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> lis
         desc.bits |= S_PENDING
         return desc.mask_ack()
     ops = [desc.op_ack]
-    ops += _run_edges(table, desc, now, cpu)
+    ops += run_edges(table, desc, now, cpu)
     return ops
 
 
@@ -242,7 +243,7 @@ def handle_fasteoi_irq(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> 
     if not _runnable(desc):
         _latch_edge(desc)
         return [*desc.mask(), eoi]
-    ops = _run_edges(table, desc, now, cpu)
+    ops = run_edges(table, desc, now, cpu)
     ops.append(eoi)
     return ops
 
@@ -273,6 +274,6 @@ def check_irq_resend(table: IrqTable, desc: IrqDesc, now: float, cpu: int = 0) -
         return []
     desc.bits |= S_REPLAY
     try:
-        return _run_edges(table, desc, now, cpu)
+        return run_edges(table, desc, now, cpu)
     finally:
         desc.bits &= ~S_REPLAY
