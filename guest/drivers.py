@@ -21,6 +21,10 @@ from wire.errors import WireError
 from wire.operations import CASCADE_PIN, IRQBUS_PINS, MAX_DEVICE_NAME, device_name
 
 
+_HANDLED = IrqReturn.HANDLED  # a global lookup; IrqReturn.HANDLED is a Python-level one
+_NONE = IrqReturn.NONE
+
+
 class DriverKind(enum.StrEnum):
     PIN = "pin"
     MSI = "msi"
@@ -87,7 +91,8 @@ class StatusRegisters:
 
     def load(self, status: dict[str, int]) -> None:
         self.status = status
-        self.cleared = []
+        if self.cleared:  # take_cleared left a fresh one: no list per interrupt
+            self.cleared = []
 
     def take_cleared(self) -> list[list[Any]]:
         cleared, self.cleared = self.cleared, []
@@ -111,10 +116,12 @@ class Driver:
 
     def handler(self, irq: int, dev_id: Any) -> IrqReturn:
         self.calls += 1
-        gen = self.registers.status.get(self.spec.name)
+        name = self.spec.name
+        registers = self.registers
+        gen = registers.status.get(name)
         if gen is None or gen <= self.claimed_gen:
-            return IrqReturn.NONE
+            return _NONE
         self.claimed_gen = gen
         self.handled += 1
-        self.registers.cleared.append([self.spec.name, gen])
-        return IrqReturn.HANDLED
+        registers.cleared.append([name, gen])
+        return _HANDLED

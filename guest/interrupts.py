@@ -89,28 +89,41 @@ class IrqbusAttachment:
         """Drain what irqbus sent. Each interrupt is stamped with the clock as it is handled:
         a batch can be long, and spurious detection judges the gaps between interrupts."""
         clock = self.clock
+        link = self.link
         if self.client.events:
             self._on_events(self._queued_events(), now)
         sock = self.socket
+        decode = envelope.decode_incoming
         for _ in range(DRAIN_BUDGET):
             try:
                 frame = sock.recv(multipart.NOBLOCK)  # one frame per message; a stray part is malformed
             except zmq.Again:
                 break
             try:
-                body = envelope.decode_incoming(frame)
+                body = decode(frame)
             except envelope.EnvelopeError:
-                self.link.malformed += 1
+                link.malformed += 1
             else:
-                if "event" in body:
+                if body.get("event") == "irq":  # _on_event's common case, without the call
+                    request = link.on_irq(body.get("args"), clock())
+                    self._since_request += 1
+                    if request is not None:
+                        self.client.post(request.op, request.args)
+                        self._since_request = 0
+                    elif self._since_request >= READING_EVERY:
+                        self.client.post("chip", {})
+                        self._since_request = 0
+                elif "event" in body:
                     self._on_event(body, clock())
                 elif not body["ok"]:
                     self._refused_reply(body, clock())
             if not multipart.readable(sock):
                 break
-        for name in self.link.take_fired():
-            self.notify(name)
-        self._report(clock())
+        if link.fired:
+            for name in link.take_fired():
+                self.notify(name)
+        if link.irq.table.events or link.unknown_vectors != self._reported_unknown or link.stale != self._reported_stale:
+            self._report(clock())  # else it would find nothing to say
 
     def next_wakeup(self) -> float | None:
         return self._retry_at if not self.attached else self._ping_at

@@ -16,15 +16,42 @@ from typing import Any
 
 from guest.drivers import Driver, DriverKind, DriverSpec, StatusRegisters
 from guest.irq import Chip, ChipOp, ChipOpKind, IrqError, IrqEvent, IrqReturn, IrqSetupError, IrqSubsystem, SpuriousPolicy, Trigger
-from guest.irq.desc import S_MASKED
+from guest.irq.chip import handle_interrupt, handle_irq_event, run_edges
+from guest.irq.desc import S_DISABLED, S_MASKED, S_PENDING, Flow, IrqDesc
 from guest.irq.table import IOAPIC_PINS, ISA_IRQS
 
 PIC_VECTOR_BASE = 0x20  # irqbus's i8259 pair: master 0x20-0x27, slave 0x28-0x2F
 FIRST_DYNAMIC_VECTOR = 0x31
 LAST_DYNAMIC_VECTOR = 0xEF  # 0xF0 and up are the local APIC's own vectors in Linux
 MSI_ADDRESS = 0xFEE00000  # destination APIC ID 0 (the guest's one CPU), physical mode
-_PIN_SIDE = (ChipOpKind.MASK, ChipOpKind.UNMASK)
-_KIND_TEXT = {kind: kind.value for kind in ChipOpKind}  # a plain str each: Enum.value is a property lookup per use
+# the members as module constants, compared by identity: an Enum class attribute lookup and an
+# Enum's hash are each a Python-level call, and chip_request runs for every interrupt
+_MASK, _UNMASK, _ACK, _EOI = ChipOpKind.MASK, ChipOpKind.UNMASK, ChipOpKind.ACK, ChipOpKind.EOI
+_LEVEL = Trigger.LEVEL
+_EDGE_FLOW, _LEVEL_FLOW = Flow.EDGE, Flow.LEVEL
+
+
+@dataclass(slots=True)
+class _LineCommands:
+    """What irqbus is sent for each chip operation on one IRQ, built once per line (None: the
+    operation is not irqbus's). The dicts are shared by every request that carries them: they
+    are packed as they are sent and nobody changes them."""
+
+    mask: dict[str, Any] | None
+    unmask: dict[str, Any] | None
+    ack: dict[str, Any] | None
+    eoi: dict[str, Any] | None
+    level_only: bool = False  # ack / EOI only while the line is level-triggered (an IOAPIC pin)
+    # what each flow's operations translate to in IrqLink._deliver_fast's common case, on a
+    # line that is not level_only: [ACK], [MASK, ACK, UNMASK], [EOI]
+    on_edge: list[dict[str, Any]] = field(init=False)
+    on_level: list[dict[str, Any]] = field(init=False)
+    on_fasteoi: list[dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.on_edge = [c for c in (self.ack,) if c is not None]
+        self.on_level = [c for c in (self.mask, self.ack, self.unmask) if c is not None]
+        self.on_fasteoi = [c for c in (self.eoi,) if c is not None]
 
 
 @dataclass(slots=True)  # not frozen: one per interrupt, and a frozen init costs 3x
@@ -47,8 +74,13 @@ VIRQ_ACTION = {"target": "balloon-target", "memory": "balloon-memory"}  # names 
 
 
 class IrqLink:
-    def __init__(self, specs: list[DriverSpec], spurious: SpuriousPolicy | None = None, virqs: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, specs: list[DriverSpec], spurious: SpuriousPolicy | None = None, virqs: tuple[str, ...] = (), fast: bool = True
+    ) -> None:
+        """`fast` False: every interrupt through chip.py's general flows (the fast path's test)."""
+        self.fast = fast
         self.irq = IrqSubsystem(spurious=spurious)
+        self._table = self.irq.table
         self.virqs = virqs  # the hypervisor's virtual interrupts this guest binds
         self._vector_of_virq: dict[str, int] = {}
         self.fired: list[str] = []  # virtual interrupts handled since the shell last looked
@@ -60,6 +92,7 @@ class IrqLink:
         self._msi_device: dict[int, str] = {}  # dynamic IRQ -> device name
         self._next_vector = FIRST_DYNAMIC_VECTOR
         self._msi_index = 0
+        self._lines: dict[int, _LineCommands] = {}  # IRQ -> its chip commands (chip_request)
         self.delivered = 0
         self.unknown_vectors = 0
         self.malformed = 0
@@ -132,6 +165,7 @@ class IrqLink:
         self._irq_of_vector[vector] = irq
         self._vector_of_msi[irq] = vector
         self._msi_device[irq] = name
+        self._lines.pop(irq, None)
         driver.irq = irq
         program = Request("program_msi", {"device": name, "address": MSI_ADDRESS, "data": vector})
         return DriverSetup(driver, [program], self.chip_request(ops, []))
@@ -174,6 +208,7 @@ class IrqLink:
             self.irq.free_dynamic(irq)
             self._irq_of_vector.pop(self._vector_of_msi.pop(irq), None)
             self._msi_device.pop(irq, None)
+            self._lines.pop(irq, None)
 
     def reprogram(self) -> list[Request]:
         """Everything a freshly started irqbus must be told to match this guest's lines."""
@@ -204,20 +239,7 @@ class IrqLink:
         EOI of an MSI or of an IOAPIC edge line is the local APIC's alone, so it is not sent.
         `reply` False: irqbus answers only a refusal (an interrupt's ack: one message fewer
         each time, and the guest's shell reads no reply it would only drop)."""
-        commands = []
-        for op in ops:
-            irq = op.irq
-            if irq < ISA_IRQS:  # the 8259's ack is its EOI command
-                commands.append({"kind": _KIND_TEXT[op.kind], "pin": irq})
-            elif irq < IOAPIC_PINS:
-                # An edge entry has no remote IRR: its ack is the local APIC's EOI alone
-                # (Linux ioapic_ack_edge), nothing for irqbus. A level entry needs the EOI.
-                if op.kind in _PIN_SIDE or self.irq.lookup(irq).trigger is Trigger.LEVEL:
-                    commands.append({"kind": _KIND_TEXT[op.kind], "pin": irq})
-            elif op.kind in _PIN_SIDE:
-                device = self._msi_device.get(irq)
-                if device is not None:
-                    commands.append({"kind": _KIND_TEXT[op.kind], "device": device})
+        commands = self._commands(ops)
         if not commands and not cleared:
             return None
         args: dict[str, Any] = {}
@@ -228,6 +250,39 @@ class IrqLink:
         if not reply:
             args["reply"] = False
         return Request("chip", args)
+
+    def _commands(self, ops: list[ChipOp]) -> list[dict[str, Any]]:
+        commands = []
+        lines = self._lines
+        for op in ops:
+            irq = op.irq
+            line = lines.get(irq)
+            if line is None:
+                line = lines[irq] = self._line_commands(irq)
+            kind = op.kind
+            if kind is _MASK:
+                command = line.mask
+            elif kind is _UNMASK:
+                command = line.unmask
+            else:
+                command = line.ack if kind is _ACK else line.eoi
+                # An edge entry has no remote IRR: its ack is the local APIC's EOI alone
+                # (Linux ioapic_ack_edge), nothing for irqbus. A level entry needs the EOI.
+                if line.level_only and command is not None and self.irq.lookup(irq).trigger is not _LEVEL:
+                    command = None
+            if command is not None:
+                commands.append(command)
+        return commands
+
+    def _line_commands(self, irq: int) -> _LineCommands:
+        if irq < ISA_IRQS:  # the 8259's ack is its EOI command
+            return _LineCommands(*({"kind": kind.value, "pin": irq} for kind in (_MASK, _UNMASK, _ACK, _EOI)))
+        if irq < IOAPIC_PINS:
+            return _LineCommands(*({"kind": kind.value, "pin": irq} for kind in (_MASK, _UNMASK, _ACK, _EOI)), level_only=True)
+        device = self._msi_device.get(irq)
+        if device is None:  # an event channel: nothing of it is irqbus's to mask
+            return _LineCommands(None, None, None, None)
+        return _LineCommands({"kind": _MASK.value, "device": device}, {"kind": _UNMASK.value, "device": device}, None, None)
 
     def on_irq(self, args: Any, now: float) -> Request | None:
         """An interrupt arrived: run the line's flow handler and its drivers; return what to
@@ -254,10 +309,64 @@ class IrqLink:
                 if type(key) is not str or type(gen) is not int:
                     status = self._malformed({})
                     break
-        self.registers.load(status)
-        ops = self.irq.handle(irq, now)
+        registers = self.registers
+        registers.load(status)
+        desc = self._table.get(irq)
+        if self.fast and desc is not None and not desc.bits and desc.actions and type(now) is float and now == now:
+            commands = self._deliver_fast(desc, now)
+        else:
+            commands = self._commands(handle_interrupt(self._table, irq, now))
         self.delivered += 1
-        return self.chip_request(ops, self.registers.take_cleared(), reply=False)
+        cleared = registers.take_cleared()
+        if not commands and not cleared:
+            return None
+        args: dict[str, Any] = {"clear": cleared, "reply": False} if not commands else (
+            {"ops": commands, "clear": cleared, "reply": False} if cleared else {"ops": commands, "reply": False})
+        return Request("chip", args)
+
+    def _deliver_fast(self, desc: IrqDesc, now: float) -> list[dict[str, Any]]:
+        """chip.py's flow for a line in the state almost every interrupt finds it in: actions
+        on it, and no status bit set (enabled, unmasked, no chain running, nothing pending
+        nor replaying), with a valid time on CPU 0. Then each flow's checks are decided
+        before they are made, so this runs the chain (chip.py handle_irq_event, the same
+        function) without the layers around it, and returns the chip commands the flow's
+        operations translate to, most often a list made once per line. Any other state, or
+        anything the chain changes (an edge latched meanwhile, the line disabled or masked
+        by "nobody cared"), goes through the general functions from that point on, so the
+        result is the general path's: tests/test_guest_irq_fast_path.py compares both.
+        """
+        table = self._table
+        if now > table.last_now:  # IrqTable.note_time
+            table.last_now = now
+        irq = desc.irq
+        line = self._lines.get(irq)
+        if line is None:
+            line = self._lines[irq] = self._line_commands(irq)
+        flow = desc.flow
+        if flow is _EDGE_FLOW:
+            # handle_edge_irq: neither INPROGRESS nor DISABLED, actions: ACK, then run_edges,
+            # whose first pass has nothing to unmask (not PENDING)
+            more = handle_irq_event(table, desc, now, 0)
+            if desc.bits & (S_PENDING | S_DISABLED) == S_PENDING:  # run_edges goes round again
+                more += run_edges(table, desc, now, 0)
+            if more or line.level_only:
+                return self._commands([desc.op_ack, *more])
+            return list(line.on_edge)
+        if flow is _LEVEL_FLOW:
+            # handle_level_irq: mask_ack (not masked: MASK, ACK), not INPROGRESS, not
+            # DISABLED, actions; REPLAY is clear already
+            desc.bits = S_MASKED
+            more = handle_irq_event(table, desc, now, 0)
+            unmask = desc.unmask() if not desc.bits & S_DISABLED else []
+            if more or not unmask or line.level_only:
+                return self._commands([desc.op_mask, desc.op_ack, *more, *unmask])
+            return list(line.on_level)
+        # handle_fasteoi_irq: not INPROGRESS, runnable: run_edges, then EOI
+        ops = run_edges(table, desc, now, 0)
+        if ops or line.level_only:
+            ops.append(desc.op_eoi)
+            return self._commands(ops)
+        return list(line.on_fasteoi)
 
     def _malformed(self, fallback: dict[str, int]) -> dict[str, int]:
         self.malformed += 1

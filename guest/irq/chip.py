@@ -48,12 +48,18 @@ __all__ = [
     "handle_interrupt",
     "handle_irq_event",
     "handle_level_irq",
+    "run_edges",
 ]
 
 MAX_CPUS = 4096  # bounds the per-CPU count list a bogus cpu number could grow
 _HANDLED = IrqReturn.HANDLED.value
 _WAKE_THREAD = IrqReturn.WAKE_THREAD.value
 _UINT = 0xFFFFFFFF  # irqreturn_t is a C enum: what a handler returns is read as 32 bits
+_HANDLED_RET = IrqReturn.HANDLED  # members as module constants: an Enum class attribute
+_NONE_RET = IrqReturn.NONE  # lookup costs ~0.25 us, a global one a few ns
+_EDGE_FLOW = Flow.EDGE
+_LEVEL_FLOW = Flow.LEVEL
+_EDGE_TRIGGER = Trigger.EDGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +79,23 @@ class HandlerFault:
 
 def handle_interrupt(table: IrqTable, irq: int, now: float, cpu: int = 0) -> list[ChipOp]:
     """Deliver one interrupt on `irq` through its line's flow; return the chip operations."""
-    desc = table.lookup(irq)
+    desc = table._descs.get(irq) if type(irq) is int else None  # the common case: one lookup
+    if desc is None:
+        desc = table.lookup(irq)  # raises EINVAL / ENOENT, or finds an int subclass's line
     if type(cpu) is not int or not 0 <= cpu < MAX_CPUS:
         raise IrqSetupError(IrqError.EINVAL, f"cpu {cpu!r} is not a CPU number")
-    now = table.note_time(now)
-    return _FLOWS[desc.flow](table, desc, now, cpu)
+    if type(now) is float and now == now:  # table.note_time's common case, inline
+        if now > table.last_now:
+            table.last_now = now
+    else:
+        now = table.note_time(now)
+    # by identity, not through a dict: an Enum's hash is a Python-level call
+    flow = desc.flow
+    if flow is _EDGE_FLOW:
+        return handle_edge_irq(table, desc, now, cpu)
+    if flow is _LEVEL_FLOW:
+        return handle_level_irq(table, desc, now, cpu)
+    return _FLOWS[flow](table, desc, now, cpu)
 
 
 def _call(table: IrqTable, desc: IrqDesc, now: float) -> int:
@@ -97,10 +115,15 @@ def _call(table: IrqTable, desc: IrqDesc, now: float) -> int:
             table.record(HandlerFault(desc.irq, action.name, f"raised {exc!r}", now))
             continue
         if type(ret) is not int:
-            if not isinstance(ret, int):
+            if ret is _HANDLED_RET:  # what a driver returns, as an IntFlag member
+                ret = _HANDLED
+            elif ret is _NONE_RET:
+                ret = 0
+            elif not isinstance(ret, int):
                 table.record(HandlerFault(desc.irq, action.name, f"returned {ret!r}, not an irqreturn_t", now))
                 continue
-            ret = int(ret)
+            else:
+                ret = int(ret)
         ret &= _UINT
         if ret == _WAKE_THREAD and not action.warned:
             action.warned = True
@@ -121,11 +144,20 @@ def _call(table: IrqTable, desc: IrqDesc, now: float) -> int:
 def handle_irq_event(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> list[ChipOp]:
     """Run the chain once with INPROGRESS set, count it, and let spurious.py judge it."""
     desc.bits = (desc.bits & ~S_PENDING) | S_INPROGRESS
-    desc.count_on(cpu)
+    kstat = desc.kstat
+    if 0 <= cpu < len(kstat):  # desc.count_on's common case, inline
+        kstat[cpu] += 1
+    else:
+        desc.count_on(cpu)
     try:
         ret = _call(table, desc, now)
     finally:
         desc.bits &= ~S_INPROGRESS
+    if ret == _HANDLED and not desc.irqs_unhandled:
+        # note_interrupt's answer to a plain IRQ_HANDLED on a line with no unhandled streak,
+        # without the call: not bogus, no thread to defer to, not IRQ_NONE, and
+        # spurious.c returns before counting while irqs_unhandled is 0 (its step 4)
+        return []
     verdict = note_interrupt(desc, ret, now, table.spurious)
     if verdict is None:
         return []
@@ -146,11 +178,11 @@ def _runnable(desc: IrqDesc) -> bool:
 
 def _latch_edge(desc: IrqDesc) -> None:
     """Remember an edge no handler saw; a level needs no memory (it is still asserted)."""
-    if desc.trigger is Trigger.EDGE:
+    if desc.trigger is _EDGE_TRIGGER:
         desc.bits |= S_PENDING
 
 
-def _run_edges(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> list[ChipOp]:
+def run_edges(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> list[ChipOp]:
     """Run the chain, then again for every edge that was latched meanwhile.
 
     A nested edge masked the line (mask+ack in handle_edge_irq); unmask before re-running
@@ -163,7 +195,9 @@ def _run_edges(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> list[Chi
             return ops
         if desc.bits & (S_PENDING | S_DISABLED) == S_PENDING:
             ops += desc.unmask()
-        ops += handle_irq_event(table, desc, now, cpu)
+        more = handle_irq_event(table, desc, now, cpu)
+        if more:
+            ops += more
         if desc.bits & (S_PENDING | S_DISABLED) != S_PENDING:
             return ops
 
@@ -182,7 +216,9 @@ def handle_level_irq(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> li
         desc.bits = (bits & ~S_REPLAY) | S_PENDING
         return ops
     desc.bits = bits & ~S_REPLAY
-    ops += handle_irq_event(table, desc, now, cpu)
+    more = handle_irq_event(table, desc, now, cpu)
+    if more:
+        ops += more
     if not desc.bits & S_DISABLED:
         ops += desc.unmask()
     return ops
@@ -193,19 +229,21 @@ def handle_edge_irq(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> lis
     if desc.bits & (S_INPROGRESS | S_DISABLED) or not desc.actions:
         desc.bits |= S_PENDING
         return desc.mask_ack()
-    return [ChipOp(ChipOpKind.ACK, desc.irq), *_run_edges(table, desc, now, cpu)]
+    ops = [desc.op_ack]
+    ops += run_edges(table, desc, now, cpu)
+    return ops
 
 
 def handle_fasteoi_irq(table: IrqTable, desc: IrqDesc, now: float, cpu: int) -> list[ChipOp]:
     """Run the chain, then EOI. Disabled: mask, EOI. Busy: EOI (an edge is latched)."""
-    eoi = ChipOp(ChipOpKind.EOI, desc.irq)
+    eoi = desc.op_eoi
     if desc.bits & S_INPROGRESS:
         _latch_edge(desc)
         return [eoi]
     if not _runnable(desc):
         _latch_edge(desc)
         return [*desc.mask(), eoi]
-    ops = _run_edges(table, desc, now, cpu)
+    ops = run_edges(table, desc, now, cpu)
     ops.append(eoi)
     return ops
 
@@ -236,6 +274,6 @@ def check_irq_resend(table: IrqTable, desc: IrqDesc, now: float, cpu: int = 0) -
         return []
     desc.bits |= S_REPLAY
     try:
-        return _run_edges(table, desc, now, cpu)
+        return run_edges(table, desc, now, cpu)
     finally:
         desc.bits &= ~S_REPLAY
