@@ -69,6 +69,7 @@ class RpcClient:
         self.timeout = timeout
         self.retries = retries
         self.client_id = client_id or secrets.token_hex(8)
+        self._client_part = envelope.client_part(self.client_id)  # packed once (envelope.encode_request)
         self.backoff_cap = backoff_cap
         self.outage: Outage | None = None  # set while the server is not answering
         self._on_outage = on_outage
@@ -136,7 +137,7 @@ class RpcClient:
         """
         self._seq += 1
         seq = self._seq
-        frame = envelope.encode(envelope.request(op, seq, self.client_id, args or {}))
+        frame = envelope.encode_request(op, seq, self._client_part, args or {})
         budget = self.retries if retries is None else retries
         attempt = 0
         started = time.monotonic()
@@ -186,7 +187,7 @@ class RpcClient:
         """Send a request without waiting and return its seq; the caller reads the reply off
         `socket` itself. Never retried, so several may be in flight (irqbus chip operations)."""
         self._seq += 1
-        self._send(envelope.encode(envelope.request(op, self._seq, self.client_id, args or {})))
+        self._send(envelope.encode_request(op, self._seq, self._client_part, args or {}))
         return self._seq
 
     def wait_event(self, timeout: float) -> dict[str, Any] | None:

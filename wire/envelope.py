@@ -71,6 +71,32 @@ def encode_ok(seq: int | None, result: dict[str, Any]) -> bytes:
     return b"".join((_OK_HEAD, pack(seq), _OK_MIDDLE, pack(result)))
 
 
+# A request is packed the same way: the map {"v": 1, "op": op, "seq": seq, "client": client,
+# "args": args} in that order, so a client packs its op's head once and its own name once,
+# and each request costs packing its seq and its arguments (the bytes of encode(request(...))).
+_REQUEST_HEAD = b"\x85" + encode("v") + encode(PROTOCOL_VERSION) + encode("op")  # 0x85: a map of 5
+_SEQ_KEY = encode("seq")
+MAX_CACHED_OPS = 256
+_op_heads: dict[str, bytes] = {}
+
+
+def client_part(client: str) -> bytes:
+    """What follows a request's seq for this client, up to its arguments (`encode_request`)."""
+    return encode("client") + encode(client) + encode("args")
+
+
+def encode_request(op: str, seq: int, client_part_bytes: bytes, args: dict[str, Any]) -> bytes:
+    """encode(request(op, seq, client, args)), byte for byte, with `client_part_bytes` from
+    `client_part(client)`: the parts that do not change from one request to the next packed once."""
+    head = _op_heads.get(op)
+    if head is None:
+        if len(_op_heads) >= MAX_CACHED_OPS:
+            _op_heads.clear()
+        head = _op_heads[op] = _REQUEST_HEAD + encode(op) + _SEQ_KEY
+    pack = _packer.pack
+    return b"".join((head, pack(seq), client_part_bytes, pack(args)))
+
+
 def _unpack(frame: bytes) -> Any:
     if len(frame) > MAX_MESSAGE_BYTES:
         raise EnvelopeError(ErrorCode.EMSGSIZE, f"message of {len(frame)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
