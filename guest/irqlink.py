@@ -239,7 +239,10 @@ class IrqLink:
         EOI of an MSI or of an IOAPIC edge line is the local APIC's alone, so it is not sent.
         `reply` False: irqbus answers only a refusal (an interrupt's ack: one message fewer
         each time, and the guest's shell reads no reply it would only drop)."""
-        commands = self._commands(ops)
+        return self._chip_request(self._commands(ops), cleared, reply)
+
+    @staticmethod
+    def _chip_request(commands: list[dict[str, Any]], cleared: list[list[Any]], reply: bool) -> Request | None:
         if not commands and not cleared:
             return None
         args: dict[str, Any] = {}
@@ -317,12 +320,7 @@ class IrqLink:
         else:
             commands = self._commands(handle_interrupt(self._table, irq, now))
         self.delivered += 1
-        cleared = registers.take_cleared()
-        if not commands and not cleared:
-            return None
-        args: dict[str, Any] = {"clear": cleared, "reply": False} if not commands else (
-            {"ops": commands, "clear": cleared, "reply": False} if cleared else {"ops": commands, "reply": False})
-        return Request("chip", args)
+        return self._chip_request(commands, registers.take_cleared(), reply=False)
 
     def _deliver_fast(self, desc: IrqDesc, now: float) -> list[dict[str, Any]]:
         """chip.py's flow for a line in the state almost every interrupt finds it in: actions

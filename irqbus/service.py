@@ -104,7 +104,7 @@ class IrqbusService:
 
         Written for the interrupt path, where each message is one interrupt: the steps are
         inline and every send goes straight to its route."""
-        route = [identity, b""] if req else [identity]  # multipart.envelope_of
+        route = multipart.envelope_of(identity, req)
         if len(body) != 1 or (user is None and self._authenticated):
             self._refuse_message(route, body, req)
             return

@@ -79,9 +79,7 @@ class HandlerFault:
 
 def handle_interrupt(table: IrqTable, irq: int, now: float, cpu: int = 0) -> list[ChipOp]:
     """Deliver one interrupt on `irq` through its line's flow; return the chip operations."""
-    desc = table._descs.get(irq) if type(irq) is int else None  # the common case: one lookup
-    if desc is None:
-        desc = table.lookup(irq)  # raises EINVAL / ENOENT, or finds an int subclass's line
+    desc = table.lookup(irq)  # raises EINVAL / ENOENT
     if type(cpu) is not int or not 0 <= cpu < MAX_CPUS:
         raise IrqSetupError(IrqError.EINVAL, f"cpu {cpu!r} is not a CPU number")
     if type(now) is float and now == now:  # table.note_time's common case, inline
