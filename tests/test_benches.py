@@ -56,13 +56,15 @@ def test_rpc_bench_runs_and_the_books_balance() -> None:
 @pytest.mark.timeout(120)
 def test_irq_bench_runs_in_both_modes() -> None:
     """One path, both modes: every setup delivered (its p50 is a number, so its handler saw
-    raises), and the closing table has a verdict per mode."""
+    raises; the acked relay's rate is above 0), and the closing table has a verdict per mode."""
     result = run_bench("bench/irq_bench.py", "--samples", "20", "--rounds", "2", "--seconds", "0.2", "--paths", "MSI-X", timeout=100)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     for mode in ("insecure", "curve"):
         assert any(line.startswith("raw relay (baseline)") and line.split()[3] == mode for line in lines), result.stdout
         assert any(line.startswith("irqbus MSI-X") and line.split()[2] == mode for line in lines), result.stdout
+        acked = [line.split() for line in lines if line.startswith("acked relay (4 messages)") and line.split()[4] == mode]
+        assert acked and float(acked[0][-1]) > 0, result.stdout  # its rate against the relay's: its receiver saw raises
         assert any(line.split()[:2] == [mode, "MSI-X"] and line.split()[-1] == "met" for line in lines), result.stdout  # the floor's verdict
         assert any(line.startswith(f"{mode}: goal (p50 <= 1.3x") and "floor" in line for line in lines), result.stdout
 
