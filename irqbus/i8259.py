@@ -465,6 +465,31 @@ class CascadedPICs:
         self.master._take_edge(CASCADE_PIN)
         return True
 
+    def handled(self, irq: int) -> bool:
+        """Mask, specific EOI and unmask of ISA IRQ `irq` in one step, when no request is
+        latched on either chip, and True; False, nothing changed, otherwise.
+
+        Linux's i8259 flow ends every interrupt with these three (arch/x86/kernel/i8259.c:
+        handle_level_irq calls mask_and_ack_8259A, which masks and sends the specific EOI --
+        for a slave IRQ to the slave, then to the master's cascade -- and enable_8259A_irq
+        after the handler); the guest's ack carries them together. With IRR empty on both
+        chips no request can outrank anything before, between or after them, so INT stays
+        low throughout and the slave's output never moves the cascade input: their net effect
+        is the IRQ's IMR and ISR bits cleared, and for a slave IRQ the master's cascade ISR bit."""
+        master, slave = self.master, self.slave
+        if master._irr or slave._irr or irq == CASCADE_PIN or not 0 <= irq < ISA_IRQS:
+            return False
+        if irq < PINS_PER_PIC:
+            keep = ~(1 << irq)
+            master._imr &= keep
+            master._isr &= keep
+        else:
+            keep = ~(1 << (irq - PINS_PER_PIC))
+            slave._imr &= keep
+            slave._isr &= keep
+            master._isr &= ~(1 << CASCADE_PIN)
+        return True
+
     def pending_output(self) -> bool:
         """The master's INT output: whether the CPU should run an INTA cycle."""
         return self.master._output

@@ -32,6 +32,12 @@ MAX_PIN_DEVICES = 64  # SharedLines source ids, one machine word as KVM
 MAX_MSI_DEVICES = 256
 _VECTORED = (DeliveryMode.FIXED, DeliveryMode.LOWEST_PRIORITY)
 _SPURIOUS_SLAVE = PINS_PER_PIC + SPURIOUS_PIN
+# What a guest's ack of an i8259 interrupt asks (CascadedPICs.handled: Linux's flow for the
+# PIC's IRQs) -> the IRQ: taken in one step when no request is latched.
+_PIC_HANDLED = {
+    (ChipCommand("mask", irq, None), ChipCommand("ack", irq, None), ChipCommand("unmask", irq, None)): irq
+    for irq in range(ISA_IRQS) if irq != CASCADE_PIN
+}
 
 
 class DeviceKind(enum.StrEnum):
@@ -291,6 +297,10 @@ class GuestMachine:
                 device.status = False
                 if device.level and device.kind is DeviceKind.PIN:
                     out += self._set_source(device, False)
+        if self.fast_routes and len(commands) == 3:
+            irq = _PIC_HANDLED.get((commands[0], commands[1], commands[2]))
+            if irq is not None and self.pics.handled(irq):  # nothing left for an INTA cycle to take
+                return out
         pic_touched = False
         for cmd in commands:
             if cmd.device is not None:
