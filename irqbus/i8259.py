@@ -470,9 +470,10 @@ class CascadedPICs:
         latched on either chip, and True; False, nothing changed, otherwise.
 
         Linux's i8259 flow ends every interrupt with these three (arch/x86/kernel/i8259.c:
-        handle_level_irq calls mask_and_ack_8259A, which masks and sends the specific EOI --
-        for a slave IRQ to the slave, then to the master's cascade -- and enable_8259A_irq
-        after the handler); the guest's ack carries them together. With IRR empty on both
+        make_8259A_irq gives each IRQ handle_level_irq, which calls mask_and_ack_8259A -- the
+        mask, and the specific EOI, for a slave IRQ to the slave and then to the master's
+        cascade -- and after the handler the chip's unmask, enable_8259A_irq); the guest's ack
+        carries them together. With IRR empty on both
         chips no request can outrank anything before, between or after them, so INT stays
         low throughout and the slave's output never moves the cascade input: their net effect
         is the IRQ's IMR and ISR bits cleared, and for a slave IRQ the master's cascade ISR bit."""
