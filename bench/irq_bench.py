@@ -19,15 +19,16 @@ in turn, and the devices take turns in short blocks -- relay, irqbus, irqbus, re
 so that every stretch of noise is seen by both. The ratios are of the pooled samples; the
 spread of the per-block ratios is printed to show how much one block alone can be trusted.
 
-Security (issue 13): each path is measured in both modes in the same run, all four setups taking
-their turns -- relay and irqbus with --insecure, relay and irqbus under CURVE. Under CURVE every
+Security (issue 13): each path is measured in both modes in the same run, all setups taking
+their turns -- relay and irqbus (and in the throughput blocks the ceiling, below) with
+--insecure, the same under CURVE. Under CURVE every
 socket on both sides is a CURVE socket with the keys it has in a deployment: the relay and irqbus
 with irqbus's key (and a ZAP handler admitting any key), the receiver and the guest with the
 guest's key, both devices with the device key. The run makes its own key directory (a temporary
 one, provisioned with wire.keys.KeyDir.pair) and starts irqbus with `--keys DIR` or `--insecure`;
 under CURVE the bench tells irqbus, with the hypervisor's key, which key owns the guest's domain
-(`owners`), as the hypervisor does. The closing table gives, per path and mode, both p50s, their
-ratio and the goal (at most 1.5x).
+(`owners`), as the hypervisor does. The closing table gives, per path and mode, both p50s, the
+ratios, and the verdicts against issue 15's goal and floor (below).
 
 What the semantics allow (issue 15): an interrupt is four messages at irqbus -- the device's
 raise, irqbus's reply, the guest's event, and the guest's ack (its driver's write to clear the
